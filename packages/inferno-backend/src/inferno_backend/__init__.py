@@ -1,0 +1,3 @@
+"""The Inferno daemon: orchestrator, event bus, OpenAI-compatible HTTP API, health, metrics, CLI."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Service registration with leases and load signals: in-memory, and etcd over its HTTP gateway."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Liveness, readiness and startup health with machine-readable reasons; NVML GPU health."""
+
+__all__: list[str] = []

@@ -1,0 +1,179 @@
+"""Validated configuration of a Llama-family model.
+
+One `ModelConfig` describes Llama 2, Llama 3 (with its "llama3" rope scaling), SmolLM and other
+models of the same shape. It is built from a Hugging Face ``config.json`` or from GGUF metadata,
+and written back as ``config.json`` by the converter.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from inferno_models.errors import ModelFormatError
+
+__all__ = ["ModelConfig", "RopeScaling"]
+
+
+class RopeScaling(BaseModel):
+    """Rotary-embedding frequency scaling.
+
+    ``type="llama3"`` is Llama 3.1's wavelength-dependent scaling; ``"linear"`` divides positions
+    by ``factor``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    type: Literal["llama3", "linear"] = Field(description="Scaling scheme.")
+    factor: float = Field(gt=0, description="Context-extension factor.")
+    low_freq_factor: float = Field(default=1.0, gt=0, description="llama3: low-frequency bound.")
+    high_freq_factor: float = Field(default=4.0, gt=0, description="llama3: high-frequency bound.")
+    original_max_position_embeddings: int = Field(
+        default=8192, gt=0, description="llama3: context length the model was trained with."
+    )
+
+
+class ModelConfig(BaseModel):
+    """Shape and numerics of a Llama-family decoder-only transformer."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    architecture: Literal["llama"] = Field(default="llama", description="Model family.")
+    vocab_size: int = Field(gt=0, description="Rows of the embedding matrix.")
+    hidden_size: int = Field(gt=0, description="Width of the residual stream.")
+    intermediate_size: int = Field(gt=0, description="Width of the SwiGLU MLP.")
+    num_hidden_layers: int = Field(gt=0, description="Number of decoder blocks.")
+    num_attention_heads: int = Field(gt=0, description="Query heads per layer.")
+    num_key_value_heads: int = Field(gt=0, description="Key/value heads per layer (GQA).")
+    head_dim: int = Field(gt=0, description="Width of one attention head.")
+    max_position_embeddings: int = Field(gt=0, description="Context length in tokens.")
+    rms_norm_eps: float = Field(gt=0, lt=1, description="Epsilon of RMSNorm.")
+    rope_theta: float = Field(gt=0, description="Base of the rotary frequencies.")
+    rope_scaling: RopeScaling | None = Field(default=None, description="Rotary scaling, if any.")
+    tie_word_embeddings: bool = Field(description="The LM head reuses the embedding matrix.")
+    bos_token_id: int | None = Field(default=None, ge=0, description="Beginning-of-sequence id.")
+    eos_token_ids: tuple[int, ...] = Field(default=(), description="Ids that end a generation.")
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> ModelConfig:
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        for name, tid in (("bos_token_id", self.bos_token_id), *(
+            ("eos_token_ids", t) for t in self.eos_token_ids
+        )):
+            if tid is not None and tid >= self.vocab_size:
+                raise ValueError(f"{name} {tid} is outside the vocabulary ({self.vocab_size})")
+        return self
+
+    @property
+    def num_queries_per_kv(self) -> int:
+        """Query heads that share one key/value head."""
+        return self.num_attention_heads // self.num_key_value_heads
+
+    def num_parameters(self) -> int:
+        """Parameter count implied by the shapes (the tied head counted once)."""
+        h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
+        q = self.num_attention_heads * self.head_dim
+        kv = self.num_key_value_heads * self.head_dim
+        per_layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h
+        head = 0 if self.tie_word_embeddings else v * h
+        return v * h + self.num_hidden_layers * per_layer + h + head
+
+    # -- Hugging Face config.json -------------------------------------------------------------
+
+    @classmethod
+    def from_hf_dict(cls, data: dict[str, Any], *, source: str = "config.json") -> ModelConfig:
+        """Build from the contents of a Hugging Face ``config.json``.
+
+        Raises:
+            ModelFormatError: the architecture is not Llama-family or a field is invalid.
+        """
+        archs = data.get("architectures") or []
+        model_type = data.get("model_type", "llama")
+        if model_type not in ("llama", "mistral") and "LlamaForCausalLM" not in archs:
+            raise ModelFormatError(source, f"unsupported architecture {model_type!r} {archs}")
+        try:
+            heads = int(data["num_attention_heads"])
+            hidden = int(data["hidden_size"])
+            eos = data.get("eos_token_id")
+            eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
+            scaling = data.get("rope_scaling")
+            if scaling is not None:
+                scaling = dict(scaling)
+                scaling.setdefault("type", scaling.get("rope_type"))
+                if scaling["type"] == "default":
+                    scaling = None
+            rope_theta = data.get("rope_theta")
+            if rope_theta is None:
+                rope_theta = (data.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+            return cls(
+                vocab_size=data["vocab_size"],
+                hidden_size=hidden,
+                intermediate_size=data["intermediate_size"],
+                num_hidden_layers=data["num_hidden_layers"],
+                num_attention_heads=heads,
+                num_key_value_heads=data.get("num_key_value_heads") or heads,
+                head_dim=data.get("head_dim") or hidden // heads,
+                max_position_embeddings=data.get("max_position_embeddings", 2048),
+                rms_norm_eps=data.get("rms_norm_eps", 1e-6),
+                rope_theta=rope_theta,
+                rope_scaling=scaling,
+                tie_word_embeddings=bool(data.get("tie_word_embeddings", False)),
+                bos_token_id=data.get("bos_token_id"),
+                eos_token_ids=eos_ids,
+            )
+        except KeyError as exc:
+            raise ModelFormatError(source, f"missing field {exc.args[0]!r}") from None
+        except (ValidationError, ValueError, TypeError) as exc:
+            raise ModelFormatError(source, f"invalid config: {exc}") from None
+
+    @classmethod
+    def from_hf_file(cls, path: str | Path) -> ModelConfig:
+        """Read a Hugging Face ``config.json`` file."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelFormatError(path, f"cannot read config: {exc}") from None
+        if not isinstance(data, dict):
+            raise ModelFormatError(path, "config is not a JSON object")
+        return cls.from_hf_dict(data, source=str(path))
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The Hugging Face ``config.json`` form, loadable by ``transformers``."""
+        eos: int | list[int] | None
+        eos = list(self.eos_token_ids) if len(self.eos_token_ids) != 1 else self.eos_token_ids[0]
+        if not self.eos_token_ids:
+            eos = None
+        scaling = None
+        if self.rope_scaling is not None:
+            scaling = self.rope_scaling.model_dump()
+            scaling["rope_type"] = scaling["type"]
+        return {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": scaling,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": eos,
+            "hidden_act": "silu",
+            "attention_bias": False,
+            "mlp_bias": False,
+            "torch_dtype": "float32",
+        }
