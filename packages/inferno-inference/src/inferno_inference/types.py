@@ -1,0 +1,137 @@
+"""Request and output types of the engine: the values that cross its seam."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "EngineStats",
+    "FinishReason",
+    "GenerationOutput",
+    "GenerationRequest",
+    "SamplingParams",
+    "TokenLogprob",
+    "Usage",
+]
+
+FinishReason = Literal["stop", "length", "abort", "error"]
+
+
+class SamplingParams(BaseModel):
+    """Per-request sampling parameters; a bad value raises a message naming the field."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_tokens: int = Field(default=16, ge=1, description="Most new tokens per choice.")
+    temperature: float = Field(default=1.0, ge=0, le=2, description="0 means greedy.")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus mass kept.")
+    top_k: int = Field(default=0, ge=0, description="Keep the k most likely tokens; 0 is off.")
+    min_p: float = Field(default=0.0, ge=0, le=1, description="Drop tokens below min_p * p_max.")
+    repetition_penalty: float = Field(default=1.0, gt=0, le=2, description="CTRL-style penalty.")
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2, description="OpenAI semantics.")
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2, description="OpenAI semantics.")
+    seed: int | None = Field(default=None, description="Seeded requests are reproducible.")
+    stop: tuple[str, ...] = Field(default=(), description="Stop strings, cut from the output.")
+    stop_token_ids: tuple[int, ...] = Field(default=(), description="Extra ids that stop.")
+    ignore_eos: bool = Field(default=False, description="Keep going past end-of-sequence.")
+    n: int = Field(default=1, ge=1, le=16, description="Independent choices for one prompt.")
+    logprobs: int | None = Field(
+        default=None, ge=0, le=20, description="Top alternatives per token; None disables."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> SamplingParams:
+        if any(s == "" for s in self.stop):
+            raise ValueError("stop strings must not be empty")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One prompt, already tokenized, with how to sample from it."""
+
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """Log-probability of a sampled token, with the top alternatives at its position."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one request (all choices together)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_prompt_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt and completion tokens together."""
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationOutput:
+    """One increment of a request's stream.
+
+    ``token_ids`` and ``text`` are the delta since the previous output of the same choice
+    (``index``). The last output of a choice has ``finish_reason`` set; the last output of the
+    whole request also carries ``usage``. ``error`` explains a ``finish_reason`` of ``"error"``.
+    """
+
+    request_id: str
+    index: int
+    token_ids: tuple[int, ...]
+    text: str
+    finish_reason: FinishReason | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    usage: Usage | None = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """This choice is complete."""
+        return self.finish_reason is not None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """A snapshot of the engine's load, safe to expose (no prompts)."""
+
+    running: int
+    waiting: int
+    kv_blocks_total: int
+    kv_blocks_used: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    tokens_per_second: float
+    prompt_tokens_total: int = 0
+    generation_tokens_total: int = 0
+    preemptions_total: int = 0
+    max_num_seqs: int = 0
+
+    @property
+    def kv_usage(self) -> float:
+        """Fraction of KV blocks in use."""
+        return self.kv_blocks_used / self.kv_blocks_total if self.kv_blocks_total else 0.0
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        """Fraction of prompt tokens looked up in the prefix cache that hit."""
+        return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
+
+    @property
+    def free_slots(self) -> int:
+        """Sequences that could still join the running batch."""
+        return max(0, self.max_num_seqs - self.running)
