@@ -129,7 +129,9 @@ class EngineStats:
     @property
     def prefix_hit_rate(self) -> float:
         """Fraction of prompt tokens looked up in the prefix cache that hit."""
-        return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
+        return (
+            self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
+        )
 
     @property
     def free_slots(self) -> int:

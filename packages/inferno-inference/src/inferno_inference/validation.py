@@ -1,0 +1,41 @@
+"""Checks a request must pass before an engine accepts it (shared by the real and fake engines)."""
+
+from __future__ import annotations
+
+from inferno_inference.errors import InvalidRequestError, PromptTooLongError
+from inferno_inference.types import GenerationRequest
+
+__all__ = ["validate_request"]
+
+
+def validate_request(request: GenerationRequest, *, max_model_len: int, vocab_size: int) -> None:
+    """Raise a typed error naming the problem if ``request`` cannot be served.
+
+    Raises:
+        InvalidRequestError: empty id or prompt, token ids outside the vocabulary, or a
+            stop token id outside the vocabulary.
+        PromptTooLongError: the prompt leaves no room for a single new token in the context.
+    """
+    if not request.request_id:
+        raise InvalidRequestError("request_id must not be empty", param="request_id")
+    prompt = request.prompt_token_ids
+    if not prompt:
+        raise InvalidRequestError("the prompt must contain at least one token", param="prompt")
+    bad = next((t for t in prompt if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise InvalidRequestError(
+            f"prompt token id {bad} is outside the vocabulary (0..{vocab_size - 1})",
+            param="prompt",
+        )
+    if len(prompt) >= max_model_len:
+        raise PromptTooLongError(
+            f"the prompt has {len(prompt)} tokens but the context holds {max_model_len}; "
+            f"shorten it to at most {max_model_len - 1} tokens",
+            param="prompt",
+        )
+    bad = next((t for t in request.sampling.stop_token_ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise InvalidRequestError(
+            f"stop token id {bad} is outside the vocabulary (0..{vocab_size - 1})",
+            param="stop_token_ids",
+        )
