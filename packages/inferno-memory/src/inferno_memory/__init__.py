@@ -1,3 +1,56 @@
-"""Embeddable memory pools for CUDA (CuPy) and host memory, with RMM-class adaptors."""
+"""Embeddable memory pools for CUDA (CuPy) and host memory, with RMM-class adaptors.
 
-__all__: list[str] = []
+Importing this package needs numpy only; CuPy and torch are imported by the functions that
+use them.
+"""
+
+from inferno_memory.allocation import Allocation, Device, DeviceKind
+from inferno_memory.bridges import (
+    CupyAllocatorBinding,
+    TorchAllocator,
+    cupy_allocator,
+    torch_tensor,
+    use_with_cupy,
+)
+from inferno_memory.errors import (
+    BackendUnavailableError,
+    DoubleFreeError,
+    ForeignAllocationError,
+    InfernoMemoryError,
+    InvalidSizeError,
+    LimitExceededError,
+    MemoryConfigError,
+    OutOfMemoryError,
+)
+from inferno_memory.host import HostMemoryResource
+from inferno_memory.protocols import GpuAllocator, MemoryResource, StatisticsSource
+from inferno_memory.sizes import ALIGNMENT, Size, format_size, parse_size
+from inferno_memory.stats import MemoryStats
+
+__all__ = [
+    "ALIGNMENT",
+    "Allocation",
+    "BackendUnavailableError",
+    "CupyAllocatorBinding",
+    "Device",
+    "DeviceKind",
+    "DoubleFreeError",
+    "ForeignAllocationError",
+    "GpuAllocator",
+    "HostMemoryResource",
+    "InfernoMemoryError",
+    "InvalidSizeError",
+    "LimitExceededError",
+    "MemoryConfigError",
+    "MemoryResource",
+    "MemoryStats",
+    "OutOfMemoryError",
+    "Size",
+    "StatisticsSource",
+    "TorchAllocator",
+    "cupy_allocator",
+    "format_size",
+    "parse_size",
+    "torch_tensor",
+    "use_with_cupy",
+]
