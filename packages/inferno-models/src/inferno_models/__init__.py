@@ -1,3 +1,34 @@
-"""Llama-family models from GGUF and safetensors: config, weights, tokenizer, chat template, repository, conversion."""
+"""Llama-family models from GGUF and safetensors: config, weights, tokenizer, chat template,
+a model repository on disk, and GGUF -> safetensors conversion."""
 
-__all__: list[str] = []
+from inferno_models.chat import ChatTemplate, ChatTemplateError
+from inferno_models.config import ModelConfig, RopeScaling
+from inferno_models.errors import (
+    ModelError,
+    ModelFormatError,
+    ModelNotFoundError,
+    UnsupportedModelError,
+)
+from inferno_models.gguf_loader import GGUFFile
+from inferno_models.loader import DEFAULT_MODEL_FILE, LlamaLoader, default_model_path
+from inferno_models.protocols import LoadedModel, ModelLoader
+from inferno_models.tokenizer import IncrementalDetokenizer, Tokenizer
+
+__all__ = [
+    "DEFAULT_MODEL_FILE",
+    "ChatTemplate",
+    "ChatTemplateError",
+    "GGUFFile",
+    "IncrementalDetokenizer",
+    "LlamaLoader",
+    "LoadedModel",
+    "ModelConfig",
+    "ModelError",
+    "ModelFormatError",
+    "ModelLoader",
+    "ModelNotFoundError",
+    "RopeScaling",
+    "Tokenizer",
+    "UnsupportedModelError",
+    "default_model_path",
+]
