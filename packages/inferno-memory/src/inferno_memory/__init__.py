@@ -4,6 +4,12 @@ Importing this package needs numpy only; CuPy and torch are imported by the func
 use them.
 """
 
+from inferno_memory.adaptors import (
+    LimitingAdaptor,
+    StatisticsAdaptor,
+    TrackedAllocation,
+    TrackingAdaptor,
+)
 from inferno_memory.allocation import Allocation, Device, DeviceKind
 from inferno_memory.bridges import (
     CupyAllocatorBinding,
@@ -12,6 +18,7 @@ from inferno_memory.bridges import (
     torch_tensor,
     use_with_cupy,
 )
+from inferno_memory.cuda import CudaMemoryPool, CudaMemoryResource, PinnedHostMemoryResource
 from inferno_memory.errors import (
     BackendUnavailableError,
     DoubleFreeError,
@@ -23,14 +30,19 @@ from inferno_memory.errors import (
     OutOfMemoryError,
 )
 from inferno_memory.host import HostMemoryResource
+from inferno_memory.pool import BlockInfo, PoolMemoryResource
 from inferno_memory.protocols import GpuAllocator, MemoryResource, StatisticsSource
 from inferno_memory.sizes import ALIGNMENT, Size, format_size, parse_size
 from inferno_memory.stats import MemoryStats
+from inferno_memory.tracker import MemoryAlertListener, MemoryTracker
 
 __all__ = [
     "ALIGNMENT",
     "Allocation",
     "BackendUnavailableError",
+    "BlockInfo",
+    "CudaMemoryPool",
+    "CudaMemoryResource",
     "CupyAllocatorBinding",
     "Device",
     "DeviceKind",
@@ -41,13 +53,21 @@ __all__ = [
     "InfernoMemoryError",
     "InvalidSizeError",
     "LimitExceededError",
+    "LimitingAdaptor",
+    "MemoryAlertListener",
     "MemoryConfigError",
     "MemoryResource",
     "MemoryStats",
+    "MemoryTracker",
     "OutOfMemoryError",
+    "PinnedHostMemoryResource",
+    "PoolMemoryResource",
     "Size",
+    "StatisticsAdaptor",
     "StatisticsSource",
     "TorchAllocator",
+    "TrackedAllocation",
+    "TrackingAdaptor",
     "cupy_allocator",
     "format_size",
     "parse_size",
