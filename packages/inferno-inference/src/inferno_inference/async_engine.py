@@ -1,0 +1,151 @@
+"""`AsyncEngine`: the `InferenceEngine` seam over an `LLMEngine` stepping on its own thread.
+
+asyncio callers never wait on a forward pass: submissions and aborts are queued for the
+stepping thread, and outputs come back through ``loop.call_soon_threadsafe`` into one
+asyncio queue per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import structlog
+
+from inferno_inference.engine import LLMEngine
+from inferno_inference.errors import EngineStoppedError, InvalidRequestError
+from inferno_inference.types import EngineStats, GenerationOutput, GenerationRequest
+
+__all__ = ["AsyncEngine"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[GenerationOutput | BaseException]
+
+
+class AsyncEngine:
+    """Serves many concurrent `generate` streams from one stepping thread.
+
+    The thread starts in the constructor and sleeps while there is no work. Closing or
+    cancelling a `generate` iterator aborts its request.
+    """
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self._cv = threading.Condition()
+        self._adds: list[GenerationRequest] = []
+        self._aborts: list[str] = []
+        self._streams: dict[str, _Stream] = {}
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="inferno-engine", daemon=True)
+        self._thread.start()
+
+    # -- InferenceEngine ----------------------------------------------------------------------
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]:
+        """Submit ``request`` and stream its outputs (see `InferenceEngine.generate`)."""
+        return self._generate(request)
+
+    async def _generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]:
+        self.engine.validate(request)
+        rid = request.request_id
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        with self._cv:
+            if self._stopped:
+                raise EngineStoppedError("the engine is shut down")
+            if rid in self._streams:
+                raise InvalidRequestError(
+                    f"request id {rid!r} is already running", param="request_id"
+                )
+            self._streams[rid] = stream
+            self._adds.append(request)
+            self._cv.notify()
+        done = False
+        try:
+            while not done:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    done = True
+                    raise item
+                done = item.usage is not None
+                yield item
+        finally:
+            if not done:
+                self.abort(rid)
+            with self._cv:
+                if self._streams.get(rid) is stream:
+                    del self._streams[rid]
+
+    def abort(self, request_id: str) -> None:
+        """Abort ``request_id`` at the next step boundary; unknown ids are ignored."""
+        with self._cv:
+            self._aborts.append(request_id)
+            self._cv.notify()
+
+    def stats(self) -> EngineStats:
+        """A cheap snapshot of load and cache counters."""
+        return self.engine.stats()
+
+    async def shutdown(self) -> None:
+        """Abort everything, stop the stepping thread and release the KV cache."""
+        with self._cv:
+            self._stopped = True
+            self._cv.notify()
+        await asyncio.to_thread(self._thread.join)
+        self.engine.runner.kv_cache.release()
+
+    # -- stepping thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        engine = self.engine
+        while True:
+            with self._cv:
+                while not (self._stopped or self._adds or self._aborts or engine.has_work()):
+                    self._cv.wait()
+                adds, self._adds = self._adds, []
+                aborts, self._aborts = self._aborts, []
+                stopped = self._stopped
+            outputs: list[GenerationOutput] = []
+            for request in adds:
+                try:
+                    engine.add_request(request)
+                except Exception as exc:
+                    self._deliver_error(request.request_id, exc)
+            for rid in aborts:
+                outputs.extend(engine.abort(rid))
+            if stopped:
+                for rid in engine.request_ids():
+                    outputs.extend(engine.abort(rid))
+                self._deliver(outputs)
+                return
+            try:
+                outputs.extend(engine.step())
+            except Exception:  # the engine contains step failures; this guards the thread
+                log.exception("engine step raised")
+            self._deliver(outputs)
+
+    def _deliver(self, outputs: list[GenerationOutput]) -> None:
+        with self._cv:
+            targets = [(self._streams.get(out.request_id), out) for out in outputs]
+        for stream, out in targets:
+            if stream is not None:
+                _post(stream, out)
+
+    def _deliver_error(self, request_id: str, exc: BaseException) -> None:
+        with self._cv:
+            stream = self._streams.get(request_id)
+        if stream is not None:
+            _post(stream, exc)
+
+
+def _post(stream: _Stream, item: GenerationOutput | BaseException) -> None:
+    # A closed caller loop raises RuntimeError: nobody is listening any more.
+    with contextlib.suppress(RuntimeError):
+        stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)

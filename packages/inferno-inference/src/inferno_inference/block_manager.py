@@ -1,0 +1,140 @@
+"""`BlockManager`: hands out fixed-size KV blocks, ref-counted, with prefix caching.
+
+A full block is identified by ``hash((parent_hash, tokens))``, so two sequences whose prompts
+share a prefix share its blocks. A block is registered in the cache only once its K/V are
+computed; freed blocks keep their hash and stay reusable until they are handed out again,
+oldest-freed first (LRU).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from inferno_inference.sequence import Sequence
+
+__all__ = ["BlockManager"]
+
+
+class BlockManager:
+    """The KV block allocator of one engine; not thread-safe (the stepping thread owns it)."""
+
+    def __init__(self, num_blocks: int, block_size: int, *, enable_prefix_caching: bool = True):
+        if num_blocks < 1:
+            raise ValueError(f"num_blocks must be at least 1, got {num_blocks}")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self._ref = [0] * num_blocks
+        self._hash_of: list[int | None] = [None] * num_blocks
+        self._cached: dict[int, int] = {}  # block hash -> block id
+        # Free blocks in the order they became free; the front is reused (and evicted) first.
+        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        #: Prompt tokens looked up in the prefix cache, and how many of them hit.
+        self.prefix_queries = 0
+        self.prefix_hits = 0
+
+    @property
+    def num_free_blocks(self) -> int:
+        """Blocks no sequence holds (cached or not)."""
+        return len(self._free)
+
+    @property
+    def num_used_blocks(self) -> int:
+        """Blocks held by at least one sequence."""
+        return self.num_blocks - len(self._free)
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        """Blocks that hold ``num_tokens`` tokens."""
+        return -(-num_tokens // self.block_size)
+
+    def _prefix_hits(self, seq: Sequence) -> tuple[list[int], list[int]]:
+        """Cached blocks (and their hashes) matching the sequence's leading full blocks.
+
+        The last token is never taken from the cache: its logits are needed to sample.
+        """
+        if not self.enable_prefix_caching:
+            return [], []
+        bs = self.block_size
+        hits: list[int] = []
+        hashes: list[int] = []
+        parent = 0
+        for b in range((seq.num_tokens - 1) // bs):
+            h = hash((parent, tuple(seq.token_ids[b * bs : (b + 1) * bs])))
+            block = self._cached.get(h)
+            if block is None:
+                break
+            hits.append(block)
+            hashes.append(h)
+            parent = h
+        return hits, hashes
+
+    def allocate(self, seq: Sequence, token_budget: int) -> int:
+        """Reserve blocks for the next tokens of ``seq`` to compute, at most ``token_budget``.
+
+        A sequence without blocks first takes the cached blocks of its prefix (advancing
+        ``num_computed``). Returns how many tokens to compute this step, or 0, changing
+        nothing, when the free blocks do not suffice.
+        """
+        hits: list[int] = []
+        hashes: list[int] = []
+        if not seq.block_table:
+            hits, hashes = self._prefix_hits(seq)
+        computed = seq.num_computed + len(hits) * self.block_size
+        n = min(seq.num_tokens - computed, token_budget)
+        if n <= 0:
+            return 0
+        fresh = self.blocks_needed(computed + n) - len(seq.block_table) - len(hits)
+        revived = sum(1 for b in hits if self._ref[b] == 0)
+        if max(0, fresh) + revived > len(self._free):
+            return 0
+        if not seq.block_table and seq.num_computed == 0:
+            self.prefix_queries += seq.prompt_len
+            self.prefix_hits += len(hits) * self.block_size
+            seq.num_cached_prompt = max(seq.num_cached_prompt, len(hits) * self.block_size)
+        for b in hits:
+            if self._ref[b] == 0:
+                del self._free[b]
+            self._ref[b] += 1
+        seq.block_table.extend(hits)
+        seq.block_hashes.extend(hashes)
+        seq.num_computed = computed
+        for _ in range(max(0, fresh)):
+            seq.block_table.append(self._take_free())
+        return n
+
+    def _take_free(self) -> int:
+        block, _ = self._free.popitem(last=False)
+        old = self._hash_of[block]
+        if old is not None:  # evict: its content is about to be overwritten
+            if self._cached.get(old) == block:
+                del self._cached[old]
+            self._hash_of[block] = None
+        self._ref[block] = 1
+        return block
+
+    def commit(self, seq: Sequence) -> None:
+        """Register the sequence's newly computed full blocks in the prefix cache."""
+        if not self.enable_prefix_caching:
+            return
+        bs = self.block_size
+        full = min(seq.num_computed // bs, len(seq.block_table))
+        parent = seq.block_hashes[-1] if seq.block_hashes else 0
+        for b in range(len(seq.block_hashes), full):
+            h = hash((parent, tuple(seq.token_ids[b * bs : (b + 1) * bs])))
+            block = seq.block_table[b]
+            seq.block_hashes.append(h)
+            if h not in self._cached and self._hash_of[block] is None:
+                self._cached[h] = block
+                self._hash_of[block] = h
+            parent = h
+
+    def free(self, seq: Sequence) -> None:
+        """Release every block of ``seq`` (finish, abort, error or preemption)."""
+        # Tail blocks first, so a prefix's head outlives its tail in the LRU order.
+        for block in reversed(seq.block_table):
+            self._ref[block] -= 1
+            if self._ref[block] == 0:
+                self._free[block] = None
+        seq.block_table.clear()
+        seq.block_hashes.clear()
+        seq.num_computed = 0

@@ -1,0 +1,62 @@
+"""`EngineConfig`: the validated knobs of one engine."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["EngineConfig"]
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+class EngineConfig(BaseModel):
+    """How the engine sizes its KV cache and batches; a bad value names its field."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    block_size: int = Field(default=16, ge=1, le=1024, description="Tokens per KV block.")
+    kv_cache_bytes: int = Field(
+        default=256 * 1024 * 1024, gt=0, description="Memory budget of the whole KV cache."
+    )
+    max_num_seqs: int = Field(default=32, ge=1, description="Most sequences in one step.")
+    max_num_batched_tokens: int = Field(
+        default=512, ge=1, description="Token budget of one step (prefill chunks + decodes)."
+    )
+    max_model_len: int | None = Field(
+        default=None, ge=2, description="Context length; default: the model's."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32", description="Weights, activations and KV cache dtype."
+    )
+    device: str = Field(default="cpu", description="torch device, e.g. 'cpu' or 'cuda:0'.")
+    enable_prefix_caching: bool = Field(default=True, description="Reuse shared prompt blocks.")
+    cuda_graphs: bool = Field(
+        default=True, description="Capture decode steps in CUDA graphs (CUDA devices only)."
+    )
+    cuda_graph_max_batch: int = Field(
+        default=32, ge=1, description="Largest decode batch captured in a CUDA graph."
+    )
+    num_threads: int | None = Field(
+        default=None, ge=1, description="torch intra-op threads on the CPU; default: unchanged."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> EngineConfig:
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be at least "
+                f"max_num_seqs ({self.max_num_seqs}) so every running sequence can decode"
+            )
+        return self
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """``dtype`` as a torch dtype."""
+        return _DTYPES[self.dtype]

@@ -1,0 +1,277 @@
+"""`LLMEngine`: the synchronous core — admit requests, step the batch, emit outputs.
+
+It is driven by one thread (`AsyncEngine`'s stepping thread, or a test calling `step`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+import torch
+
+from inferno_inference.errors import InvalidRequestError
+from inferno_inference.runner import ModelRunner
+from inferno_inference.sampler import Sampler
+from inferno_inference.scheduler import Scheduler
+from inferno_inference.sequence import Sequence
+from inferno_inference.stops import StopMatcher
+from inferno_inference.types import (
+    EngineStats,
+    FinishReason,
+    GenerationOutput,
+    GenerationRequest,
+    TokenLogprob,
+    Usage,
+)
+from inferno_inference.validation import validate_request
+
+__all__ = ["Detokenizer", "DetokenizerFactory", "LLMEngine"]
+
+log = structlog.get_logger(__name__)
+
+
+class Detokenizer(Protocol):
+    """Turns one choice's token ids into text deltas (never a broken UTF-8 character)."""
+
+    def push(self, token_id: int) -> str:
+        """Add a token; return the text that became final."""
+        ...
+
+    def flush(self) -> str:
+        """Return the text still held back, at the end of the choice."""
+        ...
+
+
+#: Builds a detokenizer for a choice from its prompt ids (context for the first tokens).
+DetokenizerFactory = Callable[[Seq[int]], Detokenizer]
+
+
+@dataclass(slots=True)
+class _Request:
+    request: GenerationRequest
+    seqs: list[Sequence]
+    detoks: list[Detokenizer | None]
+    unfinished: int
+    cached_prompt: int = 0
+
+
+@dataclass(slots=True)
+class _Throughput:
+    window: float = 10.0
+    events: deque[tuple[float, int]] = field(default_factory=deque)
+
+    def add(self, n: int) -> None:
+        now = time.monotonic()
+        self.events.append((now, n))
+        while self.events and self.events[0][0] < now - self.window:
+            self.events.popleft()
+
+    def rate(self) -> float:
+        if not self.events:
+            return 0.0
+        span = max(time.monotonic() - self.events[0][0], 1e-3)
+        return sum(n for _, n in self.events) / span
+
+
+class LLMEngine:
+    """Continuous-batching generation over a scheduler, a model runner and a sampler."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        runner: ModelRunner,
+        sampler: Sampler,
+        *,
+        max_model_len: int,
+        vocab_size: int,
+        eos_token_ids: Seq[int] = (),
+        detokenizer_factory: DetokenizerFactory | None = None,
+    ) -> None:
+        self.scheduler = scheduler
+        self.runner = runner
+        self.sampler = sampler
+        self.max_model_len = max_model_len
+        self.vocab_size = vocab_size
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self._detok_factory = detokenizer_factory
+        self._requests: dict[str, _Request] = {}
+        self._seq_ids = itertools.count()
+        self._throughput = _Throughput()
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def validate(self, request: GenerationRequest) -> None:
+        """Raise `InvalidRequestError` if the request cannot be served."""
+        validate_request(request, max_model_len=self.max_model_len, vocab_size=self.vocab_size)
+
+    def add_request(self, request: GenerationRequest) -> None:
+        """Validate and queue ``request``; its choices join the batch at a coming step."""
+        self.validate(request)
+        if request.request_id in self._requests:
+            raise InvalidRequestError(
+                f"request id {request.request_id!r} is already running", param="request_id"
+            )
+        sp = request.sampling
+        now = time.monotonic()
+        seqs: list[Sequence] = []
+        for i in range(sp.n):
+            gen = None
+            if sp.seed is not None:
+                gen = torch.Generator().manual_seed(sp.seed + i)
+            seq = Sequence(
+                seq_id=next(self._seq_ids),
+                request_id=request.request_id,
+                index=i,
+                token_ids=list(request.prompt_token_ids),
+                prompt_len=len(request.prompt_token_ids),
+                sampling=sp,
+                arrival=now,
+                leader=seqs[0] if seqs else None,
+                stop_matcher=StopMatcher(sp.stop),
+                generator=gen,
+            )
+            seqs.append(seq)
+            self.scheduler.add(seq)
+        factory = self._detok_factory
+        detoks = [factory(request.prompt_token_ids) if factory else None for _ in seqs]
+        self._requests[request.request_id] = _Request(request, seqs, detoks, len(seqs))
+        self.prompt_tokens_total += len(request.prompt_token_ids)
+
+    def abort(self, request_id: str) -> list[GenerationOutput]:
+        """End every unfinished choice of ``request_id`` with ``"abort"``; unknown ids: []."""
+        req = self._requests.get(request_id)
+        if req is None:
+            return []
+        return [self._finish(req, s, "abort") for s in req.seqs if not s.finished]
+
+    def request_ids(self) -> list[str]:
+        """Ids of the requests not yet finished."""
+        return list(self._requests)
+
+    def has_work(self) -> bool:
+        """Some request is waiting or running."""
+        return self.scheduler.has_work()
+
+    # -- stepping -----------------------------------------------------------------------------
+
+    def step(self) -> list[GenerationOutput]:
+        """Run one scheduling step and return the outputs it produced."""
+        batch = self.scheduler.schedule()
+        if not batch:
+            return []
+        try:
+            inputs = self.runner.prepare(batch)
+            logits = self.runner.execute(inputs)
+            for seq, n in zip(batch.seqs, batch.num_tokens, strict=True):
+                seq.num_computed += n
+                self.scheduler.block_manager.commit(seq)
+            result = self.sampler(logits, inputs.sampled) if inputs.sampled else None
+        except Exception as exc:  # a failed step fails its own requests, never the engine
+            log.exception("engine step failed", requests=sorted({s.request_id for s in batch.seqs}))
+            return self._fail(batch.seqs, f"{type(exc).__name__}: {exc}")
+        outputs: list[GenerationOutput] = []
+        if result is not None:
+            self._throughput.add(len(inputs.sampled))
+            self.generation_tokens_total += len(inputs.sampled)
+            for seq, token, lp in zip(
+                inputs.sampled, result.token_ids, result.logprobs, strict=True
+            ):
+                outputs.append(self._append(seq, token, lp))
+        return outputs
+
+    def _append(self, seq: Sequence, token: int, lp: TokenLogprob | None) -> GenerationOutput:
+        req = self._requests[seq.request_id]
+        seq.token_ids.append(token)
+        sp = seq.sampling
+        detok = req.detoks[seq.index]
+        stopped = False
+        text = ""
+        finish: FinishReason | None = None
+        is_eos = token in self.eos_token_ids and not sp.ignore_eos
+        if is_eos or token in sp.stop_token_ids:
+            finish = "stop"
+        elif detok is not None:
+            text, stopped = seq.stop_matcher.push(detok.push(token))
+            if stopped:
+                finish = "stop"
+        if finish is None and (
+            seq.output_len >= sp.max_tokens or seq.num_tokens >= self.max_model_len
+        ):
+            finish = "length"
+        logprobs = (lp,) if lp is not None else None
+        if finish is None:
+            return GenerationOutput(seq.request_id, seq.index, (token,), text, logprobs=logprobs)
+        if not stopped:
+            tail = detok.flush() if detok is not None else ""
+            text += seq.stop_matcher.push(tail)[0] + seq.stop_matcher.flush()
+        return self._finish(req, seq, finish, token_ids=(token,), text=text, logprobs=logprobs)
+
+    def _finish(
+        self,
+        req: _Request,
+        seq: Sequence,
+        reason: FinishReason,
+        *,
+        token_ids: tuple[int, ...] = (),
+        text: str = "",
+        logprobs: tuple[TokenLogprob, ...] | None = None,
+        error: str | None = None,
+    ) -> GenerationOutput:
+        self.scheduler.finish(seq)
+        seq.finish_reason = reason
+        req.unfinished -= 1
+        usage = None
+        if req.unfinished == 0:
+            del self._requests[seq.request_id]
+            usage = Usage(
+                prompt_tokens=seq.prompt_len,
+                completion_tokens=sum(s.output_len for s in req.seqs),
+                cached_prompt_tokens=max(s.num_cached_prompt for s in req.seqs),
+            )
+        return GenerationOutput(
+            seq.request_id,
+            seq.index,
+            token_ids,
+            text,
+            finish_reason=reason,
+            logprobs=logprobs,
+            usage=usage,
+            error=error,
+        )
+
+    def _fail(self, seqs: Seq[Sequence], message: str) -> list[GenerationOutput]:
+        outputs = []
+        for seq in seqs:
+            req = self._requests.get(seq.request_id)
+            if req is not None and not seq.finished:
+                outputs.append(self._finish(req, seq, "error", error=message))
+        return outputs
+
+    # -- introspection ------------------------------------------------------------------------
+
+    def stats(self) -> EngineStats:
+        """A snapshot of load and cache counters (approximate if read from another thread)."""
+        sched = self.scheduler
+        bm = sched.block_manager
+        return EngineStats(
+            running=len(sched.running),
+            waiting=len(sched.waiting),
+            kv_blocks_total=bm.num_blocks,
+            kv_blocks_used=bm.num_used_blocks,
+            prefix_cache_queries=bm.prefix_queries,
+            prefix_cache_hits=bm.prefix_hits,
+            tokens_per_second=self._throughput.rate(),
+            prompt_tokens_total=self.prompt_tokens_total,
+            generation_tokens_total=self.generation_tokens_total,
+            preemptions_total=sched.num_preemptions,
+            max_num_seqs=sched.max_num_seqs,
+        )

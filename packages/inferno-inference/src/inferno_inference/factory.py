@@ -1,0 +1,117 @@
+"""Composition helpers: build an engine from a model and an `EngineConfig`.
+
+These are the one place where the engine's parts are wired together; each part can also be
+built by hand (tests inject their own scheduler, runner or sampler).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import structlog
+import torch
+from inferno_memory import MemoryResource
+from inferno_models import IncrementalDetokenizer, LoadedModel, ModelConfig, Tokenizer
+
+from inferno_inference.async_engine import AsyncEngine
+from inferno_inference.block_manager import BlockManager
+from inferno_inference.config import EngineConfig
+from inferno_inference.engine import DetokenizerFactory, LLMEngine
+from inferno_inference.errors import EngineError
+from inferno_inference.kv_cache import KVCache
+from inferno_inference.model import LlamaModel
+from inferno_inference.runner import ModelRunner
+from inferno_inference.sampler import Sampler
+from inferno_inference.scheduler import Scheduler
+
+__all__ = ["build_async_engine", "build_llm_engine"]
+
+log = structlog.get_logger(__name__)
+
+
+def build_llm_engine(
+    config: ModelConfig,
+    weights: Mapping[str, torch.Tensor],
+    engine_config: EngineConfig,
+    resource: MemoryResource,
+    *,
+    tokenizer: Tokenizer | None = None,
+    detokenizer_factory: DetokenizerFactory | None = None,
+    seed: int | None = None,
+) -> LLMEngine:
+    """Wire model, KV cache (storage from ``resource``), scheduler, runner and sampler.
+
+    Text deltas come from ``detokenizer_factory``, or from the tokenizer's incremental
+    detokenizer when only ``tokenizer`` is given; with neither, outputs carry ids only.
+    """
+    ec = engine_config
+    device = torch.device(ec.device)
+    dtype = ec.torch_dtype
+    if ec.num_threads is not None and device.type == "cpu":
+        torch.set_num_threads(ec.num_threads)
+    num_blocks = KVCache.blocks_for_budget(ec.kv_cache_bytes, config, ec.block_size, dtype)
+    if num_blocks < 1:
+        per_block = KVCache.bytes_per_block(config, ec.block_size, dtype)
+        raise EngineError(
+            f"kv_cache_bytes={ec.kv_cache_bytes} holds no KV block ({per_block} bytes each); "
+            "raise kv_cache_bytes or lower block_size"
+        )
+    # A sequence must always fit alone, so the context is capped by the cache size.
+    max_model_len = min(
+        ec.max_model_len or config.max_position_embeddings,
+        config.max_position_embeddings,
+        num_blocks * ec.block_size,
+    )
+    model = LlamaModel(config, dict(weights), dtype=dtype, device=device, max_len=max_model_len)
+    cache = KVCache(
+        resource,
+        config,
+        num_blocks=num_blocks,
+        block_size=ec.block_size,
+        dtype=dtype,
+        device=device,
+    )
+    block_manager = BlockManager(
+        num_blocks, ec.block_size, enable_prefix_caching=ec.enable_prefix_caching
+    )
+    scheduler = Scheduler(
+        block_manager,
+        max_num_seqs=ec.max_num_seqs,
+        max_num_batched_tokens=ec.max_num_batched_tokens,
+    )
+    runner = ModelRunner(model, cache)
+    if detokenizer_factory is None and tokenizer is not None:
+        tok = tokenizer
+
+        def detokenizer_factory(prompt: object) -> IncrementalDetokenizer:
+            return IncrementalDetokenizer(tok, prompt_ids=list(prompt))  # type: ignore[call-overload]
+
+    eos = tokenizer.eos_token_ids if tokenizer is not None else config.eos_token_ids
+    log.info(
+        "engine built",
+        kv_blocks=num_blocks,
+        block_size=ec.block_size,
+        kv_bytes=cache.nbytes,
+        max_model_len=max_model_len,
+        dtype=ec.dtype,
+        device=str(device),
+    )
+    return LLMEngine(
+        scheduler,
+        runner,
+        Sampler(seed=seed),
+        max_model_len=max_model_len,
+        vocab_size=config.vocab_size,
+        eos_token_ids=eos,
+        detokenizer_factory=detokenizer_factory,
+    )
+
+
+def build_async_engine(
+    model: LoadedModel, engine_config: EngineConfig, resource: MemoryResource
+) -> AsyncEngine:
+    """An `AsyncEngine` serving a loaded model (tokenizer text and EOS ids included)."""
+    engine = build_llm_engine(
+        model.config, model.weights, engine_config, resource, tokenizer=model.tokenizer
+    )
+    return AsyncEngine(engine)

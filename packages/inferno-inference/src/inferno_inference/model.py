@@ -1,0 +1,229 @@
+"""The Llama forward pass over a flattened batch of tokens and a paged KV cache.
+
+One step runs the tokens of every scheduled sequence at once: decode tokens first (one per
+sequence, attended together in a single batched call), then the prefill chunks (each attended
+on its own, since their query lengths differ). Projections of all tokens share one matmul each:
+Q, K and V are fused into one weight, and so are the MLP's gate and up projections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from inferno_models.config import ModelConfig
+from inferno_models.names import EMBED, FINAL_NORM, LM_HEAD, layer_name
+
+from inferno_inference.rope import apply_rope, rope_tables
+
+__all__ = ["AttentionMetadata", "LayerWeights", "LlamaModel", "PrefillSegment"]
+
+
+@dataclass(slots=True)
+class PrefillSegment:
+    """One sequence's prefill chunk: tokens ``[start, end)`` of the flattened batch.
+
+    ``context_len`` counts the sequence's tokens in the cache after this step (earlier chunks
+    and cached prefix included); ``slots`` lists their cache slots in order. ``slots`` is
+    ``None`` when no earlier token is cached: the chunk attends only to itself, with no gather.
+    """
+
+    start: int
+    end: int
+    context_len: int
+    slots: torch.Tensor | None
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    """Where each token sits and what it attends to, shared by every layer of one step.
+
+    ``slot_mapping[t]`` is the cache slot (``block * block_size + offset``) that token ``t``'s
+    K/V go to. The first ``num_decodes`` tokens are single-token decodes; ``decode_slots``
+    (``[num_decodes, span]``) lists the cache slots each attends to, padded past
+    ``decode_context_lens`` (``None`` when nothing is padded). ``logits_indices`` picks the
+    tokens to sample from.
+    """
+
+    positions: torch.Tensor
+    slot_mapping: torch.Tensor
+    num_decodes: int
+    decode_slots: torch.Tensor | None
+    decode_context_lens: torch.Tensor | None
+    prefills: list[PrefillSegment]
+    logits_indices: torch.Tensor
+
+
+@dataclass(slots=True)
+class LayerWeights:
+    """One decoder block's weights, with Q/K/V and gate/up fused."""
+
+    input_norm: torch.Tensor
+    qkv: torch.Tensor
+    o: torch.Tensor
+    post_norm: torch.Tensor
+    gate_up: torch.Tensor
+    down: torch.Tensor
+
+
+class LlamaModel:
+    """A Llama decoder with fused weights, evaluated under ``torch.inference_mode``."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        weights: dict[str, torch.Tensor],
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        max_len: int,
+    ) -> None:
+        self.config = config
+        self.dtype = dtype
+        self.device = device
+
+        def get(name: str) -> torch.Tensor:
+            return weights[name].to(device=device, dtype=dtype).contiguous()
+
+        def cat(*names: str) -> torch.Tensor:
+            return torch.cat(
+                [weights[n].to(device=device, dtype=dtype) for n in names]
+            ).contiguous()
+
+        self.embed = get(EMBED)
+        self.norm = get(FINAL_NORM)
+        self.lm_head = self.embed if config.tie_word_embeddings else get(LM_HEAD)
+        self.layers = [
+            LayerWeights(
+                input_norm=get(layer_name(i, "input_layernorm.weight")),
+                qkv=cat(*(layer_name(i, f"self_attn.{p}_proj.weight") for p in "qkv")),
+                o=get(layer_name(i, "self_attn.o_proj.weight")),
+                post_norm=get(layer_name(i, "post_attention_layernorm.weight")),
+                gate_up=cat(
+                    layer_name(i, "mlp.gate_proj.weight"), layer_name(i, "mlp.up_proj.weight")
+                ),
+                down=get(layer_name(i, "mlp.down_proj.weight")),
+            )
+            for i in range(config.num_hidden_layers)
+        ]
+        self.cos, self.sin = rope_tables(config, max_len, dtype=dtype, device=device)
+        self._q = config.num_attention_heads * config.head_dim
+        self._kv = config.num_key_value_heads * config.head_dim
+        self._inter = config.intermediate_size
+
+    def weight_bytes_per_token(self) -> int:
+        """Bytes of weights one decode step reads (every matrix once, one embedding row)."""
+        total = sum(
+            t.numel() * t.element_size()
+            for layer in self.layers
+            for t in (layer.qkv, layer.o, layer.gate_up, layer.down)
+        )
+        return total + self.lm_head.numel() * self.lm_head.element_size()
+
+    def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # Normalize in fp32 and cast back before the weight, as the reference does.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.config.rms_norm_eps)
+        return weight * xf.to(x.dtype)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        meta: AttentionMetadata,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> torch.Tensor:
+        """Run one step; returns fp32 logits ``[len(logits_indices), vocab]``.
+
+        ``kv_caches[layer]`` is ``(keys, values)``, each ``[num_slots, kv_heads, head_dim]``;
+        this step's K/V are written into them at ``meta.slot_mapping``.
+        """
+        cfg = self.config
+        n_tok = input_ids.shape[0]
+        heads, kv_heads, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        cos = self.cos[meta.positions].unsqueeze(1)
+        sin = self.sin[meta.positions].unsqueeze(1)
+        decode_mask = None
+        if meta.decode_slots is not None and meta.decode_context_lens is not None:
+            span = torch.arange(meta.decode_slots.shape[1], device=self.device)
+            decode_mask = (span[None, :] < meta.decode_context_lens[:, None])[:, None, None, :]
+        x = self.embed[input_ids]
+        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
+            h = self._rms_norm(x, layer.input_norm)
+            qkv = F.linear(h, layer.qkv)
+            q = qkv[:, : self._q].view(n_tok, heads, hd)
+            k = qkv[:, self._q : self._q + self._kv].view(n_tok, kv_heads, hd)
+            v = qkv[:, self._q + self._kv :].view(n_tok, kv_heads, hd)
+            q = apply_rope(q, cos, sin)
+            k = apply_rope(k, cos, sin)
+            k_cache.index_copy_(0, meta.slot_mapping, k)
+            v_cache.index_copy_(0, meta.slot_mapping, v)
+            attn = self._attention(q, k, v, k_cache, v_cache, meta, decode_mask)
+            x = x + F.linear(attn.reshape(n_tok, heads * hd), layer.o)
+            h = self._rms_norm(x, layer.post_norm)
+            gate_up = F.linear(h, layer.gate_up)
+            x = x + F.linear(
+                F.silu(gate_up[:, : self._inter]) * gate_up[:, self._inter :], layer.down
+            )
+        x = self._rms_norm(x[meta.logits_indices], self.norm)
+        return F.linear(x, self.lm_head).float()
+
+    def _attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        decode_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        nd = meta.num_decodes
+        if nd and not meta.prefills:
+            return self._decode_attention(q, k_cache, v_cache, meta, decode_mask)
+        out = torch.empty_like(q)
+        if nd:
+            out[:nd] = self._decode_attention(q[:nd], k_cache, v_cache, meta, decode_mask)
+        for seg in meta.prefills:
+            qs = q[seg.start : seg.end].transpose(0, 1)
+            if seg.slots is None:
+                ks, vs = k[seg.start : seg.end], v[seg.start : seg.end]
+                mask = None
+            else:
+                ks, vs = k_cache[seg.slots], v_cache[seg.slots]
+                n_q = seg.end - seg.start
+                qpos = torch.arange(seg.context_len - n_q, seg.context_len, device=self.device)
+                mask = torch.arange(seg.context_len, device=self.device)[None, :] <= qpos[:, None]
+            o = F.scaled_dot_product_attention(
+                qs,
+                ks.transpose(0, 1),
+                vs.transpose(0, 1),
+                attn_mask=mask,
+                is_causal=mask is None,
+                enable_gqa=True,
+            )
+            out[seg.start : seg.end] = o.transpose(0, 1)
+        return out
+
+    def _decode_attention(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        slots = meta.decode_slots
+        if slots is None:
+            raise ValueError("decode tokens need AttentionMetadata.decode_slots")
+        nd, hd = meta.num_decodes, q.shape[-1]
+        # Gather each sequence's cached K/V into [nd, span, kv_heads, hd]; the mask hides padding.
+        kb, vb = k_cache[slots], v_cache[slots]
+        o = F.scaled_dot_product_attention(
+            q.view(nd, 1, -1, hd).transpose(1, 2),
+            kb.transpose(1, 2),
+            vb.transpose(1, 2),
+            attn_mask=mask,
+            enable_gqa=True,
+        )
+        return o.transpose(1, 2).reshape(nd, -1, hd)

@@ -1,0 +1,133 @@
+"""`ModelRunner`: turns a scheduled batch into model inputs and runs one forward pass."""
+
+from __future__ import annotations
+
+import torch
+
+from inferno_inference.kv_cache import KVCache
+from inferno_inference.model import AttentionMetadata, LlamaModel, PrefillSegment
+from inferno_inference.scheduler import ScheduledBatch
+from inferno_inference.sequence import Sequence
+
+__all__ = ["ModelRunner", "StepInputs"]
+
+
+class StepInputs:
+    """The flattened token ids and attention metadata of one step (host tensors)."""
+
+    __slots__ = ("input_ids", "meta", "sampled")
+
+    def __init__(
+        self, input_ids: torch.Tensor, meta: AttentionMetadata, sampled: list[Sequence]
+    ) -> None:
+        self.input_ids = input_ids
+        self.meta = meta
+        self.sampled = sampled
+
+
+class ModelRunner:
+    """Runs the model for a `ScheduledBatch` against a `KVCache`; owned by the stepping thread."""
+
+    def __init__(self, model: LlamaModel, kv_cache: KVCache) -> None:
+        self.model = model
+        self.kv_cache = kv_cache
+        self.block_size = kv_cache.block_size
+        self.device = model.device
+
+    def prepare(self, batch: ScheduledBatch) -> StepInputs:
+        """Lay out the batch: single-token steps first (batched attention), then prefills."""
+        bs = self.block_size
+        pairs = sorted(zip(batch.seqs, batch.num_tokens, strict=True), key=lambda p: p[1] > 1)
+        ids: list[int] = []
+        positions: list[int] = []
+        logits_idx: list[int] = []
+        sampled: list[Sequence] = []
+        decodes = [s for s, n in pairs if n == 1]
+        for s in decodes:
+            p = s.num_computed
+            ids.append(s.token_ids[p])
+            positions.append(p)
+        prefills: list[PrefillSegment] = []
+        start = len(ids)
+        for s, n in pairs[len(decodes) :]:
+            p = s.num_computed
+            ids.extend(s.token_ids[p : p + n])
+            positions.extend(range(p, p + n))
+            slots = None if p == 0 else self._slots(s.block_table, p + n)
+            prefills.append(PrefillSegment(start, start + n, p + n, slots))
+            start += n
+        offset = 0
+        for s, n in pairs:
+            offset += n
+            if s.num_computed + n == s.num_tokens:
+                logits_idx.append(offset - 1)
+                sampled.append(s)
+        pos = torch.tensor(positions, dtype=torch.long)
+        tables = [s.block_table for s, _ in pairs]
+        table_of_token = torch.tensor(
+            [
+                t[q // bs]
+                for (s, n), t in zip(pairs, tables, strict=True)
+                for q in range(s.num_computed, s.num_computed + n)
+            ],
+            dtype=torch.long,
+        )
+        slot_mapping = table_of_token * bs + pos % bs
+        decode_slots = None
+        decode_lens = None
+        if decodes:
+            lens = [s.num_computed + 1 for s in decodes]
+            span = max(lens)
+            width = -(-span // bs)
+            padded = torch.tensor(
+                [
+                    s.block_table[:width] + [0] * (width - len(s.block_table[:width]))
+                    for s in decodes
+                ],
+                dtype=torch.long,
+            )
+            offsets = torch.arange(width * bs) % bs
+            decode_slots = (padded.repeat_interleave(bs, dim=1) * bs + offsets)[:, :span]
+            if min(lens) != span:
+                decode_lens = torch.tensor(lens, dtype=torch.long)
+        meta = AttentionMetadata(
+            positions=pos,
+            slot_mapping=slot_mapping,
+            num_decodes=len(decodes),
+            decode_slots=decode_slots,
+            decode_context_lens=decode_lens,
+            prefills=prefills,
+            logits_indices=torch.tensor(logits_idx, dtype=torch.long),
+        )
+        return StepInputs(torch.tensor(ids, dtype=torch.long), meta, sampled)
+
+    def _slots(self, table: list[int], length: int) -> torch.Tensor:
+        bs = self.block_size
+        pos = torch.arange(length)
+        return torch.tensor(table, dtype=torch.long)[pos // bs] * bs + pos % bs
+
+    def execute(self, inputs: StepInputs) -> torch.Tensor:
+        """Run the forward pass; returns logits for ``inputs.sampled`` (in that order)."""
+        dev = self.device
+        meta = inputs.meta
+        if dev.type != "cpu":
+            meta = _to_device(meta, dev)
+        with torch.inference_mode():
+            return self.model.forward(inputs.input_ids.to(dev), meta, self.kv_cache.layers)
+
+
+def _to_device(meta: AttentionMetadata, dev: torch.device) -> AttentionMetadata:
+    def mv(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(dev, non_blocking=True)
+
+    return AttentionMetadata(
+        positions=meta.positions.to(dev, non_blocking=True),
+        slot_mapping=meta.slot_mapping.to(dev, non_blocking=True),
+        num_decodes=meta.num_decodes,
+        decode_slots=mv(meta.decode_slots),
+        decode_context_lens=mv(meta.decode_context_lens),
+        prefills=[
+            PrefillSegment(p.start, p.end, p.context_len, mv(p.slots)) for p in meta.prefills
+        ],
+        logits_indices=meta.logits_indices.to(dev, non_blocking=True),
+    )

@@ -1,0 +1,78 @@
+"""`Sequence`: the hot-path state of one choice of one request."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+
+from inferno_inference.stops import StopMatcher
+from inferno_inference.types import FinishReason, SamplingParams, TokenLogprob
+
+__all__ = ["Sequence", "SequenceStatus"]
+
+
+class SequenceStatus(enum.Enum):
+    """Where a sequence is in its life."""
+
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(slots=True, eq=False)
+class Sequence:
+    """One choice being generated: its tokens, its KV blocks and its output progress.
+
+    ``token_ids`` holds the prompt followed by the generated tokens; ``num_computed`` counts the
+    leading tokens whose K/V are in the cache. A preempted sequence drops its blocks and
+    recomputes everything (prompt and output so far) when it is scheduled again.
+    """
+
+    seq_id: int
+    request_id: str
+    index: int
+    token_ids: list[int]
+    prompt_len: int
+    sampling: SamplingParams
+    arrival: float
+    leader: Sequence | None = None
+    status: SequenceStatus = SequenceStatus.WAITING
+    block_table: list[int] = field(default_factory=list)
+    block_hashes: list[int] = field(default_factory=list)
+    num_computed: int = 0
+    num_cached_prompt: int = 0
+    finish_reason: FinishReason | None = None
+    error: str | None = None
+    stop_matcher: StopMatcher = field(default_factory=lambda: StopMatcher(()))
+    pending_ids: list[int] = field(default_factory=list)
+    pending_text: str = ""
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    abort_requested: bool = False
+    generator: torch.Generator | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt plus generated tokens."""
+        return len(self.token_ids)
+
+    @property
+    def output_len(self) -> int:
+        """Generated tokens so far."""
+        return len(self.token_ids) - self.prompt_len
+
+    @property
+    def output_ids(self) -> list[int]:
+        """The generated tokens."""
+        return self.token_ids[self.prompt_len :]
+
+    @property
+    def is_prefilling(self) -> bool:
+        """Some of its tokens still need computing before it can sample."""
+        return self.num_computed < self.num_tokens - 1
+
+    @property
+    def finished(self) -> bool:
+        """It has a finish reason."""
+        return self.status is SequenceStatus.FINISHED

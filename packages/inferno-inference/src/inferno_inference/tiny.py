@@ -1,0 +1,62 @@
+"""Tiny real engines for tests: a random tiny Llama behind the full engine machinery.
+
+Unlike `inferno_inference.testing.FakeEngine`, these run the real scheduler, KV cache, model
+and sampler, just on a model small enough for a CPU unit test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from inferno_memory import HostMemoryResource, MemoryResource
+from inferno_models import ModelConfig
+from inferno_models.testing import random_weights, tiny_config
+
+from inferno_inference.config import EngineConfig
+from inferno_inference.engine import LLMEngine
+from inferno_inference.factory import build_llm_engine
+
+__all__ = ["LetterDetokenizer", "tiny_llm_engine"]
+
+
+class LetterDetokenizer:
+    """Token ``i`` reads as the letter ``chr(ord('a') + i % 26)``: a stand-in text stream."""
+
+    def __init__(self, prompt_ids: Sequence[int] = ()) -> None:
+        self.prompt_ids = tuple(prompt_ids)
+
+    def push(self, token_id: int) -> str:
+        """One letter per token."""
+        return chr(ord("a") + token_id % 26)
+
+    def flush(self) -> str:
+        """Nothing is ever held back."""
+        return ""
+
+
+def tiny_llm_engine(
+    *,
+    config: ModelConfig | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
+    resource: MemoryResource | None = None,
+    seed: int = 0,
+    **engine_kwargs: object,
+) -> LLMEngine:
+    """An `LLMEngine` over a random tiny model (GQA, llama3 rope) with letter text.
+
+    ``engine_kwargs`` go to `EngineConfig` (``block_size``, ``kv_cache_bytes``, ...).
+    """
+    config = config or tiny_config()
+    weights = weights if weights is not None else random_weights(config, seed=seed)
+    defaults: dict[str, object] = {"block_size": 4, "kv_cache_bytes": 1 << 20, "max_num_seqs": 8}
+    defaults.update(engine_kwargs)
+    engine_config = EngineConfig.model_validate(defaults)
+    return build_llm_engine(
+        config,
+        weights,
+        engine_config,
+        resource or HostMemoryResource(),
+        detokenizer_factory=LetterDetokenizer,
+        seed=seed,
+    )
