@@ -2,17 +2,40 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import torch
 
 from inferno_models.config import ModelConfig, RopeScaling
-from inferno_models.names import expected_shapes
+from inferno_models.names import EMBED, FINAL_NORM, LM_HEAD, expected_shapes
+from inferno_models.tokenizer import Tokenizer, byte_to_unicode
 
-__all__ = ["random_weights", "tiny_config"]
+__all__ = [
+    "TINY_CHAT_TEMPLATE",
+    "random_weights",
+    "tiny_config",
+    "tiny_gguf_metadata",
+    "tiny_tokenizer",
+    "write_tiny_gguf",
+    "write_tiny_hf_dir",
+]
+
+#: A ChatML template, as small chat models use.
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+_SPECIALS = ("<unk>", "<|im_start|>", "<|im_end|>")
+_MERGES = ("t h", "th e", "i n", "a n", "e r", "o n", "Ġ t", "Ġ the", "r e", "a t")
 
 
 def tiny_config(
     *,
-    vocab_size: int = 256,
+    vocab_size: int = 320,
     hidden_size: int = 64,
     intermediate_size: int = 128,
     num_hidden_layers: int = 2,
@@ -59,3 +82,156 @@ def random_weights(
             t = torch.randn(shape, generator=gen) / shape[-1] ** 0.5
         weights[name] = t.to(dtype)
     return weights
+
+
+def _tiny_vocab() -> tuple[list[str], list[int], list[str]]:
+    """Tokens, GGUF token types and merges of a byte-level BPE vocabulary of ~270 entries:
+    three control tokens, the 256 byte symbols, and a few merges."""
+    tokens = list(_SPECIALS)
+    types = [3, 3, 3]
+    tokens += [byte_to_unicode()[b] for b in range(256)]
+    types += [1] * 256
+    for merge in _MERGES:
+        tokens.append(merge.replace(" ", ""))
+        types.append(1)
+    return tokens, types, list(_MERGES)
+
+
+def tiny_gguf_metadata() -> dict[str, Any]:
+    """``tokenizer.ggml.*`` metadata of the tiny byte-level vocabulary (BOS 1, EOS 2)."""
+    tokens, types, merges = _tiny_vocab()
+    return {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "default",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": types,
+        "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+        "tokenizer.ggml.add_bos_token": False,
+    }
+
+
+def tiny_tokenizer() -> Tokenizer:
+    """A byte-level BPE tokenizer with 269 ids: every text round-trips; fits `tiny_config`."""
+    return Tokenizer.from_gguf_metadata(tiny_gguf_metadata(), source="<tiny>")
+
+
+_GGUF_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+
+
+def _gguf_name(name: str) -> str:
+    if name == EMBED:
+        return "token_embd.weight"
+    if name == FINAL_NORM:
+        return "output_norm.weight"
+    if name == LM_HEAD:
+        return "output.weight"
+    _, _, layer, rest = name.split(".", 3)
+    return f"blk.{layer}.{_GGUF_NAMES[rest]}"
+
+
+def write_tiny_gguf(
+    path: str | Path,
+    config: ModelConfig,
+    weights: dict[str, torch.Tensor],
+    *,
+    quantization: str = "F32",
+    chat_template: str | None = TINY_CHAT_TEMPLATE,
+) -> Path:
+    """Write a Llama GGUF as llama.cpp's converter does (Q/K rows permuted for its rotary
+    layout); 2-D weights are stored as ``quantization`` (F32, F16, BF16, Q8_0, Q4_0, Q4_1)."""
+    import gguf
+    from gguf.quants import quantize
+
+    from inferno_models.gguf_loader import permute_rope
+
+    path = Path(path)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_dimension_count(config.head_dim)
+    writer.add_rope_freq_base(config.rope_theta)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    if config.rope_scaling is not None:
+        rs = config.rope_scaling
+        writer.add_string("llama.rope.scaling.type", rs.type)
+        writer.add_float32("llama.rope.scaling.factor", rs.factor)
+        writer.add_uint32(
+            "llama.rope.scaling.original_context_length", rs.original_max_position_embeddings
+        )
+        writer.add_float32("llama.rope.scaling.low_freq_factor", rs.low_freq_factor)
+        writer.add_float32("llama.rope.scaling.high_freq_factor", rs.high_freq_factor)
+    meta = tiny_gguf_metadata()
+    writer.add_tokenizer_model(meta["tokenizer.ggml.model"])
+    writer.add_tokenizer_pre(meta["tokenizer.ggml.pre"])
+    writer.add_token_list(meta["tokenizer.ggml.tokens"])
+    writer.add_token_types(meta["tokenizer.ggml.token_type"])
+    writer.add_token_merges(meta["tokenizer.ggml.merges"])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_add_bos_token(False)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
+    qtype = getattr(gguf.GGMLQuantizationType, quantization)
+    for name, tensor in weights.items():
+        t = tensor.detach().to(torch.float32)
+        if name.endswith("q_proj.weight"):
+            t = permute_rope(t, config.num_attention_heads)
+        elif name.endswith("k_proj.weight"):
+            t = permute_rope(t, config.num_key_value_heads)
+        array = t.numpy()
+        if array.ndim == 1 or quantization == "F32":
+            writer.add_tensor(_gguf_name(name), array.astype(np.float32))
+        else:
+            writer.add_tensor(_gguf_name(name), quantize(array, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def write_tiny_hf_dir(
+    directory: str | Path,
+    config: ModelConfig,
+    weights: dict[str, torch.Tensor],
+    *,
+    shards: int = 1,
+    chat_template: str | None = TINY_CHAT_TEMPLATE,
+) -> Path:
+    """Write a Hugging Face directory (config, safetensors in ``shards`` files, tokenizer)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config.to_hf_dict()), encoding="utf-8")
+    names = list(weights)
+    if shards == 1:
+        save_file({n: weights[n].contiguous() for n in names}, str(directory / "model.safetensors"))
+    else:
+        weight_map: dict[str, str] = {}
+        for i in range(shards):
+            part = names[i::shards]
+            file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+            save_file({n: weights[n].contiguous() for n in part}, str(directory / file))
+            weight_map.update({n: file for n in part})
+        index = {"metadata": {}, "weight_map": weight_map}
+        (directory / "model.safetensors.index.json").write_text(json.dumps(index))
+    tiny_tokenizer().save(directory, chat_template=chat_template)
+    return directory
