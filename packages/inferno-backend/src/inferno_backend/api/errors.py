@@ -1,0 +1,120 @@
+"""OpenAI-style errors: ``{"error": {"message", "type", "param", "code"}}`` with the right status.
+
+Handlers raise `APIError` (or a subclass); the error middleware renders it. Validation errors
+from pydantic become 400s that name the offending field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "BadRequestError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ServiceUnavailableError",
+    "error_body",
+    "error_response",
+    "from_validation_error",
+]
+
+
+class APIError(Exception):
+    """An error answered to the client with an OpenAI error body."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+
+class BadRequestError(APIError):
+    """400: the body or a parameter is invalid."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class AuthenticationError(APIError):
+    """401: missing or wrong API key."""
+
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(APIError):
+    """403: the key is valid but may not do this."""
+
+    status = 403
+    type = "permission_error"
+
+
+class NotFoundError(APIError):
+    """404: unknown model or route."""
+
+    status = 404
+    type = "invalid_request_error"
+
+
+class RateLimitError(APIError):
+    """429: too many requests for this key; ``Retry-After`` says when to come back."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class ServiceUnavailableError(APIError):
+    """503: the daemon is starting, draining or overloaded."""
+
+    status = 503
+    type = "service_unavailable"
+
+
+def error_body(
+    message: str, type_: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """The JSON body of an OpenAI error."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(exc: APIError) -> web.Response:
+    """Render ``exc`` as a JSON response with its status and headers."""
+    body = error_body(exc.message, exc.type, param=exc.param, code=exc.code)
+    return web.json_response(body, status=exc.status, headers=exc.headers)
+
+
+def from_validation_error(exc: ValidationError) -> BadRequestError:
+    """A 400 naming the first invalid field of a pydantic validation failure."""
+    err = exc.errors(include_url=False)[0]
+    if err["type"] == "json_invalid":
+        return BadRequestError(f"the body is not valid JSON: {err['msg']}", code="invalid_json")
+    if err["type"] == "model_type" and not err["loc"]:
+        return BadRequestError("the body must be a JSON object", code="invalid_body")
+    param = ".".join(str(p) for p in err["loc"]) or None
+    message = f"{param}: {err['msg']}" if param else err["msg"]
+    extra = len(exc.errors()) - 1
+    if extra:
+        message += f" (and {extra} more problem{'s' if extra > 1 else ''})"
+    return BadRequestError(message, param=param, code="invalid_value")

@@ -1,0 +1,85 @@
+"""OpenAI response bodies and stream chunks, built from engine outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from inferno_inference import TokenLogprob, Usage
+
+from inferno_backend.protocols import TokenizerLike
+
+__all__ = [
+    "ChoiceState",
+    "chat_logprobs",
+    "completion_logprobs",
+    "usage_body",
+]
+
+
+@dataclass(slots=True)
+class ChoiceState:
+    """What has been generated so far for one choice."""
+
+    text: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+def usage_body(usage: Usage) -> dict[str, Any]:
+    """The ``usage`` object of a response."""
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_prompt_tokens},
+    }
+
+
+def _piece(tokenizer: TokenizerLike, token_id: int) -> str:
+    return tokenizer.decode([token_id])
+
+
+def chat_logprobs(
+    tokenizer: TokenizerLike, logprobs: Sequence[TokenLogprob], top: int
+) -> dict[str, Any]:
+    """The chat ``logprobs`` object: ``{"content": [{token, logprob, bytes, top_logprobs}]}``."""
+    content = []
+    for lp in logprobs:
+        token = _piece(tokenizer, lp.token_id)
+        alternatives = [
+            {"token": (t := _piece(tokenizer, tid)), "logprob": v, "bytes": list(t.encode())}
+            for tid, v in lp.top[:top]
+        ]
+        content.append(
+            {
+                "token": token,
+                "logprob": lp.logprob,
+                "bytes": list(token.encode()),
+                "top_logprobs": alternatives,
+            }
+        )
+    return {"content": content}
+
+
+def completion_logprobs(
+    tokenizer: TokenizerLike, logprobs: Sequence[TokenLogprob], top: int, offset: int
+) -> dict[str, Any]:
+    """The legacy completions ``logprobs`` object; ``offset`` is the text length before it."""
+    tokens, token_logprobs, tops, offsets = [], [], [], []
+    for lp in logprobs:
+        token = _piece(tokenizer, lp.token_id)
+        tokens.append(token)
+        token_logprobs.append(lp.logprob)
+        tops.append({_piece(tokenizer, tid): v for tid, v in lp.top[:top]})
+        offsets.append(offset)
+        offset += len(token)
+    return {
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    }

@@ -1,0 +1,19 @@
+"""Typed keys of the objects an app holds (aiohttp ``AppKey``)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from inferno_backend.config import ServeConfig
+from inferno_backend.metrics import Metrics
+from inferno_backend.orchestrator import Orchestrator
+
+__all__ = ["ARRIVAL", "CLIENT_KEY", "CONFIG", "METRICS", "ORCHESTRATOR", "REQUEST_ID"]
+
+CONFIG = web.AppKey("config", ServeConfig)
+METRICS = web.AppKey("metrics", Metrics)
+ORCHESTRATOR = web.AppKey("orchestrator", Orchestrator)
+
+REQUEST_ID = web.RequestKey("request_id", str)
+ARRIVAL = web.RequestKey("arrival", float)
+CLIENT_KEY = web.RequestKey("client_key", str)

@@ -1,0 +1,363 @@
+"""``GET /v1/models``, ``POST /v1/chat/completions`` and ``POST /v1/completions``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
+
+import structlog
+from aiohttp import web
+from inferno_inference import TokenLogprob, Usage
+from pydantic import BaseModel, ValidationError
+
+from inferno_backend.api.errors import (
+    APIError,
+    BadRequestError,
+    NotFoundError,
+    ServiceUnavailableError,
+    error_body,
+    from_validation_error,
+)
+from inferno_backend.api.formatting import (
+    ChoiceState,
+    chat_logprobs,
+    completion_logprobs,
+    usage_body,
+)
+from inferno_backend.api.generation import Generation, PromptOutput, build_sampling, check_context
+from inferno_backend.api.keys import ARRIVAL, METRICS, ORCHESTRATOR, REQUEST_ID
+from inferno_backend.api.schemas import ChatCompletionRequest, CompletionRequest
+from inferno_backend.orchestrator import ModelNotServedError, NotAdmittingError, ServedModel
+
+__all__ = ["routes"]
+
+log = structlog.get_logger(__name__)
+routes = web.RouteTableDef()
+M = TypeVar("M", bound=BaseModel)
+
+#: Text longer than this is tokenized on a worker thread to keep the loop responsive.
+_THREAD_TOKENIZE_CHARS = 8192
+
+
+async def parse_body(request: web.Request, schema: type[M]) -> M:
+    """Read and validate the JSON body against ``schema`` (400 naming the field otherwise)."""
+    raw = await request.read()
+    try:
+        return schema.model_validate_json(raw)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+
+
+@contextlib.asynccontextmanager
+async def _admitted(request: web.Request, model: str) -> AsyncIterator[ServedModel]:
+    try:
+        async with request.app[ORCHESTRATOR].admit(model) as served:
+            structlog.contextvars.bind_contextvars(model=served.name)
+            yield served
+    except ModelNotServedError as exc:
+        raise NotFoundError(str(exc), param="model", code="model_not_found") from None
+    except NotAdmittingError as exc:
+        raise ServiceUnavailableError(str(exc), headers={"Retry-After": "5"}) from None
+
+
+async def _encode(served: ServedModel, text: str, *, special: bool) -> list[int]:
+    tokenizer = served.model.tokenizer
+    if len(text) > _THREAD_TOKENIZE_CHARS:
+        return await asyncio.to_thread(tokenizer.encode, text, add_special_tokens=special)
+    return tokenizer.encode(text, add_special_tokens=special)
+
+
+def _generation(request: web.Request, served: ServedModel, rid: str, **kw: Any) -> Generation:
+    return Generation(
+        served=served,
+        request_id=rid,
+        metrics=request.app[METRICS],
+        bus=request.app[ORCHESTRATOR].bus,
+        arrival=request[ARRIVAL],
+        **kw,
+    )
+
+
+@routes.get("/v1/models")
+async def list_models(request: web.Request) -> web.Response:
+    """The served models."""
+    served = request.app[ORCHESTRATOR].served.values()
+    data = [
+        {
+            "id": s.name,
+            "object": "model",
+            "created": s.created,
+            "owned_by": "inferno",
+            "max_model_len": s.max_model_len,
+        }
+        for s in served
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
+@routes.post("/v1/chat/completions")
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """A chat completion, streamed as server-sent events when ``stream`` is true."""
+    request[ARRIVAL] = time.perf_counter()
+    body = await parse_body(request, ChatCompletionRequest)
+    async with _admitted(request, body.model) as served:
+        template = served.model.chat_template
+        if template is None:
+            raise BadRequestError(
+                f"the model {served.name!r} has no chat template; use /v1/completions",
+                param="model",
+            )
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text}
+            for m in body.messages
+        ]
+        try:
+            text = template.render(messages, add_generation_prompt=True)
+        except Exception as exc:
+            raise BadRequestError(
+                f"messages: cannot apply the chat template: {exc}", param="messages"
+            ) from None
+        ids = await _encode(served, text, special=False)
+        budget = check_context(len(ids), body.token_limit, served.max_model_len, "messages")
+        top = body.top_logprobs or 0
+        sampling = build_sampling(body, max_tokens=budget, logprobs=top if body.logprobs else None)
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
+        gen = _generation(
+            request, served, rid, prompts=[ids], sampling=sampling, prompt_param="messages"
+        )
+        head = {"id": rid, "created": int(time.time()), "model": served.name}
+        tokenizer = served.model.tokenizer
+
+        def lp(logprobs: Sequence[TokenLogprob]) -> dict[str, Any] | None:
+            return chat_logprobs(tokenizer, logprobs, top) if body.logprobs else None
+
+        if not body.stream:
+            states = await _collect(request, gen, body.n)
+            choices = [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": "".join(s.text)},
+                    "logprobs": lp(s.logprobs),
+                    "finish_reason": s.finish_reason,
+                }
+                for i, s in enumerate(states)
+            ]
+            return web.json_response(
+                {
+                    **head,
+                    "object": "chat.completion",
+                    "choices": choices,
+                    "usage": usage_body(_usage(gen, states)),
+                }
+            )
+
+        def chunk(item: PromptOutput) -> list[dict[str, Any]]:
+            out = item.output
+            if not out.text and not out.finish_reason and not (body.logprobs and out.logprobs):
+                return []
+            delta = {"content": out.text} if out.text else {}
+            return [
+                {
+                    "index": out.index,
+                    "delta": delta,
+                    "logprobs": lp(out.logprobs or ()),
+                    "finish_reason": out.finish_reason,
+                }
+            ]
+
+        opening = [
+            {
+                "index": i,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": None,
+                "finish_reason": None,
+            }
+            for i in range(body.n)
+        ]
+        return await _sse(
+            request,
+            gen,
+            {**head, "object": "chat.completion.chunk"},
+            chunk,
+            opening,
+            body.include_usage,
+        )
+
+
+@routes.post("/v1/completions")
+async def completions(request: web.Request) -> web.StreamResponse:
+    """A text completion for one prompt or a batch, streamed when ``stream`` is true."""
+    request[ARRIVAL] = time.perf_counter()
+    body = await parse_body(request, CompletionRequest)
+    if body.echo and body.logprobs is not None:
+        raise BadRequestError("echo together with logprobs is not supported", param="echo")
+    async with _admitted(request, body.model) as served:
+        tokenizer = served.model.tokenizer
+        prompts: list[list[int]] = []
+        texts: list[str] = []
+        for p in body.prompts:
+            ids = await _encode(served, p, special=True) if isinstance(p, str) else list(p)
+            prompts.append(ids)
+            texts.append(p if isinstance(p, str) else (tokenizer.decode(p) if body.echo else ""))
+        budgets = [
+            check_context(len(ids), body.max_tokens, served.max_model_len, "prompt")
+            for ids in prompts
+        ]
+        # One budget for the batch: the default (16) or what was asked, which fits every prompt.
+        max_tokens = body.max_tokens or min(16, *budgets)
+        top = body.logprobs or 0
+        sampling = build_sampling(body, max_tokens=max_tokens, logprobs=body.logprobs)
+        rid = f"cmpl-{uuid.uuid4().hex}"
+        gen = _generation(request, served, rid, prompts=prompts, sampling=sampling)
+        head = {"id": rid, "created": int(time.time()), "model": served.name}
+        n = body.n
+
+        if not body.stream:
+            states = await _collect(request, gen, n * len(prompts))
+            choices = []
+            for i, s in enumerate(states):
+                prefix = texts[i // n] if body.echo else ""
+                logprobs = None
+                if body.logprobs is not None:
+                    logprobs = completion_logprobs(tokenizer, s.logprobs, top, len(prefix))
+                choices.append(
+                    {
+                        "index": i,
+                        "text": prefix + "".join(s.text),
+                        "logprobs": logprobs,
+                        "finish_reason": s.finish_reason,
+                    }
+                )
+            return web.json_response(
+                {
+                    **head,
+                    "object": "text_completion",
+                    "choices": choices,
+                    "usage": usage_body(_usage(gen, states)),
+                }
+            )
+
+        echoed: set[int] = set()
+        offsets = [0] * (n * len(prompts))
+
+        def chunk(item: PromptOutput) -> list[dict[str, Any]]:
+            out = item.output
+            index = item.prompt_index * n + out.index
+            text = out.text
+            if body.echo and index not in echoed:
+                echoed.add(index)
+                text = texts[item.prompt_index] + text
+            if not text and not out.finish_reason:
+                return []
+            logprobs = None
+            if body.logprobs is not None:
+                logprobs = completion_logprobs(tokenizer, out.logprobs or (), top, offsets[index])
+            offsets[index] += len(text)
+            return [
+                {
+                    "index": index,
+                    "text": text,
+                    "logprobs": logprobs,
+                    "finish_reason": out.finish_reason,
+                }
+            ]
+
+        return await _sse(
+            request, gen, {**head, "object": "text_completion"}, chunk, [], body.include_usage
+        )
+
+
+async def _collect(request: web.Request, gen: Generation, choices: int) -> list[ChoiceState]:
+    """Run a non-streamed request to the end; 500 if the engine failed it."""
+    states = [ChoiceState() for _ in range(choices)]
+    n = gen.sampling.n
+    async with contextlib.aclosing(gen.stream()) as stream:
+        async for item in stream:
+            out = item.output
+            state = states[item.prompt_index * n + out.index]
+            state.text.append(out.text)
+            state.token_ids.extend(out.token_ids)
+            if out.logprobs:
+                state.logprobs.extend(out.logprobs)
+            if out.finish_reason is not None:
+                state.finish_reason = out.finish_reason
+                state.error = out.error
+    failed = next((s for s in states if s.finish_reason == "error"), None)
+    if failed is not None:
+        message = failed.error or "the engine failed"
+        request.app[ORCHESTRATOR].report_engine_failure(gen.served.name, message, gen.request_id)
+        raise APIError(f"generation failed: {message}", code="engine_error")
+    return states
+
+
+def _usage(gen: Generation, states: list[ChoiceState]) -> Usage:
+    if gen.usage is not None:
+        return gen.usage
+    return Usage(sum(len(p) for p in gen.prompts), sum(len(s.token_ids) for s in states))
+
+
+def _event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def _sse(
+    request: web.Request,
+    gen: Generation,
+    head: dict[str, Any],
+    chunk: Callable[[PromptOutput], list[dict[str, Any]]],
+    opening: list[dict[str, Any]],
+    include_usage: bool,
+) -> web.StreamResponse:
+    """Stream ``gen`` as server-sent events ending with ``data: [DONE]``.
+
+    The first output is awaited before the response starts, so an invalid request still gets a
+    JSON error with its 4xx status. A client that disconnects ends the loop; closing the stream
+    then aborts the engine requests.
+    """
+    extra = {"usage": None} if include_usage else {}
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Request-Id": request.get(REQUEST_ID, ""),
+        }
+    )
+    async with contextlib.aclosing(gen.stream()) as stream:
+        first = await anext(stream, None)
+        await response.prepare(request)
+        try:
+            if opening:
+                await response.write(_event({**head, "choices": opening, **extra}))
+            pending = [first] if first is not None else []
+            while True:
+                item = pending.pop() if pending else await anext(stream, None)
+                if item is None:
+                    break
+                if item.output.finish_reason == "error":
+                    message = item.output.error or "the engine failed"
+                    request.app[ORCHESTRATOR].report_engine_failure(
+                        gen.served.name, message, gen.request_id
+                    )
+                    body = error_body(
+                        f"generation failed: {message}", "server_error", code="engine_error"
+                    )
+                    await response.write(_event(body))
+                    continue
+                choices = chunk(item)
+                if choices:
+                    await response.write(_event({**head, "choices": choices, **extra}))
+            if include_usage and gen.usage is not None:
+                await response.write(
+                    _event({**head, "choices": [], "usage": usage_body(gen.usage)})
+                )
+            await response.write(b"data: [DONE]\n\n")
+        except (ConnectionResetError, ConnectionError):
+            log.info("client disconnected mid-stream; aborting", engine_request=gen.request_id)
+        except APIError as exc:
+            await response.write(_event(error_body(exc.message, exc.type, code=exc.code)))
+    return response

@@ -1,0 +1,166 @@
+"""Request bodies of the OpenAI-compatible routes, validated strictly (no type coercion).
+
+Unknown fields are ignored, as OpenAI clients send fields a server may not know; known fields
+with the wrong type or out of range are rejected with a message naming them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "CompletionRequest",
+    "SamplingFields",
+    "StreamOptions",
+    "TextContentPart",
+]
+
+_STRICT = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+StopField = Annotated[
+    str | list[Annotated[str, Field(min_length=1)]] | None,
+    Field(default=None, description="Up to 4 strings that end the generation (cut from it)."),
+]
+
+
+class StreamOptions(BaseModel):
+    """Options of a streamed response."""
+
+    model_config = _STRICT
+
+    include_usage: bool = Field(default=False, description="Send a final chunk with usage.")
+
+
+class SamplingFields(BaseModel):
+    """Fields shared by chat and text completions."""
+
+    model_config = _STRICT
+
+    model: str = Field(min_length=1, description="Name of a model listed by GET /v1/models.")
+    max_tokens: int | None = Field(default=None, ge=1, description="Most new tokens per choice.")
+    temperature: float | None = Field(default=None, ge=0, le=2, description="0 is greedy.")
+    top_p: float | None = Field(default=None, ge=0, le=1, description="Nucleus mass kept.")
+    top_k: int | None = Field(default=None, ge=0, description="Keep the k likeliest; 0 is off.")
+    min_p: float | None = Field(default=None, ge=0, le=1, description="Relative floor.")
+    repetition_penalty: float | None = Field(default=None, gt=0, le=2)
+    n: int = Field(default=1, ge=1, le=16, description="Choices to generate.")
+    stop: StopField
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**64, description="Sampling seed.")
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    stream: bool = Field(default=False, description="Answer with server-sent events.")
+    stream_options: StreamOptions | None = None
+    ignore_eos: bool = Field(default=False, description="Continue past end-of-sequence.")
+    user: str | None = Field(default=None, description="Accepted and ignored.")
+
+    @model_validator(mode="after")
+    def _check_common(self) -> SamplingFields:
+        if isinstance(self.stop, list) and len(self.stop) > 4:
+            raise ValueError("stop: at most 4 stop strings are allowed")
+        if isinstance(self.stop, str) and not self.stop:
+            raise ValueError("stop: stop strings must not be empty")
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options: only allowed when stream is true")
+        return self
+
+    @property
+    def stop_list(self) -> tuple[str, ...]:
+        """The stop strings as a tuple."""
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        """A streamed response ends with a usage chunk."""
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class TextContentPart(BaseModel):
+    """A text part of a message's content (the only kind a text model understands)."""
+
+    model_config = _STRICT
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """One message of a conversation."""
+
+    model_config = _STRICT
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextContentPart] | None = None
+    name: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The content as plain text."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ChatCompletionRequest(SamplingFields):
+    """Body of ``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1, description="The conversation so far.")
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1, description="Most new tokens per choice (newer name of max_tokens)."
+    )
+    logprobs: bool = Field(default=False, description="Return log-probabilities of tokens.")
+    top_logprobs: int | None = Field(default=None, ge=0, le=20, description="Alternatives.")
+
+    @model_validator(mode="after")
+    def _check_chat(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs: requires logprobs to be true")
+        return self
+
+    @property
+    def token_limit(self) -> int | None:
+        """The requested limit of new tokens, whichever name carried it."""
+        return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionRequest(SamplingFields):
+    """Body of ``POST /v1/completions``."""
+
+    prompt: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=64)]
+        | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+        | Annotated[
+            list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]],
+            Field(min_length=1, max_length=64),
+        ]
+    ) = Field(description="A prompt, token ids, or a batch of either.")
+    logprobs: int | None = Field(default=None, ge=0, le=5, description="Top alternatives.")
+    echo: bool = Field(default=False, description="Prepend the prompt to the completion.")
+    suffix: str | None = Field(default=None, description="Not supported; must be null.")
+    best_of: int | None = Field(default=None, ge=1, le=16, description="Must equal n if set.")
+
+    @model_validator(mode="after")
+    def _check_completion(self) -> CompletionRequest:
+        if self.suffix:
+            raise ValueError("suffix: is not supported by this server")
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError("best_of: only best_of equal to n is supported")
+        return self
+
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        """The batch of prompts: each a string or a list of token ids."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if all(isinstance(x, int) for x in p):
+            return [[int(x) for x in p if isinstance(x, int)]]
+        return [x for x in p if isinstance(x, str | list)]

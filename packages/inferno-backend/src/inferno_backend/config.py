@@ -1,0 +1,152 @@
+"""Configuration of the daemon: defaults < TOML file < ``INFERNO_*`` environment < CLI flags.
+
+Every field is validated by pydantic; a bad value raises `ConfigError` whose message names the
+field and where the value came from (``port (from INFERNO_PORT): ...``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = ["ENV_PREFIX", "ConfigError", "ServeConfig", "load_config"]
+
+ENV_PREFIX = "INFERNO_"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names each offending field and its source."""
+
+
+class ServeConfig(BaseModel):
+    """Everything ``inferno serve`` needs to know. Field names are also the TOML keys and, upper
+    cased behind ``INFERNO_``, the environment variables (lists there are comma-separated)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(default="default", min_length=1, description="Model name or path to load.")
+    served_model_name: str | None = Field(
+        default=None, min_length=1, description="Name clients use; defaults to ``model``."
+    )
+    host: str = Field(default="127.0.0.1", min_length=1, description="Address to listen on.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port; 0 picks a free one.")
+    device: str = Field(default="cpu", min_length=1, description="torch device of the model.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32", description="Compute dtype of the weights."
+    )
+    max_num_seqs: int = Field(default=64, ge=1, le=4096, description="Concurrent sequences.")
+    max_model_len: int | None = Field(
+        default=None, ge=16, description="Context length; defaults to the model's."
+    )
+    kv_cache_bytes: int = Field(
+        default=256 * 2**20, ge=2**20, description="Bytes of KV cache the engine may use."
+    )
+    warmup: bool = Field(default=True, description="Run one forward pass before turning ready.")
+    api_keys: tuple[str, ...] = Field(
+        default=(), description="Accepted Bearer keys; empty means no authentication."
+    )
+    admin_key: str | None = Field(
+        default=None, min_length=1, description="Bearer key of /v1/admin/*; unset disables admin."
+    )
+    max_body_bytes: int = Field(
+        default=2**20, ge=1024, le=2**30, description="Largest request body accepted."
+    )
+    rate_limit_rpm: float = Field(
+        default=0.0, ge=0, description="Requests per minute per API key (or client); 0 is off."
+    )
+    rate_limit_burst: int = Field(default=10, ge=1, description="Requests allowed in a burst.")
+    cors_origins: tuple[str, ...] = Field(
+        default=(), description="Origins allowed by CORS; ``*`` allows any; empty disables CORS."
+    )
+    discovery: str = Field(
+        default="memory://", description="Discovery backend: memory:// or etcd://HOST:PORT."
+    )
+    service_name: str = Field(default="inferno", min_length=1, description="Discovery name.")
+    advertise_host: str | None = Field(
+        default=None, description="Host others reach this daemon at; defaults to ``host``."
+    )
+    drain_timeout_s: float = Field(
+        default=30.0, ge=0, le=3600, description="Seconds to let in-flight requests finish."
+    )
+    log_format: Literal["json", "console"] = Field(default="json", description="Log renderer.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Lowest level logged."
+    )
+
+    @field_validator("discovery")
+    @classmethod
+    def _check_discovery(cls, value: str) -> str:
+        if value != "memory://" and not value.startswith("etcd://"):
+            raise ValueError("must be memory:// or etcd://HOST:PORT")
+        return value
+
+    @property
+    def public_model_name(self) -> str:
+        """The name of the startup model as clients see it."""
+        return self.served_model_name or self.model
+
+
+def _env_values(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, field in ServeConfig.model_fields.items():
+        key = ENV_PREFIX + name.upper()
+        if key not in env:
+            continue
+        raw = env[key]
+        annotation = str(field.annotation)
+        values[name] = (
+            tuple(p.strip() for p in raw.split(",") if p.strip()) if "tuple" in annotation else raw
+        )
+        sources[name] = key
+    return values, sources
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ServeConfig:
+    """Merge the layers into one validated `ServeConfig`.
+
+    Args:
+        path: a TOML file; its keys are the field names (a ``[serve]`` table is also accepted).
+        env: the environment to read ``INFERNO_*`` from (``os.environ`` when None).
+        overrides: values from CLI flags; ``None`` values are ignored.
+
+    Raises:
+        ConfigError: unreadable file, unknown key, or a value out of range.
+    """
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
+        data = data.get("serve", data) if isinstance(data.get("serve"), dict) else data
+        values.update(data)
+        sources.update(dict.fromkeys(data, str(path)))
+    env_values, env_sources = _env_values(os.environ if env is None else env)
+    values.update(env_values)
+    sources.update(env_sources)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+            sources[key] = "command line"
+    try:
+        return ServeConfig.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "config"
+            origin = sources.get(str(err["loc"][0]) if err["loc"] else "", "")
+            where = f" (from {origin})" if origin else ""
+            problems.append(f"{field}{where}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

@@ -1,0 +1,130 @@
+"""The OpenAPI 3.1 description of the daemon's API, served at ``/openapi.json``.
+
+Request schemas come from the pydantic models that validate the bodies, so the description
+cannot drift from what the server accepts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from inferno_backend.api.admin import LoadModelRequest, UnloadModelRequest
+from inferno_backend.api.schemas import ChatCompletionRequest, CompletionRequest
+
+__all__ = ["build_openapi"]
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+_JSON_OBJECT = {"type": "object", "additionalProperties": True}
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    error = {"$ref": "#/components/schemas/Error"}
+    return {str(s): _json(error, "An OpenAI error body.") for s in statuses}
+
+
+def _post(summary: str, model: type[BaseModel], *, stream: bool, admin: bool = False) -> Any:
+    ok: dict[str, Any] = _json(_JSON_OBJECT, "The result.")
+    if stream:
+        ok["content"]["text/event-stream"] = {
+            "schema": {"type": "string", "description": "data: <chunk JSON> lines, then [DONE]"}
+        }
+    codes = (400, 401, 403, 404, 413, 429, 503) if admin else (400, 401, 404, 413, 429, 503)
+    return {
+        "post": {
+            "summary": summary,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref(model)}},
+            },
+            "responses": {"200": ok, **_errors(*codes)},
+            **({"security": [{"adminKey": []}]} if admin else {}),
+        }
+    }
+
+
+def _get(summary: str, *, probe: bool = False, text: bool = False) -> Any:
+    ok: dict[str, Any] = _json(_JSON_OBJECT, "The result.")
+    if text:
+        ok = {"description": "Prometheus text format.", "content": {"text/plain": {}}}
+    responses: dict[str, Any] = {"200": ok}
+    if probe:
+        responses["503"] = _json(_JSON_OBJECT, "The probe fails; the body says why.")
+    return {"get": {"summary": summary, "responses": responses}}
+
+
+def build_openapi(server_url: str | None = None) -> dict[str, Any]:
+    """The OpenAPI document (a JSON-compatible dict)."""
+    models: list[type[BaseModel]] = [
+        ChatCompletionRequest,
+        CompletionRequest,
+        LoadModelRequest,
+        UnloadModelRequest,
+    ]
+    _, defs = models_json_schema(
+        [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
+    )
+    schemas = dict(defs.get("$defs", {}))
+    schemas["Error"] = _ERROR
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Inferno",
+            "version": "0.1.0",
+            "description": "OpenAI-compatible LLM serving API of the Inferno daemon.",
+        },
+        "paths": {
+            "/v1/models": _get("List the served models."),
+            "/v1/chat/completions": _post(
+                "Create a chat completion.", ChatCompletionRequest, stream=True
+            ),
+            "/v1/completions": _post("Create a text completion.", CompletionRequest, stream=True),
+            "/v1/status": _get("Load of the daemon: queue, running, KV usage, free slots."),
+            "/v1/admin/models/load": _post(
+                "Load a model.", LoadModelRequest, stream=False, admin=True
+            ),
+            "/v1/admin/models/unload": _post(
+                "Unload a model.", UnloadModelRequest, stream=False, admin=True
+            ),
+            "/health/live": _get("Liveness probe.", probe=True),
+            "/health/ready": _get("Readiness probe.", probe=True),
+            "/health/startup": _get("Startup probe.", probe=True),
+            "/metrics": _get("Prometheus metrics.", text=True),
+        },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer"},
+                "adminKey": {"type": "http", "scheme": "bearer"},
+            },
+        },
+        "security": [{"apiKey": []}, {}],
+    }
+    if server_url:
+        doc["servers"] = [{"url": server_url}]
+    return doc

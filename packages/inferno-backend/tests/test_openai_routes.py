@@ -1,0 +1,190 @@
+"""The OpenAI routes against FakeEngine: bodies, streaming, errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+from inferno_backend.config import ServeConfig
+from inferno_backend.events import RequestFinished
+
+from .conftest import MakeClient
+
+CHAT = {"model": "default", "messages": [{"role": "user", "content": "Hi"}]}
+
+
+def _events(raw: str) -> list[Any]:
+    out: list[Any] = []
+    for line in raw.split("\n\n"):
+        if not line.strip():
+            continue
+        assert line.startswith("data: "), line
+        data = line[len("data: ") :]
+        out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+async def test_models_lists_the_served_model(client: TestClient[Any, Any]) -> None:
+    resp = await client.get("/v1/models")
+    assert resp.status == 200
+    body = await resp.json()
+    assert [m["id"] for m in body["data"]] == ["default"]
+    assert body["data"][0]["object"] == "model"
+
+
+async def test_chat_completion_returns_text_usage_and_finish_reason(
+    client: TestClient[Any, Any],
+) -> None:
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "Hello, I am a fake engine.",
+    }
+    assert body["choices"][0]["finish_reason"] == "stop"
+    usage = body["usage"]
+    assert usage["completion_tokens"] == 8
+    assert usage["total_tokens"] == usage["prompt_tokens"] + 8
+    assert resp.headers["X-Request-Id"]
+
+
+async def test_chat_uses_the_template_and_max_tokens(make_client: MakeClient) -> None:
+    client, orch = await make_client()
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 3, "n": 2})
+    body = await resp.json()
+    assert [c["finish_reason"] for c in body["choices"]] == ["length", "length"]
+    assert body["choices"][1]["message"]["content"] == "Hello, I"
+    engine = orch.engines[0]  # type: ignore[attr-defined]
+    request = engine.requests[-1]
+    prompt = orch.get("default").model.tokenizer.decode(request.prompt_token_ids)
+    assert prompt == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert request.sampling.max_tokens == 3
+    assert request.sampling.n == 2
+
+
+async def test_sampling_fields_reach_the_engine(make_client: MakeClient) -> None:
+    client, orch = await make_client()
+    fields = {
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "seed": 7,
+        "stop": ["fake"],
+        "presence_penalty": 0.5,
+        "frequency_penalty": -0.5,
+        "max_completion_tokens": 20,
+    }
+    resp = await client.post("/v1/chat/completions", json={**CHAT, **fields})
+    body = await resp.json()
+    assert body["choices"][0]["message"]["content"] == "Hello, I am a "
+    assert body["choices"][0]["finish_reason"] == "stop"
+    sp = orch.engines[0].requests[-1].sampling  # type: ignore[attr-defined]
+    assert (sp.temperature, sp.top_p, sp.seed, sp.stop) == (0.5, 0.9, 7, ("fake",))
+    assert (sp.presence_penalty, sp.frequency_penalty, sp.max_tokens) == (0.5, -0.5, 20)
+
+
+async def test_chat_logprobs(client: TestClient[Any, Any]) -> None:
+    resp = await client.post(
+        "/v1/chat/completions", json={**CHAT, "logprobs": True, "top_logprobs": 2}
+    )
+    body = await resp.json()
+    content = body["choices"][0]["logprobs"]["content"]
+    assert len(content) == 8
+    assert len(content[0]["top_logprobs"]) == 2
+    assert isinstance(content[0]["bytes"], list)
+
+
+async def test_chat_stream_sends_role_deltas_usage_and_done(client: TestClient[Any, Any]) -> None:
+    payload = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    resp = await client.post("/v1/chat/completions", json=payload)
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    events = _events(await resp.text())
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == "Hello, I am a fake engine."
+    finals = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert finals[-1]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] == 8
+    assert all(c["usage"] is None for c in chunks[:-1])
+
+
+async def test_completion_with_batch_and_echo(client: TestClient[Any, Any]) -> None:
+    payload = {"model": "default", "prompt": ["ab", "cd"], "max_tokens": 2, "echo": True}
+    resp = await client.post("/v1/completions", json=payload)
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert [c["text"] for c in body["choices"]] == ["abHello,", "cdHello,"]
+    assert [c["index"] for c in body["choices"]] == [0, 1]
+    assert body["usage"]["completion_tokens"] == 4
+    assert body["usage"]["prompt_tokens"] == 6  # BOS + 2 bytes, twice
+
+
+async def test_completion_token_ids_logprobs_and_stream(client: TestClient[Any, Any]) -> None:
+    payload = {"model": "default", "prompt": [5, 6, 7], "logprobs": 1, "stream": True}
+    resp = await client.post("/v1/completions", json=payload)
+    events = _events(await resp.text())
+    assert events[-1] == "[DONE]"
+    assert "".join(e["choices"][0]["text"] for e in events[:-1]) == "Hello, I am a fake engine."
+    assert events[0]["choices"][0]["logprobs"]["tokens"] == [
+        events[0]["choices"][0]["logprobs"]["tokens"][0]
+    ]
+    assert events[0]["object"] == "text_completion"
+
+
+async def test_default_completion_budget_is_16_tokens(make_client: MakeClient) -> None:
+    client, _orch = await make_client(engine_options={"script": ["x"] * 40})
+    body = await (
+        await client.post("/v1/completions", json={"model": "default", "prompt": "a"})
+    ).json()
+    assert body["choices"][0]["text"] == "x" * 16
+    assert body["choices"][0]["finish_reason"] == "length"
+
+
+async def test_request_finished_event_and_metrics(make_client: MakeClient) -> None:
+    client, orch = await make_client()
+    seen: list[RequestFinished] = []
+    orch.bus.subscribe(RequestFinished, seen.append)
+    await client.post("/v1/chat/completions", json=CHAT)
+    assert seen
+    assert seen[0].finish_reasons == ("stop",)
+    assert seen[0].completion_tokens == 8
+    text = await (await client.get("/metrics")).text()
+    assert 'inferno:generation_tokens_total{model="default"} 8.0' in text
+    assert 'inferno:time_to_first_token_seconds_count{model="default"} 1.0' in text
+    assert 'inferno:e2e_request_latency_seconds_count{model="default"} 1.0' in text
+    assert 'inferno:num_requests_running{model="default"} 0.0' in text
+    assert 'inferno:memory_pool_bytes{kind="current",model="default"}' in text
+
+
+async def test_engine_failure_is_a_server_error(make_client: MakeClient) -> None:
+    client, _ = await make_client(engine_options={"fail_after": 2})
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 500
+    assert (await resp.json())["error"]["code"] == "engine_error"
+    stream = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    events = _events(await stream.text())
+    assert any(isinstance(e, dict) and "error" in e for e in events)
+    assert events[-1] == "[DONE]"
+
+
+async def test_chat_without_template_is_rejected(make_client: MakeClient) -> None:
+    client, orch = await make_client()
+    served = orch.get("default")
+    object.__setattr__(served.model, "chat_template", None)
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == "model"
+
+
+async def test_served_model_name(make_client: MakeClient) -> None:
+    client, _ = await make_client(ServeConfig(warmup=False, served_model_name="smol"))
+    body = await (await client.get("/v1/models")).json()
+    assert body["data"][0]["id"] == "smol"
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "model": "smol"})
+    assert resp.status == 200
