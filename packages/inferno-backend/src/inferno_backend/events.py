@@ -183,14 +183,14 @@ class EventBus:
             try:
                 entry.handler(event)
             except Exception:
-                log.exception("event subscriber failed", event=type(event).__name__)
+                log.exception("event subscriber failed", event_type=type(event).__name__)
 
     def _start(self, entry: _Entry, event: InfernoEvent) -> None:
         async def run() -> None:
             try:
                 await entry.handler(event)
             except Exception:
-                log.exception("event subscriber failed", event=type(event).__name__)
+                log.exception("event subscriber failed", event_type=type(event).__name__)
 
         try:
             loop = asyncio.get_running_loop()

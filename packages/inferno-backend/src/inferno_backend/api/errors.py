@@ -113,7 +113,13 @@ def from_validation_error(exc: ValidationError) -> BadRequestError:
     if err["type"] == "model_type" and not err["loc"]:
         return BadRequestError("the body must be a JSON object", code="invalid_body")
     param = ".".join(str(p) for p in err["loc"]) or None
-    message = f"{param}: {err['msg']}" if param else err["msg"]
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if param is None and ": " in msg:
+        # Cross-field rules raise "field: problem"; report that field as the param.
+        param = msg.split(": ", 1)[0]
+        message = msg
+    else:
+        message = f"{param}: {msg}" if param else msg
     extra = len(exc.errors()) - 1
     if extra:
         message += f" (and {extra} more problem{'s' if extra > 1 else ''})"

@@ -1,0 +1,105 @@
+"""Config layering and the event bus."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from inferno_backend.adapters import health_change_listener, memory_alert_listener
+from inferno_backend.config import ConfigError, load_config
+from inferno_backend.events import (
+    EventBus,
+    HealthStatusChanged,
+    InfernoEvent,
+    MemoryAlert,
+    ModelLoaded,
+)
+
+
+def test_layers_flags_win(tmp_path: Path) -> None:
+    path = tmp_path / "inferno.toml"
+    path.write_text('port = 9000\nhost = "0.0.0.0"\napi_keys = ["a"]\nmodel = "m1"\n')
+    env = {"INFERNO_PORT": "9100", "INFERNO_API_KEYS": "b, c", "INFERNO_WARMUP": "false"}
+    config = load_config(path, env=env, overrides={"port": 9200, "model": None})
+    assert config.port == 9200
+    assert config.host == "0.0.0.0"
+    assert config.api_keys == ("b", "c")
+    assert config.model == "m1"
+    assert config.warmup is False
+
+
+def test_serve_table_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "inferno.toml"
+    path.write_text("[serve]\nport = 1234\n")
+    assert load_config(path, env={}).port == 1234
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"INFERNO_PORT": "70000"}, "port (from INFERNO_PORT)"),
+        ({"INFERNO_DTYPE": "int3"}, "dtype (from INFERNO_DTYPE)"),
+        ({"INFERNO_DISCOVERY": "zk://x"}, "discovery (from INFERNO_DISCOVERY)"),
+    ],
+)
+def test_errors_name_field_and_source(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        load_config(env=env)
+
+
+def test_unknown_file_key_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("prot = 1\n")
+    with pytest.raises(ConfigError, match=r"prot \(from .*bad.toml\)"):
+        load_config(path, env={})
+
+
+async def test_bus_typed_sync_async_and_isolated() -> None:
+    bus = EventBus()
+    got: list[str] = []
+
+    def boom(event: InfernoEvent) -> None:
+        raise RuntimeError("subscriber bug")
+
+    async def on_async(event: ModelLoaded) -> None:
+        await asyncio.sleep(0)
+        got.append("async:" + event.name)
+
+    bus.subscribe(InfernoEvent, boom)
+    bus.subscribe(ModelLoaded, lambda e: got.append("sync:" + e.name))
+    bus.subscribe(ModelLoaded, on_async)
+    unsubscribe = bus.subscribe(MemoryAlert, lambda e: got.append("memory"))
+    unsubscribe()
+    bus.publish(ModelLoaded(name="m", source="m", nbytes=0, load_seconds=0.0))
+    bus.publish(MemoryAlert(stats=None))
+    await bus.drain()
+    assert got == ["sync:m", "async:m"]
+
+
+async def test_bus_delivers_from_other_threads_on_the_loop() -> None:
+    bus = EventBus()
+    bus.bind_loop(asyncio.get_running_loop())
+    done = asyncio.Event()
+    threads: list[bool] = []
+
+    def on_alert(event: MemoryAlert) -> None:
+        threads.append(asyncio.get_running_loop() is not None)
+        done.set()
+
+    bus.subscribe(MemoryAlert, on_alert)
+    await asyncio.to_thread(memory_alert_listener(bus), "stats")
+    await asyncio.wait_for(done.wait(), 2)
+    assert threads == [True]
+
+
+async def test_health_adapter_publishes_changes() -> None:
+    from inferno_health import HealthChecker
+
+    bus = EventBus()
+    seen: list[HealthStatusChanged] = []
+    bus.subscribe(HealthStatusChanged, seen.append)
+    checker = HealthChecker(on_change=[health_change_listener(bus)])
+    await checker.check()
+    checker.set_ready(False, "draining")
+    assert any(e.probe == "readiness" and e.status == "unhealthy" for e in seen)

@@ -1,0 +1,121 @@
+"""Every invalid request gets an OpenAI error body with the right 4xx."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from .conftest import MakeClient
+
+CHAT = {"model": "default", "messages": [{"role": "user", "content": "Hi"}]}
+
+
+async def _error(resp: Any, status: int) -> dict[str, Any]:
+    assert resp.status == status, await resp.text()
+    body = await resp.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return dict(body["error"])
+
+
+async def test_unknown_model_is_404(client: TestClient[Any, Any]) -> None:
+    err = await _error(await client.post("/v1/chat/completions", json={**CHAT, "model": "x"}), 404)
+    assert err["code"] == "model_not_found"
+    assert err["param"] == "model"
+
+
+async def test_bad_json_is_400(client: TestClient[Any, Any]) -> None:
+    resp = await client.post(
+        "/v1/chat/completions", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    err = await _error(resp, 400)
+    assert err["code"] == "invalid_json"
+
+
+async def test_non_object_body_is_400(client: TestClient[Any, Any]) -> None:
+    err = await _error(await client.post("/v1/completions", json=[1, 2]), 400)
+    assert err["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "param"),
+    [
+        ("temperature", "hot", "temperature"),
+        ("temperature", 2.5, "temperature"),
+        ("top_p", -0.1, "top_p"),
+        ("n", 0, "n"),
+        ("max_tokens", 0, "max_tokens"),
+        ("max_tokens", "5", "max_tokens"),
+        ("presence_penalty", 3, "presence_penalty"),
+        ("frequency_penalty", -3, "frequency_penalty"),
+        ("top_logprobs", 30, "top_logprobs"),
+        ("stream", "yes", "stream"),
+        ("messages", [], "messages"),
+        ("messages", [{"role": "wizard", "content": "x"}], "messages.0.role"),
+        ("seed", 1.5, "seed"),
+    ],
+)
+async def test_out_of_range_and_wrong_types_name_the_field(
+    client: TestClient[Any, Any], field: str, value: Any, param: str
+) -> None:
+    err = await _error(await client.post("/v1/chat/completions", json={**CHAT, field: value}), 400)
+    assert err["param"] == param
+    assert param in err["message"]
+
+
+async def test_model_level_rules_name_the_field(client: TestClient[Any, Any]) -> None:
+    err = await _error(
+        await client.post("/v1/chat/completions", json={**CHAT, "top_logprobs": 2}), 400
+    )
+    assert err["param"] == "top_logprobs"
+    err = await _error(
+        await client.post("/v1/chat/completions", json={**CHAT, "stop": ["a"] * 5}), 400
+    )
+    assert err["param"] == "stop"
+
+
+async def test_missing_model_field(client: TestClient[Any, Any]) -> None:
+    err = await _error(
+        await client.post("/v1/chat/completions", json={"messages": CHAT["messages"]}), 400
+    )
+    assert err["param"] == "model"
+
+
+async def test_prompt_too_long_is_400(make_client: MakeClient) -> None:
+    from inferno_backend.testing import FakeModelSource
+
+    client, _ = await make_client(source=FakeModelSource(max_model_len=64))
+    err = await _error(
+        await client.post("/v1/completions", json={"model": "default", "prompt": "x" * 100}), 400
+    )
+    assert err["code"] == "context_length_exceeded"
+    payload = {"model": "default", "prompt": "x", "max_tokens": 100}
+    err = await _error(await client.post("/v1/completions", json=payload), 400)
+    assert err["param"] == "max_tokens"
+    stream = await client.post(
+        "/v1/chat/completions",
+        json={**CHAT, "messages": [{"role": "user", "content": "y" * 100}], "stream": True},
+    )
+    await _error(stream, 400)
+
+
+async def test_token_ids_outside_vocab_are_400(client: TestClient[Any, Any]) -> None:
+    err = await _error(
+        await client.post("/v1/completions", json={"model": "default", "prompt": [10**6]}), 400
+    )
+    assert err["param"] == "prompt"
+
+
+async def test_unknown_route_and_method(client: TestClient[Any, Any]) -> None:
+    await _error(await client.get("/v1/nothing"), 404)
+    await _error(await client.get("/v1/chat/completions"), 405)
+
+
+async def test_body_too_large_is_413(make_client: MakeClient) -> None:
+    from inferno_backend.config import ServeConfig
+
+    client, _ = await make_client(ServeConfig(warmup=False, max_body_bytes=2048))
+    big = {**CHAT, "messages": [{"role": "user", "content": "x" * 5000}]}
+    err = await _error(await client.post("/v1/chat/completions", json=big), 413)
+    assert err["code"] == "request_too_large"
