@@ -13,7 +13,7 @@ from inferno_memory.errors import (
     MemoryConfigError,
     OutOfMemoryError,
 )
-from inferno_memory.freelist import SortedKeys, pack, unpack
+from inferno_memory.freelist import ADDRESS_BITS, SortedKeys, unpack
 from inferno_memory.host import check_request
 from inferno_memory.observers import Observers
 from inferno_memory.protocols import MemoryResource
@@ -21,6 +21,8 @@ from inferno_memory.sizes import ALIGNMENT, Size, align_up, format_size, parse_s
 from inferno_memory.stats import MemoryStats, StatsCounter
 
 __all__ = ["DEFAULT_SLAB_SIZE", "BlockInfo", "PoolMemoryResource"]
+
+_MASK = ALIGNMENT - 1
 
 DEFAULT_SLAB_SIZE = 1 << 20
 """Slab size when neither ``slab_size`` nor ``initial_size`` says otherwise (1 MiB)."""
@@ -101,10 +103,11 @@ class PoolMemoryResource:
 
     def allocate(self, nbytes: int) -> Allocation:
         """Best-fit ``nbytes`` from the free blocks, growing by a slab when none fits."""
-        nbytes = check_request(nbytes)
-        rounded = max(align_up(nbytes), ALIGNMENT)
+        if type(nbytes) is not int or nbytes < 0:  # exact-int fast path; validate the rest
+            nbytes = check_request(nbytes)
+        rounded = ((nbytes + _MASK) & ~_MASK) or ALIGNMENT
         with self._lock:
-            key = self._free.ceiling(pack(rounded, 0))
+            key = self._free.ceiling(rounded << ADDRESS_BITS)
             block = self._grow(rounded, nbytes) if key is None else self._blocks[unpack(key)[1]]
             self._remove_free(block)
             if block.size > rounded:
@@ -237,11 +240,11 @@ class PoolMemoryResource:
     # -- internals (the lock is held) -----------------------------------------------------
 
     def _insert_free(self, block: _Block) -> None:
-        self._free.add(pack(block.size, block.addr))
+        self._free.add((block.size << ADDRESS_BITS) | block.addr)
         self._free_by_end[block.addr + block.size] = block
 
     def _remove_free(self, block: _Block) -> None:
-        self._free.remove(pack(block.size, block.addr))
+        self._free.remove((block.size << ADDRESS_BITS) | block.addr)
         del self._free_by_end[block.addr + block.size]
 
     def _grow(self, rounded: int, requested: int) -> _Block:
