@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import ClientSession
@@ -12,6 +13,15 @@ from inferno_backend.orchestrator import DaemonState, RegistrationHandle
 from inferno_backend.testing import FakeModelSource, fake_orchestrator
 
 from .conftest import MakeClient
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    for _ in range(1000):
+        if predicate():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition never became true")
+
 
 CHAT = {"model": "default", "messages": [{"role": "user", "content": "Hi"}]}
 
@@ -43,8 +53,7 @@ async def test_probes_before_start_fail() -> None:
 async def test_stop_drains_inflight_and_refuses_new(make_client: MakeClient) -> None:
     client, orch = await make_client(engine_options={"token_delay": 0.02})
     stream = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
-    while orch.inflight == 0:
-        await asyncio.sleep(0.005)
+    await _until(lambda: orch.inflight > 0)
     stopping = asyncio.create_task(orch.stop())
     await asyncio.sleep(0.01)
     refused = await client.post("/v1/chat/completions", json=CHAT)
@@ -63,8 +72,7 @@ async def test_drain_timeout_aborts(make_client: MakeClient) -> None:
     config = ServeConfig(warmup=False, drain_timeout_s=0.05)
     client, orch = await make_client(config, engine_options={"token_delay": 0.05})
     task = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
-    while orch.inflight == 0:
-        await asyncio.sleep(0.005)
+    await _until(lambda: orch.inflight > 0)
     report = await orch.stop()
     assert not report.drained
     assert report.aborted_requests == 1

@@ -46,6 +46,9 @@ class ServeConfig(BaseModel):
     kv_cache_bytes: int = Field(
         default=256 * 2**20, ge=2**20, description="Bytes of KV cache the engine may use."
     )
+    memory_limit_bytes: int = Field(
+        default=2**30, ge=2**20, description="Budget of the memory pool (alerts and health)."
+    )
     warmup: bool = Field(default=True, description="Run one forward pass before turning ready.")
     api_keys: tuple[str, ...] = Field(
         default=(), description="Accepted Bearer keys; empty means no authentication."

@@ -305,9 +305,9 @@ class Orchestrator:
         if self.tracker is not None and hasattr(self.tracker, "start"):
             self.tracker.start()
         await self.load_model(self.config.model, served_name=self.config.public_model_name)
+        self.state = DaemonState.READY
         await self.health.check()
         self.health.set_ready(True)
-        self.state = DaemonState.READY
         log.info("ready", models=sorted(self._served))
         if self.registration is not None:
             await self.registration.start()
@@ -372,8 +372,10 @@ class Orchestrator:
             except Exception as exc:
                 self.bus.publish(EngineFailed(model=public, error=str(exc)))
                 raise
+            inner = getattr(engine, "engine", None)  # AsyncEngine wraps an LLMEngine
             max_len = int(
                 getattr(engine, "max_model_len", None)
+                or getattr(inner, "max_model_len", None)
                 or self.config.max_model_len
                 or model.config.max_position_embeddings
             )

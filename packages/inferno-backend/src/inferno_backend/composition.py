@@ -1,0 +1,180 @@
+"""The composition root: the one place the daemon's default collaborators are built.
+
+memory (host or CUDA resource -> pool -> statistics) + tracker, model repository + loader,
+engine factory, health checker, discovery registrar, event bus -> `Orchestrator` -> app.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from aiohttp import web
+from inferno_discovery import LoadSignals, Registrar, ServiceRegistration, discovery_from_url
+from inferno_health import HealthChecker, MemoryPressureProvider
+from inferno_inference.config import EngineConfig
+from inferno_inference.factory import build_async_engine
+from inferno_inference.protocols import InferenceEngine
+from inferno_memory import (
+    HostMemoryResource,
+    MemoryResource,
+    MemoryTracker,
+    PoolMemoryResource,
+    StatisticsAdaptor,
+)
+from inferno_models import LlamaLoader, LoadedModel
+from inferno_models.repository import ModelRepository
+
+from inferno_backend.adapters import (
+    health_change_listener,
+    memory_alert_listener,
+    registered_listener,
+)
+from inferno_backend.api import build_app
+from inferno_backend.config import ServeConfig
+from inferno_backend.events import EventBus
+from inferno_backend.orchestrator import Orchestrator, RegistrationHandle
+from inferno_backend.protocols import ServableModel, StatisticsResource
+
+__all__ = ["Daemon", "RepositoryModelSource", "build_daemon"]
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class RepositoryModelSource:
+    """Models from an ``inferno_models.ModelRepository``, read by ``LlamaLoader``."""
+
+    def __init__(
+        self, repository: ModelRepository, loader: LlamaLoader, *, dtype: str, device: str
+    ) -> None:
+        self.repository = repository
+        self.loader = loader
+        self.dtype = _DTYPES[dtype]
+        self.device = device
+
+    def available(self) -> Sequence[str]:
+        """Every name and alias in the repository."""
+        names: list[str] = []
+        for entry in self.repository.list():
+            names += [entry.name, *entry.aliases]
+        return names
+
+    def load(self, name: str) -> ServableModel:
+        """Resolve ``name`` (or a path) and load it."""
+        entry = self.repository.resolve(name)
+        return self.loader.load(entry.path, dtype=self.dtype, device=self.device, name=entry.name)
+
+
+@dataclass(slots=True)
+class Daemon:
+    """Everything `inferno serve` runs: the orchestrator and its HTTP app.
+
+    ``advertised_url`` is set by the server once the socket is bound (the port may be 0 in the
+    config); discovery registers that address.
+    """
+
+    orchestrator: Orchestrator
+    app: web.Application
+    advertised_url: str | None = None
+    service_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+
+def _memory(config: ServeConfig) -> StatisticsAdaptor:
+    upstream: MemoryResource
+    if config.device.startswith("cuda"):
+        from inferno_memory import CudaMemoryResource
+
+        index = int(config.device.partition(":")[2] or 0)
+        upstream = CudaMemoryResource(index)
+    else:
+        upstream = HostMemoryResource()
+    # The pool keeps freed KV blocks for the next model; statistics see what engines hold.
+    return StatisticsAdaptor(PoolMemoryResource(upstream), limit=config.memory_limit_bytes)
+
+
+def build_daemon(config: ServeConfig) -> Daemon:
+    """Build every default collaborator for ``config`` and wire them into a `Daemon`."""
+    bus = EventBus()
+    memory = _memory(config)
+    tracker = MemoryTracker(
+        memory, thresholds=(0.8, 0.95), hysteresis=0.05, on_alert=memory_alert_listener(bus)
+    )
+    health = HealthChecker(
+        [MemoryPressureProvider(lambda: (memory.stats().current_bytes, memory.limit_bytes))],
+        interval=5.0,
+        timeout=2.0,
+        on_change=[health_change_listener(bus)],
+    )
+    engine_config = EngineConfig(
+        kv_cache_bytes=config.kv_cache_bytes,
+        max_num_seqs=config.max_num_seqs,
+        max_num_batched_tokens=max(512, config.max_num_seqs),
+        max_model_len=config.max_model_len,
+        dtype=config.dtype,
+        device=config.device,
+    )
+
+    def engine_factory(model: ServableModel, resource: StatisticsResource) -> InferenceEngine:
+        if not isinstance(model, LoadedModel):
+            raise TypeError(f"the engine needs an inferno_models.LoadedModel, got {model!r}")
+        return build_async_engine(model, engine_config, resource)
+
+    models = RepositoryModelSource(
+        ModelRepository(), LlamaLoader(), dtype=config.dtype, device=config.device
+    )
+    holder: list[Daemon] = []
+    discovery = discovery_from_url(config.discovery)
+    registrars: list[Registrar] = []
+
+    def load() -> LoadSignals:
+        status = holder[0].orchestrator.status()
+        models_status = status["models"].values()
+        return LoadSignals(
+            queue_depth=status["waiting"],
+            running_requests=status["running"],
+            kv_usage=min(1.0, max((m["kv_cache_usage"] for m in models_status), default=0.0)),
+            free_slots=sum(m["free_slots"] for m in models_status),
+        )
+
+    async def register() -> None:
+        daemon = holder[0]
+        host = config.advertise_host or (
+            socket.gethostname() if config.host in ("0.0.0.0", "::") else config.host
+        )
+        address = daemon.advertised_url or f"http://{host}:{config.port}"
+        registration = ServiceRegistration(
+            id=daemon.service_id,
+            service=config.service_name,
+            address=address,
+            models=tuple(daemon.orchestrator.served),
+            version="0.1.0",
+        )
+        registrar = Registrar(
+            discovery, registration, load=load, on_registered=[registered_listener(bus)]
+        )
+        registrars.append(registrar)
+        await registrar.start()
+
+    async def revoke() -> None:
+        for registrar in registrars:
+            await registrar.stop()
+        await discovery.close()
+
+    orchestrator = Orchestrator(
+        config,
+        models=models,
+        engine_factory=engine_factory,
+        memory=memory,
+        health=health,
+        bus=bus,
+        registration=RegistrationHandle(register, revoke, service_id="pending"),
+        tracker=tracker,
+    )
+    daemon = Daemon(orchestrator, build_app(orchestrator, manage_lifecycle=False))
+    if orchestrator.registration is not None:
+        orchestrator.registration.service_id = daemon.service_id
+    holder.append(daemon)
+    return daemon
