@@ -42,14 +42,8 @@ class Backend:
         return made
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("memory"),
-        pytest.param("etcd", marks=pytest.mark.integration),
-    ]
-)
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    if request.param == "memory":
+async def _backend(kind: str, request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    if kind == "memory":
         registry = InMemoryRegistry()
         made = Backend("memory", 0.3, lambda: InMemoryDiscovery(registry))
     else:
@@ -63,6 +57,22 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     finally:
         for client in made.clients:
             await client.close()
+
+
+@pytest.fixture(params=["memory", pytest.param("etcd", marks=pytest.mark.integration)])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    """Clients of one registry: in memory, or in a real etcd."""
+    async for made in _backend(request.param, request):
+        yield made
+
+
+@pytest.fixture(
+    params=["memory", pytest.param("etcd", marks=[pytest.mark.integration, pytest.mark.slow])]
+)
+async def ttl_backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    """Like `backend`, for tests that wait out TTLs (seconds on etcd, whose minimum is 2 s)."""
+    async for made in _backend(request.param, request):
+        yield made
 
 
 def reg(rid: str, service: str = "llm", **kwargs: Any) -> ServiceRegistration:
@@ -137,22 +147,22 @@ async def test_watch_replays_live_instances_then_streams_changes(backend: Backen
     await stream.aclose()  # type: ignore[attr-defined]
 
 
-async def test_keepalive_holds_registration_past_its_ttl(backend: Backend) -> None:
-    worker, router = backend.client(), backend.client()
-    await worker.register(reg("w1"), ttl=backend.ttl)
-    await asyncio.sleep(backend.ttl * 1.6)
+async def test_keepalive_holds_registration_past_its_ttl(ttl_backend: Backend) -> None:
+    worker, router = ttl_backend.client(), ttl_backend.client()
+    await worker.register(reg("w1"), ttl=ttl_backend.ttl)
+    await asyncio.sleep(ttl_backend.ttl * 1.6)
     assert [r.id for r in await router.list("llm")] == ["w1"]
 
 
-async def test_dead_worker_expires_with_its_lease(backend: Backend) -> None:
-    worker, router = backend.client(), backend.client()
+async def test_dead_worker_expires_with_its_lease(ttl_backend: Backend) -> None:
+    worker, router = ttl_backend.client(), ttl_backend.client()
     stream = aiter(router.watch("llm"))
-    await worker.register(reg("w1"), ttl=backend.ttl)
+    await worker.register(reg("w1"), ttl=ttl_backend.ttl)
     assert (await next_event(stream)).kind is ADDED
     await worker.close(revoke=False)  # stops keeping the lease alive, like a crash
     assert [r.id for r in await router.list("llm")] == ["w1"]  # not removed eagerly
 
-    removed = await asyncio.wait_for(anext(stream), timeout=backend.ttl + 5)
+    removed = await asyncio.wait_for(anext(stream), timeout=ttl_backend.ttl + 5)
     assert removed == DiscoveryEvent(REMOVED, "llm", "w1", reg("w1"))
     assert await router.list("llm") == []
     await stream.aclose()  # type: ignore[attr-defined]

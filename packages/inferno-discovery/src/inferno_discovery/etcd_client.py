@@ -202,16 +202,19 @@ def _raise_for_error(path: str, status: int, answer: dict[str, Any]) -> None:
     error = answer.get("error")
     if error is None and status < 400:
         return
-    code = answer.get("code")
-    message = answer.get("message") or (error if isinstance(error, str) else None) or str(answer)
-    if (status >= 500 and code in (None, GRPC_UNAVAILABLE)) or code == GRPC_UNAVAILABLE:
+    # Unary calls answer {"error": str, "code": int}; a watch stream {"error": {"grpc_code": ...}}.
+    detail = error if isinstance(error, dict) else answer
+    code = detail.get("code", detail.get("grpc_code"))
+    status = int(detail.get("http_code", status))
+    message = detail.get("message") or (error if isinstance(error, str) else None) or str(answer)
+    if code == GRPC_UNAVAILABLE or (status >= 500 and code is None):
         raise DiscoveryUnavailableError(f"etcd {path}: unavailable ({message})")
     raise EtcdError(f"etcd {path}: {message}", code=code)
 
 
 def _watch_response(doc: dict[str, Any]) -> WatchResponse:
     if "error" in doc:
-        _raise_for_error("watch", 500 if doc.get("code") == GRPC_UNAVAILABLE else 400, doc)
+        _raise_for_error("watch", 200, doc)
     result = doc.get("result", doc)
     events = tuple(
         WatchEvent(
