@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
@@ -262,8 +261,13 @@ class HealthChecker:
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                # Swallow the cancellation we caused, but not one aimed at the caller itself.
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
 
     async def _run_periodically(self) -> None:
         while True:
