@@ -20,12 +20,12 @@ class ChatTemplateError(ModelError, ValueError):
     """The template is invalid, or rendering it failed (including ``raise_exception`` calls)."""
 
 
-class _RaisedByTemplate(Exception):
-    pass
+class _TemplateRaisedError(Exception):
+    """Raised by a template through ``raise_exception``."""
 
 
 def _raise_exception(message: str) -> None:
-    raise _RaisedByTemplate(message)
+    raise _TemplateRaisedError(message)
 
 
 def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False) -> str:
@@ -80,7 +80,7 @@ class ChatTemplate:
                 eos_token=self.eos_token,
                 **extra,
             )
-        except _RaisedByTemplate as exc:
+        except _TemplateRaisedError as exc:
             raise ChatTemplateError(str(exc)) from None
         except (TemplateError, TypeError, ValueError, KeyError, IndexError) as exc:
             raise ChatTemplateError(f"chat template failed: {exc}") from None

@@ -64,9 +64,10 @@ class ModelConfig(BaseModel):
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
-        for name, tid in (("bos_token_id", self.bos_token_id), *(
-            ("eos_token_ids", t) for t in self.eos_token_ids
-        )):
+        for name, tid in (
+            ("bos_token_id", self.bos_token_id),
+            *(("eos_token_ids", t) for t in self.eos_token_ids),
+        ):
             if tid is not None and tid >= self.vocab_size:
                 raise ValueError(f"{name} {tid} is outside the vocabulary ({self.vocab_size})")
         return self
@@ -103,12 +104,13 @@ class ModelConfig(BaseModel):
             hidden = int(data["hidden_size"])
             eos = data.get("eos_token_id")
             eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
-            scaling = data.get("rope_scaling")
-            if scaling is not None:
-                scaling = dict(scaling)
-                scaling.setdefault("type", scaling.get("rope_type"))
-                if scaling["type"] == "default":
-                    scaling = None
+            raw_scaling = data.get("rope_scaling")
+            scaling: RopeScaling | None = None
+            if raw_scaling is not None:
+                fields = dict(raw_scaling)
+                fields.setdefault("type", fields.get("rope_type"))
+                if fields["type"] != "default":
+                    scaling = RopeScaling(**fields)
             rope_theta = data.get("rope_theta")
             if rope_theta is None:
                 rope_theta = (data.get("rope_parameters") or {}).get("rope_theta", 10000.0)

@@ -127,7 +127,8 @@ def _q6_k(raw: U8) -> F32:
     # Each 16 consecutive elements share one int8 scale.
     s = scales.reshape(n, 2, 4, 2, 1)
     vals = q.reshape(n, 2, 4, 2, 16).astype(np.float32) * s
-    return (d[:, :, None, None, None] * vals).reshape(n, 256)
+    out: F32 = (d[:, :, None, None, None] * vals).reshape(n, 256)
+    return out
 
 
 DEQUANTIZERS: dict[str, Callable[[U8], F32]] = {
@@ -154,4 +155,5 @@ def dequantize(raw: U8, kind: str, shape: tuple[int, ...]) -> F32:
             f"{kind} data of {raw.size} bytes does not hold {count} elements "
             f"(expected {count // elems * nbytes} bytes)"
         )
-    return DEQUANTIZERS[kind](np.ascontiguousarray(raw).reshape(-1)).reshape(shape)
+    values: F32 = DEQUANTIZERS[kind](np.ascontiguousarray(raw).reshape(-1))
+    return values.reshape(shape)

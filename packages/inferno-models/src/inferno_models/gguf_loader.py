@@ -18,6 +18,7 @@ import torch
 from inferno_models.config import ModelConfig, RopeScaling
 from inferno_models.dequant import BLOCK_SIZES, dequantize
 from inferno_models.errors import ModelFormatError, UnsupportedModelError
+from inferno_models.gguf_summary import scan_gguf
 from inferno_models.names import EMBED, FINAL_NORM, LM_HEAD, expected_shapes, layer_name
 
 __all__ = ["GGUFFile", "unpermute_rope"]
@@ -36,7 +37,11 @@ _LAYER_MAP = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
-_GLOBAL_MAP = {"token_embd.weight": EMBED, "output_norm.weight": FINAL_NORM, "output.weight": LM_HEAD}
+_GLOBAL_MAP = {
+    "token_embd.weight": EMBED,
+    "output_norm.weight": FINAL_NORM,
+    "output.weight": LM_HEAD,
+}
 #: Tensors that carry no weights a Llama forward pass uses.
 _IGNORED = {"rope_freqs.weight"}
 
@@ -88,7 +93,12 @@ class GGUFFile:
         except OSError as exc:
             raise ModelFormatError(self.path, f"cannot open: {exc.strerror or exc}") from None
         if magic != _GGUF_MAGIC:
-            raise ModelFormatError(self.path, f"not a GGUF file (magic {magic!r}, expected b'GGUF')")
+            raise ModelFormatError(
+                self.path, f"not a GGUF file (magic {magic!r}, expected b'GGUF')"
+            )
+        # The header scan catches truncation with a precise message before the parser,
+        # which would fail on it with a bare reshape error.
+        scan_gguf(self.path).check_complete(self.path, self.path.stat().st_size)
         import gguf  # deferred: the parser is only needed when a GGUF is opened
 
         try:
@@ -152,7 +162,9 @@ class GGUFFile:
                 intermediate_size=int(req("feed_forward_length")),
                 num_hidden_layers=int(req("block_count")),
                 num_attention_heads=heads,
-                num_key_value_heads=int(self.metadata.get(f"{arch}.attention.head_count_kv", heads)),
+                num_key_value_heads=int(
+                    self.metadata.get(f"{arch}.attention.head_count_kv", heads)
+                ),
                 head_dim=int(head_dim),
                 max_position_embeddings=int(self.metadata.get(f"{arch}.context_length", 2048)),
                 rms_norm_eps=float(req("attention.layer_norm_rms_epsilon")),

@@ -14,16 +14,38 @@ from typing import Any, BinaryIO
 
 from inferno_models.errors import ModelFormatError
 
-__all__ = ["GGUFSummary", "scan_gguf"]
+__all__ = ["GGUFSummary", "TensorExtent", "scan_gguf"]
 
 # GGUF value types: id -> struct format of a scalar (None for string/array).
-_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_SCALARS = {
+    0: "B",
+    1: "b",
+    2: "H",
+    3: "h",
+    4: "I",
+    5: "i",
+    6: "f",
+    7: "?",
+    10: "Q",
+    11: "q",
+    12: "d",
+}
 _STRING, _ARRAY = 8, 9
 # ggml type id -> name, for the types a listing may meet.
 _GGML_TYPES = {
     0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
     10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 30: "BF16",
 }  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class TensorExtent:
+    """Where a tensor's data lies in the file."""
+
+    name: str
+    kind: str
+    start: int  # absolute file offset
+    nbytes: int  # -1 when the type's block size is unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +57,17 @@ class GGUFSummary:
     tensor_count: int
     parameter_count: int
     quantization: str
+    tensors: tuple[TensorExtent, ...] = ()
+
+    def check_complete(self, path: Path, file_size: int) -> None:
+        """Raise `ModelFormatError` naming the first tensor whose data the file does not hold."""
+        for t in self.tensors:
+            if t.nbytes >= 0 and t.start + t.nbytes > file_size:
+                raise ModelFormatError(
+                    path,
+                    f"tensor {t.name} is truncated (expected {t.nbytes} bytes, "
+                    f"file ends after {max(0, file_size - t.start)})",
+                )
 
 
 class _Reader:
@@ -98,16 +131,31 @@ def scan_gguf(path: str | Path) -> GGUFSummary:
             metadata[key] = r.value(r.read("I"), keep_arrays=False)
         params = 0
         kinds: Counter[str] = Counter()
+        raw_extents: list[tuple[str, str, int, int]] = []
         for _ in range(tensor_count):
-            r.string()
+            name = r.string()
             dims = [r.read("Q") for _ in range(r.read("I"))]
             kind = _GGML_TYPES.get(r.read("I"), "other")
-            r.read("Q")
+            offset = r.read("Q")
             count = 1
             for d in dims:
                 count *= d
             params += count
             if len(dims) == 2:
                 kinds[kind] += count
+            raw_extents.append((name, kind, offset, _nbytes(kind, count)))
+        alignment = int(metadata.get("general.alignment", 32)) or 32
+        data_start = -(-fh.tell() // alignment) * alignment
     quant = kinds.most_common(1)[0][0] if kinds else "unknown"
-    return GGUFSummary(version, metadata, tensor_count, params, quant)
+    extents = tuple(TensorExtent(n, k, data_start + off, nb) for n, k, off, nb in raw_extents)
+    return GGUFSummary(version, metadata, tensor_count, params, quant, extents)
+
+
+def _nbytes(kind: str, count: int) -> int:
+    from inferno_models.dequant import BLOCK_SIZES
+
+    if kind in BLOCK_SIZES:
+        elems, nbytes = BLOCK_SIZES[kind]
+        return count // elems * nbytes
+    plain = {"F32": 4, "F16": 2, "BF16": 2}
+    return count * plain[kind] if kind in plain else -1

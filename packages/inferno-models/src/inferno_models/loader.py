@@ -71,7 +71,11 @@ def load_chat_template(directory: Path, tokenizer: Tokenizer) -> ChatTemplate | 
 def _template(source: str | None, tokenizer: Tokenizer) -> ChatTemplate | None:
     if not source:
         return None
-    bos = tokenizer.id_to_token(tokenizer.bos_token_id) if tokenizer.bos_token_id is not None else None
+    bos = (
+        tokenizer.id_to_token(tokenizer.bos_token_id)
+        if tokenizer.bos_token_id is not None
+        else None
+    )
     eos = tokenizer.id_to_token(tokenizer.eos_token_ids[0]) if tokenizer.eos_token_ids else None
     return ChatTemplate(source, bos_token=bos, eos_token=eos)
 

@@ -3,6 +3,8 @@ plus the default model, under stable names."""
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import hashlib
 import os
 import re
@@ -119,10 +121,8 @@ class ModelRepository:
         """Every model, the default first; unreadable files are skipped."""
         entries: list[ModelEntry] = []
         if self.include_default:
-            try:
+            with contextlib.suppress(ModelError):
                 entries.append(self._default())
-            except ModelError:
-                pass
         seen = {e.name for e in entries}
         for path in self._candidates():
             try:
@@ -139,19 +139,19 @@ class ModelRepository:
         entry = describe(default_model_path(), DEFAULT_MODEL_NAME)
         return replace(entry, aliases=("default",))
 
-    def _candidates(self) -> list[Path]:
+    def _candidates(self) -> builtins.list[Path]:
         root = self.models_dir
         if not root.is_dir():
             return []
-        out: list[Path] = []
+        out: builtins.list[Path] = []
         for path in sorted(root.iterdir()):
             resolved = path.resolve()
             # A symlink pointing outside the directory is not part of the repository.
             if not resolved.is_relative_to(root.resolve()):
                 continue
-            if path.is_file() and path.suffix == ".gguf":
-                out.append(path)
-            elif path.is_dir() and (path / "config.json").is_file():
+            if (path.is_file() and path.suffix == ".gguf") or (
+                path.is_dir() and (path / "config.json").is_file()
+            ):
                 out.append(path)
         return out
 
@@ -178,4 +178,3 @@ class ModelRepository:
                 raise ModelNotFoundError(f"{candidate}: no such model file or directory")
             return describe(candidate.resolve())
         return self.get(name_or_path)
-

@@ -12,7 +12,7 @@ from inferno_models.config import ModelConfig
 from inferno_models.errors import ModelFormatError
 from inferno_models.names import expected_shapes
 
-__all__ = ["safetensors_files", "iter_safetensors_weights"]
+__all__ = ["iter_safetensors_weights", "safetensors_files"]
 
 _INDEX = "model.safetensors.index.json"
 _SINGLE = "model.safetensors"
@@ -37,7 +37,7 @@ def safetensors_files(directory: Path) -> dict[str, Path]:
         return files
     single = directory / _SINGLE
     if single.is_file():
-        return {name: single for name in _tensor_names(single)}
+        return dict.fromkeys(_tensor_names(single), single)
     raise ModelFormatError(directory, f"no {_SINGLE} or {_INDEX}")
 
 

@@ -230,7 +230,7 @@ def write_tiny_hf_dir(
             part = names[i::shards]
             file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
             save_file({n: weights[n].contiguous() for n in part}, str(directory / file))
-            weight_map.update({n: file for n in part})
+            weight_map.update(dict.fromkeys(part, file))
         index = {"metadata": {}, "weight_map": weight_map}
         (directory / "model.safetensors.index.json").write_text(json.dumps(index))
     tiny_tokenizer().save(directory, chat_template=chat_template)

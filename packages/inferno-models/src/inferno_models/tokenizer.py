@@ -27,7 +27,7 @@ _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_SPLITS = {name: _LLAMA3_SPLIT for name in ("llama3", "llama-v3", "llama-bpe", "smaug-bpe")}
+_SPLITS = dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "smaug-bpe"), _LLAMA3_SPLIT)
 
 
 @cache
@@ -80,7 +80,7 @@ class Tokenizer:
         return int(self.backend.get_vocab_size(with_added_tokens=True))
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of ``text``; with ``add_special_tokens``, BOS is added if the model wants it."""
+        """Token ids of ``text``; ``add_special_tokens`` adds BOS if the model wants it."""
         if self._post_processor_adds:
             return list(self.backend.encode(text, add_special_tokens=add_special_tokens).ids)
         ids: list[int] = self.backend.encode(text, add_special_tokens=False).ids
