@@ -1,0 +1,131 @@
+"""A real ``inferno serve`` on the default model, driven by the official openai client."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from .serve_daemon import ServeProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServeProcess]:
+    daemon = ServeProcess("--max-num-seqs", "16").start()
+    yield daemon
+    assert daemon.stop() == 0
+
+
+@pytest.fixture
+def client(server: ServeProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_models(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list()] == ["default"]
+
+
+def test_chat_greedy_answers(client: openai.OpenAI) -> None:
+    resp = client.chat.completions.create(
+        model="default",
+        messages=MESSAGES,
+        max_tokens=16,
+        temperature=0,  # type: ignore[arg-type]
+    )
+    assert "Paris" in (resp.choices[0].message.content or "")
+    assert resp.choices[0].finish_reason in ("stop", "length")
+    assert resp.usage is not None
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+
+
+def test_chat_stream_with_usage(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="default",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens <= 8
+
+
+def test_completion_length_and_logprobs(client: openai.OpenAI) -> None:
+    resp = client.completions.create(
+        model="default",
+        prompt="Once upon a time",
+        max_tokens=5,
+        logprobs=2,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
+    choice = resp.choices[0]
+    assert choice.finish_reason == "length"
+    assert choice.logprobs is not None
+    assert len(choice.logprobs.tokens or []) == 5
+    assert resp.usage is not None
+    assert resp.usage.completion_tokens == 5
+
+
+async def test_async_client_stream_and_seed(server: ServeProcess) -> None:
+    client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+    texts = []
+    for _ in range(2):
+        resp = await client.completions.create(
+            model="default", prompt="The sky is", max_tokens=6, temperature=0.9, seed=42
+        )
+        texts.append(resp.choices[0].text)
+    assert texts[0] == texts[1]
+    stream = await client.completions.create(
+        model="default", prompt="Hello", max_tokens=4, stream=True
+    )
+    pieces = [c.choices[0].text async for c in stream if c.choices]
+    assert pieces
+    await client.close()
+
+
+def test_typed_errors(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as nf:
+        client.chat.completions.create(model="nope", messages=MESSAGES)  # type: ignore[arg-type]
+    assert nf.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="default", messages=MESSAGES, temperature=5)  # type: ignore[arg-type]
+    assert bad.value.param == "temperature"
+    with pytest.raises(openai.BadRequestError) as long:
+        client.completions.create(model="default", prompt="word " * 10000, max_tokens=1)
+    assert long.value.code == "context_length_exceeded"
+
+
+def test_raw_malformed_bodies(server: ServeProcess) -> None:
+    for body in (b"{", b"[]", b'{"model": 3}', b"\xff\xfe"):
+        req = urllib.request.Request(
+            server.url + "/v1/chat/completions",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=10)
+        assert err.value.code == 400
+        assert "error" in json.loads(err.value.read())
+
+
+def test_status_metrics_openapi(server: ServeProcess) -> None:
+    status = server.get_json("/v1/status")
+    assert status["state"] == "ready"
+    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    assert 'inferno:kv_cache_usage_perc{model="default"}' in text
+    doc = server.get_json("/openapi.json")
+    assert "/v1/chat/completions" in doc["paths"]  # type: ignore[operator]
