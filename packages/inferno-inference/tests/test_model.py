@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from inferno_inference.model import AttentionMetadata, LlamaModel, PrefillSegment
@@ -14,12 +16,14 @@ def _hf_logits(
 ) -> torch.Tensor:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    hf = LlamaForCausalLM(LlamaConfig(**config.to_hf_dict())).eval()
+    hf: Any = LlamaForCausalLM(LlamaConfig(**config.to_hf_dict()))
+    hf.eval()
     missing, unexpected = hf.load_state_dict(weights, strict=False)
     assert not unexpected
     assert set(missing) <= {"lm_head.weight"}
     with torch.inference_mode():
-        return hf(torch.tensor([ids])).logits[0]
+        logits: torch.Tensor = hf(torch.tensor([ids])).logits[0]
+        return logits
 
 
 def _caches(config: ModelConfig, slots: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -1,0 +1,248 @@
+"""Engine benchmark: inferno-inference against transformers on the default model, same run.
+
+Measures, for each dtype:
+* batch-1 greedy decode tokens/s (prefill excluded), with memory-bandwidth utilization
+  (weight bytes read per token x tokens/s, against ``--bandwidth`` GB/s);
+* 16 concurrent requests of ``--new-tokens`` new tokens: aggregate output tokens/s and time to
+  first token (p50/p99), against transformers ``generate`` on a left-padded batch of the same
+  16 prompts.
+
+Both sides use the same weights (the GGUF dequantized by inferno-models) and thread count.
+
+    uv run python benchmarks/engine_bench.py [--dtypes float32,bfloat16] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from inferno_inference import GenerationRequest, SamplingParams
+from inferno_inference.async_engine import AsyncEngine
+from inferno_inference.config import EngineConfig
+from inferno_inference.factory import build_llm_engine
+from inferno_memory import HostMemoryResource, StatisticsAdaptor
+from inferno_models import LlamaLoader, LoadedModel, default_model_path
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain photosynthesis in one paragraph.",
+    "List three uses of a paperclip.",
+    "Who wrote Pride and Prejudice?",
+    "How do I boil an egg?",
+    "Give me a fun fact about octopuses.",
+    "Translate 'good morning' into Spanish.",
+    "What is 17 times 23?",
+    "Describe the color blue to someone who cannot see.",
+    "Why is the sky blue?",
+    "Suggest a name for a pet turtle.",
+    "What does a CPU do?",
+    "Summarize the plot of Hamlet in two sentences.",
+    "What is the boiling point of water in Fahrenheit?",
+    "Tell me a short joke about computers.",
+]
+
+
+def chat_ids(model: LoadedModel, question: str) -> list[int]:
+    """Prompt ids of a one-turn chat, through the model's own chat template."""
+    template = model.chat_template
+    if template is None:
+        return model.tokenizer.encode(question)
+    text = template.render([{"role": "user", "content": question}], add_generation_prompt=True)
+    return model.tokenizer.encode(text, add_special_tokens=False)
+
+
+def hf_model(model: LoadedModel, dtype: torch.dtype) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf: Any = LlamaForCausalLM(LlamaConfig(**model.config.to_hf_dict()))
+    hf.eval()
+    hf.load_state_dict(model.weights, strict=False)
+    hf.tie_weights()
+    hf.generation_config.pad_token_id = 0
+    return hf.to(dtype)
+
+
+def hf_generate_time(hf: Any, batch: list[list[int]], new_tokens: int) -> float:
+    width = max(len(p) for p in batch)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in batch])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = hf.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            top_k=None,
+            top_p=None,
+        )
+    elapsed = time.perf_counter() - t0
+    if out.shape[1] != width + new_tokens:
+        raise RuntimeError("transformers stopped early")
+    return elapsed
+
+
+def hf_decode_rate(hf: Any, prompt: list[int], new_tokens: int) -> float:
+    t1 = min(hf_generate_time(hf, [prompt], 1) for _ in range(2))
+    tn = hf_generate_time(hf, [prompt], new_tokens)
+    return (new_tokens - 1) / (tn - t1)
+
+
+def engine_decode_rate(engine: Any, prompt: list[int], new_tokens: int, rid: str) -> float:
+    sp = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+    engine.add_request(GenerationRequest(rid, tuple(prompt), sp))
+    first = end = 0.0
+    produced = 0
+    while engine.has_work():
+        for out in engine.step():
+            produced += len(out.token_ids)
+            if produced == 1:
+                first = time.perf_counter()
+        end = time.perf_counter()
+    return (produced - 1) / (end - first)
+
+
+async def engine_concurrent(
+    engine: AsyncEngine, prompts: list[list[int]], new_tokens: int, tag: str
+) -> dict[str, float]:
+    sp = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+    t0 = time.perf_counter()
+
+    async def one(i: int, p: list[int]) -> tuple[float, int]:
+        ttft = 0.0
+        n = 0
+        async for out in engine.generate(GenerationRequest(f"{tag}-{i}", tuple(p), sp)):
+            if n == 0 and out.token_ids:
+                ttft = time.perf_counter() - t0
+            n += len(out.token_ids)
+        return ttft, n
+
+    results = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+    elapsed = time.perf_counter() - t0
+    ttfts = sorted(r[0] for r in results)
+    total = sum(r[1] for r in results)
+    return {
+        "tokens_per_s": total / elapsed,
+        "ttft_p50_s": ttfts[len(ttfts) // 2],
+        "ttft_p99_s": ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))],
+        "elapsed_s": elapsed,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--decode-tokens", type=int, default=128)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--bandwidth", type=float, default=44.0, help="machine GB/s")
+    ap.add_argument("--skip-hf-batch", action="store_true", help="skip transformers batch run")
+    ap.add_argument("--out", default="benchmarks/results/engine.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model = LlamaLoader().load(default_model_path(), dtype=torch.float32)
+    prompts = [chat_ids(model, q) for q in QUESTIONS[: args.concurrency]]
+    rows: list[dict[str, Any]] = []
+    for dtype_name in args.dtypes.split(","):
+        dtype = getattr(torch, dtype_name)
+        resource = StatisticsAdaptor(HostMemoryResource())
+        config = EngineConfig(
+            dtype=dtype_name,
+            kv_cache_bytes=256 << 20,
+            max_num_seqs=args.concurrency,
+            max_num_batched_tokens=512,
+        )
+        engine = build_llm_engine(
+            model.config, model.weights, config, resource, tokenizer=model.tokenizer
+        )
+        weight_bytes = engine.runner.model.weight_bytes_per_token()
+        engine_decode_rate(engine, prompts[0], 8, f"warm-{dtype_name}")
+        ours_b1 = engine_decode_rate(engine, prompts[0], args.decode_tokens, f"b1-{dtype_name}")
+        hf = hf_model(model, dtype)
+        hf_generate_time(hf, [prompts[0]], 4)
+        hf_b1 = hf_decode_rate(hf, prompts[0], args.decode_tokens)
+        async_engine = AsyncEngine(engine)
+        asyncio.run(engine_concurrent(async_engine, prompts[:2], 4, f"warm-{dtype_name}"))
+        ours_cc = asyncio.run(
+            engine_concurrent(async_engine, prompts, args.new_tokens, f"cc-{dtype_name}")
+        )
+        hf_cc = None
+        if not args.skip_hf_batch:
+            hf_cc = len(prompts) * args.new_tokens / hf_generate_time(hf, prompts, args.new_tokens)
+        kv_bytes = resource.stats().current_bytes
+        asyncio.run(async_engine.shutdown())
+        del hf
+        rows.append(
+            {
+                "dtype": dtype_name,
+                "weight_bytes_per_token": weight_bytes,
+                "batch1_decode_tok_s": {"inferno": ours_b1, "transformers": hf_b1},
+                "batch1_speedup": ours_b1 / hf_b1,
+                "batch1_bandwidth_util": {
+                    "inferno": weight_bytes * ours_b1 / (args.bandwidth * 1e9),
+                    "transformers": weight_bytes * hf_b1 / (args.bandwidth * 1e9),
+                },
+                "concurrent": {
+                    "requests": len(prompts),
+                    "new_tokens": args.new_tokens,
+                    "inferno": ours_cc,
+                    "transformers_tok_s": hf_cc,
+                    "speedup": ours_cc["tokens_per_s"] / hf_cc if hf_cc else None,
+                },
+                "kv_cache_bytes_from_resource": kv_bytes,
+            }
+        )
+
+    print()
+    print(f"{'dtype':9} {'metric':34} {'inferno':>10} {'transformers':>13} {'ratio':>6}")
+    for r in rows:
+        b1 = r["batch1_decode_tok_s"]
+        bw = r["batch1_bandwidth_util"]
+        cc = r["concurrent"]
+        print(
+            f"{r['dtype']:9} {'batch-1 decode tok/s':34} {b1['inferno']:10.1f} "
+            f"{b1['transformers']:13.1f} {r['batch1_speedup']:6.2f}"
+        )
+        print(
+            f"{'':9} {'batch-1 bandwidth utilization':34} {bw['inferno']:10.1%} "
+            f"{bw['transformers']:13.1%}"
+        )
+        hf_tps = cc["transformers_tok_s"]
+        label = f"{cc['requests']} concurrent: output tok/s"
+        print(
+            f"{'':9} {label:34} "
+            f"{cc['inferno']['tokens_per_s']:10.1f} "
+            f"{hf_tps if hf_tps else float('nan'):13.1f} {cc['speedup'] or float('nan'):6.2f}"
+        )
+        print(
+            f"{'':9} {'16 concurrent: TTFT p50 / p99 s':34} "
+            f"{cc['inferno']['ttft_p50_s']:5.2f}/{cc['inferno']['ttft_p99_s']:4.2f}"
+        )
+    result = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "threads": args.threads,
+            "torch": torch.__version__,
+        },
+        "model": model.name,
+        "results": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""Shared fixtures of the engine's tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    # Tiny models gain nothing from a second thread, and on a shared 2-core machine OpenMP
+    # barriers make every op wait for a busy core; restore the setting for other packages.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
