@@ -122,3 +122,23 @@ def test_sentencepiece_vocabulary_matches_reference(tmp_path: Path) -> None:
         ids = ours.encode(text)
         assert ids == ref(text).input_ids, text
         assert ours.decode(ids) == ref.decode(ids), text
+
+
+def test_header_reader_agrees_with_the_gguf_package() -> None:
+    from inferno_models.gguf_summary import scan_gguf
+
+    path = default_model_path()
+    ours = scan_gguf(path, keep_arrays=True)
+    reader = gguf.GGUFReader(path)
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        assert ours.metadata[key] == field.contents(), key
+    assert len(ours.metadata) == len([k for k in reader.fields if not k.startswith("GGUF.")])
+    by_name = {t.name: t for t in ours.tensors}
+    for tensor in reader.tensors:
+        extent = by_name[tensor.name]
+        assert extent.kind == tensor.tensor_type.name
+        assert extent.shape == tuple(int(d) for d in reversed(tensor.shape.tolist()))
+        assert extent.start == tensor.data_offset
+        assert extent.nbytes == tensor.n_bytes

@@ -1,6 +1,7 @@
 """Reading Llama-family GGUF files: metadata, config and dequantized weights.
 
-Parsing is done by the ``gguf`` package (memory-mapped); dequantization by
+The header is read by `inferno_models.gguf_summary` (checked against the ``gguf`` package's
+reader in the tests), tensor data is memory-mapped, and dequantization is
 `inferno_models.dequant`. Every failure surfaces as `ModelFormatError` naming the file.
 """
 
@@ -22,8 +23,6 @@ from inferno_models.gguf_summary import scan_gguf
 from inferno_models.names import EMBED, FINAL_NORM, LM_HEAD, expected_shapes, layer_name
 
 __all__ = ["GGUFFile", "unpermute_rope"]
-
-_GGUF_MAGIC = b"GGUF"
 
 #: GGUF per-layer tensor names (after ``blk.{i}.``) -> canonical suffixes.
 _LAYER_MAP = {
@@ -87,32 +86,10 @@ class GGUFFile:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        try:
-            with self.path.open("rb") as fh:
-                magic = fh.read(4)
-        except OSError as exc:
-            raise ModelFormatError(self.path, f"cannot open: {exc.strerror or exc}") from None
-        if magic != _GGUF_MAGIC:
-            raise ModelFormatError(
-                self.path, f"not a GGUF file (magic {magic!r}, expected b'GGUF')"
-            )
-        # The header scan catches truncation with a precise message before the parser,
-        # which would fail on it with a bare reshape error.
-        scan_gguf(self.path).check_complete(self.path, self.path.stat().st_size)
-        import gguf  # deferred: the parser is only needed when a GGUF is opened
-
-        try:
-            self._reader = gguf.GGUFReader(self.path, "r")
-        except Exception as exc:  # the parser raises ValueError/KeyError/struct/numpy errors
-            raise ModelFormatError(self.path, f"malformed GGUF header: {_describe(exc)}") from None
-        self.metadata: dict[str, Any] = {}
-        for key, field in self._reader.fields.items():
-            if key.startswith("GGUF."):
-                continue
-            try:
-                self.metadata[key] = field.contents()
-            except Exception as exc:
-                raise ModelFormatError(self.path, f"unreadable metadata {key!r}: {exc}") from None
+        summary = scan_gguf(self.path, keep_arrays=True)
+        summary.check_complete(self.path, self.path.stat().st_size)
+        self.metadata: dict[str, Any] = summary.metadata
+        self._extents = summary.tensors
         self._tensors = self._index_tensors()
 
     # -- metadata ------------------------------------------------------------------------------
@@ -200,32 +177,18 @@ class GGUFFile:
     # -- tensors -------------------------------------------------------------------------------
 
     def _index_tensors(self) -> dict[str, _TensorInfo]:
-        size = self.path.stat().st_size
+        try:
+            mapped = np.memmap(self.path, dtype=np.uint8, mode="r")
+        except (OSError, ValueError) as exc:
+            raise ModelFormatError(self.path, f"cannot map tensor data: {exc}") from None
         infos: dict[str, _TensorInfo] = {}
-        for t in self._reader.tensors:
-            kind = t.tensor_type.name
-            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-            count = int(np.prod(shape))
-            if kind in BLOCK_SIZES:
-                elems, nbytes = BLOCK_SIZES[kind]
-                expected = count // elems * nbytes
-            elif kind in _PLAIN_DTYPES:
-                expected = count * np.dtype(_PLAIN_DTYPES[kind]).itemsize
-            elif kind == "BF16":
-                expected = count * 2
-            else:
-                expected = -1
-            if expected >= 0 and t.data.nbytes < expected:
-                available = max(0, size - int(t.data_offset))
-                raise ModelFormatError(
-                    self.path,
-                    f"tensor {t.name} is truncated (expected {expected} bytes, "
-                    f"file ends after {available})",
-                )
+        for t in self._extents:
             name = _canonical_name(t.name)
             if name is None:
                 continue
-            infos[name] = _TensorInfo(t.name, kind, shape, t.data)
+            if t.nbytes < 0:
+                raise UnsupportedModelError(self.path, f"tensor {t.name} has unknown type {t.kind}")
+            infos[name] = _TensorInfo(t.name, t.kind, t.shape, mapped[t.start : t.start + t.nbytes])
         return infos
 
     def _tensor_rows(self, name: str) -> int:
@@ -284,7 +247,7 @@ class GGUFFile:
                 array = dequantize(np.asarray(info.data, dtype=np.uint8), info.kind, info.shape)
                 return torch.from_numpy(array)
             if info.kind in _PLAIN_DTYPES:
-                array = np.asarray(info.data).reshape(info.shape)
+                array = np.asarray(info.data).view(_PLAIN_DTYPES[info.kind]).reshape(info.shape)
                 return torch.from_numpy(array.astype(np.float32, copy=True))
             if info.kind == "BF16":
                 raw = np.ascontiguousarray(info.data).view(np.int16).reshape(info.shape)
@@ -305,10 +268,3 @@ def _canonical_name(gguf_name: str) -> str | None:
     if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _LAYER_MAP:
         return layer_name(int(parts[1]), _LAYER_MAP[parts[2]])
     return None
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    if "buffer is smaller" in text or "mmap length" in text or isinstance(exc, IndexError):
-        return f"file is truncated ({text})"
-    return text

@@ -12,12 +12,21 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from inferno_models.config import ModelConfig
 from inferno_models.errors import ModelError, ModelNotFoundError
 from inferno_models.gguf_summary import scan_gguf
-from inferno_models.loader import default_model_path
+from inferno_models.loader import LlamaLoader, default_model_path
+from inferno_models.protocols import LoadedModel
 
-__all__ = ["DEFAULT_MODEL_NAME", "ModelEntry", "ModelRepository", "default_models_dir"]
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "ModelEntry",
+    "ModelRepository",
+    "default_models_dir",
+    "load_model",
+]
 
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 #: Names that always resolve to the default model.
@@ -178,3 +187,18 @@ class ModelRepository:
                 raise ModelNotFoundError(f"{candidate}: no such model file or directory")
             return describe(candidate.resolve())
         return self.get(name_or_path)
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    repository: ModelRepository | None = None,
+) -> LoadedModel:
+    """Resolve ``name_or_path`` in ``repository`` (default: `ModelRepository()`) and load it.
+
+    ``load_model("default")`` loads SmolLM2-135M-Instruct.
+    """
+    entry = (repository or ModelRepository()).resolve(name_or_path)
+    return LlamaLoader().load(entry.path, dtype=dtype, device=device, name=entry.name)

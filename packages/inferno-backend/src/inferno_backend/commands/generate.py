@@ -1,0 +1,96 @@
+"""``inferno generate``: a one-shot generation that prints only the generated text."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    """Add ``generate``."""
+    p = subparsers.add_parser("generate", help="generate text once and print it")
+    p.add_argument("--model", default="default", help="repository name or path")
+    p.add_argument("--prompt", required=True, help="prompt text")
+    p.add_argument("--max-tokens", type=int, default=128, help="most new tokens")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--chat", action="store_true", help="render the prompt as one user message")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model, generate, stream the text to stdout; errors go to stderr."""
+    import torch
+    from inferno_inference import InvalidRequestError, SamplingParams
+    from inferno_inference.config import EngineConfig
+    from inferno_inference.factory import build_llm_engine
+    from inferno_inference.types import GenerationRequest
+    from inferno_memory import HostMemoryResource
+    from inferno_models import ModelError, load_model
+    from pydantic import ValidationError
+
+    from inferno_backend.logging import configure_logging
+
+    # stdout carries only the generated text; logs go to stderr, and only warnings.
+    configure_logging("console", "warning")
+    try:
+        model = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+        if args.chat:
+            if model.chat_template is None:
+                return _fail(f"model {model.name} has no chat template; drop --chat")
+            text = model.chat_template.render([{"role": "user", "content": args.prompt}])
+            prompt_ids = model.tokenizer.encode(text, add_special_tokens=False)
+        else:
+            prompt_ids = model.tokenizer.encode(args.prompt)
+        sampling = SamplingParams(
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
+        context = min(model.config.max_position_embeddings, len(prompt_ids) + args.max_tokens)
+        itemsize = torch.finfo(getattr(torch, args.dtype)).bits // 8
+        engine_config = EngineConfig(
+            dtype=args.dtype,
+            device=args.device,
+            max_num_seqs=1,
+            max_model_len=context,
+            kv_cache_bytes=_kv_bytes(model.config, context, itemsize),
+        )
+        engine = build_llm_engine(
+            model.config,
+            model.weights,
+            engine_config,
+            HostMemoryResource(),
+            tokenizer=model.tokenizer,
+        )
+        request = GenerationRequest(uuid.uuid4().hex, tuple(prompt_ids), sampling)
+        engine.add_request(request)
+    except (ModelError, InvalidRequestError, ValidationError, ValueError) as exc:
+        return _fail(str(exc))
+    while engine.has_work():
+        for output in engine.step():
+            if output.error:
+                return _fail(output.error)
+            sys.stdout.write(output.text)
+            sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def _kv_bytes(config: Any, tokens: int, itemsize: int) -> int:
+    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim
+    # The whole context, plus slack for rounding up to whole blocks.
+    return per_token * itemsize * (tokens + 64)
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"inferno: error: {message}\n")
+    return 1
