@@ -1,0 +1,259 @@
+"""The forwarder: send a request to a worker, retry what failed before the first byte, and
+pipe streams through event by event.
+
+What may be retried is decided by what the client has seen: until the gateway writes its first
+byte to the client, any failure (refused connection, a worker that disconnects before or while
+answering a non-streamed request, a draining worker's 503) moves the request to another
+worker. Once a stream has started, a worker that dies ends it with an SSE error event followed
+by ``data: [DONE]``, so clients see a clean, parseable error instead of a truncated body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+
+from inferno_gateway.errors import NoWorkerError, UpstreamFailedError, error_body
+from inferno_gateway.metrics import GatewayMetrics
+from inferno_gateway.policies import RouteRequest, RoutingPolicy, affinity_key
+from inferno_gateway.table import Worker, WorkerTable
+
+__all__ = ["WORKER_HEADER", "Forwarder"]
+
+log = structlog.get_logger(__name__)
+
+WORKER_HEADER = "X-Inferno-Worker"
+"""Response header naming the worker that answered."""
+
+_REQUEST_HEADERS = ("Authorization", "Content-Type", "Accept", "OpenAI-Organization")
+_RESPONSE_HEADERS = ("Content-Type", "Cache-Control", "Retry-After", "X-Request-Id")
+# Failures of the worker side of a request; client-side failures are ConnectionResetError on
+# writes to the gateway's own response, handled apart.
+_UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+# A partial SSE event is held until its terminating blank line arrives; a worker that never
+# sends one (not SSE after all) is flushed at this size so nothing is buffered without bound.
+_MAX_PENDING = 64 * 1024
+
+
+class Forwarder:
+    """Routes one request through ``policy`` to a worker of ``table`` and relays the answer.
+
+    ``session`` is the shared aiohttp client session (its connection pool is what makes the
+    added latency small). ``max_attempts`` bounds the workers tried per request;
+    ``cooldown_s`` is how long a worker whose connection failed gets no new traffic.
+    """
+
+    def __init__(
+        self,
+        table: WorkerTable,
+        policy: RoutingPolicy,
+        metrics: GatewayMetrics,
+        session: aiohttp.ClientSession,
+        *,
+        max_attempts: int = 3,
+        cooldown_s: float = 5.0,
+        affinity_chars: int = 256,
+        connect_timeout_s: float = 2.0,
+        read_timeout_s: float = 600.0,
+    ) -> None:
+        self.table = table
+        self.policy = policy
+        self.metrics = metrics
+        self.session = session
+        self.max_attempts = max_attempts
+        self.cooldown_s = cooldown_s
+        self.affinity_chars = affinity_chars
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
+        )
+
+    async def forward(
+        self, request: web.Request, route: str, raw_body: bytes, body: Mapping[str, Any]
+    ) -> web.StreamResponse:
+        """Answer ``request`` (already validated: ``body["model"]`` is a served model)."""
+        model = str(body["model"])
+        target = RouteRequest(model, affinity_key(dict(body), self.affinity_chars))
+        headers = _request_headers(request)
+        tried: list[str] = []
+        failures: list[str] = []
+        while len(tried) < self.max_attempts:
+            candidates = self.table.candidates(model, exclude=tried)
+            if not candidates:
+                break
+            decision = self.policy.choose(candidates, target)
+            self.metrics.decisions.labels(policy=self.policy.name, reason=decision.reason).inc()
+            worker = decision.worker
+            may_retry = len(tried) + 1 < self.max_attempts and len(candidates) > 1
+            outcome = await self._attempt(request, worker, route, raw_body, headers, may_retry)
+            if isinstance(outcome, web.StreamResponse):
+                return outcome
+            tried.append(worker.id)
+            failures.append(outcome)
+        if not tried:
+            raise NoWorkerError(f"no ready worker serves the model {model!r} right now")
+        raise UpstreamFailedError(
+            f"{len(tried)} worker(s) failed before answering: {'; '.join(failures)}"
+        )
+
+    async def _attempt(
+        self,
+        request: web.Request,
+        worker: Worker,
+        route: str,
+        raw_body: bytes,
+        headers: CIMultiDict[str],
+        may_retry: bool,
+    ) -> web.StreamResponse | str:
+        """One try on ``worker``: the response sent to the client, or why it failed unseen."""
+        worker.in_flight += 1
+        worker.routed += 1
+        self.metrics.add_in_flight(worker.id, 1)
+        started = time.perf_counter()
+        try:
+            try:
+                upstream = await self.session.post(
+                    worker.address + route, data=raw_body, headers=headers, timeout=self.timeout
+                )
+            except _UPSTREAM_ERRORS as exc:
+                return self._failed(worker, "connect", exc)
+            self.metrics.first_byte.labels(route=route).observe(time.perf_counter() - started)
+            done = False
+            try:
+                if upstream.status == 503 and may_retry:
+                    # Draining or overloaded: nothing was generated, another worker may answer.
+                    self.metrics.retries.labels(worker=worker.id, reason="unavailable").inc()
+                    return f"{worker.id}: answered 503"
+                if upstream.content_type != "text/event-stream":
+                    try:
+                        payload = await upstream.read()
+                    except _UPSTREAM_ERRORS as exc:
+                        return self._failed(worker, "lost", exc)
+                    done = True
+                    self.metrics.requests.labels(
+                        worker=worker.id, route=route, status=str(upstream.status)
+                    ).inc()
+                    return web.Response(
+                        body=payload,
+                        status=upstream.status,
+                        headers=_response_headers(upstream, worker),
+                    )
+                response, done = await self._stream(request, upstream, worker, route)
+                return response
+            finally:
+                if done:
+                    upstream.release()  # fully read: the connection goes back to the pool
+                else:
+                    upstream.close()  # closing aborts the generation on the worker
+        finally:
+            worker.in_flight -= 1
+            self.metrics.add_in_flight(worker.id, -1)
+
+    def _failed(self, worker: Worker, reason: str, exc: BaseException) -> str:
+        self.table.mark_unreachable(worker.id, self.cooldown_s)
+        self.metrics.retries.labels(worker=worker.id, reason=reason).inc()
+        log.warning("worker_failed", worker=worker.id, reason=reason, error=repr(exc))
+        return f"{worker.id}: {reason} failed ({exc!r})"
+
+    async def _stream(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        worker: Worker,
+        route: str,
+    ) -> tuple[web.StreamResponse, bool]:
+        """Relay an SSE body event by event; returns the response and whether it ended cleanly."""
+        response = web.StreamResponse(
+            status=upstream.status, headers=_response_headers(upstream, worker)
+        )
+        await response.prepare(request)
+        pending = b""
+        finished = False
+        failure: str | None = None
+        while not finished:
+            try:
+                chunk = await upstream.content.readany()
+            except _UPSTREAM_ERRORS as exc:
+                failure = repr(exc)
+                break
+            if not chunk:
+                break
+            pending += chunk
+            # Forward every complete event at once, holding only a trailing partial one, so a
+            # worker that dies mid-event never leaves half a JSON object in the client's stream.
+            cut = _last_event_end(pending)
+            if cut == 0 and len(pending) < _MAX_PENDING:
+                continue
+            out, pending = (pending[:cut], pending[cut:]) if cut else (pending, b"")
+            finished = out.rstrip().endswith(b"data: [DONE]")
+            try:
+                await response.write(out)
+            except ConnectionError:
+                log.info("client_disconnected", worker=worker.id, route=route)
+                self._count(worker, route, "499")
+                return response, False
+        if not finished:
+            failure = failure or "the worker closed the stream before data: [DONE]"
+            self.table.mark_unreachable(worker.id, self.cooldown_s)
+            self.metrics.stream_errors.labels(worker=worker.id).inc()
+            log.warning("stream_cut", worker=worker.id, route=route, error=failure)
+            message = f"worker {worker.id} failed mid-stream: {failure}"
+            event = error_body(message, "server_error", code="upstream_stream_error")
+            tail = b"data: " + json.dumps(event).encode() + b"\n\ndata: [DONE]\n\n"
+            try:
+                await response.write(tail)
+            except ConnectionError:
+                return response, False
+        self._count(worker, route, str(upstream.status) if finished else "stream_error")
+        try:
+            await response.write_eof()
+        except ConnectionError:
+            log.info("client_disconnected", worker=worker.id, route=route)
+        if finished:
+            # Read the end of the chunked body after [DONE] (already relayed) so the connection
+            # can go back to the pool; a worker that lingers just gets its connection closed.
+            try:
+                await asyncio.wait_for(upstream.content.read(), 1.0)
+            except (*_UPSTREAM_ERRORS, TimeoutError):
+                finished = False
+        return response, finished
+
+    def _count(self, worker: Worker, route: str, status: str) -> None:
+        self.metrics.requests.labels(worker=worker.id, route=route, status=status).inc()
+
+
+def _last_event_end(data: bytes) -> int:
+    """Index just past the last blank line (the end of an SSE event), or 0 when none."""
+    lf = data.rfind(b"\n\n")
+    crlf = data.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+def _request_headers(request: web.Request) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name in _REQUEST_HEADERS:
+        value = request.headers.get(name)
+        if value is not None:
+            headers[name] = value
+    headers["X-Request-Id"] = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    if request.remote:
+        headers["X-Forwarded-For"] = request.remote
+    return headers
+
+
+def _response_headers(upstream: aiohttp.ClientResponse, worker: Worker) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name in _RESPONSE_HEADERS:
+        value = upstream.headers.get(name)
+        if value is not None:
+            headers[name] = value
+    headers[WORKER_HEADER] = worker.id
+    return headers

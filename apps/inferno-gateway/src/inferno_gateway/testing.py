@@ -1,0 +1,193 @@
+"""Test doubles: `FakeWorker`, a small aiohttp server that speaks the daemon's OpenAI routes.
+
+It answers with canned text (``"<id>:0 <id>:1 ..."``, so a client can tell which worker
+answered), streams SSE exactly like the daemon (``data: {...}`` events, then
+``data: [DONE]``), records what it received and how many requests it held at once, and can
+die abruptly mid-stream (``die_after``) or all at once (`kill`) to test failover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+from inferno_discovery import DiscoveryProvider, ServiceRegistration
+
+__all__ = ["FakeWorker"]
+
+
+def _event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+class FakeWorker:
+    """An OpenAI-compatible worker with canned answers, for gateway tests and benchmarks.
+
+    ``tokens`` pieces are produced per request, ``token_delay`` seconds apart. With
+    ``die_after=n`` every stream is cut (the socket closed, no ``[DONE]``) after ``n`` chunks.
+    """
+
+    def __init__(
+        self,
+        worker_id: str,
+        *,
+        models: Sequence[str] = ("default",),
+        service: str = "inferno",
+        tokens: int = 4,
+        token_delay: float = 0.0,
+        die_after: int | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        self.id = worker_id
+        self.models = tuple(models)
+        self.service = service
+        self.tokens = tokens
+        self.token_delay = token_delay
+        self.die_after = die_after
+        self.metadata = dict(metadata or {})
+        self.bodies: list[dict[str, Any]] = []
+        """Every request body received, in arrival order."""
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self._open: set[asyncio.Transport] = set()
+
+    @property
+    def registration(self) -> ServiceRegistration:
+        """What this worker publishes in discovery."""
+        return ServiceRegistration(
+            id=self.id,
+            service=self.service,
+            address=self.url,
+            models=self.models,
+            version="fake",
+            metadata=self.metadata,
+        )
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> FakeWorker:
+        """Listen on ``host:port`` (a free port by default); sets ``url``."""
+        app = web.Application()
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/chat/completions", self._generate)
+        app.router.add_post("/v1/completions", self._generate)
+        app.router.add_get("/health/ready", self._ready)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound_host, bound_port = self._runner.addresses[0][:2]
+        self.url = f"http://{bound_host}:{bound_port}"
+        return self
+
+    async def register(self, discovery: DiscoveryProvider, ttl: float = 10.0) -> None:
+        """Publish `registration` in ``discovery`` (kept alive by the provider)."""
+        await discovery.register(self.registration, ttl)
+
+    async def stop(self) -> None:
+        """Stop listening after in-flight requests (briefly) finish."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def kill(self) -> None:
+        """Die like a crashed process: cut every open connection and stop listening."""
+        for transport in list(self._open):
+            transport.abort()
+        await self.stop()
+
+    async def _models(self, request: web.Request) -> web.Response:
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def _generate(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.bodies.append(body)
+        if body.get("model") not in self.models:
+            error = {
+                "message": f"the model {body.get('model')!r} does not exist",
+                "type": "invalid_request_error",
+                "param": "model",
+                "code": "model_not_found",
+            }
+            return web.json_response({"error": error}, status=404)
+        transport = request.transport
+        if transport is not None:
+            self._open.add(transport)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            chat = request.path.endswith("/chat/completions")
+            if body.get("stream"):
+                return await self._stream(request, body, chat)
+            if self.token_delay:
+                await asyncio.sleep(self.token_delay * self.tokens)
+            return web.json_response(self._full(body, chat))
+        finally:
+            self.in_flight -= 1
+            if transport is not None:
+                self._open.discard(transport)
+
+    def _pieces(self) -> list[str]:
+        return [f"{self.id}:{i} " for i in range(self.tokens)]
+
+    def _full(self, body: dict[str, Any], chat: bool) -> dict[str, Any]:
+        text = "".join(self._pieces())
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "length", "logprobs": None}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        return {
+            "id": f"fake-{len(self.bodies)}",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [choice],
+            "usage": {
+                "prompt_tokens": 1,
+                "completion_tokens": self.tokens,
+                "total_tokens": 1 + self.tokens,
+            },
+        }
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], chat: bool
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        head = {
+            "id": f"fake-{len(self.bodies)}",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": body["model"],
+        }
+        pieces = self._pieces()
+        for i, piece in enumerate(pieces):
+            if self.die_after is not None and i >= self.die_after:
+                if request.transport is not None:
+                    request.transport.abort()  # like a crash: no [DONE], no final chunk
+                return response
+            if self.token_delay:
+                await asyncio.sleep(self.token_delay)
+            last = i == len(pieces) - 1
+            choice: dict[str, Any] = {"index": 0, "finish_reason": "length" if last else None}
+            if chat:
+                choice["delta"] = (
+                    {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
+                )
+            else:
+                choice["text"] = piece
+            await response.write(_event({**head, "choices": [choice]}))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
