@@ -9,12 +9,15 @@ from collections.abc import Iterator
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from .serve_daemon import ServeProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+MESSAGES: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "What is the capital of France?"}
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +41,7 @@ def test_chat_greedy_answers(client: openai.OpenAI) -> None:
         model="default",
         messages=MESSAGES,
         max_tokens=16,
-        temperature=0,  # type: ignore[arg-type]
+        temperature=0,
     )
     assert "Paris" in (resp.choices[0].message.content or "")
     assert resp.choices[0].finish_reason in ("stop", "length")
@@ -49,7 +52,7 @@ def test_chat_greedy_answers(client: openai.OpenAI) -> None:
 def test_chat_stream_with_usage(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
         model="default",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         max_tokens=8,
         temperature=0,
         stream=True,
@@ -98,10 +101,10 @@ async def test_async_client_stream_and_seed(server: ServeProcess) -> None:
 
 def test_typed_errors(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as nf:
-        client.chat.completions.create(model="nope", messages=MESSAGES)  # type: ignore[arg-type]
+        client.chat.completions.create(model="nope", messages=MESSAGES)
     assert nf.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model="default", messages=MESSAGES, temperature=5)  # type: ignore[arg-type]
+        client.chat.completions.create(model="default", messages=MESSAGES, temperature=5)
     assert bad.value.param == "temperature"
     with pytest.raises(openai.BadRequestError) as long:
         client.completions.create(model="default", prompt="word " * 10000, max_tokens=1)

@@ -82,7 +82,7 @@ async def test_drain_timeout_aborts(make_client: MakeClient) -> None:
 
 async def test_client_disconnect_aborts_and_frees_kv(make_client: MakeClient) -> None:
     client, orch = await make_client(engine_options={"token_delay": 0.02, "script": ["x"] * 200})
-    engine = orch.engines[0]  # type: ignore[attr-defined]
+    engine = orch.engines[0]
     url = client.make_url("/v1/chat/completions")
     async with ClientSession() as session:
         resp = await session.post(url, json={**CHAT, "stream": True})

@@ -95,7 +95,7 @@ async def test_request_id_is_on_every_log_line(make_client: MakeClient) -> None:
         )
         assert resp.status == 200
     assert resp.headers["X-Request-Id"] == "abc123"
-    mine: list[dict[str, Any]] = [e for e in logs if e.get("request_id") == "abc123"]
+    mine = [e for e in logs if e.get("request_id") == "abc123"]
     assert any(e["event"] == "request" and e["status"] == 200 for e in mine)
     assert all(
         e.get("request_id") == "abc123" for e in logs if e.get("path") == "/v1/chat/completions"

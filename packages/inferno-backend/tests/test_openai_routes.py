@@ -57,7 +57,7 @@ async def test_chat_uses_the_template_and_max_tokens(make_client: MakeClient) ->
     body = await resp.json()
     assert [c["finish_reason"] for c in body["choices"]] == ["length", "length"]
     assert body["choices"][1]["message"]["content"] == "Hello, I"
-    engine = orch.engines[0]  # type: ignore[attr-defined]
+    engine = orch.engines[0]
     request = engine.requests[-1]
     prompt = orch.get("default").model.tokenizer.decode(request.prompt_token_ids)
     assert prompt == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
@@ -80,7 +80,7 @@ async def test_sampling_fields_reach_the_engine(make_client: MakeClient) -> None
     body = await resp.json()
     assert body["choices"][0]["message"]["content"] == "Hello, I am a "
     assert body["choices"][0]["finish_reason"] == "stop"
-    sp = orch.engines[0].requests[-1].sampling  # type: ignore[attr-defined]
+    sp = orch.engines[0].requests[-1].sampling
     assert (sp.temperature, sp.top_p, sp.seed, sp.stop) == (0.5, 0.9, 7, ("fake",))
     assert (sp.presence_penalty, sp.frequency_penalty, sp.max_tokens) == (0.5, -0.5, 20)
 
