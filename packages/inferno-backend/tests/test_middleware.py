@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import structlog
 from inferno_backend.api.middleware import RateLimiter, key_matches
 from inferno_backend.config import ServeConfig
