@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+
+from inferno_backend.logging import configure_logging
 
 __all__ = ["build_parser", "main"]
 
@@ -38,10 +41,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``inferno`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # stdout belongs to the command's output; logs go to stderr (``serve`` reconfigures).
+    configure_logging("console", "warning")
     try:
         status: int = args.func(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (``inferno models list | head``): not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     return status
 
 

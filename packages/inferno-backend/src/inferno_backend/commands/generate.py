@@ -36,10 +36,6 @@ def run(args: argparse.Namespace) -> int:
     from inferno_models import ModelError, load_model
     from pydantic import ValidationError
 
-    from inferno_backend.logging import configure_logging
-
-    # stdout carries only the generated text; logs go to stderr, and only warnings.
-    configure_logging("console", "warning")
     try:
         model = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
         if args.chat:
