@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from inferno_models import ModelConfig
 
 __all__ = ["register"]
 
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _kv_bytes(config: Any, tokens: int, itemsize: int) -> int:
+def _kv_bytes(config: ModelConfig, tokens: int, itemsize: int) -> int:
     per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim
     # The whole context, plus slack for rounding up to whole blocks.
     return per_token * itemsize * (tokens + 64)
