@@ -11,6 +11,7 @@ by ``data: [DONE]``, so clients see a clean, parseable error instead of a trunca
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 import uuid
@@ -42,6 +43,7 @@ _UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 # A partial SSE event is held until its terminating blank line arrives; a worker that never
 # sends one (not SSE after all) is flushed at this size so nothing is buffered without bound.
 _MAX_PENDING = 64 * 1024
+_LARGE_BODY = 2**20
 
 
 class Forwarder:
@@ -120,8 +122,11 @@ class Forwarder:
         started = time.perf_counter()
         try:
             try:
+                # Large bodies go as a stream so that aiohttp does not copy them in one go
+                # on the event loop (and warn about it).
+                data = raw_body if len(raw_body) < _LARGE_BODY else io.BytesIO(raw_body)
                 upstream = await self.session.post(
-                    worker.address + route, data=raw_body, headers=headers, timeout=self.timeout
+                    worker.address + route, data=data, headers=headers, timeout=self.timeout
                 )
             except _UPSTREAM_ERRORS as exc:
                 return self._failed(worker, "connect", exc)
