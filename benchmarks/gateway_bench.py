@@ -195,6 +195,7 @@ def _scenario(
     concurrency: int,
     rounds: int,
     start_timeout: float,
+    serial: bool = False,
 ) -> dict[str, Any]:
     worker_port, gateway_port = _free_port(), _free_port()
     worker_url, gateway_url = f"http://127.0.0.1:{worker_port}", f"http://127.0.0.1:{gateway_port}"
@@ -209,9 +210,13 @@ def _scenario(
         _wait_http(gateway_url + "/health/ready", 30, gateway)
         out: dict[str, Any] = {}
         for name, (route, bodies) in cases.items():
-            out[name] = asyncio.run(
+            out[f"{name} @{concurrency}"] = asyncio.run(
                 _compare(worker_url, gateway_url, bodies, route, concurrency, rounds)
             )
+            if serial:  # one at a time: the hop's own cost, without queueing behind others
+                out[f"{name} @1"] = asyncio.run(
+                    _compare(worker_url, gateway_url, bodies[: len(bodies) // 4], route, 1, rounds)
+                )
         return out
     finally:
         _stop(gateway)
@@ -221,19 +226,19 @@ def _scenario(
 def _print(title: str, results: dict[str, Any]) -> None:
     print(f"\n{title}")
     cols = ("p50 ms", "p90 ms", "p99 ms", "mean ms", "req/s")
-    head = f"{'case':<22} {'path':<8} " + " ".join(f"{c:>8}" for c in cols)
+    head = f"{'case':<26} {'path':<8} " + " ".join(f"{c:>8}" for c in cols)
     print(head)
     print("-" * len(head))
     for case, r in results.items():
         for path in ("direct", "gateway"):
             s = r[path]
             print(
-                f"{case:<22} {path:<8} {s['p50_ms']:8.2f} {s['p90_ms']:8.2f} {s['p99_ms']:8.2f}"
+                f"{case:<26} {path:<8} {s['p50_ms']:8.2f} {s['p90_ms']:8.2f} {s['p99_ms']:8.2f}"
                 f" {s['mean_ms']:8.2f} {s['throughput_rps']:8.1f}"
             )
         a = r["added_ms"]
         print(
-            f"{case:<22} {'added':<8} {a['p50']:8.2f} {a['p90']:8.2f} {a['p99']:8.2f}"
+            f"{case:<26} {'added':<8} {a['p50']:8.2f} {a['p90']:8.2f} {a['p99']:8.2f}"
             f" {a['mean']:8.2f}   (x{r['ratio_p50']:.2f} at p50)"
         )
 
@@ -243,7 +248,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--requests", type=int, default=800, help="per path and case (fake worker)")
     p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--daemon-requests", type=int, default=64, help="per path (real daemon)")
+    p.add_argument("--daemon-requests", type=int, default=128, help="per path (real daemon)")
     p.add_argument("--no-daemon", action="store_true", help="skip the real inferno serve")
     args = p.parse_args()
 
@@ -267,7 +272,14 @@ def main() -> None:
         },
         "concurrency": args.concurrency,
         "fake_worker": _scenario(
-            fake_worker, "/health/ready", "default", fake_cases, args.concurrency, args.rounds, 30
+            fake_worker,
+            "/health/ready",
+            "default",
+            fake_cases,
+            args.concurrency,
+            args.rounds,
+            30,
+            serial=True,
         ),
     }
     _print(f"Fake worker (instant answers), concurrency {args.concurrency}", report["fake_worker"])
@@ -290,7 +302,7 @@ def main() -> None:
         }
         daemon = [sys.executable, "-m", "inferno_backend.cli", "serve", "--max-num-seqs", "16"]
         report["daemon"] = _scenario(
-            daemon, "/health/ready", "default", daemon_cases, args.concurrency, 2, 300
+            daemon, "/health/ready", "default", daemon_cases, args.concurrency, args.rounds, 300
         )
         _print(f"inferno serve (default model), concurrency {args.concurrency}", report["daemon"])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

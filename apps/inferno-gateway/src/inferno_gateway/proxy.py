@@ -129,7 +129,10 @@ class Forwarder:
                     worker.address + route, data=data, headers=headers, timeout=self.timeout
                 )
             except _UPSTREAM_ERRORS as exc:
-                return self._failed(worker, "connect", exc)
+                # A refused or timed-out connect says the worker is down; a pooled connection
+                # dropped under us may only have been idle too long, so it costs no cool-down.
+                down = isinstance(exc, aiohttp.ClientConnectorError | asyncio.TimeoutError)
+                return self._failed(worker, "connect", exc, cooldown=down)
             self.metrics.first_byte.labels(route=route).observe(time.perf_counter() - started)
             done = False
             try:
@@ -162,8 +165,11 @@ class Forwarder:
             worker.in_flight -= 1
             self.metrics.add_in_flight(worker.id, -1)
 
-    def _failed(self, worker: Worker, reason: str, exc: BaseException) -> str:
-        self.table.mark_unreachable(worker.id, self.cooldown_s)
+    def _failed(
+        self, worker: Worker, reason: str, exc: BaseException, *, cooldown: bool = True
+    ) -> str:
+        if cooldown:
+            self.table.mark_unreachable(worker.id, self.cooldown_s)
         self.metrics.retries.labels(worker=worker.id, reason=reason).inc()
         log.warning("worker_failed", worker=worker.id, reason=reason, error=repr(exc))
         return f"{worker.id}: {reason} failed ({exc!r})"
