@@ -134,3 +134,17 @@ def test_free_blocks_return_to_total(ops: list[tuple[int, int, bool]]) -> None:
     for seq in live:
         bm.free(seq)
     assert bm.num_free_blocks == bm.num_blocks
+
+
+def test_blocks_scheduled_in_this_step_are_shared_at_once() -> None:
+    bm = BlockManager(16, 4)
+    a = _seq(list(range(10)))
+    b = _seq([*range(8), 70, 71])
+    assert bm.allocate(a, 100) == 10  # not yet computed: the step is only scheduled
+    assert bm.allocate(b, 100) == 2
+    assert b.block_table[:2] == a.block_table[:2]
+    # The step failed: its blocks must not be served to anyone later.
+    bm.free(a, uncache=True)
+    bm.free(b, uncache=True)
+    c = _seq(list(range(10)))
+    assert bm.allocate(c, 100) == 10

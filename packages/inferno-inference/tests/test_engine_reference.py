@@ -35,7 +35,11 @@ def _hf_greedy(
     with torch.inference_mode():
         for p in prompts:
             ids = hf.generate(
-                torch.tensor([p]), max_new_tokens=NEW_TOKENS, do_sample=False, top_k=None
+                torch.tensor([p]),
+                attention_mask=torch.ones(1, len(p), dtype=torch.long),  # token 0 is not padding
+                max_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                top_k=None,
             )
             out.append(ids[0, len(p) :].tolist())
     return out
@@ -97,3 +101,14 @@ def test_prefix_cache_hits_do_not_change_tokens(reference: Ref) -> None:
     assert _run(engine, [prompts[-1]]) == [expected[-1]]
     assert _run(engine, [prompts[-1]]) == [expected[-1]]
     assert engine.stats().prefix_cache_hits >= 64
+
+
+def test_prompts_sharing_a_prefix_in_one_step_match_transformers(reference: Ref) -> None:
+    config, weights, _, _ = reference
+    common = [(5 * k + 1) % config.vocab_size for k in range(21)]
+    prompts = [common + [(11 * i + k) % config.vocab_size for k in range(3 + i)] for i in range(4)]
+    expected = _hf_greedy(config, weights, prompts)
+    engine = tiny_llm_engine(config=config, weights=weights, max_num_batched_tokens=256)
+    assert _run(engine, prompts) == expected
+    # All four were admitted in the first step; the last three read the first one's blocks.
+    assert engine.stats().prefix_cache_hits == 3 * 20

@@ -1,9 +1,12 @@
 """`BlockManager`: hands out fixed-size KV blocks, ref-counted, with prefix caching.
 
 A full block is identified by ``hash((parent_hash, tokens))``, so two sequences whose prompts
-share a prefix share its blocks. A block is registered in the cache only once its K/V are
-computed; freed blocks keep their hash and stay reusable until they are handed out again,
-oldest-freed first (LRU).
+share a prefix share its blocks. A block is registered in the cache as soon as the step that
+fills it is scheduled: the forward pass writes every token's K/V of a layer before any token of
+that layer attends, so a sequence admitted in the same step may already read it (sixteen chat
+requests arriving together share their system prompt). If that step fails, the registration is
+withdrawn (`free` with ``uncache=True``). Freed blocks keep their hash and stay reusable until
+they are handed out again, oldest-freed first (LRU).
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ class BlockManager:
         seq.num_computed = computed
         for _ in range(max(0, fresh)):
             seq.block_table.append(self._take_free())
+        self._register(seq, computed + n)
         return n
 
     def _take_free(self) -> int:
@@ -113,11 +117,14 @@ class BlockManager:
         return block
 
     def commit(self, seq: Sequence) -> None:
-        """Register the sequence's newly computed full blocks in the prefix cache."""
+        """Register the sequence's computed full blocks in the prefix cache (idempotent)."""
+        self._register(seq, seq.num_computed)
+
+    def _register(self, seq: Sequence, num_tokens: int) -> None:
         if not self.enable_prefix_caching:
             return
         bs = self.block_size
-        full = min(seq.num_computed // bs, len(seq.block_table))
+        full = min(num_tokens // bs, len(seq.block_table))
         parent = seq.block_hashes[-1] if seq.block_hashes else 0
         for b in range(len(seq.block_hashes), full):
             h = hash((parent, tuple(seq.token_ids[b * bs : (b + 1) * bs])))
@@ -128,10 +135,19 @@ class BlockManager:
                 self._hash_of[block] = h
             parent = h
 
-    def free(self, seq: Sequence) -> None:
-        """Release every block of ``seq`` (finish, abort, error or preemption)."""
+    def free(self, seq: Sequence, *, uncache: bool = False) -> None:
+        """Release every block of ``seq`` (finish, abort, error or preemption).
+
+        ``uncache`` also withdraws its blocks from the prefix cache: after a failed step their
+        contents cannot be trusted.
+        """
         # Tail blocks first, so a prefix's head outlives its tail in the LRU order.
         for block in reversed(seq.block_table):
+            h = self._hash_of[block]
+            if uncache and h is not None:
+                self._hash_of[block] = None
+                if self._cached.get(h) == block:
+                    del self._cached[h]
             self._ref[block] -= 1
             if self._ref[block] == 0:
                 self._free[block] = None

@@ -226,7 +226,7 @@ class LLMEngine:
         logprobs: tuple[TokenLogprob, ...] | None = None,
         error: str | None = None,
     ) -> GenerationOutput:
-        self.scheduler.finish(seq)
+        self.scheduler.finish(seq, failed=reason == "error")
         seq.finish_reason = reason
         req.unfinished -= 1
         usage = None

@@ -16,6 +16,7 @@ from inferno_models import IncrementalDetokenizer, LoadedModel, ModelConfig, Tok
 from inferno_inference.async_engine import AsyncEngine
 from inferno_inference.block_manager import BlockManager
 from inferno_inference.config import EngineConfig
+from inferno_inference.cuda_graphs import CudaGraphDecoder
 from inferno_inference.engine import DetokenizerFactory, LLMEngine
 from inferno_inference.errors import EngineError
 from inferno_inference.kv_cache import KVCache
@@ -79,7 +80,16 @@ def build_llm_engine(
         max_num_seqs=ec.max_num_seqs,
         max_num_batched_tokens=ec.max_num_batched_tokens,
     )
-    runner = ModelRunner(model, cache)
+    graphs = None
+    if device.type == "cuda" and ec.cuda_graphs:
+        graphs = CudaGraphDecoder(
+            model,
+            cache.layers,
+            max_batch=min(ec.cuda_graph_max_batch, ec.max_num_seqs),
+            span=block_manager.blocks_needed(max_model_len) * ec.block_size,
+            scratch_slot=cache.scratch_slot,
+        )
+    runner = ModelRunner(model, cache, graphs=graphs)
     if detokenizer_factory is None and tokenizer is not None:
         tok = tokenizer
 

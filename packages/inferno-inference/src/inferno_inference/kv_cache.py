@@ -29,11 +29,14 @@ class KVCache:
     ) -> None:
         self.num_blocks = num_blocks
         self.block_size = block_size
+        #: A slot past every block the block manager hands out: padded rows of a captured
+        #: CUDA graph write their K/V here.
+        self.scratch_slot = num_blocks * block_size
         self._allocator = TorchAllocator(resource)
         shape = (
             config.num_hidden_layers,
             2,
-            num_blocks * block_size,
+            num_blocks * block_size + 1,
             config.num_key_value_heads,
             config.head_dim,
         )
@@ -52,8 +55,9 @@ class KVCache:
     def blocks_for_budget(
         cls, budget_bytes: int, config: ModelConfig, block_size: int, dtype: torch.dtype
     ) -> int:
-        """How many blocks fit in ``budget_bytes``."""
-        return budget_bytes // cls.bytes_per_block(config, block_size, dtype)
+        """How many blocks fit in ``budget_bytes`` (one token slot is kept as scratch)."""
+        per_token = cls.bytes_per_block(config, 1, dtype)
+        return max(0, budget_bytes - per_token) // cls.bytes_per_block(config, block_size, dtype)
 
     @property
     def nbytes(self) -> int:

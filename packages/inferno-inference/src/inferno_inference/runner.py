@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from inferno_inference.cuda_graphs import CudaGraphDecoder
 from inferno_inference.kv_cache import KVCache
 from inferno_inference.model import AttentionMetadata, LlamaModel, PrefillSegment
 from inferno_inference.scheduler import ScheduledBatch
@@ -28,9 +29,12 @@ class StepInputs:
 class ModelRunner:
     """Runs the model for a `ScheduledBatch` against a `KVCache`; owned by the stepping thread."""
 
-    def __init__(self, model: LlamaModel, kv_cache: KVCache) -> None:
+    def __init__(
+        self, model: LlamaModel, kv_cache: KVCache, *, graphs: CudaGraphDecoder | None = None
+    ) -> None:
         self.model = model
         self.kv_cache = kv_cache
+        self.graphs = graphs
         self.block_size = kv_cache.block_size
         self.device = model.device
 
@@ -110,6 +114,14 @@ class ModelRunner:
         """Run the forward pass; returns logits for ``inputs.sampled`` (in that order)."""
         dev = self.device
         meta = inputs.meta
+        graphs = self.graphs
+        if (
+            graphs is not None
+            and meta.decode_slots is not None
+            and not meta.prefills
+            and graphs.can_run(meta.num_decodes, meta.decode_slots.shape[1])
+        ):
+            return graphs.run(inputs.input_ids, meta)
         if dev.type != "cpu":
             meta = _to_device(meta, dev)
         with torch.inference_mode():

@@ -110,9 +110,12 @@ class Scheduler:
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
 
-    def finish(self, seq: Sequence) -> None:
-        """Remove a finished (or aborted, or failed) sequence and free its blocks."""
-        self.block_manager.free(seq)
+    def finish(self, seq: Sequence, *, failed: bool = False) -> None:
+        """Remove a finished (or aborted, or failed) sequence and free its blocks.
+
+        ``failed`` withdraws its blocks from the prefix cache (their contents are suspect).
+        """
+        self.block_manager.free(seq, uncache=failed)
         if seq in self.running:
             self.running.remove(seq)
         elif seq in self.waiting:

@@ -16,6 +16,7 @@ from inferno_models.testing import random_weights, tiny_config
 from inferno_inference.config import EngineConfig
 from inferno_inference.engine import LLMEngine
 from inferno_inference.factory import build_llm_engine
+from inferno_inference.torch_memory import TorchCudaMemoryResource
 
 __all__ = ["LetterDetokenizer", "tiny_llm_engine"]
 
@@ -52,11 +53,14 @@ def tiny_llm_engine(
     defaults: dict[str, object] = {"block_size": 4, "kv_cache_bytes": 1 << 20, "max_num_seqs": 8}
     defaults.update(engine_kwargs)
     engine_config = EngineConfig.model_validate(defaults)
+    if resource is None:
+        on_gpu = torch.device(engine_config.device).type == "cuda"
+        resource = TorchCudaMemoryResource() if on_gpu else HostMemoryResource()
     return build_llm_engine(
         config,
         weights,
         engine_config,
-        resource or HostMemoryResource(),
+        resource,
         detokenizer_factory=LetterDetokenizer,
         seed=seed,
     )

@@ -1,0 +1,115 @@
+"""The engine against transformers on the default model (SmolLM2-135M-Instruct, fp32, CPU).
+
+transformers loads the GGUF itself (its own dequantization), so these tests check the whole
+path: inferno-models' loader, the forward pass and greedy decoding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from inferno_inference.config import EngineConfig
+from inferno_inference.engine import LLMEngine
+from inferno_inference.factory import build_llm_engine
+from inferno_inference.model import AttentionMetadata, PrefillSegment
+from inferno_inference.types import GenerationRequest, SamplingParams
+from inferno_memory import HostMemoryResource
+from inferno_models import LlamaLoader, LoadedModel, default_model_path
+
+pytestmark = pytest.mark.slow
+
+NEW_TOKENS = 64
+TEXTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village,",
+    "1, 2, 3, 4, 5,",
+    "Water boils at",
+    "<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n",
+    "The quick brown fox",
+    "In machine learning, a transformer is",
+    "Q: Who wrote Hamlet?\nA:",
+    "Les feuilles d'automne",
+]
+
+
+@pytest.fixture(scope="module")
+def loaded() -> LoadedModel:
+    return LlamaLoader().load(default_model_path(), dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def hf_model() -> Any:
+    from transformers import AutoModelForCausalLM
+
+    path = Path(default_model_path())
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, torch_dtype=torch.float32
+    )
+    model.eval()
+    model.generation_config.pad_token_id = 0
+    model.generation_config.eos_token_id = None  # compare 64 tokens, as with ignore_eos
+    return model
+
+
+@pytest.fixture(scope="module")
+def prompts(loaded: LoadedModel) -> list[list[int]]:
+    return [loaded.tokenizer.encode(t) for t in TEXTS]
+
+
+def _engine(loaded: LoadedModel, **kw: Any) -> LLMEngine:
+    config = EngineConfig(kv_cache_bytes=96 << 20, **kw)
+    return build_llm_engine(
+        loaded.config, loaded.weights, config, HostMemoryResource(), tokenizer=loaded.tokenizer
+    )
+
+
+def test_prefill_logits_match_transformers(
+    loaded: LoadedModel, hf_model: Any, prompts: list[list[int]]
+) -> None:
+    engine = _engine(loaded)
+    model, layers = engine.runner.model, engine.runner.kv_cache.layers
+    for ids in prompts[:4]:
+        with torch.inference_mode():
+            ref = hf_model(torch.tensor([ids])).logits[0]
+            pos = torch.arange(len(ids))
+            meta = AttentionMetadata(
+                pos, pos, 0, None, None, [PrefillSegment(0, len(ids), len(ids), None)], pos
+            )
+            ours = model.forward(torch.tensor(ids), meta, layers)
+        torch.testing.assert_close(ours, ref, atol=2e-3, rtol=1e-3)
+
+
+def _greedy(engine: LLMEngine, prompts: list[list[int]]) -> list[list[int]]:
+    sp = SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
+    for i, p in enumerate(prompts):
+        engine.add_request(GenerationRequest(f"d{i}", tuple(p), sp))
+    out: dict[str, list[int]] = {f"d{i}": [] for i in range(len(prompts))}
+    while engine.has_work():
+        for o in engine.step():
+            out[o.request_id].extend(o.token_ids)
+    return [out[f"d{i}"] for i in range(len(prompts))]
+
+
+def test_greedy_matches_transformers_alone_and_batched(
+    loaded: LoadedModel, hf_model: Any, prompts: list[list[int]]
+) -> None:
+    expected = []
+    with torch.inference_mode():
+        for p in prompts:
+            ids = hf_model.generate(
+                torch.tensor([p]),
+                attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                max_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                top_k=None,
+                top_p=None,
+            )
+            expected.append(ids[0, len(p) :].tolist())
+    engine = _engine(loaded, max_num_seqs=16)
+    assert [_greedy(engine, [p])[0] for p in prompts] == expected
+    assert _greedy(engine, prompts) == expected
+    assert engine.stats().kv_blocks_used == 0

@@ -1,0 +1,66 @@
+"""CUDA paths: bf16 decode with CUDA graphs (skipped without a CUDA device)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from inferno_inference.engine import LLMEngine
+from inferno_inference.tiny import tiny_llm_engine
+from inferno_inference.torch_memory import TorchCudaMemoryResource
+from inferno_inference.types import GenerationRequest, SamplingParams
+from inferno_memory import CudaMemoryResource, StatisticsAdaptor
+from inferno_models.testing import random_weights, tiny_config
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+def _greedy(engine: LLMEngine, prompts: list[list[int]], n: int = 24) -> list[list[int]]:
+    sp = SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
+    for i, p in enumerate(prompts):
+        engine.add_request(GenerationRequest(f"g{i}", tuple(p), sp))
+    out: dict[str, list[int]] = {f"g{i}": [] for i in range(len(prompts))}
+    while engine.has_work():
+        for o in engine.step():
+            out[o.request_id].extend(o.token_ids)
+    return [out[f"g{i}"] for i in range(len(prompts))]
+
+
+PROMPTS = [[(7 * i + 3 * k) % 250 + 3 for k in range(5 + 9 * i)] for i in range(6)]
+
+
+def test_cuda_graph_decode_matches_eager_decode_bf16() -> None:
+    config = tiny_config()
+    weights = random_weights(config, seed=2)
+    eager = tiny_llm_engine(
+        config=config, weights=weights, device="cuda", dtype="bfloat16", cuda_graphs=False
+    )
+    graphed = tiny_llm_engine(
+        config=config, weights=weights, device="cuda", dtype="bfloat16", cuda_graphs=True
+    )
+    assert graphed.runner.graphs is not None
+    assert eager.runner.graphs is None
+    assert _greedy(graphed, PROMPTS) == _greedy(eager, PROMPTS)
+    assert graphed.stats().kv_blocks_used == 0
+
+
+def test_cuda_fp32_matches_cpu_fp32() -> None:
+    config = tiny_config()
+    weights = random_weights(config, seed=4)
+    cpu = tiny_llm_engine(config=config, weights=weights)
+    gpu = tiny_llm_engine(config=config, weights=weights, device="cuda", dtype="float32")
+    assert _greedy(gpu, PROMPTS[:3]) == _greedy(cpu, PROMPTS[:3])
+
+
+@pytest.mark.parametrize("kind", ["torch", "cupy"])
+def test_kv_cache_lives_in_the_cuda_resource(kind: str) -> None:
+    if kind == "cupy":
+        pytest.importorskip("cupy")
+    upstream = CudaMemoryResource() if kind == "cupy" else TorchCudaMemoryResource()
+    resource = StatisticsAdaptor(upstream)
+    engine = tiny_llm_engine(resource=resource, device="cuda", dtype="bfloat16")
+    assert resource.stats().current_bytes == engine.runner.kv_cache.nbytes > 0
+    engine.runner.kv_cache.release()
+    assert resource.stats().current_bytes == 0

@@ -1,0 +1,106 @@
+"""Sampler: per-row parameters in one batch, seeds, filters, penalties and logprobs."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from inferno_inference.sampler import Sampler
+from inferno_inference.sequence import Sequence
+from inferno_inference.types import SamplingParams
+
+_ids = iter(range(10**9))
+
+
+def _seq(seed: int | None = None, tokens: tuple[int, ...] = (0,), **kw: object) -> Sequence:
+    sp = SamplingParams.model_validate({"seed": seed, **kw})
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    return Sequence(next(_ids), "r", 0, list(tokens), 1, sp, 0.0, generator=gen)
+
+
+def _logits(rows: int, vocab: int = 50, seed: int = 0) -> torch.Tensor:
+    return torch.randn(rows, vocab, generator=torch.Generator().manual_seed(seed)) * 3
+
+
+def test_greedy_and_degenerate_filters_pick_the_argmax() -> None:
+    logits = _logits(4)
+    seqs = [
+        _seq(temperature=0),
+        _seq(top_k=1),
+        _seq(top_p=1e-6),
+        _seq(min_p=1.0),
+    ]
+    out = Sampler(seed=0)(logits, seqs)
+    assert out.token_ids == logits.argmax(-1).tolist()
+
+
+def test_seeded_row_ignores_the_rest_of_the_batch() -> None:
+    logits = _logits(1)
+    alone = [
+        Sampler(seed=1)(logits, [_seq(seed=42, temperature=1.0)]).token_ids[0] for _ in range(3)
+    ]
+    mixed = []
+    for other in range(3):
+        batch = torch.cat([_logits(2, seed=10 + other), logits])
+        seqs = [_seq(temperature=0.7), _seq(temperature=0), _seq(seed=42, temperature=1.0)]
+        mixed.append(Sampler(seed=other)(batch, seqs).token_ids[2])
+    assert alone == mixed
+
+
+def test_seeded_sequences_reproduce_over_many_steps() -> None:
+    logits = _logits(1, vocab=1000)
+    a, b = _seq(seed=7, temperature=1.0), _seq(seed=7, temperature=1.0)
+    ta = [Sampler()(logits, [a]).token_ids[0] for _ in range(20)]
+    tb = [Sampler()(logits, [b]).token_ids[0] for _ in range(20)]
+    assert ta == tb
+    assert len(set(ta)) > 1  # the generator advances: not the same token every time
+
+
+def test_temperature_sampling_follows_the_distribution() -> None:
+    logits = torch.tensor([[math.log(0.7), math.log(0.3)]]).repeat(4000, 1)
+    seqs = [_seq(temperature=1.0) for _ in range(4000)]
+    tokens = torch.tensor(Sampler(seed=0)(logits, seqs).token_ids)
+    assert abs((tokens == 0).float().mean().item() - 0.7) < 0.03
+
+
+def test_top_k_and_top_p_restrict_the_support() -> None:
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().repeat(3000, 1)
+    top_k = torch.tensor(Sampler(seed=0)(logits, [_seq(top_k=2) for _ in range(3000)]).token_ids)
+    assert set(top_k.tolist()) == {0, 1}
+    top_p = torch.tensor(Sampler(seed=0)(logits, [_seq(top_p=0.7) for _ in range(3000)]).token_ids)
+    assert set(top_p.tolist()) == {0, 1}  # 0.5 < 0.7 needs the second token, not the third
+    min_p = torch.tensor(Sampler(seed=0)(logits, [_seq(min_p=0.5) for _ in range(3000)]).token_ids)
+    assert set(min_p.tolist()) == {0, 1}  # 0.15 < 0.5 * 0.5
+
+
+def test_repetition_penalty_demotes_seen_tokens() -> None:
+    logits = torch.tensor([[2.0, 1.9, 0.0]])
+    plain = Sampler()(logits, [_seq(temperature=0, tokens=(0,))]).token_ids
+    penalized = Sampler()(logits, [_seq(temperature=0, tokens=(0,), repetition_penalty=1.5)])
+    assert plain == [0]
+    assert penalized.token_ids == [1]
+
+
+def test_presence_and_frequency_penalties_use_output_tokens() -> None:
+    logits = torch.tensor([[2.0, 1.5, 0.0]])
+    seq = _seq(temperature=0, tokens=(0, 0, 0), frequency_penalty=0.3)
+    seq.prompt_len = 1  # two generated zeros: 2.0 - 2 * 0.3 = 1.4 < 1.5
+    assert Sampler()(logits, [seq]).token_ids == [1]
+    seq = _seq(temperature=0, tokens=(0, 0), presence_penalty=0.6)
+    assert Sampler()(logits, [seq]).token_ids == [1]
+    seq = _seq(temperature=0, tokens=(0, 0), presence_penalty=0.6)
+    seq.prompt_len = 2  # no output yet: prompt tokens are not penalized
+    assert Sampler()(logits, [seq]).token_ids == [0]
+
+
+def test_logprobs_report_the_model_distribution() -> None:
+    logits = _logits(2)
+    out = Sampler()(logits, [_seq(temperature=0, logprobs=3), _seq(temperature=0)])
+    record = out.logprobs[0]
+    assert record is not None
+    assert out.logprobs[1] is None
+    expected = torch.log_softmax(logits[0], -1)
+    assert record.token_id == out.token_ids[0]
+    assert math.isclose(record.logprob, expected.max().item(), rel_tol=1e-5)
+    assert [t for t, _ in record.top] == expected.topk(3).indices.tolist()
