@@ -142,3 +142,20 @@ def test_header_reader_agrees_with_the_gguf_package() -> None:
         assert extent.shape == tuple(int(d) for d in reversed(tensor.shape.tolist()))
         assert extent.start == tensor.data_offset
         assert extent.nbytes == tensor.n_bytes
+
+
+@pytest.mark.slow
+def test_converted_default_model_logits_match_the_gguf(
+    tmp_path: Path, reference: tuple[Any, Any]
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from inferno_models import convert_gguf_to_hf
+
+    out = convert_gguf_to_hf(default_model_path(), tmp_path / "smollm2")
+    converted = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    ids = torch.tensor([reference[1]("The capital of France is").input_ids])
+    with torch.no_grad():
+        expected = reference[0](ids).logits
+        actual = converted(ids).logits
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
