@@ -148,9 +148,8 @@ def test_header_reader_agrees_with_the_gguf_package() -> None:
 def test_converted_default_model_logits_match_the_gguf(
     tmp_path: Path, reference: tuple[Any, Any]
 ) -> None:
-    from transformers import AutoModelForCausalLM
-
     from inferno_models import convert_gguf_to_hf
+    from transformers import AutoModelForCausalLM
 
     out = convert_gguf_to_hf(default_model_path(), tmp_path / "smollm2")
     converted = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
