@@ -64,6 +64,25 @@ async def test_chat_and_completions_with_the_openai_client(make_cluster: Cluster
     assert [b.get("stream", False) for b in cluster.workers["a"].bodies] == [False, True, True]
 
 
+async def test_stream_events_are_relayed_as_they_come(
+    make_cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    cluster = await make_cluster()
+    gate = asyncio.Event()
+    worker = await cluster.add_worker("a", tokens=3, gate=gate)
+    body = {"model": "default", "prompt": "x", "stream": True}
+    async with http.post(cluster.url + "/v1/completions", json=body) as resp:
+        # The worker holds the rest of the stream until the gate opens: the first event can
+        # only reach us if the gateway forwards it without waiting for more.
+        first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 10)
+        assert json.loads(first[6:])["choices"][0]["text"] == "a:0 "
+        assert worker.in_flight == 1
+        gate.set()
+        rest = (await resp.read()).decode()
+    assert rest.endswith("data: [DONE]\n\n")
+    assert '"a:2 "' in rest
+
+
 async def test_unknown_model_is_a_404_openai_error(make_cluster: ClusterFactory) -> None:
     cluster = await make_cluster()
     await cluster.add_worker("a", models=["m1"])

@@ -29,6 +29,8 @@ class FakeWorker:
 
     ``tokens`` pieces are produced per request, ``token_delay`` seconds apart. With
     ``die_after=n`` every stream is cut (the socket closed, no ``[DONE]``) after ``n`` chunks.
+    With ``gate``, streams pause after their first chunk until the event is set (to prove that
+    a proxy forwards events as they come).
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class FakeWorker:
         token_delay: float = 0.0,
         die_after: int | None = None,
         metadata: dict[str, str] | None = None,
+        gate: asyncio.Event | None = None,
     ) -> None:
         self.id = worker_id
         self.models = tuple(models)
@@ -49,6 +52,7 @@ class FakeWorker:
         self.token_delay = token_delay
         self.die_after = die_after
         self.metadata = dict(metadata or {})
+        self.gate = gate
         self.bodies: list[dict[str, Any]] = []
         """Every request body received, in arrival order."""
         self.in_flight = 0
@@ -179,6 +183,8 @@ class FakeWorker:
                 return response
             if self.token_delay:
                 await asyncio.sleep(self.token_delay)
+            if i == 1 and self.gate is not None:
+                await self.gate.wait()
             last = i == len(pieces) - 1
             choice: dict[str, Any] = {"index": 0, "finish_reason": "length" if last else None}
             if chat:
