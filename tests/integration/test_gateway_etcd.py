@@ -4,7 +4,8 @@ One test walks the whole story, because every step needs the workers of the step
 loads the default model, ~10 s on a 2-core CPU): two workers register, the gateway routes the
 official ``openai`` client's traffic to both, one worker is SIGKILLed under load (no request
 started after the kill may fail, and the worker leaves the gateway's table within its lease
-TTL), then a new worker starts and gets traffic.
+TTL), then a new worker starts and gets traffic, and requests sharing a long system prompt
+all land on one worker.
 """
 
 from __future__ import annotations
@@ -201,9 +202,24 @@ async def test_gateway_over_real_workers_survives_a_kill_and_picks_up_a_new_work
         )
         results = await asyncio.gather(*(_one(client, 1000 + i) for i in range(16)))
         assert all(r.ok for r in results), [r.error for r in results if not r.ok]
-        table = {w["address"]: w for w in gateway.workers()}
-        assert table[newcomer.url]["routed"] > 0, table
-        assert victim.url not in table
+        by_address = {w["address"]: w for w in gateway.workers()}
+        assert by_address[newcomer.url]["routed"] > 0, by_address
+        assert victim.url not in by_address
+
+        # Prefix affinity on real workers: one long system prompt, different questions.
+        system = "You are a terse assistant for a hardware store. Answer in one short line. " * 4
+        owners = set()
+        for i in range(6):
+            raw = await client.chat.completions.with_raw_response.create(
+                model=MODEL,
+                messages=[
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": f"Do you sell item {i}?"},
+                ],
+                max_tokens=4,
+            )
+            owners.add(raw.headers["x-inferno-worker"])
+        assert len(owners) == 1, owners
     finally:
         await client.close()
         gateway.stop()
