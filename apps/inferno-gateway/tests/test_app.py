@@ -157,6 +157,27 @@ async def test_refused_connection_is_retried_on_another_worker(
     assert f"{served} 4.0" in metrics
 
 
+async def test_a_draining_worker_is_skipped_and_its_503_passed_on_when_alone(
+    make_cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    cluster = await make_cluster(policy=RoundRobinPolicy())
+    draining = await cluster.add_worker("a", draining=True)
+    await cluster.add_worker("b")
+    body = {"model": "default", "prompt": "x"}
+    for _ in range(2):
+        async with http.post(cluster.url + "/v1/completions", json=body) as resp:
+            assert (resp.status, resp.headers[WORKER_HEADER]) == (200, "b")
+    metrics = await (await http.get(cluster.url + "/metrics")).text()
+    # Round-robin offers "a" first both times; a 503 costs no cool-down (overload passes).
+    assert 'inferno_gateway_retries_total{reason="unavailable",worker="a"} 2.0' in metrics
+    cluster.registry.remove("inferno", "b")
+    await cluster.wait_for(lambda: cluster.gateway.table.get("b") is None)
+    async with http.post(cluster.url + "/v1/completions", json=body) as resp:
+        assert resp.status == 503  # nobody else to try: the worker's own answer goes through
+        assert (await resp.json())["error"]["code"] == "draining"
+    assert len(draining.bodies) == 3
+
+
 async def test_every_worker_down_is_a_502(
     make_cluster: ClusterFactory, http: aiohttp.ClientSession
 ) -> None:

@@ -29,6 +29,7 @@ class FakeWorker:
 
     ``tokens`` pieces are produced per request, ``token_delay`` seconds apart. With
     ``die_after=n`` every stream is cut (the socket closed, no ``[DONE]``) after ``n`` chunks.
+    With ``draining``, generation routes answer 503 like a daemon that is shutting down.
     With ``gate``, streams pause after their first chunk until the event is set (to prove that
     a proxy forwards events as they come).
     """
@@ -44,6 +45,7 @@ class FakeWorker:
         die_after: int | None = None,
         metadata: dict[str, str] | None = None,
         gate: asyncio.Event | None = None,
+        draining: bool = False,
     ) -> None:
         self.id = worker_id
         self.models = tuple(models)
@@ -53,6 +55,7 @@ class FakeWorker:
         self.die_after = die_after
         self.metadata = dict(metadata or {})
         self.gate = gate
+        self.draining = draining
         self.bodies: list[dict[str, Any]] = []
         """Every request body received, in arrival order."""
         self.in_flight = 0
@@ -114,6 +117,14 @@ class FakeWorker:
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.bodies.append(body)
+        if self.draining:
+            error = {
+                "message": "the daemon is draining",
+                "type": "service_unavailable",
+                "param": None,
+                "code": "draining",
+            }
+            return web.json_response({"error": error}, status=503)
         if body.get("model") not in self.models:
             error = {
                 "message": f"the model {body.get('model')!r} does not exist",
