@@ -1,7 +1,8 @@
 """The composition root: the one place the daemon's default collaborators are built.
 
 memory (host or CUDA resource -> pool -> statistics) + tracker, model repository + loader,
-engine factory, health checker, discovery registrar, event bus -> `Orchestrator` -> app.
+engine factory, health checker, discovery registrar (lease of ``discovery_ttl``), event bus
+-> `Orchestrator` -> app.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 from aiohttp import web
-from inferno_discovery import LoadSignals, Registrar, ServiceRegistration, discovery_from_url
+from inferno_discovery import LoadSignals, ServiceRegistration, discovery_from_url
 from inferno_health import HealthChecker, MemoryPressureProvider
 from inferno_inference.config import EngineConfig
 from inferno_inference.factory import build_async_engine
@@ -36,10 +37,11 @@ from inferno_backend.adapters import (
 from inferno_backend.api import build_app
 from inferno_backend.config import ServeConfig
 from inferno_backend.events import EventBus
-from inferno_backend.orchestrator import Orchestrator, RegistrationHandle
+from inferno_backend.orchestrator import Orchestrator
 from inferno_backend.protocols import ServableModel, StatisticsResource
+from inferno_backend.registration import DaemonRegistrar, RegistrationHandle
 
-__all__ = ["Daemon", "RepositoryModelSource", "build_daemon"]
+__all__ = ["Daemon", "RepositoryModelSource", "build_daemon", "describe_registration"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -73,11 +75,12 @@ class Daemon:
     """Everything `inferno serve` runs: the orchestrator and its HTTP app.
 
     ``advertised_url`` is set by the server once the socket is bound (the port may be 0 in the
-    config); discovery registers that address.
+    config); ``registrar`` publishes that address in discovery once the orchestrator is ready.
     """
 
     orchestrator: Orchestrator
     app: web.Application
+    registrar: DaemonRegistrar | None = None
     advertised_url: str | None = None
     service_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
@@ -93,6 +96,29 @@ def _memory(config: ServeConfig) -> StatisticsAdaptor:
         upstream = HostMemoryResource()
     # The pool keeps freed KV blocks for the next model; statistics see what engines hold.
     return StatisticsAdaptor(PoolMemoryResource(upstream), limit=config.memory_limit_bytes)
+
+
+def describe_registration(daemon: Daemon, config: ServeConfig) -> ServiceRegistration:
+    """The daemon's registration as of now: where it listens, what it serves, how busy it is."""
+    status = daemon.orchestrator.status()
+    models_status = status["models"].values()
+    load = LoadSignals(
+        queue_depth=status["waiting"],
+        running_requests=status["running"],
+        kv_usage=min(1.0, max((m["kv_cache_usage"] for m in models_status), default=0.0)),
+        free_slots=sum(m["free_slots"] for m in models_status),
+    )
+    host = config.advertise_host or (
+        socket.gethostname() if config.host in ("0.0.0.0", "::") else config.host
+    )
+    return ServiceRegistration(
+        id=daemon.service_id,
+        service=config.service_name,
+        address=daemon.advertised_url or f"http://{host}:{config.port}",
+        models=daemon.orchestrator.available_models,
+        version="0.1.0",
+        load=load,
+    )
 
 
 def build_daemon(config: ServeConfig) -> Daemon:
@@ -126,42 +152,16 @@ def build_daemon(config: ServeConfig) -> Daemon:
         ModelRepository(), LlamaLoader(), dtype=config.dtype, device=config.device
     )
     holder: list[Daemon] = []
-    discovery = discovery_from_url(config.discovery)
-    registrars: list[Registrar] = []
-
-    def load() -> LoadSignals:
-        status = holder[0].orchestrator.status()
-        models_status = status["models"].values()
-        return LoadSignals(
-            queue_depth=status["waiting"],
-            running_requests=status["running"],
-            kv_usage=min(1.0, max((m["kv_cache_usage"] for m in models_status), default=0.0)),
-            free_slots=sum(m["free_slots"] for m in models_status),
-        )
-
-    async def register() -> None:
-        daemon = holder[0]
-        host = config.advertise_host or (
-            socket.gethostname() if config.host in ("0.0.0.0", "::") else config.host
-        )
-        address = daemon.advertised_url or f"http://{host}:{config.port}"
-        registration = ServiceRegistration(
-            id=daemon.service_id,
-            service=config.service_name,
-            address=address,
-            models=tuple(daemon.orchestrator.served),
-            version="0.1.0",
-        )
-        registrar = Registrar(
-            discovery, registration, load=load, on_registered=[registered_listener(bus)]
-        )
-        registrars.append(registrar)
-        await registrar.start()
+    registrar = DaemonRegistrar(
+        discovery_from_url(config.discovery),
+        lambda: describe_registration(holder[0], config),
+        ttl=config.discovery_ttl,
+        on_registered=[registered_listener(bus)],
+    )
 
     async def revoke() -> None:
-        for registrar in registrars:
-            await registrar.stop()
-        await discovery.close()
+        await registrar.stop()
+        await registrar.provider.close()
 
     orchestrator = Orchestrator(
         config,
@@ -170,10 +170,12 @@ def build_daemon(config: ServeConfig) -> Daemon:
         memory=memory,
         health=health,
         bus=bus,
-        registration=RegistrationHandle(register, revoke, service_id="pending"),
+        registration=RegistrationHandle(
+            registrar.start, revoke, service_id="pending", refresh=registrar.refresh
+        ),
         tracker=tracker,
     )
-    daemon = Daemon(orchestrator, build_app(orchestrator, manage_lifecycle=False))
+    daemon = Daemon(orchestrator, build_app(orchestrator, manage_lifecycle=False), registrar)
     if orchestrator.registration is not None:
         orchestrator.registration.service_id = daemon.service_id
     holder.append(daemon)

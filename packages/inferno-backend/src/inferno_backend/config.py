@@ -69,6 +69,14 @@ class ServeConfig(BaseModel):
     discovery: str = Field(
         default="memory://", description="Discovery backend: memory:// or etcd://HOST:PORT."
     )
+    discovery_ttl: float = Field(
+        default=10.0,
+        ge=1,
+        le=3600,
+        description="Seconds of the discovery lease: a daemon that dies without deregistering "
+        "leaves the registry within this time (etcd rounds it up to whole seconds). Load "
+        "signals are republished every third of it.",
+    )
     service_name: str = Field(default="inferno", min_length=1, description="Discovery name.")
     advertise_host: str | None = Field(
         default=None, description="Host others reach this daemon at; defaults to ``host``."

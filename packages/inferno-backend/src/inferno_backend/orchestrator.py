@@ -1,10 +1,12 @@
-"""The orchestrator: owns the served models and the daemon's lifecycle.
+"""The orchestrator: the daemon's lifecycle, request admission and load reporting.
 
 start: load the model -> build its engine -> warm up -> readiness open -> register in discovery.
 stop (SIGTERM): readiness closed -> registration revoked -> no new requests -> drain in-flight
 requests (bounded by ``drain_timeout_s``) -> engines shut down -> memory statistics checked to
 have come back to what they were before each model was loaded.
 
+Loading and unloading a model (engine, warm-up, memory check) lives in `inferno_backend.serving`
+and the discovery registration in `inferno_backend.registration`; the orchestrator decides when.
 Every collaborator comes in through the constructor; `inferno_backend.composition` builds the
 defaults.
 """
@@ -15,25 +17,20 @@ import asyncio
 import contextlib
 import enum
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from inferno_health import CallableProvider, HealthChecker, HealthReport, Probe
-from inferno_inference import EngineStats, GenerationRequest, InferenceEngine, SamplingParams
+from inferno_inference import EngineStats
 
 from inferno_backend.config import ServeConfig
-from inferno_backend.events import (
-    EngineFailed,
-    EventBus,
-    ModelLoaded,
-    ModelUnloaded,
-    ServiceDeregistered,
-)
+from inferno_backend.events import EngineFailed, EventBus, ServiceDeregistered
 from inferno_backend.metrics import ModelSnapshot
-from inferno_backend.protocols import EngineFactory, ModelSource, ServableModel, StatisticsResource
+from inferno_backend.protocols import EngineFactory, ModelSource, StatisticsResource
+from inferno_backend.registration import RegistrationHandle
+from inferno_backend.serving import ModelNotServedError, ServedModel, ServedModels, wait_idle
 
 __all__ = [
     "DaemonState",
@@ -58,27 +55,8 @@ class DaemonState(enum.StrEnum):
     STOPPED = "stopped"
 
 
-class ModelNotServedError(LookupError):
-    """The requested model is not loaded (the API answers 404)."""
-
-
 class NotAdmittingError(RuntimeError):
     """The daemon (or this model) is not taking new requests right now (the API answers 503)."""
-
-
-@dataclass(slots=True)
-class ServedModel:
-    """A model with its running engine, as the API sees it."""
-
-    name: str
-    model: ServableModel
-    engine: InferenceEngine
-    max_model_len: int
-    created: int
-    memory_baseline: int | None = None
-    inflight: int = 0
-    unloading: bool = False
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,36 +72,6 @@ class ShutdownReport:
     def memory_returned(self) -> bool:
         """Every byte the models took from the memory resource was given back."""
         return self.leaked_bytes == 0
-
-
-class RegistrationHandle:
-    """How the orchestrator starts and revokes its discovery registration.
-
-    Built by the composition root around an ``inferno_discovery`` registrar; ``start`` is called
-    once the daemon is ready and ``stop`` first thing on shutdown (revoking the lease).
-    """
-
-    def __init__(
-        self,
-        start: Callable[[], Any],
-        stop: Callable[[], Any],
-        service_id: str,
-    ) -> None:
-        self._start = start
-        self._stop = stop
-        self.service_id = service_id
-
-    async def start(self) -> None:
-        """Register (and keep the registration alive)."""
-        result = self._start()
-        if asyncio.iscoroutine(result):
-            await result
-
-    async def stop(self) -> None:
-        """Revoke the registration."""
-        result = self._stop()
-        if asyncio.iscoroutine(result):
-            await result
 
 
 class Orchestrator:
@@ -162,8 +110,11 @@ class Orchestrator:
         self.registration = registration
         self.tracker = tracker
         self.state = DaemonState.CREATED
-        self._served: dict[str, ServedModel] = {}
-        self._load_lock = asyncio.Lock()
+        self._models = ServedModels(
+            config, models=models, engine_factory=engine_factory, memory=memory, bus=bus
+        )
+        # The same dict as the model manager's, read by the queries and probes below.
+        self._served = self._models.by_name
         self._idle = asyncio.Event()
         self._idle.set()
         self._inflight = 0
@@ -188,17 +139,19 @@ class Orchestrator:
         """Requests admitted and not yet finished."""
         return self._inflight
 
+    @property
+    def available_models(self) -> tuple[str, ...]:
+        """Names of the served models that take requests (not being unloaded), sorted: what
+        the discovery registration advertises."""
+        return tuple(sorted(n for n, s in self._served.items() if not s.unloading))
+
     def get(self, name: str) -> ServedModel:
         """The served model called ``name``.
 
         Raises:
             ModelNotServedError: no such model is loaded.
         """
-        served = self._served.get(name)
-        if served is None:
-            known = ", ".join(sorted(self._served)) or "none"
-            raise ModelNotServedError(f"the model {name!r} does not exist (served: {known})")
-        return served
+        return self._models.get(name)
 
     def snapshots(self) -> list[ModelSnapshot]:
         """Per-model load and memory snapshots for metrics (no prompts)."""
@@ -327,13 +280,13 @@ class Orchestrator:
             else:
                 service_id = self.registration.service_id
                 self.bus.publish(ServiceDeregistered(service_id=service_id))
-        drained = await self._wait_idle(self._idle, self.config.drain_timeout_s)
+        drained = await wait_idle(self._idle, self.config.drain_timeout_s)
         aborted = self._inflight
         if not drained:
             log.warning("drain timed out; aborting requests", inflight=aborted)
         leaked = 0
         for name in list(self._served):
-            leaked += await self._unload(name, wait=False)
+            leaked += await self._models.unload(name, wait=False)
         if self.tracker is not None and hasattr(self.tracker, "stop"):
             with contextlib.suppress(Exception):
                 result = self.tracker.stop()
@@ -354,92 +307,39 @@ class Orchestrator:
     # -- models --------------------------------------------------------------------------------
 
     async def load_model(self, name: str, *, served_name: str | None = None) -> ServedModel:
-        """Load ``name``, build its engine, warm it up and start serving it as ``served_name``.
+        """Load ``name``, build its engine, warm it up and start serving it as ``served_name``;
+        once ready, the discovery registration is published again with the new model.
 
         Raises:
             ValueError: a model is already served under that name.
             inferno_models.ModelNotFoundError: unknown model.
         """
-        public = served_name or name
-        async with self._load_lock:
-            if public in self._served:
-                raise ValueError(f"a model named {public!r} is already loaded")
-            started = time.perf_counter()
-            model = await asyncio.to_thread(self.models.load, name)
-            baseline = self.memory.stats().current_bytes
-            try:
-                engine = await asyncio.to_thread(self.engine_factory, model, self.memory)
-            except Exception as exc:
-                self.bus.publish(EngineFailed(model=public, error=str(exc)))
-                raise
-            inner = getattr(engine, "engine", None)  # AsyncEngine wraps an LLMEngine
-            max_len = int(
-                getattr(engine, "max_model_len", None)
-                or getattr(inner, "max_model_len", None)
-                or self.config.max_model_len
-                or model.config.max_position_embeddings
-            )
-            served = ServedModel(public, model, engine, max_len, int(time.time()), baseline)
-            served.idle.set()
-            if self.config.warmup:
-                await self._warm_up(served)
-            self._served[public] = served
-        seconds = time.perf_counter() - started
-        log.info("model loaded", model=public, seconds=round(seconds, 3), nbytes=model.nbytes())
-        self.bus.publish(
-            ModelLoaded(name=public, source=name, nbytes=model.nbytes(), load_seconds=seconds)
-        )
+        served = await self._models.load(name, served_name=served_name)
+        await self._publish_models()
         return served
 
     async def unload_model(self, name: str) -> int:
         """Stop serving ``name`` after its in-flight requests finish; returns leaked bytes.
 
+        The model leaves the discovery registration as soon as it stops taking requests, before
+        the drain, so routers stop sending it work.
+
         Raises:
-            ModelNotServedError: no such model.
+            ModelNotServedError: no such model, or it is already being unloaded.
         """
-        self.get(name)
-        return await self._unload(name, wait=True)
-
-    async def _unload(self, name: str, *, wait: bool) -> int:
-        served = self._served[name]
+        served = self.get(name)
+        if served.unloading:
+            raise ModelNotServedError(f"the model {name!r} is already being unloaded")
         served.unloading = True
-        if wait and not await self._wait_idle(served.idle, self.config.drain_timeout_s):
-            log.warning("unload: drain timed out; aborting", model=name, inflight=served.inflight)
-        await served.engine.shutdown()
-        del self._served[name]
-        leaked = 0
-        if served.memory_baseline is not None:
-            leaked = max(0, self.memory.stats().current_bytes - served.memory_baseline)
-        if leaked:
-            log.error(
-                "memory did not come back after unload",
-                model=name,
-                leaked_bytes=leaked,
-                stats=self.memory.stats().describe(),
-            )
-        else:
-            log.info("model unloaded; its memory came back", model=name)
-        self.bus.publish(ModelUnloaded(name=name, leaked_bytes=leaked))
-        return leaked
+        await self._publish_models()
+        return await self._models.unload(name, wait=True)
 
-    async def _warm_up(self, served: ServedModel) -> None:
-        """One short generation so the first client does not pay for lazy initialisation."""
-        ids = served.model.tokenizer.encode("Hello", add_special_tokens=True) or [0]
-        request = GenerationRequest(
-            request_id=f"warmup-{uuid.uuid4().hex[:8]}",
-            prompt_token_ids=tuple(ids),
-            sampling=SamplingParams(max_tokens=2, temperature=0.0),
-        )
-        started = time.perf_counter()
-        async for _ in served.engine.generate(request):
-            pass
-        log.info("warm-up done", model=served.name, seconds=round(time.perf_counter() - started, 3))
-
-    @staticmethod
-    async def _wait_idle(event: asyncio.Event, seconds: float) -> bool:
+    async def _publish_models(self) -> None:
+        """Refresh the registration after the served models changed (only while serving:
+        start-up registers afterwards, and shutdown has revoked it already)."""
+        if self.registration is None or self.state is not DaemonState.READY:
+            return
         try:
-            async with asyncio.timeout(seconds):
-                await event.wait()
-        except TimeoutError:
-            return False
-        return True
+            await self.registration.refresh()
+        except Exception:
+            log.exception("refreshing the discovery registration failed")

@@ -38,6 +38,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--api-key", action="append", dest="api_keys", help="accepted API key")
     p.add_argument("--admin-key", help="key of the /v1/admin routes")
     p.add_argument("--discovery", help="memory:// (default) or etcd://HOST:PORT")
+    p.add_argument(
+        "--discovery-ttl", type=float, help="seconds of the discovery lease (default 10)"
+    )
     p.add_argument("--max-num-seqs", type=int, help="concurrent sequences in the engine")
     p.add_argument("--max-model-len", type=int, help="context length")
     p.add_argument("--kv-cache-bytes", type=int, help="KV cache budget in bytes")
@@ -50,8 +53,8 @@ def register(subparsers: Any) -> None:
 
 _FLAG_FIELDS = (
     "model", "served_model_name", "host", "port", "device", "dtype", "api_keys", "admin_key",
-    "discovery", "max_num_seqs", "max_model_len", "kv_cache_bytes", "drain_timeout_s",
-    "log_format", "log_level", "warmup",
+    "discovery", "discovery_ttl", "max_num_seqs", "max_model_len", "kv_cache_bytes",
+    "drain_timeout_s", "log_format", "log_level", "warmup",
 )  # fmt: skip
 
 
