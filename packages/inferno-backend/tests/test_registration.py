@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -20,6 +20,14 @@ from inferno_discovery import DiscoveryEvent, DiscoveryEventKind, ServiceRegistr
 from inferno_discovery.testing import RecordingDiscovery
 
 ADMIN = {"Authorization": "Bearer adm"}
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never became true")
 
 
 def test_discovery_ttl_default_env_and_bounds() -> None:
@@ -94,23 +102,23 @@ async def served() -> AsyncIterator[tuple[Served, TestClient[Any, Any]]]:
 async def test_registers_with_the_ttl_and_models_after_ready(
     served: tuple[Served, TestClient[Any, Any]],
 ) -> None:
-    served, _ = served
-    (call,) = served.discovery.calls_to("register")
+    s, _ = served
+    (call,) = s.discovery.calls_to("register")
     registration, ttl = call.args
     assert ttl == 5.0
     assert registration.id == "w1"
     assert registration.address == "http://10.0.0.7:8000"
     assert registration.models == ("default",)
     assert registration.load.free_slots == 16  # FakeEngine's max_num_seqs
-    assert [r.models for r in await served.listed()] == [("default",)]
+    assert [r.models for r in await s.listed()] == [("default",)]
 
 
 async def test_admin_load_and_unload_refresh_the_models(
     served: tuple[Served, TestClient[Any, Any]],
 ) -> None:
-    served, client = served
+    s, client = served
     events: list[DiscoveryEvent] = []
-    watch = served.discovery.upstream.watch("inferno")
+    watch = s.discovery.upstream.watch("inferno")
 
     async def follow() -> None:
         async for event in watch:
@@ -119,16 +127,13 @@ async def test_admin_load_and_unload_refresh_the_models(
     follower = asyncio.create_task(follow())
     resp = await client.post("/v1/admin/models/load", json={"model": "other"}, headers=ADMIN)
     assert resp.status == 200, await resp.text()
-    assert [r.models for r in await served.listed()] == [("default", "other")]
+    assert [r.models for r in await s.listed()] == [("default", "other")]
     resp = await client.post("/v1/admin/models/unload", json={"model": "other"}, headers=ADMIN)
     assert resp.status == 200, await resp.text()
-    assert [r.models for r in await served.listed()] == [("default",)]
-    updates = [r.models for r in served.discovery.registered]
+    assert [r.models for r in await s.listed()] == [("default",)]
+    updates = [r.models for r in s.discovery.registered]
     assert updates == [("default",), ("default", "other"), ("default",)]
-    for _ in range(100):
-        if len(events) >= 3:
-            break
-        await asyncio.sleep(0.01)
+    await _until(lambda: len(events) >= 3)
     follower.cancel()
     assert [(e.kind, e.info.models if e.info else None) for e in events] == [
         (DiscoveryEventKind.ADDED, ("default",)),
@@ -144,11 +149,7 @@ async def test_unloading_model_leaves_the_registration_before_it_drains() -> Non
     await s.orchestrator.load_model("other")
     async with s.orchestrator.admit("other"):
         unloading = asyncio.create_task(s.orchestrator.unload_model("other"))
-        for _ in range(100):
-            if s.discovery.registered[-1].models == ("default",):
-                break
-            await asyncio.sleep(0.005)
-        assert s.discovery.registered[-1].models == ("default",)
+        await _until(lambda: s.discovery.registered[-1].models == ("default",))
         assert not unloading.done()  # still draining the request held above
     assert await unloading == 0
     await s.orchestrator.stop()
@@ -165,11 +166,7 @@ async def test_registry_down_at_start_does_not_fail_and_registers_later() -> Non
     await registrar.start()
     assert not registrar.registered
     discovery.unavailable = False
-    for _ in range(200):
-        if registrar.registered:
-            break
-        await asyncio.sleep(0.01)
-    assert registrar.registered
+    await _until(lambda: registrar.registered)
     assert [r.id for r in await discovery.list("inferno")] == ["w2"]
     await registrar.stop()
     assert await discovery.list("inferno") == []
