@@ -127,3 +127,16 @@ async def test_shutdown_refuses_new_requests() -> None:
     await engine.shutdown()
     with pytest.raises(EngineStoppedError):
         await _collect(engine, _req())
+
+
+def test_seam_and_fake_import_without_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, inferno_inference, inferno_inference.testing; "
+        "assert 'torch' not in sys.modules, 'torch was imported'; "
+        "assert inferno_inference.EngineConfig.__name__ == 'EngineConfig'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -90,7 +90,8 @@ class BlockManager:
         revived = sum(1 for b in hits if self._ref[b] == 0)
         if max(0, fresh) + revived > len(self._free):
             return 0
-        if not seq.block_table and seq.num_computed == 0:
+        if not seq.prefix_looked_up:  # count a prompt once, not again after preemption
+            seq.prefix_looked_up = True
             self.prefix_queries += seq.prompt_len
             self.prefix_hits += len(hits) * self.block_size
             seq.num_cached_prompt = max(seq.num_cached_prompt, len(hits) * self.block_size)

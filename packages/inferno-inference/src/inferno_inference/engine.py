@@ -74,10 +74,12 @@ class _Throughput:
             self.events.popleft()
 
     def rate(self) -> float:
-        if not self.events:
+        # Called from other threads: copy first (atomic under the GIL), then read the copy.
+        events = list(self.events)
+        if not events:
             return 0.0
-        span = max(time.monotonic() - self.events[0][0], 1e-3)
-        return sum(n for _, n in self.events) / span
+        span = max(time.monotonic() - events[0][0], 1e-3)
+        return sum(n for _, n in events) / span
 
 
 class LLMEngine:

@@ -36,16 +36,22 @@ def inverse_frequencies(config: ModelConfig) -> torch.Tensor:
 def rope_tables(
     config: ModelConfig, max_len: int, *, dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``cos`` and ``sin`` tables ``[max_len, head_dim]``, computed in fp32 then cast."""
+    """``cos`` and signed ``sin`` tables ``[max_len, head_dim]``, computed in fp32 then cast.
+
+    The first half of the ``sin`` table is negated so that `apply_rope` can rotate with a
+    plain roll instead of negating half of every vector.
+    """
     inv = inverse_frequencies(config)
     freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv)
     emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(device=device, dtype=dtype), emb.sin().to(device=device, dtype=dtype)
+    sin = emb.sin()
+    sin[:, : inv.shape[0]] *= -1
+    return emb.cos().to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` (``[tokens, heads, head_dim]``) by per-token ``cos``/``sin`` (``[tokens, 1,
-    head_dim]``), pairing dimension ``i`` with ``i + head_dim/2`` (the Hugging Face layout)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` (``[tokens, heads, head_dim]``) by per-token ``cos``/``signed_sin``
+    (``[tokens, 1, head_dim]``, from `rope_tables`), pairing dimension ``i`` with
+    ``i + head_dim/2`` (the Hugging Face layout)."""
+    rolled = torch.roll(x, shifts=x.shape[-1] // 2, dims=-1)
+    return x * cos + rolled * signed_sin

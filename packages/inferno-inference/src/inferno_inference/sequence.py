@@ -43,6 +43,7 @@ class Sequence:
     block_hashes: list[int] = field(default_factory=list)
     num_computed: int = 0
     num_cached_prompt: int = 0
+    prefix_looked_up: bool = False
     finish_reason: FinishReason | None = None
     error: str | None = None
     stop_matcher: StopMatcher = field(default_factory=lambda: StopMatcher(()))
