@@ -119,3 +119,28 @@ async def test_body_too_large_is_413(make_client: MakeClient) -> None:
     big = {**CHAT, "messages": [{"role": "user", "content": "x" * 5000}]}
     err = await _error(await client.post("/v1/chat/completions", json=big), 413)
     assert err["code"] == "request_too_large"
+
+
+async def test_integral_numbers_count_as_integers(client: TestClient[Any, Any]) -> None:
+    """JSON Schema (and so the OpenAPI description) calls 2.0 an integer; the server agrees."""
+    body = {"model": "default", "prompt": [5.0, 6], "max_tokens": 2.0, "n": 1.0, "seed": 7.0}
+    resp = await client.post("/v1/completions", json=body)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["usage"]["prompt_tokens"] == 2
+    err = await _error(await client.post("/v1/completions", json={**body, "n": 1.5}), 400)
+    assert err["param"] == "n"
+    err = await _error(await client.post("/v1/completions", json={**body, "prompt": [-1.0]}), 400)
+    assert str(err["param"]).startswith("prompt")
+
+
+def test_openapi_states_the_stop_and_suffix_limits() -> None:
+    from inferno_backend.openapi import build_openapi
+
+    schemas = build_openapi()["components"]["schemas"]
+    stop = schemas["ChatCompletionRequest"]["properties"]["stop"]["anyOf"]
+    assert {"type": "string", "minLength": 1} in stop
+    assert {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 4} in stop
+    suffix = schemas["CompletionRequest"]["properties"]["suffix"]["anyOf"]
+    assert {"type": "string", "maxLength": 0} in suffix
+    # Bounds are JSON Schema keywords, never pydantic's own names.
+    assert '"ge"' not in repr(schemas).replace("'", '"')

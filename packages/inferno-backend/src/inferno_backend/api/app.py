@@ -8,7 +8,6 @@ from inferno_backend.api import admin, health_routes, openai_routes
 from inferno_backend.api.keys import CONFIG, METRICS, ORCHESTRATOR
 from inferno_backend.api.middleware import build_middlewares
 from inferno_backend.metrics import Metrics
-from inferno_backend.openapi import build_openapi
 from inferno_backend.orchestrator import Orchestrator
 
 __all__ = ["build_app"]
@@ -36,6 +35,10 @@ def build_app(
     app.add_routes(openai_routes.routes)
     app.add_routes(health_routes.routes)
     app.add_routes(admin.routes)
+    # Imported here: the description reads the request models of this package, whose import
+    # runs this package's __init__ (and so this module) first.
+    from inferno_backend.openapi import build_openapi
+
     document = build_openapi()
 
     async def openapi(request: web.Request) -> web.Response:

@@ -1,14 +1,15 @@
 """Request bodies of the OpenAI-compatible routes, validated strictly (no type coercion).
 
 Unknown fields are ignored, as OpenAI clients send fields a server may not know; known fields
-with the wrong type or out of range are rejected with a message naming them.
+with the wrong type or out of range are rejected with a message naming them. The one leniency is
+JSON's: ``2.0`` is the integer 2 (as JSON Schema, and so the OpenAPI description, has it).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "ChatCompletionRequest",
@@ -21,9 +22,34 @@ __all__ = [
 
 _STRICT = ConfigDict(strict=True, extra="ignore", frozen=True)
 
+
+def _integral(value: object) -> object:
+    """``3.0`` -> ``3`` (inside lists too): JSON has one number type and JSON Schema calls 3.0 an
+    integer, so a client (or a fuzzer) following the OpenAPI description may send it. 3.5 stays a
+    float and is rejected by the strict int check. Used as a field ``before`` validator, which
+    leaves the JSON schema of the field as it is."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
 StopField = Annotated[
     str | list[Annotated[str, Field(min_length=1)]] | None,
-    Field(default=None, description="Up to 4 strings that end the generation (cut from it)."),
+    Field(
+        default=None,
+        description="Up to 4 strings that end the generation (cut from it).",
+        # The count and emptiness rules are checked below (for clearer messages); the
+        # description states them so clients and fuzzers know them too.
+        json_schema_extra={
+            "anyOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 4},
+                {"type": "null"},
+            ]
+        },
+    ),
 ]
 
 
@@ -56,6 +82,10 @@ class SamplingFields(BaseModel):
     stream_options: StreamOptions | None = None
     ignore_eos: bool = Field(default=False, description="Continue past end-of-sequence.")
     user: str | None = Field(default=None, description="Accepted and ignored.")
+
+    _integral_numbers = field_validator("max_tokens", "top_k", "n", "seed", mode="before")(
+        _integral
+    )
 
     @model_validator(mode="after")
     def _check_common(self) -> SamplingFields:
@@ -118,6 +148,10 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool = Field(default=False, description="Return log-probabilities of tokens.")
     top_logprobs: int | None = Field(default=None, ge=0, le=20, description="Alternatives.")
 
+    _integral_chat = field_validator("max_completion_tokens", "top_logprobs", mode="before")(
+        _integral
+    )
+
     @model_validator(mode="after")
     def _check_chat(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
@@ -144,8 +178,16 @@ class CompletionRequest(SamplingFields):
     ) = Field(description="A prompt, token ids, or a batch of either.")
     logprobs: int | None = Field(default=None, ge=0, le=5, description="Top alternatives.")
     echo: bool = Field(default=False, description="Prepend the prompt to the completion.")
-    suffix: str | None = Field(default=None, description="Not supported; must be null.")
+    suffix: str | None = Field(
+        default=None,
+        description="Not supported; must be null or empty.",
+        json_schema_extra={"anyOf": [{"type": "string", "maxLength": 0}, {"type": "null"}]},
+    )
     best_of: int | None = Field(default=None, ge=1, le=16, description="Must equal n if set.")
+
+    _integral_completion = field_validator("prompt", "logprobs", "best_of", mode="before")(
+        _integral
+    )
 
     @model_validator(mode="after")
     def _check_completion(self) -> CompletionRequest:
