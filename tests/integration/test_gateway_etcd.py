@@ -31,7 +31,7 @@ from .serve_daemon import ServeProcess, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-LEASE_TTL_S = 10.0  # the daemon's registrar default; `inferno serve` has no flag to shorten it
+LEASE_TTL_S = 3.0  # each worker's lease (inferno serve --discovery-ttl)
 MODEL = "default"
 
 
@@ -146,7 +146,15 @@ def workers(etcd: EtcdServer, tmp_path: Path) -> Iterator[tuple[str, list[ServeP
 
 
 def _serve(discovery: str, log: Path) -> ServeProcess:
-    return ServeProcess("--discovery", discovery, "--max-num-seqs", "8", log_path=log)
+    return ServeProcess(
+        "--discovery",
+        discovery,
+        "--discovery-ttl",
+        str(int(LEASE_TTL_S)),
+        "--max-num-seqs",
+        "8",
+        log_path=log,
+    )
 
 
 async def test_gateway_over_real_workers_survives_a_kill_and_picks_up_a_new_worker(
@@ -206,7 +214,17 @@ async def test_gateway_over_real_workers_survives_a_kill_and_picks_up_a_new_work
         assert by_address[newcomer.url]["routed"] > 0, by_address
         assert victim.url not in by_address
 
-        # Prefix affinity on real workers: one long system prompt, different questions.
+        # Prefix affinity on real workers: one long system prompt, different questions. The
+        # burst above must first drain from the load the workers push, or the load bound
+        # rightly sends some of these elsewhere.
+        await _until(
+            lambda: all(
+                w["load"]["running_requests"] + w["load"]["queue_depth"] == 0
+                for w in gateway.workers()
+            ),
+            15,
+            "the pushed load to settle",
+        )
         system = "You are a terse assistant for a hardware store. Answer in one short line. " * 4
         owners = set()
         for i in range(6):
