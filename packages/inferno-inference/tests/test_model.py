@@ -82,3 +82,23 @@ def test_prefill_then_decode_matches_transformers(tied: bool) -> None:
             )
             out = model.forward(torch.tensor([ids[p]]), meta3, caches)
             torch.testing.assert_close(out[0], ref[p], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_tracks_fp32(dtype: torch.dtype) -> None:
+    config = tiny_config()
+    weights = random_weights(config, seed=5)
+    ids = torch.tensor([(13 * i + 7) % config.vocab_size for i in range(40)])
+    pos = torch.arange(40)
+    meta = AttentionMetadata(pos, pos, 0, None, None, [PrefillSegment(0, 40, 40, None)], pos)
+    cpu = torch.device("cpu")
+    full = LlamaModel(config, weights, dtype=torch.float32, device=cpu, max_len=64)
+    half = LlamaModel(config, weights, dtype=dtype, device=cpu, max_len=64)
+    half_caches = [(k.to(dtype), v.to(dtype)) for k, v in _caches(config, 64)]
+    with torch.inference_mode():
+        ref = full.forward(ids, meta, _caches(config, 64))
+        out = half.forward(ids, meta, half_caches)
+    assert out.dtype == torch.float32
+    assert (out - ref).abs().max().item() < 0.1 * ref.abs().max().item()
+    # The top choice agrees almost everywhere (ties within rounding may differ).
+    assert (out.argmax(-1) == ref.argmax(-1)).float().mean().item() > 0.9
