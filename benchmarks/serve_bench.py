@@ -1,11 +1,15 @@
 """Serving benchmark: ``inferno bench serve`` against ``inferno serve`` on the default model.
 
-Starts the daemon, measures concurrency 1 and 16 (streaming completions of a fixed length), and
-measures a peer OpenAI-compatible server (``--peer-url``, e.g. llama-cpp-python's server on the
-same GGUF) in the same run with the same requests. Prints tables and writes
+Starts the daemon, measures concurrency 1 and 16 (streaming completions of a fixed length), then
+measures the peers on the same GGUF in the same run with the same requests, one server at a time
+so they never share the CPU: llama.cpp's Python server (``--llama-cpp-python PYTHON``, an
+interpreter with ``llama-cpp-python[server]`` installed; it serves one request at a time),
+llama.cpp's C++ server (``--llama-server PATH``, started with 16 parallel slots), or any running
+OpenAI-compatible server (``--peer-url``). Prints tables and a summary, writes
 ``benchmarks/results/serve.json``.
 
-    uv run python benchmarks/serve_bench.py [--peer-url http://127.0.0.1:8001 --peer-model NAME]
+    uv run python benchmarks/serve_bench.py \
+        [--llama-cpp-python /opt/peers/bin/python] [--llama-server /path/to/llama-server]
 """
 
 from __future__ import annotations
@@ -34,25 +38,56 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_inferno(max_num_seqs: int) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    cmd = [sys.executable, "-m", "inferno_backend.cli", "serve", "--port", str(port),
-           "--max-num-seqs", str(max_num_seqs), "--log-level", "warning"]  # fmt: skip
+def _start(name: str, cmd: list[str], port: int, ready_path: str) -> subprocess.Popen[bytes]:
+    """Start a server and wait until ``ready_path`` answers 200."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"inferno serve exited with {proc.returncode}")
+            raise SystemExit(f"{name} exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(url + "/health/ready", timeout=2) as resp:
+            with urllib.request.urlopen(url + ready_path, timeout=2) as resp:
                 if resp.status == 200:
-                    return proc, url
+                    return proc
         except OSError:
             pass
         time.sleep(0.5)
     proc.kill()
-    raise SystemExit("inferno serve did not become ready")
+    raise SystemExit(f"{name} did not become ready")
+
+
+def _servers(args: argparse.Namespace) -> list[tuple[str, list[str], int, str, str]]:
+    """(name, command, port, readiness path, model name) of every server to measure."""
+    from inferno_models import default_model_path
+
+    gguf = str(default_model_path())
+    out = []
+    port = _free_port()
+    out.append((
+        "inferno",
+        [sys.executable, "-m", "inferno_backend.cli", "serve", "--port", str(port),
+         "--max-num-seqs", "16", "--dtype", args.dtype, "--log-level", "warning"],
+        port, "/health/ready", "default",
+    ))  # fmt: skip
+    if args.llama_cpp_python:
+        port = _free_port()
+        out.append((
+            "llama-cpp-python",
+            [args.llama_cpp_python, "-m", "llama_cpp.server", "--model", gguf, "--host",
+             "127.0.0.1", "--port", str(port), "--n_threads", str(args.threads), "--n_ctx",
+             "2048", "--model_alias", "default"],
+            port, "/v1/models", "default",
+        ))  # fmt: skip
+    if args.llama_server:
+        port = _free_port()
+        out.append((
+            "llama-server",
+            [args.llama_server, "-m", gguf, "--host", "127.0.0.1", "--port", str(port),
+             "-t", str(args.threads), "-np", "16", "-c", str(16 * 512), "--log-disable"],
+            port, "/health", "default",
+        ))  # fmt: skip
+    return out
 
 
 async def _measure(url: str, model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -67,25 +102,49 @@ async def _measure(url: str, model: str, args: argparse.Namespace) -> list[dict[
     return out
 
 
+def _summary(runs: dict[str, list[dict[str, Any]]]) -> str:
+    """Output tokens/s and TTFT p99 per server and concurrency, with inferno's ratio."""
+    lines = [f"{'server':<18}{'conc':>6}{'out tok/s':>12}{'TTFT p99 ms':>14}{'inferno x':>12}"]
+    base = {r["concurrency"]: r["output_throughput"] for r in runs.get("inferno", [])}
+    for name, results in runs.items():
+        for r in results:
+            ratio = base.get(r["concurrency"], 0.0) / r["output_throughput"]
+            lines.append(
+                f"{name:<18}{r['concurrency']:>6}{r['output_throughput']:>12.1f}"
+                f"{r['ttft_ms']['p99']:>14.0f}{ratio:>11.2f}x"
+            )
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--peer-url", help="base URL of a peer OpenAI-compatible server")
+    parser.add_argument("--peer-url", help="base URL of a running OpenAI-compatible server")
+    parser.add_argument("--llama-cpp-python", help="python with llama-cpp-python[server]")
+    parser.add_argument("--llama-server", help="path of a llama.cpp llama-server binary")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--threads", type=int, default=2, help="peers' CPU threads")
     parser.add_argument("--peer-model", default="default", help="model name the peer expects")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--requests-c1", type=int, default=8)
     parser.add_argument("--requests-c16", type=int, default=48)
     args = parser.parse_args()
-    proc, url = _start_inferno(max_num_seqs=16)
-    try:
-        runs = {"inferno": asyncio.run(_measure(url, "default", args))}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for name, cmd, port, ready, model in _servers(args):
+        proc = _start(name, cmd, port, ready)
+        try:
+            runs[name] = asyncio.run(_measure(f"http://127.0.0.1:{port}", model, args))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     if args.peer_url:
         runs["peer"] = asyncio.run(_measure(args.peer_url, args.peer_model, args))
+    print(_summary(runs))
     doc = {
         "benchmark": "serve",
-        "model": "SmolLM2-135M-Instruct Q4_1 (weights dequantized to float32)",
+        "model": f"SmolLM2-135M-Instruct Q4_1 (inferno: weights dequantized to {args.dtype})",
         "machine": f"{platform.machine()} {platform.processor() or ''} CPU".strip(),
         "max_tokens": args.max_tokens,
         "peer_url": args.peer_url,
