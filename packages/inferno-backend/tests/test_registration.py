@@ -14,9 +14,9 @@ from inferno_backend.commands import serve as serve_command
 from inferno_backend.composition import Daemon, build_daemon, describe_registration
 from inferno_backend.config import ConfigError, ServeConfig, load_config
 from inferno_backend.orchestrator import Orchestrator
-from inferno_backend.registration import DaemonRegistrar, RegistrationHandle
+from inferno_backend.registration import RegistrationHandle
 from inferno_backend.testing import FakeModelSource, fake_orchestrator
-from inferno_discovery import DiscoveryEvent, DiscoveryEventKind, ServiceRegistration
+from inferno_discovery import DiscoveryEvent, DiscoveryEventKind, Registrar, ServiceRegistration
 from inferno_discovery.testing import RecordingDiscovery
 
 ADMIN = {"Authorization": "Bearer adm"}
@@ -64,14 +64,17 @@ def test_build_daemon_leases_for_the_configured_ttl() -> None:
 
 class Served:
     """An app over fakes whose registration goes to a `RecordingDiscovery` through the real
-    `DaemonRegistrar` and `describe_registration`, wired as the composition root does."""
+    `Registrar` (described form) and `describe_registration`, wired as the composition root
+    does."""
 
     def __init__(self, config: ServeConfig, discovery: RecordingDiscovery) -> None:
         self.config = config
         self.discovery = discovery
         holder: list[Daemon] = []
-        self.registrar = DaemonRegistrar(
-            discovery, lambda: describe_registration(holder[0], config), ttl=config.discovery_ttl
+        self.registrar = Registrar(
+            discovery,
+            describe=lambda: describe_registration(holder[0], config),
+            ttl=config.discovery_ttl,
         )
         handle = RegistrationHandle(
             self.registrar.start, self.registrar.stop, "w1", refresh=self.registrar.refresh
@@ -158,39 +161,6 @@ async def test_unloading_model_leaves_the_registration_before_it_drains() -> Non
     await s.discovery.close()
 
 
-async def test_registry_down_at_start_does_not_fail_and_registers_later() -> None:
-    discovery = RecordingDiscovery()
-    discovery.unavailable = True
-    registration = ServiceRegistration(id="w2", service="inferno", address="http://h:1")
-    registrar = DaemonRegistrar(discovery, lambda: registration, ttl=3.0, interval=0.01)
-    await registrar.start()
-    assert not registrar.registered
-    discovery.unavailable = False
-    await _until(lambda: registrar.registered)
-    assert [r.id for r in await discovery.list("inferno")] == ["w2"]
-    await registrar.stop()
-    assert await discovery.list("inferno") == []
-    await discovery.close()
-
-
-async def test_failing_describe_keeps_the_last_registration() -> None:
-    discovery = RecordingDiscovery()
-    described = [ServiceRegistration(id="w3", service="inferno", address="http://h:1")]
-
-    def describe() -> ServiceRegistration:
-        if not described:
-            raise RuntimeError("status unavailable")
-        return described.pop()
-
-    registrar = DaemonRegistrar(discovery, describe, ttl=3.0, interval=60.0)
-    await registrar.start()
-    await registrar.refresh()
-    assert [c.method for c in discovery.calls] == ["register", "update"]
-    assert discovery.registered[1] == discovery.registered[0]
-    await registrar.stop()
-    await discovery.close()
-
-
 async def test_refresh_failure_is_logged_not_raised() -> None:
     orch = fake_orchestrator(
         registration=RegistrationHandle(lambda: None, lambda: None, "w4", refresh=_boom),
@@ -204,13 +174,3 @@ async def test_refresh_failure_is_logged_not_raised() -> None:
 
 def _boom() -> None:
     raise RuntimeError("registry exploded")
-
-
-def test_invalid_registrar_settings_name_the_problem() -> None:
-    def describe() -> ServiceRegistration:
-        raise AssertionError("never called")
-
-    with pytest.raises(ValueError, match="ttl must be > 0"):
-        DaemonRegistrar(RecordingDiscovery(), describe, ttl=0)
-    with pytest.raises(ValueError, match="interval must be > 0"):
-        DaemonRegistrar(RecordingDiscovery(), describe, ttl=1, interval=-1)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 from aiohttp import web
-from inferno_discovery import LoadSignals, ServiceRegistration, discovery_from_url
+from inferno_discovery import LoadSignals, Registrar, ServiceRegistration, discovery_from_url
 from inferno_health import HealthChecker, MemoryPressureProvider
 from inferno_inference.config import EngineConfig
 from inferno_inference.factory import build_async_engine
@@ -39,7 +39,7 @@ from inferno_backend.config import ServeConfig
 from inferno_backend.events import EventBus
 from inferno_backend.orchestrator import Orchestrator
 from inferno_backend.protocols import ServableModel, StatisticsResource
-from inferno_backend.registration import DaemonRegistrar, RegistrationHandle
+from inferno_backend.registration import RegistrationHandle
 
 __all__ = ["Daemon", "RepositoryModelSource", "build_daemon", "describe_registration"]
 
@@ -80,7 +80,7 @@ class Daemon:
 
     orchestrator: Orchestrator
     app: web.Application
-    registrar: DaemonRegistrar | None = None
+    registrar: Registrar | None = None
     advertised_url: str | None = None
     service_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
@@ -152,9 +152,9 @@ def build_daemon(config: ServeConfig) -> Daemon:
         ModelRepository(), LlamaLoader(), dtype=config.dtype, device=config.device
     )
     holder: list[Daemon] = []
-    registrar = DaemonRegistrar(
+    registrar = Registrar(
         discovery_from_url(config.discovery),
-        lambda: describe_registration(holder[0], config),
+        describe=lambda: describe_registration(holder[0], config),
         ttl=config.discovery_ttl,
         on_registered=[registered_listener(bus)],
     )
