@@ -43,6 +43,11 @@ class EngineConfig(BaseModel):
     cuda_graph_max_batch: int = Field(
         default=32, ge=1, description="Largest decode batch captured in a CUDA graph."
     )
+    cpu_prepacked_weights: bool = Field(
+        default=True,
+        description="CPU: keep oneDNN-prepacked weights for multi-row matmuls (faster batches; "
+        "in fp32 a second copy of the weights is kept for single-row GEMVs).",
+    )
     num_threads: int | None = Field(
         default=None, ge=1, description="torch intra-op threads on the CPU; default: unchanged."
     )

@@ -63,7 +63,14 @@ def build_llm_engine(
         config.max_position_embeddings,
         num_blocks * ec.block_size,
     )
-    model = LlamaModel(config, dict(weights), dtype=dtype, device=device, max_len=max_model_len)
+    model = LlamaModel(
+        config,
+        dict(weights),
+        dtype=dtype,
+        device=device,
+        max_len=max_model_len,
+        prepack=ec.cpu_prepacked_weights,
+    )
     cache = KVCache(
         resource,
         config,
