@@ -224,3 +224,17 @@ async def test_shutdown_releases_kv_memory_and_refuses_requests(
     assert resource.stats().current_bytes == 0
     with pytest.raises(EngineStoppedError):
         await _collect(eng, _req("late"))
+
+
+async def test_abort_right_after_submit_and_id_reuse(engine: AsyncEngine) -> None:
+    stream = engine.generate(_req("same", max_tokens=300, ignore_eos=True))
+    first = asyncio.ensure_future(stream.__anext__())
+    await asyncio.sleep(0)  # the submission is queued
+    engine.abort("same")
+    out = await first
+    assert out.finish_reason in ("abort", None)
+    await stream.aclose()  # type: ignore[attr-defined]
+    # The id is free again at once; the stale abort must not hit the new request.
+    outs = await _collect(engine, _req("same", max_tokens=6, ignore_eos=True))
+    assert outs[-1].finish_reason == "length"
+    assert len(_tokens(outs)) == 6

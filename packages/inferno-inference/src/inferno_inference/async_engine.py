@@ -40,8 +40,9 @@ class AsyncEngine:
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
         self._cv = threading.Condition()
-        self._adds: list[GenerationRequest] = []
-        self._aborts: list[str] = []
+        # Submissions and aborts in call order: an abort left behind by a cancelled stream must
+        # reach the engine before a later request that reuses its id.
+        self._commands: list[GenerationRequest | str] = []
         self._streams: dict[str, _Stream] = {}
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="inferno-engine", daemon=True)
@@ -65,7 +66,7 @@ class AsyncEngine:
                     f"request id {rid!r} is already running", param="request_id"
                 )
             self._streams[rid] = stream
-            self._adds.append(request)
+            self._commands.append(request)
             self._cv.notify()
         done = False
         try:
@@ -86,7 +87,7 @@ class AsyncEngine:
     def abort(self, request_id: str) -> None:
         """Abort ``request_id`` at the next step boundary; unknown ids are ignored."""
         with self._cv:
-            self._aborts.append(request_id)
+            self._commands.append(request_id)
             self._cv.notify()
 
     def stats(self) -> EngineStats:
@@ -107,19 +108,19 @@ class AsyncEngine:
         engine = self.engine
         while True:
             with self._cv:
-                while not (self._stopped or self._adds or self._aborts or engine.has_work()):
+                while not (self._stopped or self._commands or engine.has_work()):
                     self._cv.wait()
-                adds, self._adds = self._adds, []
-                aborts, self._aborts = self._aborts, []
+                commands, self._commands = self._commands, []
                 stopped = self._stopped
             outputs: list[GenerationOutput] = []
-            for request in adds:
+            for command in commands:
+                if isinstance(command, str):
+                    outputs.extend(engine.abort(command))
+                    continue
                 try:
-                    engine.add_request(request)
+                    engine.add_request(command)
                 except Exception as exc:
-                    self._deliver_error(request.request_id, exc)
-            for rid in aborts:
-                outputs.extend(engine.abort(rid))
+                    self._deliver_error(command.request_id, exc)
             if stopped:
                 for rid in engine.request_ids():
                     outputs.extend(engine.abort(rid))
