@@ -113,3 +113,15 @@ def test_greedy_matches_transformers_alone_and_batched(
     assert [_greedy(engine, [p])[0] for p in prompts] == expected
     assert _greedy(engine, prompts) == expected
     assert engine.stats().kv_blocks_used == 0
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_int8_greedy_shares_a_long_prefix_with_unquantized(
+    loaded: LoadedModel, prompts: list[list[int]], dtype: str
+) -> None:
+    # int8 rounding is not token-identical, but the greedy path must not veer off early.
+    prompt = prompts[0]
+    plain = _greedy(_engine(loaded, dtype=dtype), [prompt])[0]
+    quant = _greedy(_engine(loaded, dtype=dtype, weight_quantization="int8"), [prompt])[0]
+    assert len(quant) == NEW_TOKENS
+    assert quant[:8] == plain[:8]

@@ -48,6 +48,15 @@ class EngineConfig(BaseModel):
         description="CPU: keep oneDNN-prepacked weights for multi-row matmuls (faster batches; "
         "in fp32 a second copy of the weights is kept for single-row GEMVs).",
     )
+    weight_quantization: Literal["none", "int8"] = Field(
+        default="none",
+        description="'int8': per-output-channel symmetric int8 copies of the linear weights "
+        "(LM head included, embedding table not) for batch-1 decode, about 2x fewer bytes per "
+        "token than bf16. CPU only; needs dtype bfloat16 or float32 (float32 rows are cast to "
+        "bf16 for the int8 matmul and the result cast back). Multi-row matmuls keep the "
+        "unquantized weights, so memory grows by the int8 copy. Logits are close to, not equal "
+        "to, the unquantized ones.",
+    )
     num_threads: int | None = Field(
         default=None, ge=1, description="torch intra-op threads on the CPU; default: unchanged."
     )
@@ -59,6 +68,16 @@ class EngineConfig(BaseModel):
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be at least "
                 f"max_num_seqs ({self.max_num_seqs}) so every running sequence can decode"
             )
+        if self.weight_quantization == "int8":
+            if not self.device.startswith("cpu"):
+                raise ValueError(
+                    f"weight_quantization='int8' runs on the CPU only, not device={self.device!r}"
+                )
+            if self.dtype not in ("bfloat16", "float32"):
+                raise ValueError(
+                    f"weight_quantization='int8' needs dtype 'bfloat16' or 'float32', "
+                    f"not {self.dtype!r}"
+                )
         return self
 
     @property

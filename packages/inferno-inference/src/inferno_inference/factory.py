@@ -70,6 +70,7 @@ def build_llm_engine(
         device=device,
         max_len=max_model_len,
         prepack=ec.cpu_prepacked_weights,
+        int8=ec.weight_quantization == "int8",
     )
     cache = KVCache(
         resource,
@@ -111,6 +112,7 @@ def build_llm_engine(
         kv_bytes=cache.nbytes,
         max_model_len=max_model_len,
         dtype=ec.dtype,
+        weight_quantization=ec.weight_quantization,
         device=str(device),
     )
     return LLMEngine(

@@ -5,6 +5,14 @@ every call; with a handful of rows (a decode batch) that repacking costs as much
 multiply. A weight prepacked once by oneDNN skips it (1.5-2x faster for 2-64 rows, measured in
 ``benchmarks/engine_bench.py``). A single row is a GEMV, which needs no packing: in fp32 it
 streams fastest from a transposed (``[in, out]``) copy.
+
+Opt-in int8 weight-only quantization (``int8=True``) keeps an ``[out, in]`` int8 copy with one
+symmetric scale per output channel (absmax / 127) for single rows: a decode GEMV is bound by
+the bytes it streams, and int8 halves them against bf16 (``torch._weight_int8pack_mm``, ~30%
+faster per token than the packed bf16 GEMV on 2 threads). That kernel wants bf16 activations,
+so fp32 rows are cast to bf16 and the result cast back. It is ~9x slower than the packed bf16
+GEMM at 16 rows, so multi-row matmuls keep the unquantized layout: int8 costs memory (a second,
+int8, copy) and buys batch-1 speed.
 """
 
 from __future__ import annotations
@@ -12,7 +20,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Projection"]
+from inferno_inference.errors import EngineError
+
+__all__ = ["Projection", "quantize_int8"]
 
 
 def _prepack(weight: torch.Tensor) -> torch.Tensor | None:
@@ -33,19 +43,58 @@ def _prepack(weight: torch.Tensor) -> torch.Tensor | None:
     return packed
 
 
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-channel symmetric int8 form of ``weight`` ([out, in]): ``(q, scales)``.
+
+    ``q`` is int8 ``[out, in]`` (contiguous), ``scales`` is fp32 ``[out]`` with
+    ``weight ~= q * scales[:, None]``; an all-zero row gets scale 1 (its codes are all 0).
+    """
+    w = weight.detach().float()
+    absmax = w.abs().amax(dim=1)
+    scales = torch.where(absmax > 0, absmax / 127.0, torch.ones_like(absmax))
+    q = torch.round(w / scales[:, None]).clamp_(-127, 127).to(torch.int8).contiguous()
+    return q, scales
+
+
+def _int8_kernel_works(q: torch.Tensor, scales: torch.Tensor) -> bool:
+    """Whether this torch build runs ``_weight_int8pack_mm`` for these shapes, correctly."""
+    op = getattr(torch, "_weight_int8pack_mm", None)
+    if op is None:
+        return False
+    probe = torch.ones(1, q.shape[1], dtype=torch.bfloat16)
+    try:
+        got: torch.Tensor = op(probe, q, scales)
+    except RuntimeError:  # the op exists but this build or device lacks the kernel
+        return False
+    want = probe.float() @ (q.float() * scales.float()[:, None]).t()
+    return torch.allclose(got.float(), want, rtol=2e-2, atol=2e-2 * float(want.abs().max()))
+
+
 class Projection:
     """``x @ weight.T`` for a weight of ``[out, in]``; call it with ``x`` of ``[rows, in]``."""
 
-    __slots__ = ("gemv", "nbytes", "out_features", "packed", "transposed")
+    __slots__ = ("gemv", "int8", "nbytes", "out_features", "packed", "transposed")
 
-    def __init__(self, weight: torch.Tensor, *, prepack: bool = True) -> None:
+    def __init__(self, weight: torch.Tensor, *, prepack: bool = True, int8: bool = False) -> None:
+        """Lay ``weight`` out for its matmuls.
+
+        ``nbytes`` counts the weight bytes one single-row call reads. With ``int8`` (CPU only;
+        weight in bf16 or fp32) single rows run on an int8 copy; raises `EngineError` where
+        this torch build has no int8 kernel.
+        """
         cpu = weight.device.type == "cpu"
         self.out_features = weight.shape[0]
         self.nbytes = weight.numel() * weight.element_size()
         self.packed = _prepack(weight) if cpu and prepack else None
+        self.int8: tuple[torch.Tensor, torch.Tensor] | None = None
+        if int8:
+            self.int8 = self._quantize(weight)
+            q, scales = self.int8
+            self.nbytes = q.numel() + scales.numel() * scales.element_size()
         # fp32 single rows stream ~40% faster from [in, out]; other dtypes gain nothing, so
-        # they keep no second copy when a packed one exists.
-        self.transposed = cpu and weight.dtype == torch.float32
+        # they keep no second copy when a packed one exists. With int8, single rows never
+        # read the GEMV copy, so only an unpacked multi-row fallback keeps one.
+        self.transposed = cpu and weight.dtype == torch.float32 and self.int8 is None
         self.gemv: torch.Tensor | None
         if self.transposed:
             self.gemv = weight.t().contiguous()
@@ -54,10 +103,30 @@ class Projection:
         else:
             self.gemv = None
 
+    @staticmethod
+    def _quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if weight.device.type != "cpu" or weight.dtype not in (torch.bfloat16, torch.float32):
+            raise EngineError(
+                f"int8 weights need a CPU bfloat16/float32 weight, got {weight.dtype} on "
+                f"{weight.device.type}"
+            )
+        q, scales = quantize_int8(weight)
+        scales_bf16 = scales.to(torch.bfloat16)
+        if not _int8_kernel_works(q, scales_bf16):
+            raise EngineError(
+                f"torch {torch.__version__} has no working CPU int8 weight-only matmul "
+                "(torch._weight_int8pack_mm); use weight_quantization='none'"
+            )
+        return q, scales_bf16
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.shape[0]
         if rows == 0:
             return x.new_empty(0, self.out_features)
+        if rows == 1 and self.int8 is not None:
+            q, scales = self.int8
+            y: torch.Tensor = torch._weight_int8pack_mm(x.to(torch.bfloat16), q, scales)
+            return y.to(x.dtype)
         if self.packed is not None and (rows > 1 or self.gemv is None):
             out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
                 x, self.packed, None, "none", [], ""

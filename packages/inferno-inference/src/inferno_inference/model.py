@@ -80,7 +80,10 @@ class LlamaModel:
         device: torch.device,
         max_len: int,
         prepack: bool = True,
+        int8: bool = False,
     ) -> None:
+        """Fuse and lay out ``weights``; ``int8`` quantizes every projection (LM head included,
+        the embedding table kept as is) for single-row matmuls, see `Projection`."""
         self.config = config
         self.dtype = dtype
         self.device = device
@@ -90,7 +93,7 @@ class LlamaModel:
 
         def proj(*names: str) -> Projection:
             fused = torch.cat([weights[n].to(device=device, dtype=dtype) for n in names])
-            return Projection(fused, prepack=prepack)
+            return Projection(fused, prepack=prepack, int8=int8)
 
         self.embed = get(EMBED)
         self.norm = get(FINAL_NORM)
@@ -114,7 +117,8 @@ class LlamaModel:
         self._inter = config.intermediate_size
 
     def weight_bytes_per_token(self) -> int:
-        """Bytes of weights one decode step reads (every matrix once, one embedding row)."""
+        """Bytes of weights one batch-1 decode step reads (every matrix once; int8 with its
+        scales where quantized)."""
         total = sum(
             p.nbytes
             for layer in self.layers
