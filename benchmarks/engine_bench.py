@@ -7,9 +7,13 @@ Measures, for each dtype:
   first token (p50/p99), against transformers ``generate`` on a left-padded batch of the same
   16 prompts.
 
+With ``--int8``, also batch-1 decode with ``weight_quantization="int8"`` (int8 weights, bf16
+activations), its bandwidth utilization from the int8 bytes read per token, and its ratio
+against transformers bf16 and fp32 (measured in the same run when those dtypes are listed).
+
 Both sides use the same weights (the GGUF dequantized by inferno-models) and thread count.
 
-    uv run python benchmarks/engine_bench.py [--dtypes float32,bfloat16] [--threads 2]
+    uv run python benchmarks/engine_bench.py [--dtypes float32,bfloat16] [--threads 2] [--int8]
 """
 
 from __future__ import annotations
@@ -138,6 +142,38 @@ async def engine_concurrent(
     }
 
 
+def int8_batch1(
+    model: LoadedModel, prompt: list[int], args: argparse.Namespace, rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Batch-1 decode with int8 weights (bf16 activations), against this run's transformers."""
+    config = EngineConfig(
+        dtype="bfloat16",
+        weight_quantization="int8",
+        kv_cache_bytes=256 << 20,
+        max_num_seqs=args.concurrency,
+        max_num_batched_tokens=512,
+    )
+    engine = build_llm_engine(
+        model.config, model.weights, config, HostMemoryResource(), tokenizer=model.tokenizer
+    )
+    weight_bytes = engine.runner.model.weight_bytes_per_token()
+    engine_decode_rate(engine, prompt, 8, "warm-int8")
+    runs = [
+        engine_decode_rate(engine, prompt, args.decode_tokens, f"b1-int8-{rep}")
+        for rep in range(args.reps)
+    ]
+    best = max(runs)
+    hf = {r["dtype"]: r["batch1_decode_tok_s"]["transformers"] for r in rows}
+    return {
+        "weight_bytes_per_token": weight_bytes,
+        "batch1_decode_tok_s": best,
+        "batch1_runs": runs,
+        "bandwidth_util": weight_bytes * best / (args.bandwidth * 1e9),
+        "transformers_batch1_tok_s": hf,
+        "ratio": {dtype: best / tok_s for dtype, tok_s in hf.items()},
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--dtypes", default="float32,bfloat16")
@@ -148,6 +184,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3, help="batch-1 runs per side (best kept)")
     ap.add_argument("--bandwidth", type=float, default=44.0, help="machine GB/s")
     ap.add_argument("--skip-hf-batch", action="store_true", help="skip transformers batch run")
+    ap.add_argument("--int8", action="store_true", help="add an int8-weights batch-1 row")
     ap.add_argument("--out", default="benchmarks/results/engine.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -212,6 +249,8 @@ def main() -> None:
             }
         )
 
+    int8_row = int8_batch1(model, prompts[0], args, rows) if args.int8 else None
+
     print()
     print(f"{'dtype':9} {'metric':34} {'inferno':>10} {'transformers':>13} {'ratio':>6}")
     for r in rows:
@@ -237,6 +276,17 @@ def main() -> None:
             f"{'':9} {'16 concurrent: TTFT p50 / p99 s':34} "
             f"{cc['inferno']['ttft_p50_s']:5.2f}/{cc['inferno']['ttft_p99_s']:4.2f}"
         )
+    if int8_row is not None:
+        hf = int8_row["transformers_batch1_tok_s"]
+        ratio = int8_row["ratio"]
+        for ref in ("bfloat16", "float32"):
+            label = f"batch-1 decode tok/s vs hf {ref}"
+            hf_v, r_v = hf.get(ref), ratio.get(ref)
+            print(
+                f"{'int8':9} {label:34} {int8_row['batch1_decode_tok_s']:10.1f} "
+                f"{hf_v if hf_v else float('nan'):13.1f} {r_v if r_v else float('nan'):6.2f}"
+            )
+        print(f"{'':9} {'batch-1 bandwidth utilization':34} {int8_row['bandwidth_util']:10.1%}")
     result = {
         "machine": {
             "platform": platform.platform(),
@@ -246,6 +296,7 @@ def main() -> None:
         },
         "model": model.name,
         "results": rows,
+        "int8": int8_row,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
