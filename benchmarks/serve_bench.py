@@ -8,7 +8,7 @@ llama.cpp's C++ server (``--llama-server PATH``, started with 16 parallel slots)
 OpenAI-compatible server (``--peer-url``). Prints tables and a summary, writes
 ``benchmarks/results/serve.json``.
 
-    uv run python benchmarks/serve_bench.py \
+    uv run python benchmarks/serve_bench.py [--inferno float32 --inferno bfloat16+int8] \
         [--llama-cpp-python /opt/peers/bin/python] [--llama-server /path/to/llama-server]
 """
 
@@ -63,20 +63,25 @@ def _servers(args: argparse.Namespace) -> list[tuple[str, list[str], int, str, s
 
     gguf = str(default_model_path())
     out = []
-    port = _free_port()
-    out.append((
-        "inferno",
-        [sys.executable, "-m", "inferno_backend.cli", "serve", "--port", str(port),
-         "--max-num-seqs", "16", "--dtype", args.dtype, "--log-level", "warning"],
-        port, "/health/ready", "default",
-    ))  # fmt: skip
+    for variant in args.inferno:
+        dtype, _, quant = variant.partition("+")
+        port = _free_port()
+        out.append((
+            f"inferno {variant}",
+            [sys.executable, "-m", "inferno_backend.cli", "serve", "--port", str(port),
+             "--max-num-seqs", "16", "--dtype", dtype, "--weight-quantization",
+             quant or "none", "--log-level", "warning"],
+            port, "/health/ready", "default",
+        ))  # fmt: skip
     if args.llama_cpp_python:
         port = _free_port()
         out.append((
             "llama-cpp-python",
             [args.llama_cpp_python, "-m", "llama_cpp.server", "--model", gguf, "--host",
              "127.0.0.1", "--port", str(port), "--n_threads", str(args.threads), "--n_ctx",
-             "2048", "--model_alias", "default"],
+             "2048", "--model_alias", "default",
+             # Queue concurrent requests rather than cutting the running stream short.
+             "--interrupt_requests", "False"],
             port, "/v1/models", "default",
         ))  # fmt: skip
     if args.llama_server:
@@ -103,15 +108,17 @@ async def _measure(url: str, model: str, args: argparse.Namespace) -> list[dict[
 
 
 def _summary(runs: dict[str, list[dict[str, Any]]]) -> str:
-    """Output tokens/s and TTFT p99 per server and concurrency, with inferno's ratio."""
-    lines = [f"{'server':<18}{'conc':>6}{'out tok/s':>12}{'TTFT p99 ms':>14}{'inferno x':>12}"]
-    base = {r["concurrency"]: r["output_throughput"] for r in runs.get("inferno", [])}
+    """Output tokens/s and TTFT p99 per server and concurrency, with the first server's ratio
+    to each."""
+    lines = [f"{'server':<24}{'conc':>6}{'out tok/s':>12}{'TTFT p99 ms':>14}{'first x':>10}"]
+    first = next(iter(runs.values()), [])
+    base = {r["concurrency"]: r["output_throughput"] for r in first}
     for name, results in runs.items():
         for r in results:
             ratio = base.get(r["concurrency"], 0.0) / r["output_throughput"]
             lines.append(
-                f"{name:<18}{r['concurrency']:>6}{r['output_throughput']:>12.1f}"
-                f"{r['ttft_ms']['p99']:>14.0f}{ratio:>11.2f}x"
+                f"{name:<24}{r['concurrency']:>6}{r['output_throughput']:>12.1f}"
+                f"{r['ttft_ms']['p99']:>14.0f}{ratio:>9.2f}x"
             )
     return "\n".join(lines)
 
@@ -121,13 +128,18 @@ def main() -> int:
     parser.add_argument("--peer-url", help="base URL of a running OpenAI-compatible server")
     parser.add_argument("--llama-cpp-python", help="python with llama-cpp-python[server]")
     parser.add_argument("--llama-server", help="path of a llama.cpp llama-server binary")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument(
+        "--inferno",
+        action="append",
+        help="inferno configuration DTYPE[+int8], repeatable (default: float32)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="peers' CPU threads")
     parser.add_argument("--peer-model", default="default", help="model name the peer expects")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--requests-c1", type=int, default=8)
     parser.add_argument("--requests-c16", type=int, default=48)
     args = parser.parse_args()
+    args.inferno = args.inferno or ["float32"]
     runs: dict[str, list[dict[str, Any]]] = {}
     for name, cmd, port, ready, model in _servers(args):
         proc = _start(name, cmd, port, ready)
@@ -144,7 +156,8 @@ def main() -> int:
     print(_summary(runs))
     doc = {
         "benchmark": "serve",
-        "model": f"SmolLM2-135M-Instruct Q4_1 (inferno: weights dequantized to {args.dtype})",
+        "model": "SmolLM2-135M-Instruct Q4_1 (inferno: dequantized to each variant's dtype)",
+        "inferno_variants": args.inferno,
         "machine": f"{platform.machine()} {platform.processor() or ''} CPU".strip(),
         "max_tokens": args.max_tokens,
         "peer_url": args.peer_url,

@@ -29,6 +29,16 @@ def test_layers_flags_win(tmp_path: Path) -> None:
     assert config.warmup is False
 
 
+def test_weight_quantization_reaches_the_engine_config() -> None:
+    from inferno_backend.cli import build_parser
+    from inferno_backend.commands.serve import _FLAG_FIELDS
+
+    args = build_parser().parse_args(["serve", "--weight-quantization", "int8"])
+    overrides = {name: getattr(args, name, None) for name in _FLAG_FIELDS}
+    assert load_config(env={}, overrides=overrides).weight_quantization == "int8"
+    assert load_config(env={}).weight_quantization == "none"
+
+
 def test_serve_table_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "inferno.toml"
     path.write_text("[serve]\nport = 1234\n")
@@ -40,6 +50,10 @@ def test_serve_table_is_accepted(tmp_path: Path) -> None:
     [
         ({"INFERNO_PORT": "70000"}, "port (from INFERNO_PORT)"),
         ({"INFERNO_DTYPE": "int3"}, "dtype (from INFERNO_DTYPE)"),
+        (
+            {"INFERNO_WEIGHT_QUANTIZATION": "int4"},
+            "weight_quantization (from INFERNO_WEIGHT_QUANTIZATION)",
+        ),
         ({"INFERNO_DISCOVERY": "zk://x"}, "discovery (from INFERNO_DISCOVERY)"),
     ],
 )

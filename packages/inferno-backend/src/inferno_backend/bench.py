@@ -173,7 +173,10 @@ async def run_bench(
         }
 
     timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    # A fresh connection per request: some servers (llama.cpp's) close idle keep-alive
+    # connections, and a reused dead one would count as a failed request of theirs.
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         for i in range(warmup):
             await _one(session, url, payload(-1 - i), headers)
         gate = asyncio.Semaphore(concurrency)

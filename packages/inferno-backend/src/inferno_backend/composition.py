@@ -141,6 +141,7 @@ def build_daemon(config: ServeConfig) -> Daemon:
         max_model_len=config.max_model_len,
         dtype=config.dtype,
         device=config.device,
+        weight_quantization=config.weight_quantization,
     )
 
     def engine_factory(model: ServableModel, resource: StatisticsResource) -> InferenceEngine:

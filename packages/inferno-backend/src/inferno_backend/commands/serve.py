@@ -35,6 +35,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--config", help="TOML configuration file")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    p.add_argument(
+        "--weight-quantization", choices=["none", "int8"], help="int8 weights for decode (CPU)"
+    )
     p.add_argument("--api-key", action="append", dest="api_keys", help="accepted API key")
     p.add_argument("--admin-key", help="key of the /v1/admin routes")
     p.add_argument("--discovery", help="memory:// (default) or etcd://HOST:PORT")
@@ -52,7 +55,8 @@ def register(subparsers: Any) -> None:
 
 
 _FLAG_FIELDS = (
-    "model", "served_model_name", "host", "port", "device", "dtype", "api_keys", "admin_key",
+    "model", "served_model_name", "host", "port", "device", "dtype", "weight_quantization",
+    "api_keys", "admin_key",
     "discovery", "discovery_ttl", "max_num_seqs", "max_model_len", "kv_cache_bytes",
     "drain_timeout_s", "log_format", "log_level", "warmup",
 )  # fmt: skip
