@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -160,6 +161,20 @@ async def test_request_finished_event_and_metrics(make_client: MakeClient) -> No
     assert 'inferno:e2e_request_latency_seconds_count{model="default"} 1.0' in text
     assert 'inferno:num_requests_running{model="default"} 0.0' in text
     assert 'inferno:memory_pool_bytes{kind="current",model="default"}' in text
+
+
+async def test_queue_time_counts_the_wait_inside_the_engine(make_client: MakeClient) -> None:
+    client, _ = await make_client(engine_options={"max_num_seqs": 1, "token_delay": 0.02})
+    await asyncio.gather(*(client.post("/v1/chat/completions", json=CHAT) for _ in range(2)))
+    text = await (await client.get("/metrics")).text()
+    assert 'inferno:request_queue_time_seconds_count{model="default"} 2.0' in text
+    total = next(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith('inferno:request_queue_time_seconds_sum{model="default"}')
+    )
+    # One request waited for the other's 8 tokens at 20 ms each inside the engine.
+    assert total > 0.1
 
 
 async def test_engine_failure_is_a_server_error(make_client: MakeClient) -> None:

@@ -111,8 +111,8 @@ class Metrics:
         )  # fmt: skip
         self.queue_time = Histogram(
             "inferno:request_queue_time_seconds",
-            "Seconds from arrival until the request was handed to the engine (validation, "
-            "templating, tokenization, admission).",
+            "Seconds from arrival until the engine first scheduled the request (validation, "
+            "templating, tokenization, and waiting in the engine's queue).",
             ["model"], registry=reg, buckets=_LATENCY_BUCKETS,
         )  # fmt: skip
         self.prompt_tokens = Counter(

@@ -234,10 +234,12 @@ class LLMEngine:
         usage = None
         if req.unfinished == 0:
             del self._requests[seq.request_id]
+            scheduled = [s.first_scheduled for s in req.seqs if s.first_scheduled is not None]
             usage = Usage(
                 prompt_tokens=seq.prompt_len,
                 completion_tokens=sum(s.output_len for s in req.seqs),
                 cached_prompt_tokens=max(s.num_cached_prompt for s in req.seqs),
+                queue_time_s=min(scheduled) - seq.arrival if scheduled else None,
             )
         return GenerationOutput(
             seq.request_id,

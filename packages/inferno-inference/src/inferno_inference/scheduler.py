@@ -9,6 +9,7 @@ the youngest running sequence is preempted: its blocks are freed and it is recom
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -96,6 +97,8 @@ class Scheduler:
             if n == 0:
                 break
             self.waiting.popleft()
+            if seq.first_scheduled is None:
+                seq.first_scheduled = time.monotonic()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             chosen.append(seq)

@@ -37,6 +37,7 @@ class Sequence:
     prompt_len: int
     sampling: SamplingParams
     arrival: float
+    first_scheduled: float | None = None
     leader: Sequence | None = None
     status: SequenceStatus = SequenceStatus.WAITING
     block_table: list[int] = field(default_factory=list)

@@ -176,8 +176,10 @@ class FakeEngine:
             _Choice(list(self._pieces(request, i)), StopMatcher(sp.stop)) for i in range(sp.n)
         ]
         completed = False
+        submitted = time.monotonic()
         try:
             await self._admit(live)
+            queued = time.monotonic() - submitted
             step = 0
             while not completed:
                 delay = self.first_token_delay if step == 0 else self.token_delay
@@ -197,7 +199,10 @@ class FakeEngine:
                         choice.finished = True
                     if all(c.finished for c in choices):
                         completed = True
-                        out = replace(out, usage=Usage(prompt_len, sum(c.count for c in choices)))
+                        usage = Usage(
+                            prompt_len, sum(c.count for c in choices), queue_time_s=queued
+                        )
+                        out = replace(out, usage=usage)
                     yield out
                 step += 1
         finally:

@@ -74,6 +74,8 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_prompt_tokens: int = 0
+    #: Seconds from submission until the engine first scheduled the request (None if unknown).
+    queue_time_s: float | None = None
 
     @property
     def total_tokens(self) -> int:

@@ -128,7 +128,9 @@ class Generation:
             ServiceUnavailableError: the engine is shut down.
         """
         model = self.served.name
-        self.metrics.queue_time.labels(model).observe(time.perf_counter() - self.arrival)
+        # Until the engine reports when it first scheduled the request (in the final usage),
+        # the queue time is counted from arrival to the hand-off.
+        handed_off = time.perf_counter() - self.arrival
         first: float | None = None
         last: dict[tuple[int, int], float] = {}
         completion_tokens = 0
@@ -161,6 +163,10 @@ class Generation:
             reasons = tuple(self.finish_reasons) or ("abort",)
             for reason in set(reasons):
                 self.metrics.requests.labels(model, reason).inc()
+            engine_queue = [u.queue_time_s for u in self._usages if u.queue_time_s is not None]
+            self.metrics.queue_time.labels(model).observe(
+                handed_off + max(engine_queue) if engine_queue else handed_off
+            )
             if len(self._usages) == len(self.prompts):
                 self.usage = Usage(
                     prompt_tokens=sum(u.prompt_tokens for u in self._usages),
