@@ -15,6 +15,7 @@ from inferno_backend.events import (
     MemoryAlert,
     ModelLoaded,
 )
+from inferno_memory import MemoryStats
 
 
 def test_layers_flags_win(tmp_path: Path) -> None:
@@ -86,7 +87,7 @@ async def test_bus_typed_sync_async_and_isolated() -> None:
     unsubscribe = bus.subscribe(MemoryAlert, lambda e: got.append("memory"))
     unsubscribe()
     bus.publish(ModelLoaded(name="m", source="m", nbytes=0, load_seconds=0.0))
-    bus.publish(MemoryAlert(stats=None))
+    bus.publish(MemoryAlert(stats=MemoryStats()))
     await bus.drain()
     assert got == ["sync:m", "async:m"]
 

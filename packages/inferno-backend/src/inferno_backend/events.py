@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import structlog
+from inferno_discovery import ServiceInfo
+from inferno_health import HealthStatus
+from inferno_memory import MemoryStats
 
 __all__ = [
     "EngineFailed",
@@ -41,26 +44,26 @@ class InfernoEvent:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MemoryAlert(InfernoEvent):
-    """A memory tracker crossed a threshold. ``stats`` is an ``inferno_memory.MemoryStats``."""
+    """A memory tracker crossed a threshold (either way); ``stats`` is the snapshot then."""
 
-    stats: Any
+    stats: MemoryStats
     threshold: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HealthStatusChanged(InfernoEvent):
-    """A health probe changed status. ``status`` is an ``inferno_health.HealthStatus``."""
+    """A health probe (or the overall status, ``probe="overall"``) changed status."""
 
-    status: Any
-    previous: Any = None
+    status: HealthStatus
+    previous: HealthStatus | None = None
     probe: str = "readiness"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServiceRegistered(InfernoEvent):
-    """This daemon is registered in discovery. ``info`` is an ``inferno_discovery.ServiceInfo``."""
+    """This daemon is registered in discovery, as ``info``."""
 
-    info: Any
+    info: ServiceInfo
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
