@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from inferno_health.providers import NamedProvider
 from inferno_health.types import ALL_PROBES, HealthReport, HealthStatus, Probe
 
 __all__ = ["THROTTLE_REASONS", "GpuHealthProvider"]
@@ -42,7 +43,7 @@ _NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1
 _NVML_VOLATILE_ECC = 0
 
 
-class GpuHealthProvider:
+class GpuHealthProvider(NamedProvider):
     """Temperature, memory, utilization, uncorrected ECC errors and throttling of each GPU.
 
     Per GPU: uncorrected volatile ECC errors or a failing NVML query (e.g. "GPU is lost") are
@@ -80,16 +81,6 @@ class GpuHealthProvider:
         self._probes = frozenset(probes)
         self._initialised = False
         self._lock = threading.Lock()
-
-    @property
-    def name(self) -> str:
-        """The provider's name."""
-        return self._name
-
-    @property
-    def probes(self) -> frozenset[Probe]:
-        """The probes this provider affects."""
-        return self._probes
 
     async def check(self) -> HealthReport:
         """Sample every GPU once (in a worker thread) and report the worst."""

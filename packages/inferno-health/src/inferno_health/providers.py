@@ -8,14 +8,40 @@ from typing import NamedTuple
 
 from inferno_health.types import ALL_PROBES, HealthReport, HealthStatus, Probe
 
-__all__ = ["CallableProvider", "CheckResult", "MemoryPressureProvider", "MemoryUsage"]
+__all__ = [
+    "CallableProvider",
+    "CheckResult",
+    "MemoryPressureProvider",
+    "MemoryUsage",
+    "NamedProvider",
+]
 
 CheckResult = HealthReport | HealthStatus | bool
 """What a `CallableProvider`'s function may return: a full report, a bare status, or a bool
 (True is healthy, False unhealthy)."""
 
 
-class CallableProvider:
+class NamedProvider:
+    """Base of the providers here: the ``name`` and ``probes`` the checker reads.
+
+    Subclasses set ``_name`` and ``_probes`` in their constructor and implement ``check``.
+    """
+
+    _name: str
+    _probes: frozenset[Probe]
+
+    @property
+    def name(self) -> str:
+        """The provider's name."""
+        return self._name
+
+    @property
+    def probes(self) -> frozenset[Probe]:
+        """The probes this provider affects."""
+        return self._probes
+
+
+class CallableProvider(NamedProvider):
     """A provider around a function, for health that needs no class of its own.
 
     ``check`` is called with no arguments and may be sync or async; it returns a `CheckResult`.
@@ -37,16 +63,6 @@ class CallableProvider:
         self._name = name
         self._check = check
         self._probes = frozenset(probes)
-
-    @property
-    def name(self) -> str:
-        """The provider's name."""
-        return self._name
-
-    @property
-    def probes(self) -> frozenset[Probe]:
-        """The probes this provider affects."""
-        return self._probes
 
     async def check(self) -> HealthReport:
         """Call the function and turn what it returned into a report."""
@@ -74,7 +90,7 @@ class MemoryUsage(NamedTuple):
     limit_bytes: int | None
 
 
-class MemoryPressureProvider:
+class MemoryPressureProvider(NamedProvider):
     """Degraded when used/limit exceeds ``warn_fraction``, unhealthy above ``critical_fraction``.
 
     ``usage`` returns a fresh `MemoryUsage` (or any ``(used_bytes, limit_bytes)`` pair), e.g.
@@ -103,16 +119,6 @@ class MemoryPressureProvider:
         self.warn_fraction = warn_fraction
         self.critical_fraction = critical_fraction
         self._probes = frozenset(probes)
-
-    @property
-    def name(self) -> str:
-        """The provider's name."""
-        return self._name
-
-    @property
-    def probes(self) -> frozenset[Probe]:
-        """The probes this provider affects."""
-        return self._probes
 
     async def check(self) -> HealthReport:
         """Read the usage once and classify it against the two fractions."""

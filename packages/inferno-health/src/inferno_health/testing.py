@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from inferno_health.providers import NamedProvider
 from inferno_health.types import ALL_PROBES, HealthReport, HealthStatus, Probe, utcnow
 
 __all__ = ["FakeGpu", "FakeNvml", "FakeNvmlError", "FakeProvider"]
@@ -125,7 +126,7 @@ class FakeNvml:
         return gpu
 
 
-class FakeProvider:
+class FakeProvider(NamedProvider):
     """A provider whose outcome a test sets: a status, an exception, or a hang.
 
     ``report`` is returned by ``check()`` unless ``error`` is set (then raised) or ``hang`` is
@@ -146,16 +147,6 @@ class FakeProvider:
         self.error: Exception | None = None
         self.hang = False
         self.calls = 0
-
-    @property
-    def name(self) -> str:
-        """The provider's name."""
-        return self._name
-
-    @property
-    def probes(self) -> frozenset[Probe]:
-        """The probes this provider affects."""
-        return self._probes
 
     def set(self, status: HealthStatus, reason: str | None = None) -> None:
         """Report ``status`` (with ``reason``) from the next check on."""
