@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from inferno_discovery.types import ServiceRegistration
+
 __all__ = [
     "DiscoveryClosedError",
     "DiscoveryError",
@@ -26,6 +32,33 @@ class DiscoveryClosedError(DiscoveryError):
 
 class UnknownRegistrationError(DiscoveryError, LookupError):
     """An id that this provider did not register (or already deregistered)."""
+
+
+class _Entry(Protocol):
+    @property
+    def registration(self) -> ServiceRegistration: ...
+
+
+_E = TypeVar("_E", bound=_Entry)
+
+
+def entry_for_update(entries: Mapping[str, _E], new: ServiceRegistration) -> _E:
+    """The entry ``new`` may replace, by the rule every provider's ``update`` enforces: a
+    registration this provider made, for the same service.
+
+    Raises:
+        UnknownRegistrationError: ``new.id`` is not registered here.
+        ValueError: ``new`` names another service than the registered one.
+    """
+    entry = entries.get(new.id)
+    if entry is None:
+        raise UnknownRegistrationError(f"{new.id!r} is not registered here")
+    current = entry.registration
+    if current.service != new.service:
+        raise ValueError(
+            f"{new.id!r} is registered for service {current.service!r}, not {new.service!r}"
+        )
+    return entry
 
 
 class InvalidDiscoveryUrlError(DiscoveryError, ValueError):

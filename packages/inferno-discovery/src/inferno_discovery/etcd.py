@@ -23,7 +23,7 @@ from inferno_discovery.errors import (
     DiscoveryError,
     DiscoveryUnavailableError,
     EtcdError,
-    UnknownRegistrationError,
+    entry_for_update,
 )
 from inferno_discovery.etcd_client import GRPC_NOT_FOUND, EtcdClient, KeyValue, WatchEvent
 from inferno_discovery.types import (
@@ -101,14 +101,7 @@ class EtcdDiscovery:
     async def update(self, registration: ServiceRegistration) -> None:
         """Put the new value under the existing lease (or keep it for the next reconnection)."""
         self._check_open()
-        state = self._leases.get(registration.id)
-        if state is None:
-            raise UnknownRegistrationError(f"{registration.id!r} is not registered here")
-        if state.registration.service != registration.service:
-            raise ValueError(
-                f"{registration.id!r} is registered for service {state.registration.service!r}, "
-                f"not {registration.service!r}"
-            )
+        state = entry_for_update(self._leases, registration)
         state.registration = registration
         state.dirty = True
         if state.lease_id is None:

@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from inferno_discovery.errors import DiscoveryClosedError, UnknownRegistrationError
+from inferno_discovery.errors import (
+    DiscoveryClosedError,
+    entry_for_update,
+)
 from inferno_discovery.types import (
     DiscoveryEvent,
     DiscoveryEventKind,
@@ -153,14 +156,7 @@ class InMemoryDiscovery:
     async def update(self, registration: ServiceRegistration) -> None:
         """Replace the value of an instance registered here."""
         self._check_open()
-        owned = self._owned.get(registration.id)
-        if owned is None:
-            raise UnknownRegistrationError(f"{registration.id!r} is not registered here")
-        if owned.registration.service != registration.service:
-            raise ValueError(
-                f"{registration.id!r} is registered for service {owned.registration.service!r}, "
-                f"not {registration.service!r}"
-            )
+        owned = entry_for_update(self._owned, registration)
         owned.registration = registration
         self.registry.put(registration, owned.ttl)
 
