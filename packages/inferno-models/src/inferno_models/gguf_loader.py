@@ -201,10 +201,6 @@ class GGUFFile:
         kinds = [t.kind for t in self._tensors.values() if len(t.shape) == 2]
         return max(set(kinds), key=kinds.count) if kinds else "unknown"
 
-    def tensor_kinds(self) -> dict[str, str]:
-        """Canonical tensor name -> GGML type name."""
-        return {name: t.kind for name, t in self._tensors.items()}
-
     def iter_weights(
         self,
         config: ModelConfig,

@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from inferno_models import ModelConfig
+from typing import Any
 
 __all__ = ["register"]
 
@@ -34,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from inferno_inference import InvalidRequestError, SamplingParams
     from inferno_inference.config import EngineConfig
     from inferno_inference.factory import build_llm_engine
+    from inferno_inference.kv_cache import KVCache
     from inferno_inference.types import GenerationRequest
     from inferno_memory import HostMemoryResource
     from inferno_models import ModelError, load_model
@@ -55,13 +53,17 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
         context = min(model.config.max_position_embeddings, len(prompt_ids) + args.max_tokens)
-        itemsize = torch.finfo(getattr(torch, args.dtype)).bits // 8
+        block_size = EngineConfig.model_fields["block_size"].default
+        # Blocks for the whole context, plus one: the cache keeps a token slot as scratch.
+        blocks = -(-context // block_size) + 1
+        per_block = KVCache.bytes_per_block(model.config, block_size, getattr(torch, args.dtype))
         engine_config = EngineConfig(
             dtype=args.dtype,
             device=args.device,
             max_num_seqs=1,
             max_model_len=context,
-            kv_cache_bytes=_kv_bytes(model.config, context, itemsize),
+            block_size=block_size,
+            kv_cache_bytes=per_block * blocks,
         )
         engine = build_llm_engine(
             model.config,
@@ -82,12 +84,6 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
     sys.stdout.write("\n")
     return 0
-
-
-def _kv_bytes(config: ModelConfig, tokens: int, itemsize: int) -> int:
-    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim
-    # The whole context, plus slack for rounding up to whole blocks.
-    return per_token * itemsize * (tokens + 64)
 
 
 def _fail(message: str) -> int:
