@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 __all__ = ["ServeProcess", "free_port"]
 
@@ -38,14 +40,21 @@ class ServeProcess:
     def start(self, timeout: float = 180.0) -> ServeProcess:
         """Launch and wait for readiness (raises with the log tail on failure)."""
         cmd = [sys.executable, "-m", "inferno_backend.cli", "serve", "--port", str(self.port)]
-        out: Any = subprocess.DEVNULL
-        if self.log_path is not None:
-            self._log = out = self.log_path.open("wb")
-        self.proc = subprocess.Popen([*cmd, *self.extra], stdout=out, stderr=subprocess.STDOUT)
+        if self.log_path is None:
+            # Keep the daemon's output somewhere, so a failed start can say why.
+            fd, name = tempfile.mkstemp(prefix="inferno-serve-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [*cmd, *self.extra], stdout=self._log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"inferno serve exited with {self.proc.returncode}")
+                raise RuntimeError(
+                    f"inferno serve exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
             try:
                 with urllib.request.urlopen(self.url + "/health/ready", timeout=2) as resp:
                     if resp.status == 200:
@@ -54,7 +63,17 @@ class ServeProcess:
                 pass
             time.sleep(0.3)
         self.stop()
-        raise RuntimeError(f"inferno serve did not become ready within {timeout} s")
+        raise RuntimeError(
+            f"inferno serve did not become ready within {timeout} s:\n{self.log_tail()}"
+        )
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of the daemon's output so far."""
+        if self._log is not None:
+            self._log.flush()
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_bytes()[-chars:].decode(errors="replace")
 
     def get_json(self, path: str) -> dict[str, object]:
         """GET ``path`` and decode the JSON body."""
