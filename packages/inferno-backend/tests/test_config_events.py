@@ -40,6 +40,20 @@ def test_weight_quantization_reaches_the_engine_config() -> None:
     assert load_config(env={}).weight_quantization == "none"
 
 
+def test_no_native_decode_reaches_the_engine_config() -> None:
+    from inferno_backend.cli import build_parser
+    from inferno_backend.commands.serve import _FLAG_FIELDS
+    from inferno_backend.composition import engine_config_for
+
+    args = build_parser().parse_args(["serve", "--no-native-decode"])
+    overrides = {name: getattr(args, name, None) for name in _FLAG_FIELDS}
+    config = load_config(env={}, overrides=overrides)
+    assert config.native_decode is False
+    assert load_config(env={}).native_decode is True
+    assert load_config(env={"INFERNO_NATIVE_DECODE": "false"}).native_decode is False
+    assert engine_config_for(config).cpu_native_decode is False
+
+
 def test_serve_table_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "inferno.toml"
     path.write_text("[serve]\nport = 1234\n")

@@ -41,7 +41,13 @@ from inferno_backend.orchestrator import Orchestrator
 from inferno_backend.protocols import ServableModel, StatisticsResource
 from inferno_backend.registration import RegistrationHandle
 
-__all__ = ["Daemon", "RepositoryModelSource", "build_daemon", "describe_registration"]
+__all__ = [
+    "Daemon",
+    "RepositoryModelSource",
+    "build_daemon",
+    "describe_registration",
+    "engine_config_for",
+]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -83,6 +89,20 @@ class Daemon:
     registrar: Registrar | None = None
     advertised_url: str | None = None
     service_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+
+def engine_config_for(config: ServeConfig) -> EngineConfig:
+    """The engine's knobs as ``config`` sets them."""
+    return EngineConfig(
+        kv_cache_bytes=config.kv_cache_bytes,
+        max_num_seqs=config.max_num_seqs,
+        max_num_batched_tokens=max(512, config.max_num_seqs),
+        max_model_len=config.max_model_len,
+        dtype=config.dtype,
+        device=config.device,
+        weight_quantization=config.weight_quantization,
+        cpu_native_decode=config.native_decode,
+    )
 
 
 def _memory(config: ServeConfig) -> StatisticsAdaptor:
@@ -134,15 +154,7 @@ def build_daemon(config: ServeConfig) -> Daemon:
         timeout=2.0,
         on_change=[health_change_listener(bus)],
     )
-    engine_config = EngineConfig(
-        kv_cache_bytes=config.kv_cache_bytes,
-        max_num_seqs=config.max_num_seqs,
-        max_num_batched_tokens=max(512, config.max_num_seqs),
-        max_model_len=config.max_model_len,
-        dtype=config.dtype,
-        device=config.device,
-        weight_quantization=config.weight_quantization,
-    )
+    engine_config = engine_config_for(config)
 
     def engine_factory(model: ServableModel, resource: StatisticsResource) -> InferenceEngine:
         if not isinstance(model, LoadedModel):

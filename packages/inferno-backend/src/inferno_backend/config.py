@@ -44,6 +44,11 @@ class ServeConfig(BaseModel):
         description="int8: per-channel int8 weights for single-row decode steps (CPU only; "
         "faster at batch 1, output close to but not identical with unquantized weights).",
     )
+    native_decode: bool = Field(
+        default=True,
+        description="CPU float32/bfloat16: decode steps of up to 16 sequences in the engine's "
+        "C kernels (compiled on first use with the system C compiler; PyTorch where none).",
+    )
     max_num_seqs: int = Field(default=64, ge=1, le=4096, description="Concurrent sequences.")
     max_model_len: int | None = Field(
         default=None, ge=16, description="Context length; defaults to the model's."

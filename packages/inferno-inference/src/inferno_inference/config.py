@@ -48,6 +48,16 @@ class EngineConfig(BaseModel):
         description="CPU: keep oneDNN-prepacked weights for multi-row matmuls (faster batches; "
         "in fp32 a second copy of the weights is kept for single-row GEMVs).",
     )
+    cpu_native_decode: bool = Field(
+        default=True,
+        description="CPU, float32/bfloat16: run decode steps of up to cpu_native_max_rows "
+        "sequences in the package's C kernels (compiled on first use with the system C "
+        "compiler and cached; the PyTorch path is used where none is found). Keeps a "
+        "row-major copy of the weights next to the prepacked one.",
+    )
+    cpu_native_max_rows: int = Field(
+        default=16, ge=1, description="Most sequences in a decode step the C kernels take."
+    )
     weight_quantization: Literal["none", "int8"] = Field(
         default="none",
         description="'int8': per-output-channel symmetric int8 copies of the linear weights "

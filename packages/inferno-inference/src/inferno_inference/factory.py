@@ -21,6 +21,7 @@ from inferno_inference.engine import DetokenizerFactory, LLMEngine
 from inferno_inference.errors import EngineError
 from inferno_inference.kv_cache import KVCache
 from inferno_inference.model import LlamaModel
+from inferno_inference.native import NATIVE_DTYPES, NativeDecoder, load_native
 from inferno_inference.runner import ModelRunner
 from inferno_inference.sampler import Sampler
 from inferno_inference.scheduler import Scheduler
@@ -63,6 +64,16 @@ def build_llm_engine(
         config.max_position_embeddings,
         num_blocks * ec.block_size,
     )
+    native_wanted = (
+        ec.cpu_native_decode
+        and device.type == "cpu"
+        and dtype in NATIVE_DTYPES
+        and ec.weight_quantization == "none"
+    )
+    library = load_native("decode") if native_wanted else None
+    if library is not None and library.lib is None:
+        log.warning("native decode unavailable; decoding with PyTorch", reason=library.reason)
+    use_native = library is not None and library.lib is not None
     model = LlamaModel(
         config,
         dict(weights),
@@ -71,6 +82,7 @@ def build_llm_engine(
         max_len=max_model_len,
         prepack=ec.cpu_prepacked_weights,
         int8=ec.weight_quantization == "int8",
+        row_major=use_native,
     )
     cache = KVCache(
         resource,
@@ -97,7 +109,10 @@ def build_llm_engine(
             span=block_manager.blocks_needed(max_model_len) * ec.block_size,
             scratch_slot=cache.scratch_slot,
         )
-    runner = ModelRunner(model, cache, graphs=graphs)
+    native = None
+    if use_native:
+        native = NativeDecoder(model, max_rows=ec.cpu_native_max_rows, library=library)
+    runner = ModelRunner(model, cache, graphs=graphs, native=native)
     if detokenizer_factory is None and tokenizer is not None:
         tok = tokenizer
 
@@ -113,6 +128,7 @@ def build_llm_engine(
         max_model_len=max_model_len,
         dtype=ec.dtype,
         weight_quantization=ec.weight_quantization,
+        native_decode=use_native,
         device=str(device),
     )
     return LLMEngine(

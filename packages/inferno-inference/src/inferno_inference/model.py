@@ -81,9 +81,11 @@ class LlamaModel:
         max_len: int,
         prepack: bool = True,
         int8: bool = False,
+        row_major: bool = False,
     ) -> None:
         """Fuse and lay out ``weights``; ``int8`` quantizes every projection (LM head included,
-        the embedding table kept as is) for single-row matmuls, see `Projection`."""
+        the embedding table kept as is) for single-row matmuls, see `Projection`.
+        ``row_major`` keeps every projection's ``[out, in]`` weight (for `NativeDecoder`)."""
         self.config = config
         self.dtype = dtype
         self.device = device
@@ -93,7 +95,7 @@ class LlamaModel:
 
         def proj(*names: str) -> Projection:
             fused = torch.cat([weights[n].to(device=device, dtype=dtype) for n in names])
-            return Projection(fused, prepack=prepack, int8=int8)
+            return Projection(fused, prepack=prepack, int8=int8, row_major=row_major)
 
         self.embed = get(EMBED)
         self.norm = get(FINAL_NORM)

@@ -7,6 +7,7 @@ import torch
 from inferno_inference.cuda_graphs import CudaGraphDecoder
 from inferno_inference.kv_cache import KVCache
 from inferno_inference.model import AttentionMetadata, LlamaModel, PrefillSegment
+from inferno_inference.native import NativeDecoder
 from inferno_inference.scheduler import ScheduledBatch
 from inferno_inference.sequence import Sequence
 
@@ -30,11 +31,18 @@ class ModelRunner:
     """Runs the model for a `ScheduledBatch` against a `KVCache`; owned by the stepping thread."""
 
     def __init__(
-        self, model: LlamaModel, kv_cache: KVCache, *, graphs: CudaGraphDecoder | None = None
+        self,
+        model: LlamaModel,
+        kv_cache: KVCache,
+        *,
+        graphs: CudaGraphDecoder | None = None,
+        native: NativeDecoder | None = None,
     ) -> None:
+        """``graphs`` (CUDA) or ``native`` (CPU) take the decode steps they can run."""
         self.model = model
         self.kv_cache = kv_cache
         self.graphs = graphs
+        self.native = native
         self.block_size = kv_cache.block_size
         self.device = model.device
 
@@ -114,6 +122,9 @@ class ModelRunner:
         """Run the forward pass; returns logits for ``inputs.sampled`` (in that order)."""
         dev = self.device
         meta = inputs.meta
+        native = self.native
+        if native is not None and native.can_run(meta):
+            return native.run(inputs.input_ids, meta, self.kv_cache.layers)
         graphs = self.graphs
         if (
             graphs is not None

@@ -51,6 +51,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--log-format", choices=["json", "console"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--no-warmup", action="store_const", const=False, dest="warmup")
+    p.add_argument(
+        "--no-native-decode",
+        action="store_const",
+        const=False,
+        dest="native_decode",
+        help="decode with PyTorch only, not the engine's C kernels",
+    )
     p.set_defaults(func=run)
 
 
@@ -58,7 +65,7 @@ _FLAG_FIELDS = (
     "model", "served_model_name", "host", "port", "device", "dtype", "weight_quantization",
     "api_keys", "admin_key",
     "discovery", "discovery_ttl", "max_num_seqs", "max_model_len", "kv_cache_bytes",
-    "drain_timeout_s", "log_format", "log_level", "warmup",
+    "drain_timeout_s", "log_format", "log_level", "warmup", "native_decode",
 )  # fmt: skip
 
 

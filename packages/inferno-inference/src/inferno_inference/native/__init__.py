@@ -1,0 +1,6 @@
+"""Native CPU kernels, compiled from C on first use: see `build` and `decoder`."""
+
+from inferno_inference.native.build import NativeLibrary, cache_dir, load_native
+from inferno_inference.native.decoder import NATIVE_DTYPES, NativeDecoder
+
+__all__ = ["NATIVE_DTYPES", "NativeDecoder", "NativeLibrary", "cache_dir", "load_native"]

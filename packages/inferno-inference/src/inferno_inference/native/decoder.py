@@ -1,0 +1,190 @@
+"""`NativeDecoder`: runs a `LlamaModel`'s pure decode steps through ``decode.c``, one call each.
+
+The decoder points the C code at the model's own tensors (the row-major ``[out, in]`` weights
+of every `Projection`, the norms, the embedding table) and at the KV cache; it copies nothing.
+It takes steps in which every token is a decode (no prefill chunk) and at most ``max_rows``
+sequences take part; the engine runs every other step on the PyTorch path. Both paths read and
+write the same KV cache, so a sequence can move between them from one step to the next.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from inferno_inference.errors import EngineError
+from inferno_inference.model import AttentionMetadata, LlamaModel
+from inferno_inference.native.build import NativeLibrary, load_native
+from inferno_inference.rope import rope_tables
+
+__all__ = ["NATIVE_DTYPES", "NativeDecoder"]
+
+#: Model dtypes the C decode path runs (fp16 has no fast CPU dot product to use).
+NATIVE_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+_ABI = 1
+_p = ctypes.c_void_p
+_i64 = ctypes.c_int64
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [
+        ("input_norm", _p),
+        ("qkv", _p),
+        ("o", _p),
+        ("post_norm", _p),
+        ("gate_up", _p),
+        ("down", _p),
+        ("k_cache", _p),
+        ("v_cache", _p),
+    ]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [
+        ("hidden", _i64),
+        ("inter", _i64),
+        ("heads", _i64),
+        ("kv_heads", _i64),
+        ("head_dim", _i64),
+        ("vocab", _i64),
+        ("n_layers", _i64),
+        ("eps", ctypes.c_float),
+        ("dtype", ctypes.c_int32),
+        ("layers", ctypes.POINTER(_Layer)),
+        ("embed", _p),
+        ("final_norm", _p),
+        ("lm_head", _p),
+        ("cos", _p),
+        ("sin", _p),
+    ]
+
+
+def _ptr(t: torch.Tensor) -> int:
+    if not t.is_contiguous():
+        raise EngineError("native decode needs contiguous tensors")
+    return int(t.data_ptr())
+
+
+class NativeDecoder:
+    """Pure decode steps of ``model`` (CPU, fp32 or bf16) in C; see the module docstring."""
+
+    def __init__(
+        self, model: LlamaModel, *, max_rows: int = 16, library: NativeLibrary | None = None
+    ) -> None:
+        """Bind ``model``; raises `EngineError` when it cannot run natively (the message says
+        why: device, dtype, missing row-major weights or no compiled library)."""
+        if model.device.type != "cpu":
+            raise EngineError(f"native decode runs on the CPU, not {model.device}")
+        if model.dtype not in NATIVE_DTYPES:
+            raise EngineError(f"native decode supports float32 and bfloat16, not {model.dtype}")
+        native = library or load_native("decode")
+        if native.lib is None:
+            raise EngineError(f"native kernels unavailable: {native.reason}")
+        lib = native.lib
+        if lib.inferno_decode_abi() != _ABI:
+            raise EngineError(f"native kernel ABI mismatch in {native.path}")
+        self._step = lib.inferno_decode_step
+        self._step.restype = ctypes.c_int
+        self._step.argtypes = [
+            ctypes.POINTER(_Model),
+            _i64,
+            _p,
+            _p,
+            _p,
+            _p,
+            _p,
+            _i64,
+            _p,
+            ctypes.c_int32,
+        ]
+        self.model = model
+        self.max_rows = max_rows
+        self.openmp = native.openmp
+        cfg = model.config
+        # fp32 rope tables whatever the model dtype: the C code rotates in fp32.
+        self._cos, self._sin = rope_tables(
+            cfg, model.cos.shape[0], dtype=torch.float32, device=model.device
+        )
+        self._layers = (_Layer * cfg.num_hidden_layers)()
+        for dst, layer in zip(self._layers, model.layers, strict=True):
+            dst.input_norm = _ptr(layer.input_norm)
+            dst.qkv = _ptr(layer.qkv.row_major())
+            dst.o = _ptr(layer.o.row_major())
+            dst.post_norm = _ptr(layer.post_norm)
+            dst.gate_up = _ptr(layer.gate_up.row_major())
+            dst.down = _ptr(layer.down.row_major())
+        self._struct = _Model(
+            hidden=cfg.hidden_size,
+            inter=cfg.intermediate_size,
+            heads=cfg.num_attention_heads,
+            kv_heads=cfg.num_key_value_heads,
+            head_dim=cfg.head_dim,
+            vocab=cfg.vocab_size,
+            n_layers=cfg.num_hidden_layers,
+            eps=cfg.rms_norm_eps,
+            dtype=NATIVE_DTYPES[model.dtype],
+            layers=self._layers,
+            embed=_ptr(model.embed),
+            final_norm=_ptr(model.norm),
+            lm_head=_ptr(model.lm_head.row_major()),
+            cos=_ptr(self._cos),
+            sin=_ptr(self._sin),
+        )
+        self._bound_cache: tuple[int, ...] = ()
+
+    def can_run(self, meta: AttentionMetadata) -> bool:
+        """Whether this step is one the C path takes: decodes only, at most ``max_rows``."""
+        return (
+            not meta.prefills
+            and 0 < meta.num_decodes <= self.max_rows
+            and meta.decode_slots is not None
+        )
+
+    def _bind_cache(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        ptrs = tuple(_ptr(t) for pair in kv_caches for t in pair)
+        if ptrs == self._bound_cache:
+            return
+        dtype = self.model.dtype
+        for dst, (k, v) in zip(self._layers, kv_caches, strict=True):
+            if k.dtype != dtype or v.dtype != dtype:
+                raise EngineError("the KV cache dtype must match the model dtype")
+            dst.k_cache, dst.v_cache = _ptr(k), _ptr(v)
+        self._bound_cache = ptrs
+
+    def run(
+        self,
+        input_ids: torch.Tensor,
+        meta: AttentionMetadata,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> torch.Tensor:
+        """Run one decode step; fp32 logits ``[num_decodes, vocab]`` in row order."""
+        slots = meta.decode_slots
+        if slots is None or not self.can_run(meta):
+            raise EngineError("not a native decode step")
+        self._bind_cache(kv_caches)
+        m = meta.num_decodes
+        ids = input_ids.to(torch.int64).contiguous()
+        positions = meta.positions.to(torch.int64).contiguous()
+        slot_mapping = meta.slot_mapping.to(torch.int64).contiguous()
+        ctx = slots.to(torch.int64).contiguous()
+        lens = meta.decode_context_lens
+        if lens is None:
+            lens = torch.full((m,), ctx.shape[1], dtype=torch.int64)
+        lens = lens.to(torch.int64).contiguous()
+        logits = torch.empty(m, self.model.config.vocab_size, dtype=torch.float32)
+        rc = self._step(
+            ctypes.byref(self._struct),
+            m,
+            _ptr(ids),
+            _ptr(positions),
+            _ptr(slot_mapping),
+            _ptr(ctx),
+            _ptr(lens),
+            ctx.shape[1],
+            _ptr(logits),
+            torch.get_num_threads(),
+        )
+        if rc != 0:
+            raise EngineError("native decode step ran out of memory")
+        return logits[meta.logits_indices] if meta.logits_indices.numel() != m else logits

@@ -1,0 +1,245 @@
+"""The C decode path: same logits and KV writes as the PyTorch path, and a clean fallback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from inferno_inference import EngineConfig
+from inferno_inference.errors import EngineError
+from inferno_inference.model import AttentionMetadata, LlamaModel, PrefillSegment
+from inferno_inference.native import NativeDecoder, NativeLibrary, build, load_native
+from inferno_inference.tiny import tiny_llm_engine
+from inferno_inference.types import GenerationRequest, SamplingParams
+from inferno_models.config import ModelConfig
+from inferno_models.testing import random_weights, tiny_config
+
+CPU = torch.device("cpu")
+pytestmark = pytest.mark.skipif(
+    load_native("decode").lib is None, reason="no C compiler: the engine falls back to PyTorch"
+)
+
+
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    # The C path splits every projection across threads; two exercise the split and its tails.
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def _odd_config() -> ModelConfig:
+    # Widths that are not multiples of the vector length (72, 100) and a vocabulary that is not
+    # a multiple of the 4-row tiles (321): every tail path in decode.c runs.
+    return tiny_config(
+        hidden_size=72,
+        intermediate_size=100,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=321,
+        num_hidden_layers=3,
+    )
+
+
+def _prefilled(
+    model: LlamaModel, prompts: list[list[int]], width: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """KV caches holding each prompt, sequence ``i`` in slots ``[i * width, ...)``."""
+    cfg = model.config
+    shape = (len(prompts) * width, cfg.num_key_value_heads, cfg.head_dim)
+    caches = [
+        (torch.zeros(shape, dtype=model.dtype), torch.zeros(shape, dtype=model.dtype))
+        for _ in range(cfg.num_hidden_layers)
+    ]
+    for i, ids in enumerate(prompts):
+        n = len(ids)
+        meta = AttentionMetadata(
+            positions=torch.arange(n),
+            slot_mapping=torch.arange(n) + i * width,
+            num_decodes=0,
+            decode_slots=None,
+            decode_context_lens=None,
+            prefills=[PrefillSegment(0, n, n, None)],
+            logits_indices=torch.tensor([n - 1]),
+        )
+        with torch.inference_mode():
+            model.forward(torch.tensor(ids), meta, caches)
+    return caches
+
+
+def _decode_meta(lengths: list[int], width: int) -> AttentionMetadata:
+    span = max(lengths) + 1
+    slots = torch.zeros(len(lengths), span, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        slots[i, : n + 1] = torch.arange(n + 1) + i * width
+    lens = torch.tensor([n + 1 for n in lengths])
+    return AttentionMetadata(
+        positions=torch.tensor(lengths),
+        slot_mapping=torch.tensor([n + i * width for i, n in enumerate(lengths)]),
+        num_decodes=len(lengths),
+        decode_slots=slots,
+        decode_context_lens=None if int(lens.min()) == span else lens,
+        prefills=[],
+        logits_indices=torch.arange(len(lengths)),
+    )
+
+
+def _decode_both_ways(
+    dtype: torch.dtype, rows: int
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, ...]]]:
+    """Logits of one decode step of ``rows`` sequences, natively and in torch, and the
+    caches each wrote (native, torch, per layer)."""
+    config = _odd_config()
+    weights = random_weights(config, seed=11)
+    model = LlamaModel(config, weights, dtype=dtype, device=CPU, max_len=96, row_major=True)
+    native = NativeDecoder(model, max_rows=8)
+    lengths = [5 + 9 * i for i in range(rows)]  # unequal: padded decode slots
+    prompts = [[(3 * j + i) % config.vocab_size for j in range(n)] for i, n in enumerate(lengths)]
+    caches = _prefilled(model, prompts, width=64)
+    theirs = [(k.clone(), v.clone()) for k, v in caches]
+    meta = _decode_meta(lengths, width=64)
+    ids = torch.tensor([(7 * i + 1) % config.vocab_size for i in range(rows)])
+    assert native.can_run(meta)
+    ours = native.run(ids, meta, caches)
+    with torch.inference_mode():
+        want = model.forward(ids, meta, theirs)
+    assert ours.shape == (rows, config.vocab_size)
+    assert ours.dtype == torch.float32
+    pairs = [(k, v, k2, v2) for (k, v), (k2, v2) in zip(caches, theirs, strict=True)]
+    return ours, want, pairs
+
+
+@pytest.mark.usefixtures("two_threads")
+@pytest.mark.parametrize("rows", [1, 2, 5])
+def test_native_fp32_decode_matches_the_torch_path(rows: int) -> None:
+    ours, want, caches = _decode_both_ways(torch.float32, rows)
+    torch.testing.assert_close(ours, want, atol=1e-4, rtol=1e-4)
+    assert torch.equal(ours.argmax(-1), want.argmax(-1))
+    for k, v, k2, v2 in caches:  # this step's K/V land in the same slots, same values
+        torch.testing.assert_close(k, k2, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(v, v2, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.usefixtures("two_threads")
+@pytest.mark.parametrize("rows", [1, 5])
+def test_native_bf16_decode_is_as_close_to_fp32_as_the_torch_bf16_path(rows: int) -> None:
+    ours, theirs, caches = _decode_both_ways(torch.bfloat16, rows)
+    exact, _, _ = _decode_both_ways(torch.float32, rows)
+    our_err = float((ours - exact).abs().max())
+    their_err = float((theirs - exact).abs().max())
+    # The C path keeps the residual stream in fp32, so it should be no further off.
+    assert our_err <= 1.25 * their_err + 1e-3, (our_err, their_err)
+    for k, v, k2, v2 in caches:
+        torch.testing.assert_close(k.float(), k2.float(), atol=0.05, rtol=0.05)
+        torch.testing.assert_close(v.float(), v2.float(), atol=0.05, rtol=0.05)
+
+
+def test_native_takes_only_pure_decode_steps_within_max_rows() -> None:
+    config = tiny_config()
+    model = LlamaModel(
+        config, random_weights(config), dtype=torch.float32, device=CPU, max_len=32, row_major=True
+    )
+    native = NativeDecoder(model, max_rows=2)
+    assert native.can_run(_decode_meta([3, 4], width=16))
+    assert not native.can_run(_decode_meta([3, 4, 5], width=16))
+    mixed = _decode_meta([3], width=16)
+    mixed.prefills = [PrefillSegment(1, 3, 2, None)]
+    assert not native.can_run(mixed)
+    with pytest.raises(EngineError, match="not a native decode step"):
+        native.run(torch.tensor([1, 2, 3]), _decode_meta([3, 4, 5], width=16), [])
+
+
+def test_native_needs_row_major_weights_and_a_supported_dtype() -> None:
+    config = tiny_config()
+    weights = random_weights(config)
+    plain = LlamaModel(config, weights, dtype=torch.float32, device=CPU, max_len=16)
+    with pytest.raises(EngineError, match="row-major"):
+        NativeDecoder(plain)
+    half = LlamaModel(config, weights, dtype=torch.float16, device=CPU, max_len=16, row_major=True)
+    with pytest.raises(EngineError, match="float32 and bfloat16"):
+        NativeDecoder(half)
+
+
+def _greedy(engine_kwargs: dict[str, object]) -> list[list[int]]:
+    engine = tiny_llm_engine(seed=5, kv_cache_bytes=1 << 20, **engine_kwargs)
+    prompts = [tuple(range(1 + i, 12 + 3 * i)) for i in range(4)]
+    for i, p in enumerate(prompts):
+        engine.add_request(
+            GenerationRequest(
+                request_id=str(i),
+                prompt_token_ids=p,
+                sampling=SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True),
+            )
+        )
+    tokens: dict[str, list[int]] = {str(i): [] for i in range(len(prompts))}
+    while engine.has_work():
+        for out in engine.step():
+            tokens[out.request_id].extend(out.token_ids)
+    assert engine.scheduler.block_manager.num_used_blocks == 0
+    return [tokens[str(i)] for i in range(len(prompts))]
+
+
+@pytest.mark.usefixtures("two_threads")
+def test_engine_greedy_tokens_are_the_same_with_and_without_native_decode() -> None:
+    with_native = _greedy({"cpu_native_decode": True})
+    without = _greedy({"cpu_native_decode": False})
+    assert with_native == without
+    assert all(len(t) == 24 for t in with_native)
+
+
+def test_the_engine_falls_back_to_torch_without_native_kernels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import inferno_inference.factory as factory
+
+    monkeypatch.setattr(factory, "load_native", lambda name: NativeLibrary(None, "no compiler"))
+    engine = tiny_llm_engine(seed=5)
+    assert engine.runner.native is None
+    assert _greedy({"cpu_native_decode": False}) == _greedy({"cpu_native_decode": True})
+
+
+def test_engine_config_knobs_are_validated() -> None:
+    with pytest.raises(ValueError, match="cpu_native_max_rows"):
+        EngineConfig(cpu_native_max_rows=0)
+
+
+def test_a_missing_compiler_is_reported_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INFERNO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    lib = build._load("decode")
+    assert lib.lib is None
+    assert "no-such-cc" in lib.reason
+    assert not list((tmp_path / "kernels").glob("*.so"))
+
+
+def test_a_failing_build_is_reported_with_the_compiler_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_cc = tmp_path / "fake-cc"
+    fake_cc.write_text("#!/bin/sh\necho 'fatal: this compiler refuses' >&2\nexit 1\n")
+    fake_cc.chmod(0o755)
+    monkeypatch.setenv("INFERNO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(fake_cc))
+    lib = build._load("decode")
+    assert lib.lib is None
+    assert "this compiler refuses" in lib.reason
+
+
+def test_builds_are_cached_per_machine_and_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INFERNO_CACHE_DIR", str(tmp_path))
+    first = build._load("decode")
+    assert first.lib is not None
+    assert first.path is not None
+    assert first.path.parent == tmp_path / "kernels"
+    stamp = first.path.stat().st_mtime_ns
+    second = build._load("decode")
+    assert second.path == first.path
+    assert first.path.stat().st_mtime_ns == stamp  # loaded, not rebuilt
+    assert not list(first.path.parent.glob("*.tmp"))
