@@ -10,7 +10,13 @@ import torch
 from inferno_inference import EngineConfig
 from inferno_inference.errors import EngineError
 from inferno_inference.model import AttentionMetadata, LlamaModel, PrefillSegment
-from inferno_inference.native import NativeDecoder, NativeLibrary, build, load_native
+from inferno_inference.native import (
+    NativeDecoder,
+    NativeLibrary,
+    build,
+    load_native,
+    pack_weight,
+)
 from inferno_inference.tiny import tiny_llm_engine
 from inferno_inference.types import GenerationRequest, SamplingParams
 from inferno_models.config import ModelConfig
@@ -94,7 +100,9 @@ def _decode_both_ways(
     caches each wrote (native, torch, per layer)."""
     config = _odd_config()
     weights = random_weights(config, seed=11)
-    model = LlamaModel(config, weights, dtype=dtype, device=CPU, max_len=96, row_major=True)
+    model = LlamaModel(
+        config, weights, dtype=dtype, device=CPU, max_len=96, native_layout=pack_weight
+    )
     native = NativeDecoder(model, max_rows=8)
     lengths = [5 + 9 * i for i in range(rows)]  # unequal: padded decode slots
     prompts = [[(3 * j + i) % config.vocab_size for j in range(n)] for i, n in enumerate(lengths)]
@@ -140,7 +148,12 @@ def test_native_bf16_decode_is_as_close_to_fp32_as_the_torch_bf16_path(rows: int
 def test_native_takes_only_pure_decode_steps_within_max_rows() -> None:
     config = tiny_config()
     model = LlamaModel(
-        config, random_weights(config), dtype=torch.float32, device=CPU, max_len=32, row_major=True
+        config,
+        random_weights(config),
+        dtype=torch.float32,
+        device=CPU,
+        max_len=32,
+        native_layout=pack_weight,
     )
     native = NativeDecoder(model, max_rows=2)
     assert native.can_run(_decode_meta([3, 4], width=16))
@@ -152,32 +165,42 @@ def test_native_takes_only_pure_decode_steps_within_max_rows() -> None:
         native.run(torch.tensor([1, 2, 3]), _decode_meta([3, 4, 5], width=16), [])
 
 
-def test_native_needs_row_major_weights_and_a_supported_dtype() -> None:
+def test_native_needs_packed_weights_and_a_supported_dtype() -> None:
     config = tiny_config()
     weights = random_weights(config)
     plain = LlamaModel(config, weights, dtype=torch.float32, device=CPU, max_len=16)
-    with pytest.raises(EngineError, match="row-major"):
+    with pytest.raises(EngineError, match="native-layout"):
         NativeDecoder(plain)
-    half = LlamaModel(config, weights, dtype=torch.float16, device=CPU, max_len=16, row_major=True)
+    half = LlamaModel(config, weights, dtype=torch.float16, device=CPU, max_len=16)
     with pytest.raises(EngineError, match="float32 and bfloat16"):
         NativeDecoder(half)
 
 
-def _greedy(engine_kwargs: dict[str, object]) -> list[list[int]]:
+def _greedy(engine_kwargs: dict[str, object], *, staggered: bool = False) -> list[list[int]]:
+    """Greedy tokens of four prompts; ``staggered`` adds one every third step, with a small
+    token budget, so prefill chunks share steps with running decodes."""
+    if staggered:
+        engine_kwargs = {"max_num_batched_tokens": 8, **engine_kwargs}
     engine = tiny_llm_engine(seed=5, kv_cache_bytes=1 << 20, **engine_kwargs)
     prompts = [tuple(range(1 + i, 12 + 3 * i)) for i in range(4)]
-    for i, p in enumerate(prompts):
-        engine.add_request(
-            GenerationRequest(
-                request_id=str(i),
-                prompt_token_ids=p,
-                sampling=SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True),
-            )
+    requests = [
+        GenerationRequest(
+            request_id=str(i),
+            prompt_token_ids=p,
+            sampling=SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True),
         )
+        for i, p in enumerate(prompts)
+    ]
     tokens: dict[str, list[int]] = {str(i): [] for i in range(len(prompts))}
-    while engine.has_work():
+    step = 0
+    while requests or engine.has_work():
+        if requests and (not staggered or step % 3 == 0):
+            for r in requests if not staggered else requests[:1]:
+                engine.add_request(r)
+            requests = [] if not staggered else requests[1:]
         for out in engine.step():
             tokens[out.request_id].extend(out.token_ids)
+        step += 1
     assert engine.scheduler.block_manager.num_used_blocks == 0
     return [tokens[str(i)] for i in range(len(prompts))]
 
@@ -188,6 +211,28 @@ def test_engine_greedy_tokens_are_the_same_with_and_without_native_decode() -> N
     without = _greedy({"cpu_native_decode": False})
     assert with_native == without
     assert all(len(t) == 24 for t in with_native)
+
+
+@pytest.mark.usefixtures("two_threads")
+def test_mixed_steps_run_decodes_natively_and_keep_the_tokens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import inferno_inference.runner as runner
+
+    splits = 0
+    real = runner._split_decodes
+
+    def counting(meta: AttentionMetadata) -> tuple[AttentionMetadata, AttentionMetadata] | None:
+        nonlocal splits
+        out = real(meta)
+        splits += out is not None
+        return out
+
+    monkeypatch.setattr(runner, "_split_decodes", counting)
+    with_native = _greedy({"cpu_native_decode": True}, staggered=True)
+    assert splits > 0
+    assert with_native == _greedy({"cpu_native_decode": False}, staggered=True)
+    assert with_native == _greedy({"cpu_native_decode": True})  # batching does not matter
 
 
 def test_the_engine_falls_back_to_torch_without_native_kernels(

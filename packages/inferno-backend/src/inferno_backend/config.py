@@ -46,7 +46,7 @@ class ServeConfig(BaseModel):
     )
     native_decode: bool = Field(
         default=True,
-        description="CPU float32/bfloat16: decode steps of up to 16 sequences in the engine's "
+        description="CPU float32/bfloat16: decode steps of up to 64 sequences in the engine's "
         "C kernels (compiled on first use with the system C compiler; PyTorch where none).",
     )
     max_num_seqs: int = Field(default=64, ge=1, le=4096, description="Concurrent sequences.")

@@ -56,7 +56,7 @@ class EngineConfig(BaseModel):
         "row-major copy of the weights next to the prepacked one.",
     )
     cpu_native_max_rows: int = Field(
-        default=16, ge=1, description="Most sequences in a decode step the C kernels take."
+        default=64, ge=1, description="Most sequences in a decode step the C kernels take."
     )
     weight_quantization: Literal["none", "int8"] = Field(
         default="none",

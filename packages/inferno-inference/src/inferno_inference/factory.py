@@ -21,7 +21,7 @@ from inferno_inference.engine import DetokenizerFactory, LLMEngine
 from inferno_inference.errors import EngineError
 from inferno_inference.kv_cache import KVCache
 from inferno_inference.model import LlamaModel
-from inferno_inference.native import NATIVE_DTYPES, NativeDecoder, load_native
+from inferno_inference.native import NativeDecoder, load_native, native_unsupported, pack_weight
 from inferno_inference.runner import ModelRunner
 from inferno_inference.sampler import Sampler
 from inferno_inference.scheduler import Scheduler
@@ -67,7 +67,7 @@ def build_llm_engine(
     native_wanted = (
         ec.cpu_native_decode
         and device.type == "cpu"
-        and dtype in NATIVE_DTYPES
+        and native_unsupported(config, dtype) is None
         and ec.weight_quantization == "none"
     )
     library = load_native("decode") if native_wanted else None
@@ -82,7 +82,7 @@ def build_llm_engine(
         max_len=max_model_len,
         prepack=ec.cpu_prepacked_weights,
         int8=ec.weight_quantization == "int8",
-        row_major=use_native,
+        native_layout=pack_weight if use_native else None,
     )
     cache = KVCache(
         resource,

@@ -17,6 +17,8 @@ int8, copy) and buys batch-1 speed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -73,7 +75,7 @@ def _int8_kernel_works(q: torch.Tensor, scales: torch.Tensor) -> bool:
 class Projection:
     """``x @ weight.T`` for a weight of ``[out, in]``; call it with ``x`` of ``[rows, in]``."""
 
-    __slots__ = ("gemv", "int8", "nbytes", "out_features", "packed", "rows", "transposed")
+    __slots__ = ("gemv", "int8", "native", "nbytes", "out_features", "packed", "transposed")
 
     def __init__(
         self,
@@ -81,15 +83,15 @@ class Projection:
         *,
         prepack: bool = True,
         int8: bool = False,
-        row_major: bool = False,
+        native_layout: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         """Lay ``weight`` out for its matmuls.
 
         ``nbytes`` counts the weight bytes one single-row call reads. With ``int8`` (CPU only;
         weight in bf16 or fp32) single rows run on an int8 copy; raises `EngineError` where
-        this torch build has no int8 kernel. ``row_major`` keeps the ``[out, in]`` weight for
-        code outside torch (the native decode path, see `row_major`); single rows then use it
-        too instead of a transposed copy.
+        this torch build has no int8 kernel. ``native_layout`` lays out a copy for code outside
+        torch (the C decode path's `pack_weight`), kept as ``native``; the native path then
+        takes the single rows, so no transposed GEMV copy is kept for them.
         """
         cpu = weight.device.type == "cpu"
         self.out_features = weight.shape[0]
@@ -103,26 +105,23 @@ class Projection:
         # fp32 single rows stream ~40% faster from [in, out]; other dtypes gain nothing, so
         # they keep no second copy when a packed one exists. With int8, single rows never
         # read the GEMV copy, so only an unpacked multi-row fallback keeps one.
-        self.rows: torch.Tensor | None = weight.contiguous() if row_major else None
+        self.native = native_layout(weight) if native_layout is not None else None
         self.transposed = (
-            cpu and weight.dtype == torch.float32 and self.int8 is None and self.rows is None
+            cpu and weight.dtype == torch.float32 and self.int8 is None and self.native is None
         )
         self.gemv: torch.Tensor | None
         if self.transposed:
             self.gemv = weight.t().contiguous()
-        elif self.rows is not None:
-            self.gemv = self.rows
         elif self.packed is None:
             self.gemv = weight.contiguous()
         else:
             self.gemv = None
 
-    def row_major(self) -> torch.Tensor:
-        """The contiguous ``[out, in]`` weight; raises `EngineError` unless built with
-        ``row_major=True``."""
-        if self.rows is None:
-            raise EngineError("this projection keeps no row-major weight (row_major=False)")
-        return self.rows
+    def native_weight(self) -> torch.Tensor:
+        """The copy laid out by ``native_layout``; raises `EngineError` when there is none."""
+        if self.native is None:
+            raise EngineError("this projection keeps no native-layout weight")
+        return self.native
 
     @staticmethod
     def _quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,6 +8,7 @@ Q, K and V are fused into one weight, and so are the MLP's gate and up projectio
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -81,11 +82,12 @@ class LlamaModel:
         max_len: int,
         prepack: bool = True,
         int8: bool = False,
-        row_major: bool = False,
+        native_layout: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         """Fuse and lay out ``weights``; ``int8`` quantizes every projection (LM head included,
         the embedding table kept as is) for single-row matmuls, see `Projection`.
-        ``row_major`` keeps every projection's ``[out, in]`` weight (for `NativeDecoder`)."""
+        ``native_layout`` lays out a copy of every projection for the C decode path (see
+        `inferno_inference.native.pack_weight`)."""
         self.config = config
         self.dtype = dtype
         self.device = device
@@ -95,7 +97,7 @@ class LlamaModel:
 
         def proj(*names: str) -> Projection:
             fused = torch.cat([weights[n].to(device=device, dtype=dtype) for n in names])
-            return Projection(fused, prepack=prepack, int8=int8, row_major=row_major)
+            return Projection(fused, prepack=prepack, int8=int8, native_layout=native_layout)
 
         self.embed = get(EMBED)
         self.norm = get(FINAL_NORM)

@@ -123,8 +123,19 @@ class ModelRunner:
         dev = self.device
         meta = inputs.meta
         native = self.native
-        if native is not None and native.can_run(meta):
-            return native.run(inputs.input_ids, meta, self.kv_cache.layers)
+        if native is not None:
+            if native.can_run(meta):
+                return native.run(inputs.input_ids, meta, self.kv_cache.layers)
+            split = _split_decodes(meta)
+            if split is not None and native.can_run(split[0]):
+                # Decodes in C, prefill chunks in torch: two passes over the weights, but the
+                # running decodes keep the C path's speed while new requests join.
+                decodes, prefills = split
+                nd = meta.num_decodes
+                first = native.run(inputs.input_ids[:nd], decodes, self.kv_cache.layers)
+                with torch.inference_mode():
+                    rest = self.model.forward(inputs.input_ids[nd:], prefills, self.kv_cache.layers)
+                return torch.cat([first, rest])
         graphs = self.graphs
         if (
             graphs is not None
@@ -137,6 +148,36 @@ class ModelRunner:
             meta = _to_device(meta, dev)
         with torch.inference_mode():
             return self.model.forward(inputs.input_ids.to(dev), meta, self.kv_cache.layers)
+
+
+def _split_decodes(meta: AttentionMetadata) -> tuple[AttentionMetadata, AttentionMetadata] | None:
+    """A mixed step as a decode-only step and a prefill-only one (tokens renumbered), or
+    ``None`` when the step is not mixed. Every decode token is sampled, and `prepare` puts
+    decodes first, so the first ``num_decodes`` logits indices are the decodes'."""
+    nd = meta.num_decodes
+    if not (nd and meta.prefills) or meta.decode_slots is None:
+        return None
+    decodes = AttentionMetadata(
+        positions=meta.positions[:nd],
+        slot_mapping=meta.slot_mapping[:nd],
+        num_decodes=nd,
+        decode_slots=meta.decode_slots,
+        decode_context_lens=meta.decode_context_lens,
+        prefills=[],
+        logits_indices=meta.logits_indices[:nd],
+    )
+    prefills = AttentionMetadata(
+        positions=meta.positions[nd:],
+        slot_mapping=meta.slot_mapping[nd:],
+        num_decodes=0,
+        decode_slots=None,
+        decode_context_lens=None,
+        prefills=[
+            PrefillSegment(p.start - nd, p.end - nd, p.context_len, p.slots) for p in meta.prefills
+        ],
+        logits_indices=meta.logits_indices[nd:] - nd,
+    )
+    return decodes, prefills
 
 
 def _to_device(meta: AttentionMetadata, dev: torch.device) -> AttentionMetadata:

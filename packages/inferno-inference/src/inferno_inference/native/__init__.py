@@ -1,6 +1,19 @@
 """Native CPU kernels, compiled from C on first use: see `build` and `decoder`."""
 
 from inferno_inference.native.build import NativeLibrary, cache_dir, load_native
-from inferno_inference.native.decoder import NATIVE_DTYPES, NativeDecoder
+from inferno_inference.native.decoder import (
+    NATIVE_DTYPES,
+    NativeDecoder,
+    native_unsupported,
+    pack_weight,
+)
 
-__all__ = ["NATIVE_DTYPES", "NativeDecoder", "NativeLibrary", "cache_dir", "load_native"]
+__all__ = [
+    "NATIVE_DTYPES",
+    "NativeDecoder",
+    "NativeLibrary",
+    "cache_dir",
+    "load_native",
+    "native_unsupported",
+    "pack_weight",
+]

@@ -74,195 +74,190 @@ static inline float load(const void* p, int dt, int64_t i) {
     return dt == DT_BF16 ? bf16_to_f32(((const uint16_t*)p)[i]) : ((const float*)p)[i];
 }
 
-static float dot_f32(const float* restrict a, const float* restrict b, int64_t n) {
-    int64_t i = 0;
-    float acc = 0.0f;
-#if defined(__AVX512F__)
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-    for (; i + 64 <= n; i += 64) {
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), a1);
-        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32), a2);
-        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48), a3);
-    }
-    for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), a0);
-    acc = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-#else
-#pragma omp simd reduction(+ : acc)
-    for (int64_t j = 0; j < n - n % 16; j++) acc += a[j] * b[j];
-    i = n - n % 16;
-#endif
-    for (; i < n; i++) acc += a[i] * b[i];
-    return acc;
-}
-
-/* bf16 weights against bf16 inputs, products summed in fp32. */
-static float dot_bf16(const uint16_t* restrict w, const uint16_t* restrict x, int64_t n) {
-    int64_t i = 0;
-    float acc = 0.0f;
-#if defined(__AVX512BF16__)
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    for (; i + 64 <= n; i += 64) {
-        a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(w + i), (__m512bh)_mm512_loadu_si512(x + i));
-        a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_loadu_si512(w + i + 32),
-                              (__m512bh)_mm512_loadu_si512(x + i + 32));
-    }
-    for (; i + 32 <= n; i += 32)
-        a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(w + i), (__m512bh)_mm512_loadu_si512(x + i));
-    acc = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-#else
-    int64_t end = n - n % 16;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t j = 0; j < end; j++) acc += bf16_to_f32(w[j]) * bf16_to_f32(x[j]);
-    i = end;
-#endif
-    for (; i < n; i++) acc += bf16_to_f32(w[i]) * bf16_to_f32(x[i]);
-    return acc;
-}
-
-#if defined(__AVX512F__)
 /*
- * Several input rows at once: a tile of NB weight rows by MB input rows keeps NB * MB
- * accumulators in registers, so each weight vector loaded feeds MB multiply-adds and each input
- * vector NB of them (one row at a time, a step of 16 rows would be bound by loads, not math).
- * Column tails (K not a multiple of the vector width) are finished in scalar code.
+ * exp(x) within about one ulp (Cephes' expf polynomial) in code the compiler can vectorize,
+ * unlike a call into libm: x = n ln2 + r with |r| <= ln2/2, exp(r) by a degree-7 polynomial,
+ * 2^n put straight into the exponent bits. Inputs are clamped to the finite range.
  */
-#define DEFINE_TILE_F32(NB, MB)                                                                   \
-    static void tile_f32_##NB##_##MB(const float* w, const float* x, int64_t K, float* out,      \
-                                     int64_t ldo, int accumulate) {                              \
-        __m512 acc[NB][MB];                                                                      \
-        for (int a = 0; a < NB; a++)                                                             \
-            for (int b = 0; b < MB; b++) acc[a][b] = _mm512_setzero_ps();                        \
-        int64_t k = 0;                                                                           \
-        for (; k + 16 <= K; k += 16) {                                                           \
-            __m512 xv[MB];                                                                       \
-            for (int b = 0; b < MB; b++) xv[b] = _mm512_loadu_ps(x + b * K + k);                 \
-            for (int a = 0; a < NB; a++) {                                                       \
-                __m512 wv = _mm512_loadu_ps(w + a * K + k);                                      \
-                for (int b = 0; b < MB; b++) acc[a][b] = _mm512_fmadd_ps(wv, xv[b], acc[a][b]);  \
-            }                                                                                    \
-        }                                                                                        \
-        for (int a = 0; a < NB; a++)                                                             \
-            for (int b = 0; b < MB; b++) {                                                       \
-                float v = _mm512_reduce_add_ps(acc[a][b]);                                       \
-                for (int64_t j = k; j < K; j++) v += w[a * K + j] * x[b * K + j];               \
-                out[b * ldo + a] = accumulate ? out[b * ldo + a] + v : v;                        \
-            }                                                                                    \
-    }
-#define DEFINE_TILE_BF16(NB, MB)                                                                  \
-    static void tile_bf16_##NB##_##MB(const uint16_t* w, const uint16_t* x, int64_t K,           \
-                                      float* out, int64_t ldo, int accumulate) {                 \
-        __m512 acc[NB][MB];                                                                      \
-        for (int a = 0; a < NB; a++)                                                             \
-            for (int b = 0; b < MB; b++) acc[a][b] = _mm512_setzero_ps();                        \
-        int64_t k = 0;                                                                           \
-        for (; k + 32 <= K; k += 32) {                                                           \
-            __m512i xv[MB];                                                                      \
-            for (int b = 0; b < MB; b++) xv[b] = _mm512_loadu_si512(x + b * K + k);              \
-            for (int a = 0; a < NB; a++) {                                                       \
-                __m512i wv = _mm512_loadu_si512(w + a * K + k);                                  \
-                for (int b = 0; b < MB; b++) acc[a][b] = BF16_DOT(acc[a][b], wv, xv[b]);         \
-            }                                                                                    \
-        }                                                                                        \
-        for (int a = 0; a < NB; a++)                                                             \
-            for (int b = 0; b < MB; b++) {                                                       \
-                float v = _mm512_reduce_add_ps(acc[a][b]);                                       \
-                for (int64_t j = k; j < K; j++)                                                  \
-                    v += bf16_to_f32(w[a * K + j]) * bf16_to_f32(x[b * K + j]);                  \
-                out[b * ldo + a] = accumulate ? out[b * ldo + a] + v : v;                        \
-            }                                                                                    \
-    }
-
-#if defined(__AVX512BF16__)
-#define BF16_DOT(acc, w, x) _mm512_dpbf16_ps((acc), (__m512bh)(w), (__m512bh)(x))
-#else
-/* Without the bf16 dot instruction: widen both halves of each vector to fp32 and multiply-add. */
-static inline __m512 bf16_dot_widen(__m512 acc, __m512i w, __m512i x) {
-    __m512 wl = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(w)), 16));
-    __m512 xl = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(x)), 16));
-    __m512 wh = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(w, 1)), 16));
-    __m512 xh = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(x, 1)), 16));
-    return _mm512_fmadd_ps(wh, xh, _mm512_fmadd_ps(wl, xl, acc));
+#pragma omp declare simd notinbranch
+static inline float exp_f32(float x) {
+    x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
+    float n = rintf(x * 1.44269504088896341f);
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
 }
-#define BF16_DOT(acc, w, x) bf16_dot_widen((acc), (w), (x))
-#endif
 
-DEFINE_TILE_F32(4, 1)
-DEFINE_TILE_F32(4, 2)
-DEFINE_TILE_F32(4, 3)
-DEFINE_TILE_F32(4, 4)
-DEFINE_TILE_BF16(4, 1)
-DEFINE_TILE_BF16(4, 2)
-DEFINE_TILE_BF16(4, 3)
-DEFINE_TILE_BF16(4, 4)
-
-/* Rows n0..n0+3 against input rows m0..m0+mb-1 (mb <= 4). */
-static void tile4(const void* w, int dt, const void* x, int64_t m0, int64_t mb, int64_t n0,
-                  int64_t K, float* out, int64_t ldo, int accumulate) {
-    if (dt == DT_BF16) {
-        const uint16_t* wp = (const uint16_t*)w + n0 * K;
-        const uint16_t* xp = (const uint16_t*)x + m0 * K;
-        float* o = out + m0 * ldo + n0;
-        switch (mb) {
-            case 1: tile_bf16_4_1(wp, xp, K, o, ldo, accumulate); break;
-            case 2: tile_bf16_4_2(wp, xp, K, o, ldo, accumulate); break;
-            case 3: tile_bf16_4_3(wp, xp, K, o, ldo, accumulate); break;
-            default: tile_bf16_4_4(wp, xp, K, o, ldo, accumulate); break;
-        }
-    } else {
-        const float* wp = (const float*)w + n0 * K;
-        const float* xp = (const float*)x + m0 * K;
-        float* o = out + m0 * ldo + n0;
-        switch (mb) {
-            case 1: tile_f32_4_1(wp, xp, K, o, ldo, accumulate); break;
-            case 2: tile_f32_4_2(wp, xp, K, o, ldo, accumulate); break;
-            case 3: tile_f32_4_3(wp, xp, K, o, ldo, accumulate); break;
-            default: tile_f32_4_4(wp, xp, K, o, ldo, accumulate); break;
-        }
-    }
+/* Dot products for attention and norms; `omp simd` lets the compiler vectorize the sums. */
+static inline float dot_f32(const float* restrict a, const float* restrict b, int64_t n) {
+    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < n; i++) acc += a[i] * b[i];
+    return acc;
 }
-#define HAVE_TILES 1
-#endif
 
-static inline float dot_row(const void* w, int dt, const void* x, int64_t n, int64_t m, int64_t K) {
-    return dt == DT_BF16 ? dot_bf16((const uint16_t*)w + n * K, (const uint16_t*)x + m * K, K)
-                         : dot_f32((const float*)w + n * K, (const float*)x + m * K, K);
+static inline float dot_f32_bf16(const float* restrict a, const uint16_t* restrict b, int64_t n) {
+    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < n; i++) acc += a[i] * bf16_to_f32(b[i]);
+    return acc;
 }
 
 /*
- * y[m, n] (+)= sum_k w[n, k] * x[m, k] for M input rows; called inside a parallel region, the
- * output rows are shared out among the threads. x is fp32 (f32 mode) or bf16 (bf16 mode). One
- * input row streams each weight row once with two accumulators (the fastest pattern for a pure
- * bandwidth-bound GEMV); several input rows go through register tiles.
+ * Projections read weights packed by `pack_weight` (decoder.py): output rows in blocks of 16
+ * (zero rows pad the last block), and inside a block, for each input column (fp32) or pair of
+ * columns (bf16), the 16 rows' values side by side, 64 bytes in all. One vector load then holds
+ * one column of 16 outputs, multiplied by a broadcast input value: the 16 sums build up in the
+ * lanes of one register with no horizontal reduction, and each thread streams its share of the
+ * weights front to back in a single pass. Two blocks (32 rows) by up to 8 input rows make one
+ * register tile, so each broadcast feeds two multiply-adds and each weight load up to eight.
+ */
+#define ROWS 16
+#define PAIR 32 /* rows per register tile: two blocks */
+
+static inline int64_t padded_rows(int64_t n) { return (n + PAIR - 1) / PAIR * PAIR; }
+
+/* Write a tile's sums (mb input rows by nvalid <= 32 outputs) into y, adding when asked. */
+static inline void store_tile(const float* acc, int64_t mb, int64_t nvalid, float* y,
+                              int64_t ldy, int accumulate) {
+    for (int64_t b = 0; b < mb; b++)
+        for (int64_t r = 0; r < nvalid; r++)
+            y[b * ldy + r] = accumulate ? y[b * ldy + r] + acc[b * PAIR + r] : acc[b * PAIR + r];
+}
+
+#if defined(__AVX512F__)
+#if defined(__AVX512BF16__)
+#define BF16_FMA(acc, w, xpair) _mm512_dpbf16_ps((acc), (__m512bh)(w), (__m512bh)(xpair))
+#else
+/* No bf16 dot instruction: split the (even, odd) column pairs and widen them to fp32. */
+static inline __m512 bf16_fma_widen(__m512 acc, __m512i w, __m512i xpair) {
+    __m512 w_even = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+    __m512 w_odd = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32((int)0xffff0000)));
+    __m512 x_even = _mm512_castsi512_ps(_mm512_slli_epi32(xpair, 16));
+    __m512 x_odd = _mm512_castsi512_ps(_mm512_and_si512(xpair, _mm512_set1_epi32((int)0xffff0000)));
+    return _mm512_fmadd_ps(w_odd, x_odd, _mm512_fmadd_ps(w_even, x_even, acc));
+}
+#define BF16_FMA(acc, w, xpair) bf16_fma_widen((acc), (w), (xpair))
+#endif
+
+#define DEFINE_TILE(MB)                                                                          \
+    static void tile_f32_##MB(const float* w, const float* x, int64_t K, float* out) {           \
+        __m512 a0[MB], a1[MB];                                                                  \
+        for (int b = 0; b < MB; b++) a0[b] = a1[b] = _mm512_setzero_ps();                      \
+        const float* w1 = w + K * ROWS;                                                         \
+        for (int64_t k = 0; k < K; k++) {                                                       \
+            __m512 v0 = _mm512_loadu_ps(w + k * ROWS), v1 = _mm512_loadu_ps(w1 + k * ROWS);     \
+            for (int b = 0; b < MB; b++) {                                                      \
+                __m512 xb = _mm512_set1_ps(x[b * K + k]);                                       \
+                a0[b] = _mm512_fmadd_ps(v0, xb, a0[b]);                                         \
+                a1[b] = _mm512_fmadd_ps(v1, xb, a1[b]);                                         \
+            }                                                                                   \
+        }                                                                                       \
+        for (int b = 0; b < MB; b++) {                                                          \
+            _mm512_storeu_ps(out + b * PAIR, a0[b]);                                            \
+            _mm512_storeu_ps(out + b * PAIR + ROWS, a1[b]);                                     \
+        }                                                                                       \
+    }                                                                                           \
+    static void tile_bf16_##MB(const uint16_t* w, const uint16_t* x, int64_t K, float* out) {    \
+        __m512 a0[MB], a1[MB];                                                                  \
+        for (int b = 0; b < MB; b++) a0[b] = a1[b] = _mm512_setzero_ps();                      \
+        const uint16_t* w1 = w + K * ROWS;                                                      \
+        for (int64_t p = 0; p < K / 2; p++) {                                                   \
+            __m512i v0 = _mm512_loadu_si512(w + p * 2 * ROWS);                                  \
+            __m512i v1 = _mm512_loadu_si512(w1 + p * 2 * ROWS);                                 \
+            for (int b = 0; b < MB; b++) {                                                      \
+                int32_t pair;                                                                   \
+                memcpy(&pair, x + b * K + 2 * p, sizeof pair);                                  \
+                __m512i xb = _mm512_set1_epi32(pair);                                           \
+                a0[b] = BF16_FMA(a0[b], v0, xb);                                                \
+                a1[b] = BF16_FMA(a1[b], v1, xb);                                                \
+            }                                                                                   \
+        }                                                                                       \
+        for (int b = 0; b < MB; b++) {                                                          \
+            _mm512_storeu_ps(out + b * PAIR, a0[b]);                                            \
+            _mm512_storeu_ps(out + b * PAIR + ROWS, a1[b]);                                     \
+        }                                                                                       \
+    }
+DEFINE_TILE(1)
+DEFINE_TILE(2)
+DEFINE_TILE(3)
+DEFINE_TILE(4)
+DEFINE_TILE(5)
+DEFINE_TILE(6)
+DEFINE_TILE(7)
+DEFINE_TILE(8)
+
+typedef void (*tile_f32_fn)(const float*, const float*, int64_t, float*);
+typedef void (*tile_bf16_fn)(const uint16_t*, const uint16_t*, int64_t, float*);
+static const tile_f32_fn TILES_F32[9] = {0,         tile_f32_1, tile_f32_2, tile_f32_3, tile_f32_4,
+                                         tile_f32_5, tile_f32_6, tile_f32_7, tile_f32_8};
+static const tile_bf16_fn TILES_BF16[9] = {0,          tile_bf16_1, tile_bf16_2,
+                                           tile_bf16_3, tile_bf16_4, tile_bf16_5,
+                                           tile_bf16_6, tile_bf16_7, tile_bf16_8};
+
+static void tile(const void* w, int dt, const void* x, int64_t mb, int64_t K, float* out) {
+    if (dt == DT_BF16)
+        TILES_BF16[mb]((const uint16_t*)w, (const uint16_t*)x, K, out);
+    else
+        TILES_F32[mb]((const float*)w, (const float*)x, K, out);
+}
+#else
+/* Portable tile: the same packed walk in plain loops, which compilers vectorize over r. */
+static void tile(const void* w, int dt, const void* x, int64_t mb, int64_t K, float* out) {
+    for (int64_t i = 0; i < mb * PAIR; i++) out[i] = 0.0f;
+    for (int64_t half = 0; half < 2; half++) {
+        for (int64_t b = 0; b < mb; b++) {
+            float* o = out + b * PAIR + half * ROWS;
+            if (dt == DT_BF16) {
+                const uint16_t* wb = (const uint16_t*)w + half * K * ROWS;
+                const uint16_t* xb = (const uint16_t*)x + b * K;
+                for (int64_t p = 0; p < K / 2; p++) {
+                    float x0 = bf16_to_f32(xb[2 * p]), x1 = bf16_to_f32(xb[2 * p + 1]);
+                    const uint16_t* col = wb + p * 2 * ROWS;
+#pragma omp simd
+                    for (int64_t r = 0; r < ROWS; r++)
+                        o[r] += bf16_to_f32(col[2 * r]) * x0 + bf16_to_f32(col[2 * r + 1]) * x1;
+                }
+            } else {
+                const float* wf = (const float*)w + half * K * ROWS;
+                const float* xf = (const float*)x + b * K;
+                for (int64_t k = 0; k < K; k++) {
+#pragma omp simd
+                    for (int64_t r = 0; r < ROWS; r++) o[r] += wf[k * ROWS + r] * xf[k];
+                }
+            }
+        }
+    }
+}
+#endif
+
+/*
+ * y[m, n] (+)= sum_k W[n, k] * x[m, k] for M input rows, W packed as above; called inside a
+ * parallel region, the 32-row tiles are shared out among the threads. x is fp32 (f32 mode) or
+ * bf16 (bf16 mode; K even).
  */
 static void project(const void* w, int dt, const void* x, int64_t M, int64_t N, int64_t K,
                     float* y, int64_t ldy, int accumulate) {
-#ifdef HAVE_TILES
-    if (M > 1) {
-        int64_t nblocks = N / 4;
+    const size_t esz = dt == DT_BF16 ? 2 : 4;
+    const int64_t tiles = padded_rows(N) / PAIR;
 #pragma omp for schedule(static)
-        for (int64_t nb = 0; nb < nblocks; nb++) {
-            int64_t n0 = nb * 4;
-            for (int64_t m0 = 0; m0 < M; m0 += 4) {
-                int64_t mb = M - m0 < 4 ? M - m0 : 4;
-                tile4(w, dt, x, m0, mb, n0, K, y, ldy, accumulate);
-            }
-        }
-#pragma omp for schedule(static)
-        for (int64_t n = nblocks * 4; n < N; n++)
-            for (int64_t m = 0; m < M; m++) {
-                float v = dot_row(w, dt, x, n, m, K);
-                y[m * ldy + n] = accumulate ? y[m * ldy + n] + v : v;
-            }
-        return;
-    }
-#endif
-#pragma omp for schedule(static)
-    for (int64_t n = 0; n < N; n++) {
-        for (int64_t m = 0; m < M; m++) {
-            float v = dot_row(w, dt, x, n, m, K);
-            y[m * ldy + n] = accumulate ? y[m * ldy + n] + v : v;
+    for (int64_t t = 0; t < tiles; t++) {
+        float acc[8 * PAIR];
+        const void* wt = (const char*)w + (size_t)(t * PAIR * K) * esz;
+        int64_t n0 = t * PAIR, nvalid = N - n0 < PAIR ? N - n0 : PAIR;
+        for (int64_t m0 = 0; m0 < M; m0 += 8) {
+            int64_t mb = M - m0 < 8 ? M - m0 : 8;
+            tile(wt, dt, (const char*)x + (size_t)(m0 * K) * esz, mb, K, acc);
+            store_tile(acc, mb, nvalid, y + m0 * ldy + n0, ldy, accumulate);
         }
     }
 }
@@ -273,8 +268,7 @@ static void rms_norm_rows(const float* x, const void* weight, int dt, float eps,
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < M; m++) {
         const float* row = x + m * H;
-        float ss = 0.0f;
-        for (int64_t i = 0; i < H; i++) ss += row[i] * row[i];
+        float ss = dot_f32(row, row, H);
         float inv = 1.0f / sqrtf(ss / (float)H + eps);
         for (int64_t i = 0; i < H; i++) {
             float v = row[i] * inv * load(weight, dt, i);
@@ -379,20 +373,17 @@ int inferno_decode_step(const model_t* mdl, int64_t M, const int64_t* token_ids,
                 float mx = -INFINITY;
                 for (int64_t j = 0; j < len; j++) {
                     int64_t off = (slots[j] * nkv + g) * hd;
-                    float s = 0.0f;
-                    if (dt == DT_BF16) {
-                        const uint16_t* k = (const uint16_t*)L->k_cache + off;
-                        for (int64_t i = 0; i < hd; i++) s += q[i] * bf16_to_f32(k[i]);
-                    } else {
-                        s = dot_f32(q, (const float*)L->k_cache + off, hd);
-                    }
+                    float s = dt == DT_BF16
+                                  ? dot_f32_bf16(q, (const uint16_t*)L->k_cache + off, hd)
+                                  : dot_f32(q, (const float*)L->k_cache + off, hd);
                     s *= scale;
                     sc[j] = s;
                     mx = s > mx ? s : mx;
                 }
                 float total = 0.0f;
+#pragma omp simd reduction(+ : total)
                 for (int64_t j = 0; j < len; j++) {
-                    sc[j] = expf(sc[j] - mx);
+                    sc[j] = exp_f32(sc[j] - mx);
                     total += sc[j];
                 }
                 float* o = attn + m * nh * hd + h * hd;
@@ -421,13 +412,17 @@ int inferno_decode_step(const model_t* mdl, int64_t M, const int64_t* token_ids,
             project(L->gate_up, dt, in, M, 2 * I, H, gu, 2 * I, 0);
 #pragma omp for schedule(static)
             for (int64_t m = 0; m < M; m++) {
-                for (int64_t i = 0; i < I; i++) {
-                    float g = gu[m * 2 * I + i], u = gu[m * 2 * I + I + i];
-                    float a = g / (1.0f + expf(-g)) * u;
-                    if (dt == DT_BF16)
-                        ((uint16_t*)in)[m * I + i] = f32_to_bf16(a);
-                    else
-                        ((float*)in)[m * I + i] = a;
+                const float* g = gu + m * 2 * I;
+                const float* u = g + I;
+                if (dt == DT_BF16) {
+                    uint16_t* a = (uint16_t*)in + m * I;
+#pragma omp simd
+                    for (int64_t i = 0; i < I; i++)
+                        a[i] = f32_to_bf16(g[i] / (1.0f + exp_f32(-g[i])) * u[i]);
+                } else {
+                    float* a = (float*)in + m * I;
+#pragma omp simd
+                    for (int64_t i = 0; i < I; i++) a[i] = g[i] / (1.0f + exp_f32(-g[i])) * u[i];
                 }
             }
             project(L->down, dt, in, M, H, I, x, H, 1);

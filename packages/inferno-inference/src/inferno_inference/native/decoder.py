@@ -1,7 +1,7 @@
 """`NativeDecoder`: runs a `LlamaModel`'s pure decode steps through ``decode.c``, one call each.
 
-The decoder points the C code at the model's own tensors (the row-major ``[out, in]`` weights
-of every `Projection`, the norms, the embedding table) and at the KV cache; it copies nothing.
+The decoder points the C code at the model's own tensors (each `Projection`'s copy laid out by
+`pack_weight`, the norms, the embedding table) and at the KV cache; it copies nothing.
 It takes steps in which every token is a decode (no prefill chunk) and at most ``max_rows``
 sequences take part; the engine runs every other step on the PyTorch path. Both paths read and
 write the same KV cache, so a sequence can move between them from one step to the next.
@@ -12,13 +12,14 @@ from __future__ import annotations
 import ctypes
 
 import torch
+from inferno_models.config import ModelConfig
 
 from inferno_inference.errors import EngineError
 from inferno_inference.model import AttentionMetadata, LlamaModel
 from inferno_inference.native.build import NativeLibrary, load_native
 from inferno_inference.rope import rope_tables
 
-__all__ = ["NATIVE_DTYPES", "NativeDecoder"]
+__all__ = ["NATIVE_DTYPES", "NativeDecoder", "native_unsupported", "pack_weight"]
 
 #: Model dtypes the C decode path runs (fp16 has no fast CPU dot product to use).
 NATIVE_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
@@ -60,6 +61,43 @@ class _Model(ctypes.Structure):
     ]
 
 
+_BLOCK = 16  # output rows per packed block (one 64-byte vector of fp32)
+_TILE = 32  # rows per register tile in decode.c: the row count is padded to it
+
+
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` (``[out, in]``, fp32 or bf16) in the layout ``decode.c`` streams.
+
+    Output rows go in blocks of 16, zero rows padding ``out`` to a multiple of 32. Within a
+    block, fp32 stores column ``k`` of the 16 rows side by side (``[out/16, in, 16]``); bf16
+    stores columns in pairs, ``(k, k+1)`` of row 0, then of row 1, ... (``[out/16, in/2, 16,
+    2]``), the operand order of the bf16 dot-product instruction. Raises `EngineError` for
+    other dtypes or an odd bf16 ``in``.
+    """
+    if weight.dtype not in NATIVE_DTYPES or weight.dim() != 2:
+        raise EngineError(f"cannot pack a {weight.dtype} weight of shape {tuple(weight.shape)}")
+    out, cols = weight.shape
+    rows = -(-out // _TILE) * _TILE
+    w = weight.detach().contiguous()
+    if rows != out:
+        w = torch.cat([w, w.new_zeros(rows - out, cols)])
+    if weight.dtype == torch.bfloat16:
+        if cols % 2:
+            raise EngineError(f"bf16 native layout needs an even input width, not {cols}")
+        return w.view(rows // _BLOCK, _BLOCK, cols // 2, 2).permute(0, 2, 1, 3).contiguous()
+    return w.view(rows // _BLOCK, _BLOCK, cols).permute(0, 2, 1).contiguous()
+
+
+def native_unsupported(config: ModelConfig, dtype: torch.dtype) -> str | None:
+    """Why the C decode path cannot run this model in ``dtype``, or ``None`` when it can."""
+    if dtype not in NATIVE_DTYPES:
+        return f"native decode supports float32 and bfloat16, not {dtype}"
+    widths = (config.hidden_size, config.intermediate_size, config.head_dim)
+    if dtype == torch.bfloat16 and any(w % 2 for w in widths):
+        return f"bf16 native decode needs even widths, got {widths}"
+    return None
+
+
 def _ptr(t: torch.Tensor) -> int:
     if not t.is_contiguous():
         raise EngineError("native decode needs contiguous tensors")
@@ -70,14 +108,15 @@ class NativeDecoder:
     """Pure decode steps of ``model`` (CPU, fp32 or bf16) in C; see the module docstring."""
 
     def __init__(
-        self, model: LlamaModel, *, max_rows: int = 16, library: NativeLibrary | None = None
+        self, model: LlamaModel, *, max_rows: int = 64, library: NativeLibrary | None = None
     ) -> None:
         """Bind ``model``; raises `EngineError` when it cannot run natively (the message says
         why: device, dtype, missing row-major weights or no compiled library)."""
         if model.device.type != "cpu":
             raise EngineError(f"native decode runs on the CPU, not {model.device}")
-        if model.dtype not in NATIVE_DTYPES:
-            raise EngineError(f"native decode supports float32 and bfloat16, not {model.dtype}")
+        unsupported = native_unsupported(model.config, model.dtype)
+        if unsupported is not None:
+            raise EngineError(unsupported)
         native = library or load_native("decode")
         if native.lib is None:
             raise EngineError(f"native kernels unavailable: {native.reason}")
@@ -109,11 +148,11 @@ class NativeDecoder:
         self._layers = (_Layer * cfg.num_hidden_layers)()
         for dst, layer in zip(self._layers, model.layers, strict=True):
             dst.input_norm = _ptr(layer.input_norm)
-            dst.qkv = _ptr(layer.qkv.row_major())
-            dst.o = _ptr(layer.o.row_major())
+            dst.qkv = _ptr(layer.qkv.native_weight())
+            dst.o = _ptr(layer.o.native_weight())
             dst.post_norm = _ptr(layer.post_norm)
-            dst.gate_up = _ptr(layer.gate_up.row_major())
-            dst.down = _ptr(layer.down.row_major())
+            dst.gate_up = _ptr(layer.gate_up.native_weight())
+            dst.down = _ptr(layer.down.native_weight())
         self._struct = _Model(
             hidden=cfg.hidden_size,
             inter=cfg.intermediate_size,
@@ -127,7 +166,7 @@ class NativeDecoder:
             layers=self._layers,
             embed=_ptr(model.embed),
             final_norm=_ptr(model.norm),
-            lm_head=_ptr(model.lm_head.row_major()),
+            lm_head=_ptr(model.lm_head.native_weight()),
             cos=_ptr(self._cos),
             sin=_ptr(self._sin),
         )
