@@ -2,7 +2,9 @@
 
 Measures, for each dtype:
 * batch-1 greedy decode tokens/s (prefill excluded), with memory-bandwidth utilization
-  (weight bytes read per token x tokens/s, against ``--bandwidth`` GB/s);
+  (weight bytes read per token x tokens/s, against ``--bandwidth`` GB/s and against a 2-thread
+  streaming read measured in the same run), for the engine's default path (decode steps in its
+  C kernels) and for its PyTorch path (``cpu_native_decode=False``);
 * 16 concurrent requests of ``--new-tokens`` new tokens: aggregate output tokens/s and time to
   first token (p50/p99), against transformers ``generate`` on a left-padded batch of the same
   16 prompts.
@@ -93,6 +95,18 @@ def hf_generate_time(hf: Any, batch: list[list[int]], new_tokens: int) -> float:
     if out.shape[1] != width + new_tokens:
         raise RuntimeError("transformers stopped early")
     return elapsed
+
+
+def stream_bandwidth(threads: int) -> float:
+    """GB/s of a streaming read (``sum`` of a 1 GiB fp32 tensor) on ``threads`` threads."""
+    buf = torch.ones(1 << 28)
+    buf.sum()
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        buf.sum()
+        best = min(best, time.perf_counter() - t)
+    return buf.numel() * 4 / best / 1e9
 
 
 def hf_decode_rate(hf: Any, prompt: list[int], new_tokens: int) -> float:
@@ -189,6 +203,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    measured_bw = stream_bandwidth(args.threads)
     model = LlamaLoader().load(default_model_path(), dtype=torch.float32)
     prompts = [chat_ids(model, q) for q in QUESTIONS[: args.concurrency]]
     rows: list[dict[str, Any]] = []
@@ -216,6 +231,16 @@ def main() -> None:
             ours_runs.append(engine_decode_rate(engine, prompts[0], args.decode_tokens, rid))
             hf_runs.append(hf_decode_rate(hf, prompts[0], args.decode_tokens))
         ours_b1, hf_b1 = max(ours_runs), max(hf_runs)
+        torch_config = config.model_copy(update={"cpu_native_decode": False})
+        torch_engine = build_llm_engine(
+            model.config, model.weights, torch_config, HostMemoryResource()
+        )
+        engine_decode_rate(torch_engine, prompts[0], 8, f"warm-torch-{dtype_name}")
+        torch_runs = [
+            engine_decode_rate(torch_engine, prompts[0], args.decode_tokens, f"t-{rep}")
+            for rep in range(args.reps)
+        ]
+        del torch_engine
         async_engine = AsyncEngine(engine)
         asyncio.run(engine_concurrent(async_engine, prompts[:2], 4, f"warm-{dtype_name}"))
         ours_cc = asyncio.run(
@@ -237,6 +262,15 @@ def main() -> None:
                 "batch1_bandwidth_util": {
                     "inferno": weight_bytes * ours_b1 / (args.bandwidth * 1e9),
                     "transformers": weight_bytes * hf_b1 / (args.bandwidth * 1e9),
+                },
+                "batch1_bandwidth_util_measured": {
+                    "inferno": weight_bytes * ours_b1 / (measured_bw * 1e9),
+                    "transformers": weight_bytes * hf_b1 / (measured_bw * 1e9),
+                },
+                "batch1_torch_path": {
+                    "tok_s": max(torch_runs),
+                    "runs": torch_runs,
+                    "speedup": max(torch_runs) / hf_b1,
                 },
                 "concurrent": {
                     "requests": len(prompts),
@@ -261,9 +295,19 @@ def main() -> None:
             f"{r['dtype']:9} {'batch-1 decode tok/s':34} {b1['inferno']:10.1f} "
             f"{b1['transformers']:13.1f} {r['batch1_speedup']:6.2f}"
         )
+        bwm = r["batch1_bandwidth_util_measured"]
+        tp = r["batch1_torch_path"]
         print(
-            f"{'':9} {'batch-1 bandwidth utilization':34} {bw['inferno']:10.1%} "
+            f"{'':9} {f'bandwidth use (of {args.bandwidth:.0f} GB/s)':34} {bw['inferno']:10.1%} "
             f"{bw['transformers']:13.1%}"
+        )
+        print(
+            f"{'':9} {f'bandwidth use (of {measured_bw:.1f} GB/s read)':34} "
+            f"{bwm['inferno']:10.1%} {bwm['transformers']:13.1%}"
+        )
+        print(
+            f"{'':9} {'batch-1 tok/s, PyTorch path':34} {tp['tok_s']:10.1f} "
+            f"{b1['transformers']:13.1f} {tp['speedup']:6.2f}"
         )
         hf_tps = cc["transformers_tok_s"]
         label = f"{cc['requests']} concurrent: output tok/s"
@@ -293,6 +337,8 @@ def main() -> None:
             "processor": platform.processor(),
             "threads": args.threads,
             "torch": torch.__version__,
+            "bandwidth_assumed_gb_s": args.bandwidth,
+            "bandwidth_measured_gb_s": measured_bw,
         },
         "model": model.name,
         "results": rows,

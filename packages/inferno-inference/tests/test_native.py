@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 from inferno_inference import EngineConfig
 from inferno_inference.errors import EngineError
+from inferno_inference.linear import quantize_int8
 from inferno_inference.model import AttentionMetadata, LlamaModel, PrefillSegment
 from inferno_inference.native import (
     NativeDecoder,
@@ -20,6 +22,7 @@ from inferno_inference.native import (
 from inferno_inference.tiny import tiny_llm_engine
 from inferno_inference.types import GenerationRequest, SamplingParams
 from inferno_models.config import ModelConfig
+from inferno_models.names import LM_HEAD
 from inferno_models.testing import random_weights, tiny_config
 
 CPU = torch.device("cpu")
@@ -94,21 +97,32 @@ def _decode_meta(lengths: list[int], width: int) -> AttentionMetadata:
 
 
 def _decode_both_ways(
-    dtype: torch.dtype, rows: int
+    dtype: torch.dtype,
+    rows: int,
+    *,
+    int8: bool = False,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, ...]]]:
     """Logits of one decode step of ``rows`` sequences, natively and in torch, and the
-    caches each wrote (native, torch, per layer)."""
+    caches each wrote (native, torch, per layer). ``int8``: the native side's projections are
+    int8 (the torch side runs the unquantized ``weights``)."""
     config = _odd_config()
-    weights = random_weights(config, seed=11)
+    weights = weights if weights is not None else random_weights(config, seed=11)
     model = LlamaModel(
-        config, weights, dtype=dtype, device=CPU, max_len=96, native_layout=pack_weight
+        config,
+        weights,
+        dtype=dtype,
+        device=CPU,
+        max_len=96,
+        native_layout=functools.partial(pack_weight, int8=int8),
     )
-    native = NativeDecoder(model, max_rows=8)
+    native = NativeDecoder(model, max_rows=16)
+    assert native.int8 == int8
     lengths = [5 + 9 * i for i in range(rows)]  # unequal: padded decode slots
     prompts = [[(3 * j + i) % config.vocab_size for j in range(n)] for i, n in enumerate(lengths)]
-    caches = _prefilled(model, prompts, width=64)
+    caches = _prefilled(model, prompts, width=128)
     theirs = [(k.clone(), v.clone()) for k, v in caches]
-    meta = _decode_meta(lengths, width=64)
+    meta = _decode_meta(lengths, width=128)
     ids = torch.tensor([(7 * i + 1) % config.vocab_size for i in range(rows)])
     assert native.can_run(meta)
     ours = native.run(ids, meta, caches)
@@ -121,7 +135,7 @@ def _decode_both_ways(
 
 
 @pytest.mark.usefixtures("two_threads")
-@pytest.mark.parametrize("rows", [1, 2, 5])
+@pytest.mark.parametrize("rows", [1, 2, 5, 9])
 def test_native_fp32_decode_matches_the_torch_path(rows: int) -> None:
     ours, want, caches = _decode_both_ways(torch.float32, rows)
     torch.testing.assert_close(ours, want, atol=1e-4, rtol=1e-4)
@@ -143,6 +157,41 @@ def test_native_bf16_decode_is_as_close_to_fp32_as_the_torch_bf16_path(rows: int
     for k, v, k2, v2 in caches:
         torch.testing.assert_close(k.float(), k2.float(), atol=0.05, rtol=0.05)
         torch.testing.assert_close(v.float(), v2.float(), atol=0.05, rtol=0.05)
+
+
+@pytest.mark.usefixtures("two_threads")
+@pytest.mark.parametrize("rows", [1, 3, 9])
+def test_native_int8_decode_equals_fp32_over_the_dequantized_weights(rows: int) -> None:
+    # Per-output-channel scales are per row, so quantizing the fused QKV and gate/up matrices
+    # is quantizing each projection: an fp32 model over q * scale is the exact int8 reference.
+    config = _odd_config()
+    weights = random_weights(config, seed=11)
+    projections = [n for n in weights if n.endswith("proj.weight")] + [LM_HEAD]
+    for name in projections:
+        q, scales = quantize_int8(weights[name])
+        weights[name] = q.float() * scales[:, None]
+    ours, _, _ = _decode_both_ways(torch.float32, rows, int8=True, weights=weights)
+    exact, _, _ = _decode_both_ways(torch.float32, rows, weights=weights)
+    torch.testing.assert_close(ours, exact, atol=1e-4, rtol=1e-4)
+
+
+def test_int8_native_weights_count_their_bytes() -> None:
+    config = tiny_config()
+    weights = random_weights(config)
+    plain = LlamaModel(
+        config, weights, dtype=torch.float32, device=CPU, max_len=16, native_layout=pack_weight
+    )
+    quant = LlamaModel(
+        config,
+        weights,
+        dtype=torch.float32,
+        device=CPU,
+        max_len=16,
+        native_layout=functools.partial(pack_weight, int8=True),
+    )
+    # int8 codes plus fp32 scales, against fp32 weights: a bit over a quarter of the bytes.
+    ratio = quant.weight_bytes_per_token() / plain.weight_bytes_per_token()
+    assert 0.25 < ratio < 0.3
 
 
 def test_native_takes_only_pure_decode_steps_within_max_rows() -> None:

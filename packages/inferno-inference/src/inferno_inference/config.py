@@ -61,9 +61,10 @@ class EngineConfig(BaseModel):
     weight_quantization: Literal["none", "int8"] = Field(
         default="none",
         description="'int8': per-output-channel symmetric int8 copies of the linear weights "
-        "(LM head included, embedding table not) for batch-1 decode, about 2x fewer bytes per "
-        "token than bf16. CPU only; needs dtype bfloat16 or float32 (float32 rows are cast to "
-        "bf16 for the int8 matmul and the result cast back). Multi-row matmuls keep the "
+        "(LM head included, embedding table not), about 2x fewer bytes per decoded token than "
+        "bf16. CPU only; needs dtype bfloat16 or float32. With the native decode path (the "
+        "default), every decode step reads the int8 copy (fp32 activations); without it, only "
+        "single-row steps do (torch's int8 kernel, bf16 activations). Prefill keeps the "
         "unquantized weights, so memory grows by the int8 copy. Logits are close to, not equal "
         "to, the unquantized ones.",
     )

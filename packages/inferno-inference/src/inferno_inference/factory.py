@@ -6,6 +6,7 @@ built by hand (tests inject their own scheduler, runner or sampler).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import structlog
@@ -64,11 +65,9 @@ def build_llm_engine(
         config.max_position_embeddings,
         num_blocks * ec.block_size,
     )
+    int8 = ec.weight_quantization == "int8"
     native_wanted = (
-        ec.cpu_native_decode
-        and device.type == "cpu"
-        and native_unsupported(config, dtype) is None
-        and ec.weight_quantization == "none"
+        ec.cpu_native_decode and device.type == "cpu" and native_unsupported(config, dtype) is None
     )
     library = load_native("decode") if native_wanted else None
     if library is not None and library.lib is None:
@@ -81,8 +80,9 @@ def build_llm_engine(
         device=device,
         max_len=max_model_len,
         prepack=ec.cpu_prepacked_weights,
-        int8=ec.weight_quantization == "int8",
-        native_layout=pack_weight if use_native else None,
+        # With the native path, int8 lives in its packed copy; torch keeps unquantized weights.
+        int8=int8 and not use_native,
+        native_layout=functools.partial(pack_weight, int8=int8) if use_native else None,
     )
     cache = KVCache(
         resource,

@@ -24,7 +24,10 @@ import torch.nn.functional as F
 
 from inferno_inference.errors import EngineError
 
-__all__ = ["Projection", "quantize_int8"]
+__all__ = ["NativeWeight", "Projection", "quantize_int8"]
+
+#: A weight laid out for the native decode path: the data, and per-row scales for int8 codes.
+NativeWeight = tuple[torch.Tensor, torch.Tensor | None]
 
 
 def _prepack(weight: torch.Tensor) -> torch.Tensor | None:
@@ -83,15 +86,16 @@ class Projection:
         *,
         prepack: bool = True,
         int8: bool = False,
-        native_layout: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        native_layout: Callable[[torch.Tensor], NativeWeight] | None = None,
     ) -> None:
         """Lay ``weight`` out for its matmuls.
 
         ``nbytes`` counts the weight bytes one single-row call reads. With ``int8`` (CPU only;
         weight in bf16 or fp32) single rows run on an int8 copy; raises `EngineError` where
         this torch build has no int8 kernel. ``native_layout`` lays out a copy for code outside
-        torch (the C decode path's `pack_weight`), kept as ``native``; the native path then
-        takes the single rows, so no transposed GEMV copy is kept for them.
+        torch (the C decode path's `pack_weight`: the weight or int8 codes, and int8 scales),
+        kept as ``native``; the native path then takes the single rows, so no transposed GEMV
+        copy is kept for them, and ``nbytes`` counts the native copy.
         """
         cpu = weight.device.type == "cpu"
         self.out_features = weight.shape[0]
@@ -106,6 +110,11 @@ class Projection:
         # they keep no second copy when a packed one exists. With int8, single rows never
         # read the GEMV copy, so only an unpacked multi-row fallback keeps one.
         self.native = native_layout(weight) if native_layout is not None else None
+        if self.native is not None:
+            data, native_scales = self.native
+            self.nbytes = data.numel() * data.element_size()
+            if native_scales is not None:
+                self.nbytes += native_scales.numel() * native_scales.element_size()
         self.transposed = (
             cpu and weight.dtype == torch.float32 and self.int8 is None and self.native is None
         )
@@ -117,7 +126,7 @@ class Projection:
         else:
             self.gemv = None
 
-    def native_weight(self) -> torch.Tensor:
+    def native_weight(self) -> NativeWeight:
         """The copy laid out by ``native_layout``; raises `EngineError` when there is none."""
         if self.native is None:
             raise EngineError("this projection keeps no native-layout weight")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from inferno_models.config import ModelConfig
 from inferno_models.names import EMBED, FINAL_NORM, LM_HEAD, layer_name
 
-from inferno_inference.linear import Projection
+from inferno_inference.linear import NativeWeight, Projection
 from inferno_inference.rope import apply_rope, rope_tables
 
 __all__ = ["AttentionMetadata", "LayerWeights", "LlamaModel", "PrefillSegment"]
@@ -82,7 +82,7 @@ class LlamaModel:
         max_len: int,
         prepack: bool = True,
         int8: bool = False,
-        native_layout: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        native_layout: Callable[[torch.Tensor], NativeWeight] | None = None,
     ) -> None:
         """Fuse and lay out ``weights``; ``int8`` quantizes every projection (LM head included,
         the embedding table kept as is) for single-row matmuls, see `Projection`.

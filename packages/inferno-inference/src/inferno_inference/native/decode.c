@@ -25,9 +25,11 @@
 #include <immintrin.h>
 #endif
 
-#define INFERNO_DECODE_ABI 1
+#define INFERNO_DECODE_ABI 2
 
 enum { DT_F32 = 0, DT_BF16 = 1 };
+/* Projection weight types: fp32 and bf16 as the model; int8 codes with one fp32 scale per row. */
+enum { W_F32 = 0, W_BF16 = 1, W_I8 = 2 };
 
 typedef struct {
     const void* input_norm; /* [hidden] */
@@ -38,18 +40,24 @@ typedef struct {
     const void* down;       /* [hidden, inter] */
     void* k_cache;          /* [slots, kv_heads, head_dim] */
     void* v_cache;
+    const float* qkv_scale; /* per output row, int8 weights only */
+    const float* o_scale;
+    const float* gate_up_scale;
+    const float* down_scale;
 } layer_t;
 
 typedef struct {
     int64_t hidden, inter, heads, kv_heads, head_dim, vocab, n_layers;
     float eps;
     int32_t dtype;
+    int32_t wtype;          /* projection weights: W_F32, W_BF16 or W_I8 */
     const layer_t* layers;
     const void* embed;      /* [vocab, hidden] */
     const void* final_norm; /* [hidden] */
     const void* lm_head;    /* [vocab, hidden] */
     const float* cos;       /* [max_len, head_dim], fp32 */
     const float* sin;       /* signed: first half negated, see rope.py */
+    const float* lm_head_scale;
 } model_t;
 
 int inferno_decode_abi(void) { return INFERNO_DECODE_ABI; }
@@ -127,11 +135,13 @@ static inline float dot_f32_bf16(const float* restrict a, const uint16_t* restri
 static inline int64_t padded_rows(int64_t n) { return (n + PAIR - 1) / PAIR * PAIR; }
 
 /* Write a tile's sums (mb input rows by nvalid <= 32 outputs) into y, adding when asked. */
-static inline void store_tile(const float* acc, int64_t mb, int64_t nvalid, float* y,
-                              int64_t ldy, int accumulate) {
+static inline void store_tile(const float* acc, const float* scale, int64_t mb, int64_t nvalid,
+                              float* y, int64_t ldy, int accumulate) {
     for (int64_t b = 0; b < mb; b++)
-        for (int64_t r = 0; r < nvalid; r++)
-            y[b * ldy + r] = accumulate ? y[b * ldy + r] + acc[b * PAIR + r] : acc[b * PAIR + r];
+        for (int64_t r = 0; r < nvalid; r++) {
+            float v = scale ? acc[b * PAIR + r] * scale[r] : acc[b * PAIR + r];
+            y[b * ldy + r] = accumulate ? y[b * ldy + r] + v : v;
+        }
 }
 
 #if defined(__AVX512F__)
@@ -186,6 +196,26 @@ static inline __m512 bf16_fma_widen(__m512 acc, __m512i w, __m512i xpair) {
             _mm512_storeu_ps(out + b * PAIR, a0[b]);                                            \
             _mm512_storeu_ps(out + b * PAIR + ROWS, a1[b]);                                     \
         }                                                                                       \
+    }                                                                                           \
+    static void tile_i8_##MB(const int8_t* w, const float* x, int64_t K, float* out) {           \
+        __m512 a0[MB], a1[MB];                                                                  \
+        for (int b = 0; b < MB; b++) a0[b] = a1[b] = _mm512_setzero_ps();                      \
+        const int8_t* w1 = w + K * ROWS;                                                        \
+        for (int64_t k = 0; k < K; k++) {                                                       \
+            __m512 v0 = _mm512_cvtepi32_ps(                                                     \
+                _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(w + k * ROWS))));         \
+            __m512 v1 = _mm512_cvtepi32_ps(                                                     \
+                _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(w1 + k * ROWS))));        \
+            for (int b = 0; b < MB; b++) {                                                      \
+                __m512 xb = _mm512_set1_ps(x[b * K + k]);                                       \
+                a0[b] = _mm512_fmadd_ps(v0, xb, a0[b]);                                         \
+                a1[b] = _mm512_fmadd_ps(v1, xb, a1[b]);                                         \
+            }                                                                                   \
+        }                                                                                       \
+        for (int b = 0; b < MB; b++) {                                                          \
+            _mm512_storeu_ps(out + b * PAIR, a0[b]);                                            \
+            _mm512_storeu_ps(out + b * PAIR + ROWS, a1[b]);                                     \
+        }                                                                                       \
     }
 DEFINE_TILE(1)
 DEFINE_TILE(2)
@@ -198,26 +228,32 @@ DEFINE_TILE(8)
 
 typedef void (*tile_f32_fn)(const float*, const float*, int64_t, float*);
 typedef void (*tile_bf16_fn)(const uint16_t*, const uint16_t*, int64_t, float*);
+typedef void (*tile_i8_fn)(const int8_t*, const float*, int64_t, float*);
 static const tile_f32_fn TILES_F32[9] = {0,         tile_f32_1, tile_f32_2, tile_f32_3, tile_f32_4,
                                          tile_f32_5, tile_f32_6, tile_f32_7, tile_f32_8};
 static const tile_bf16_fn TILES_BF16[9] = {0,          tile_bf16_1, tile_bf16_2,
                                            tile_bf16_3, tile_bf16_4, tile_bf16_5,
                                            tile_bf16_6, tile_bf16_7, tile_bf16_8};
 
-static void tile(const void* w, int dt, const void* x, int64_t mb, int64_t K, float* out) {
-    if (dt == DT_BF16)
+static const tile_i8_fn TILES_I8[9] = {0,        tile_i8_1, tile_i8_2, tile_i8_3, tile_i8_4,
+                                       tile_i8_5, tile_i8_6, tile_i8_7, tile_i8_8};
+
+static void tile(const void* w, int wt, const void* x, int64_t mb, int64_t K, float* out) {
+    if (wt == W_BF16)
         TILES_BF16[mb]((const uint16_t*)w, (const uint16_t*)x, K, out);
+    else if (wt == W_I8)
+        TILES_I8[mb]((const int8_t*)w, (const float*)x, K, out);
     else
         TILES_F32[mb]((const float*)w, (const float*)x, K, out);
 }
 #else
 /* Portable tile: the same packed walk in plain loops, which compilers vectorize over r. */
-static void tile(const void* w, int dt, const void* x, int64_t mb, int64_t K, float* out) {
+static void tile(const void* w, int wt, const void* x, int64_t mb, int64_t K, float* out) {
     for (int64_t i = 0; i < mb * PAIR; i++) out[i] = 0.0f;
     for (int64_t half = 0; half < 2; half++) {
         for (int64_t b = 0; b < mb; b++) {
             float* o = out + b * PAIR + half * ROWS;
-            if (dt == DT_BF16) {
+            if (wt == W_BF16) {
                 const uint16_t* wb = (const uint16_t*)w + half * K * ROWS;
                 const uint16_t* xb = (const uint16_t*)x + b * K;
                 for (int64_t p = 0; p < K / 2; p++) {
@@ -226,6 +262,13 @@ static void tile(const void* w, int dt, const void* x, int64_t mb, int64_t K, fl
 #pragma omp simd
                     for (int64_t r = 0; r < ROWS; r++)
                         o[r] += bf16_to_f32(col[2 * r]) * x0 + bf16_to_f32(col[2 * r + 1]) * x1;
+                }
+            } else if (wt == W_I8) {
+                const int8_t* wi = (const int8_t*)w + half * K * ROWS;
+                const float* xf = (const float*)x + b * K;
+                for (int64_t k = 0; k < K; k++) {
+#pragma omp simd
+                    for (int64_t r = 0; r < ROWS; r++) o[r] += (float)wi[k * ROWS + r] * xf[k];
                 }
             } else {
                 const float* wf = (const float*)w + half * K * ROWS;
@@ -241,30 +284,32 @@ static void tile(const void* w, int dt, const void* x, int64_t mb, int64_t K, fl
 #endif
 
 /*
- * y[m, n] (+)= sum_k W[n, k] * x[m, k] for M input rows, W packed as above; called inside a
- * parallel region, the 32-row tiles are shared out among the threads. x is fp32 (f32 mode) or
- * bf16 (bf16 mode; K even).
+ * y[m, n] (+)= scale[n] * sum_k W[n, k] * x[m, k] for M input rows, W packed as above (scale
+ * only for int8 weights); called inside a parallel region, the 32-row tiles are shared out
+ * among the threads. x is bf16 for bf16 weights (K even), fp32 otherwise.
  */
-static void project(const void* w, int dt, const void* x, int64_t M, int64_t N, int64_t K,
-                    float* y, int64_t ldy, int accumulate) {
-    const size_t esz = dt == DT_BF16 ? 2 : 4;
+static void project(const void* w, int wt, const float* scale, const void* x, int64_t M,
+                    int64_t N, int64_t K, float* y, int64_t ldy, int accumulate) {
+    const size_t wsz = wt == W_BF16 ? 2 : (wt == W_I8 ? 1 : 4);
+    const size_t xsz = wt == W_BF16 ? 2 : 4;
     const int64_t tiles = padded_rows(N) / PAIR;
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tiles; t++) {
         float acc[8 * PAIR];
-        const void* wt = (const char*)w + (size_t)(t * PAIR * K) * esz;
+        const void* wtile = (const char*)w + (size_t)(t * PAIR * K) * wsz;
         int64_t n0 = t * PAIR, nvalid = N - n0 < PAIR ? N - n0 : PAIR;
         for (int64_t m0 = 0; m0 < M; m0 += 8) {
             int64_t mb = M - m0 < 8 ? M - m0 : 8;
-            tile(wt, dt, (const char*)x + (size_t)(m0 * K) * esz, mb, K, acc);
-            store_tile(acc, mb, nvalid, y + m0 * ldy + n0, ldy, accumulate);
+            tile(wtile, wt, (const char*)x + (size_t)(m0 * K) * xsz, mb, K, acc);
+            store_tile(acc, scale ? scale + n0 : NULL, mb, nvalid, y + m0 * ldy + n0, ldy,
+                       accumulate);
         }
     }
 }
 
-/* out[m] = x[m] / rms(x[m]) * weight, as the projection input type (fp32 or bf16). */
+/* out[m] = x[m] / rms(x[m]) * weight (weight in dt), as bf16 when xbf16, else fp32. */
 static void rms_norm_rows(const float* x, const void* weight, int dt, float eps, int64_t M,
-                          int64_t H, void* out) {
+                          int64_t H, void* out, int xbf16) {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < M; m++) {
         const float* row = x + m * H;
@@ -272,7 +317,7 @@ static void rms_norm_rows(const float* x, const void* weight, int dt, float eps,
         float inv = 1.0f / sqrtf(ss / (float)H + eps);
         for (int64_t i = 0; i < H; i++) {
             float v = row[i] * inv * load(weight, dt, i);
-            if (dt == DT_BF16)
+            if (xbf16)
                 ((uint16_t*)out)[m * H + i] = f32_to_bf16(v);
             else
                 ((float*)out)[m * H + i] = v;
@@ -308,11 +353,13 @@ int inferno_decode_step(const model_t* mdl, int64_t M, const int64_t* token_ids,
                         const int64_t* positions, const int64_t* slot_mapping,
                         const int64_t* ctx_slots, const int64_t* ctx_lens, int64_t span,
                         float* logits, int32_t nthreads) {
-    const int dt = mdl->dtype;
+    const int dt = mdl->dtype, wt = mdl->wtype;
+    const int xbf16 = wt == W_BF16; /* projection inputs are bf16 only for bf16 weights */
     const int64_t H = mdl->hidden, I = mdl->inter, hd = mdl->head_dim;
     const int64_t nh = mdl->heads, nkv = mdl->kv_heads, group = nh / nkv;
     const int64_t qkv_n = (nh + 2 * nkv) * hd, kv_w = nkv * hd;
     const size_t esz = dt == DT_BF16 ? 2 : 4;
+    const size_t xsz = xbf16 ? 2 : 4;
     int64_t in_w = I > H ? I : H; /* widest projection input */
     in_w = nh * hd > in_w ? nh * hd : in_w;
     const float scale = 1.0f / sqrtf((float)hd);
@@ -321,7 +368,7 @@ int inferno_decode_step(const model_t* mdl, int64_t M, const int64_t* token_ids,
     float* qkv = malloc((size_t)(M * qkv_n) * sizeof(float));
     float* attn = malloc((size_t)(M * nh * hd) * sizeof(float));
     float* gu = malloc((size_t)(M * 2 * I) * sizeof(float));
-    void* in = malloc((size_t)(M * in_w) * esz);                /* a projection's input */
+    void* in = malloc((size_t)(M * in_w) * xsz);                /* a projection's input */
     int64_t max_len = 1;
     for (int64_t m = 0; m < M; m++) max_len = ctx_lens[m] > max_len ? ctx_lens[m] : max_len;
 #ifndef _OPENMP
@@ -349,8 +396,8 @@ int inferno_decode_step(const model_t* mdl, int64_t M, const int64_t* token_ids,
 
         for (int64_t l = 0; l < mdl->n_layers; l++) {
             const layer_t* L = &mdl->layers[l];
-            rms_norm_rows(x, L->input_norm, dt, mdl->eps, M, H, in);
-            project(L->qkv, dt, in, M, qkv_n, H, qkv, qkv_n, 0);
+            rms_norm_rows(x, L->input_norm, dt, mdl->eps, M, H, in, xbf16);
+            project(L->qkv, wt, L->qkv_scale, in, M, qkv_n, H, qkv, qkv_n, 0);
 
             /* Rotate q and k, then write this step's k and v into the cache. */
 #pragma omp for schedule(static)
@@ -399,22 +446,22 @@ int inferno_decode_step(const model_t* mdl, int64_t M, const int64_t* token_ids,
                         for (int64_t i = 0; i < hd; i++) o[i] += p * v[i];
                     }
                 }
-                if (dt == DT_BF16) {
+                if (xbf16) {
                     uint16_t* dst = (uint16_t*)in + m * nh * hd + h * hd;
                     for (int64_t i = 0; i < hd; i++) dst[i] = f32_to_bf16(o[i]);
                 } else {
                     memcpy((float*)in + m * nh * hd + h * hd, o, (size_t)hd * sizeof(float));
                 }
             }
-            project(L->o, dt, in, M, H, nh * hd, x, H, 1);
+            project(L->o, wt, L->o_scale, in, M, H, nh * hd, x, H, 1);
 
-            rms_norm_rows(x, L->post_norm, dt, mdl->eps, M, H, in);
-            project(L->gate_up, dt, in, M, 2 * I, H, gu, 2 * I, 0);
+            rms_norm_rows(x, L->post_norm, dt, mdl->eps, M, H, in, xbf16);
+            project(L->gate_up, wt, L->gate_up_scale, in, M, 2 * I, H, gu, 2 * I, 0);
 #pragma omp for schedule(static)
             for (int64_t m = 0; m < M; m++) {
                 const float* g = gu + m * 2 * I;
                 const float* u = g + I;
-                if (dt == DT_BF16) {
+                if (xbf16) {
                     uint16_t* a = (uint16_t*)in + m * I;
 #pragma omp simd
                     for (int64_t i = 0; i < I; i++)
@@ -425,10 +472,10 @@ int inferno_decode_step(const model_t* mdl, int64_t M, const int64_t* token_ids,
                     for (int64_t i = 0; i < I; i++) a[i] = g[i] / (1.0f + exp_f32(-g[i])) * u[i];
                 }
             }
-            project(L->down, dt, in, M, H, I, x, H, 1);
+            project(L->down, wt, L->down_scale, in, M, H, I, x, H, 1);
         }
-        rms_norm_rows(x, mdl->final_norm, dt, mdl->eps, M, H, in);
-        project(mdl->lm_head, dt, in, M, mdl->vocab, H, logits, mdl->vocab, 0);
+        rms_norm_rows(x, mdl->final_norm, dt, mdl->eps, M, H, in, xbf16);
+        project(mdl->lm_head, wt, mdl->lm_head_scale, in, M, mdl->vocab, H, logits, mdl->vocab, 0);
     }
 
     free(x), free(qkv), free(attn), free(gu), free(in), free(scores);

@@ -15,6 +15,7 @@ import torch
 from inferno_models.config import ModelConfig
 
 from inferno_inference.errors import EngineError
+from inferno_inference.linear import quantize_int8
 from inferno_inference.model import AttentionMetadata, LlamaModel
 from inferno_inference.native.build import NativeLibrary, load_native
 from inferno_inference.rope import rope_tables
@@ -23,7 +24,8 @@ __all__ = ["NATIVE_DTYPES", "NativeDecoder", "native_unsupported", "pack_weight"
 
 #: Model dtypes the C decode path runs (fp16 has no fast CPU dot product to use).
 NATIVE_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
-_ABI = 1
+_ABI = 2
+_W_INT8 = 2  # decode.c's weight type for int8 codes with per-row scales
 _p = ctypes.c_void_p
 _i64 = ctypes.c_int64
 
@@ -38,6 +40,10 @@ class _Layer(ctypes.Structure):
         ("down", _p),
         ("k_cache", _p),
         ("v_cache", _p),
+        ("qkv_scale", _p),
+        ("o_scale", _p),
+        ("gate_up_scale", _p),
+        ("down_scale", _p),
     ]
 
 
@@ -52,12 +58,14 @@ class _Model(ctypes.Structure):
         ("n_layers", _i64),
         ("eps", ctypes.c_float),
         ("dtype", ctypes.c_int32),
+        ("wtype", ctypes.c_int32),
         ("layers", ctypes.POINTER(_Layer)),
         ("embed", _p),
         ("final_norm", _p),
         ("lm_head", _p),
         ("cos", _p),
         ("sin", _p),
+        ("lm_head_scale", _p),
     ]
 
 
@@ -65,27 +73,38 @@ _BLOCK = 16  # output rows per packed block (one 64-byte vector of fp32)
 _TILE = 32  # rows per register tile in decode.c: the row count is padded to it
 
 
-def pack_weight(weight: torch.Tensor) -> torch.Tensor:
-    """``weight`` (``[out, in]``, fp32 or bf16) in the layout ``decode.c`` streams.
+def pack_weight(
+    weight: torch.Tensor, *, int8: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``weight`` (``[out, in]``, fp32 or bf16) in the layout ``decode.c`` streams, and the
+    per-row scales when ``int8`` (else ``None``).
 
     Output rows go in blocks of 16, zero rows padding ``out`` to a multiple of 32. Within a
     block, fp32 stores column ``k`` of the 16 rows side by side (``[out/16, in, 16]``); bf16
     stores columns in pairs, ``(k, k+1)`` of row 0, then of row 1, ... (``[out/16, in/2, 16,
-    2]``), the operand order of the bf16 dot-product instruction. Raises `EngineError` for
-    other dtypes or an odd bf16 ``in``.
+    2]``), the operand order of the bf16 dot-product instruction. ``int8`` stores the
+    per-output-channel symmetric codes of `quantize_int8` like fp32 (``[out/16, in, 16]``),
+    with fp32 scales ``[padded out]``. Raises `EngineError` for other dtypes or an odd bf16
+    ``in``.
     """
     if weight.dtype not in NATIVE_DTYPES or weight.dim() != 2:
         raise EngineError(f"cannot pack a {weight.dtype} weight of shape {tuple(weight.shape)}")
     out, cols = weight.shape
     rows = -(-out // _TILE) * _TILE
+    scales = None
     w = weight.detach().contiguous()
+    if int8:
+        w, scales = quantize_int8(w)
+        scales = torch.cat([scales, scales.new_ones(rows - out)])
     if rows != out:
         w = torch.cat([w, w.new_zeros(rows - out, cols)])
-    if weight.dtype == torch.bfloat16:
+    if w.dtype == torch.bfloat16:
         if cols % 2:
             raise EngineError(f"bf16 native layout needs an even input width, not {cols}")
-        return w.view(rows // _BLOCK, _BLOCK, cols // 2, 2).permute(0, 2, 1, 3).contiguous()
-    return w.view(rows // _BLOCK, _BLOCK, cols).permute(0, 2, 1).contiguous()
+        packed = w.view(rows // _BLOCK, _BLOCK, cols // 2, 2).permute(0, 2, 1, 3)
+    else:
+        packed = w.view(rows // _BLOCK, _BLOCK, cols).permute(0, 2, 1)
+    return packed.contiguous(), scales
 
 
 def native_unsupported(config: ModelConfig, dtype: torch.dtype) -> str | None:
@@ -145,14 +164,19 @@ class NativeDecoder:
         self._cos, self._sin = rope_tables(
             cfg, model.cos.shape[0], dtype=torch.float32, device=model.device
         )
+        lm_head, lm_scale = model.lm_head.native_weight()
+        #: Whether the projections are int8 codes with per-row scales.
+        self.int8 = lm_scale is not None
         self._layers = (_Layer * cfg.num_hidden_layers)()
         for dst, layer in zip(self._layers, model.layers, strict=True):
             dst.input_norm = _ptr(layer.input_norm)
-            dst.qkv = _ptr(layer.qkv.native_weight())
-            dst.o = _ptr(layer.o.native_weight())
             dst.post_norm = _ptr(layer.post_norm)
-            dst.gate_up = _ptr(layer.gate_up.native_weight())
-            dst.down = _ptr(layer.down.native_weight())
+            for name in ("qkv", "o", "gate_up", "down"):
+                weight, scales = getattr(layer, name).native_weight()
+                if (scales is not None) != self.int8:
+                    raise EngineError("projections must be all int8 or all unquantized")
+                setattr(dst, name, _ptr(weight))
+                setattr(dst, f"{name}_scale", None if scales is None else _ptr(scales))
         self._struct = _Model(
             hidden=cfg.hidden_size,
             inter=cfg.intermediate_size,
@@ -163,12 +187,14 @@ class NativeDecoder:
             n_layers=cfg.num_hidden_layers,
             eps=cfg.rms_norm_eps,
             dtype=NATIVE_DTYPES[model.dtype],
+            wtype=_W_INT8 if self.int8 else NATIVE_DTYPES[model.dtype],
             layers=self._layers,
             embed=_ptr(model.embed),
             final_norm=_ptr(model.norm),
-            lm_head=_ptr(model.lm_head.native_weight()),
+            lm_head=_ptr(lm_head),
             cos=_ptr(self._cos),
             sin=_ptr(self._sin),
+            lm_head_scale=None if lm_scale is None else _ptr(lm_scale),
         )
         self._bound_cache: tuple[int, ...] = ()
 
