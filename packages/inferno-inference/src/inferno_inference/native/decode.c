@@ -4,9 +4,10 @@
  * A decode step runs one new token for each of M sequences through every layer. In PyTorch a
  * layer is about twenty small operator calls, each costing a few microseconds of dispatch, and
  * torch's single-row matmuls read the weights at well under the machine's memory bandwidth. Here
- * the whole step is one OpenMP parallel region: the projections split their output rows across
- * the threads (each thread streams a contiguous run of weight rows once for all M tokens), and
- * the small per-token work (norms, rotary embedding, attention) runs between barriers.
+ * the whole step is one job on a team of threads: the projections split their output rows
+ * across the threads (each thread streams a contiguous run of weight rows once for all M
+ * tokens), and the small per-token work (norms, rotary embedding, attention) runs between
+ * barriers.
  *
  * Numerics: activations and the residual stream stay in fp32; in bf16 mode the weights and the
  * KV cache are bf16 and each projection's input is rounded to bf16 before the dot products,
@@ -14,13 +15,14 @@
  * that runs it (-march=native); the AVX-512 paths are used where the compiler targets them and
  * portable loops elsewhere.
  */
+#define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -284,17 +286,166 @@ static void tile(const void* w, int wt, const void* x, int64_t mb, int64_t K, fl
 #endif
 
 /*
+ * The worker team. A step is one job run by nth threads: the calling thread (whichever Python
+ * thread that is) as thread 0 and pool workers as 1..nth-1, meeting at barriers between
+ * phases. The pool is ours rather than OpenMP's: libgomp stops spinning at barriers once a
+ * process has more OpenMP threads than cores (every Python thread that runs a torch op gets a
+ * team of its own), and a futex sleep at each of a step's ~250 barriers costs milliseconds.
+ * Barriers spin (yielding now and then); between steps, workers spin briefly and then sleep.
+ */
+#define MAX_THREADS 256
+#define IDLE_SPINS 20000 /* pause loops before an idle worker sleeps, tens of microseconds */
+
+typedef struct team team_t;
+typedef void (*job_fn)(void* arg, int tid, int nth, team_t* team);
+
+struct team {
+    pthread_mutex_t run_lock; /* one job at a time */
+    pthread_mutex_t sleep_lock;
+    pthread_cond_t wake;
+    int workers;
+    job_fn job;
+    void* arg;
+    int nth;
+    atomic_ulong generation; /* bumped to start a job */
+    atomic_int finished;     /* workers done with the current job */
+    atomic_int arrived;      /* barrier */
+    atomic_ulong phase;
+};
+
+static team_t TEAM = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+                      PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, 0, 0, 0};
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* All nth threads wait here until every one has arrived. */
+static void team_barrier(team_t* t, int nth) {
+    if (nth == 1) return;
+    unsigned long phase = atomic_load_explicit(&t->phase, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&t->arrived, 1, memory_order_acq_rel) == nth - 1) {
+        atomic_store_explicit(&t->arrived, 0, memory_order_relaxed);
+        atomic_fetch_add_explicit(&t->phase, 1, memory_order_release);
+        return;
+    }
+    for (unsigned spins = 1; atomic_load_explicit(&t->phase, memory_order_acquire) == phase;
+         spins++) {
+        if (spins % 4096 == 0)
+            sched_yield(); /* a core shared with another process: let it run */
+        else
+            cpu_relax();
+    }
+}
+
+typedef struct {
+    int tid;
+    unsigned long seen; /* the generation before the job the worker was started for */
+} worker_start_t;
+
+static void* team_worker(void* p) {
+    worker_start_t start = *(worker_start_t*)p;
+    free(p);
+    int tid = start.tid;
+    unsigned long seen = start.seen;
+    for (;;) {
+        unsigned long now;
+        unsigned spins = 0;
+        while ((now = atomic_load_explicit(&TEAM.generation, memory_order_acquire)) == seen) {
+            if (++spins < IDLE_SPINS) {
+                cpu_relax();
+                continue;
+            }
+            pthread_mutex_lock(&TEAM.sleep_lock);
+            while (atomic_load_explicit(&TEAM.generation, memory_order_acquire) == seen)
+                pthread_cond_wait(&TEAM.wake, &TEAM.sleep_lock);
+            pthread_mutex_unlock(&TEAM.sleep_lock);
+        }
+        seen = now;
+        if (tid < TEAM.nth) TEAM.job(TEAM.arg, tid, TEAM.nth, &TEAM);
+        atomic_fetch_add_explicit(&TEAM.finished, 1, memory_order_release);
+    }
+    return NULL;
+}
+
+/* A forked child has none of the parent's workers: start over. */
+static void team_after_fork(void) {
+    pthread_mutex_init(&TEAM.run_lock, NULL);
+    pthread_mutex_init(&TEAM.sleep_lock, NULL);
+    pthread_cond_init(&TEAM.wake, NULL);
+    TEAM.workers = 0;
+}
+
+static void team_init(void) { pthread_atfork(NULL, NULL, team_after_fork); }
+
+/* Run job on nth threads (fewer if workers cannot be started); returns the count used. */
+static int team_run(job_fn job, void* arg, int nth) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, team_init);
+    if (nth > MAX_THREADS) nth = MAX_THREADS;
+    pthread_mutex_lock(&TEAM.run_lock);
+    while (TEAM.workers < nth - 1) {
+        worker_start_t* start = malloc(sizeof *start);
+        if (!start) break;
+        start->tid = TEAM.workers + 1;
+        start->seen = atomic_load_explicit(&TEAM.generation, memory_order_relaxed);
+        pthread_t thread;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int rc = pthread_create(&thread, &attr, team_worker, start);
+        pthread_attr_destroy(&attr);
+        if (rc != 0) {
+            free(start);
+            break;
+        }
+        TEAM.workers++;
+    }
+    if (nth > TEAM.workers + 1) nth = TEAM.workers + 1;
+    TEAM.job = job;
+    TEAM.arg = arg;
+    TEAM.nth = nth;
+    atomic_store_explicit(&TEAM.finished, 0, memory_order_relaxed);
+    pthread_mutex_lock(&TEAM.sleep_lock);
+    atomic_fetch_add_explicit(&TEAM.generation, 1, memory_order_release);
+    pthread_cond_broadcast(&TEAM.wake);
+    pthread_mutex_unlock(&TEAM.sleep_lock);
+    job(arg, 0, nth, &TEAM);
+    while (atomic_load_explicit(&TEAM.finished, memory_order_acquire) < TEAM.workers) cpu_relax();
+    pthread_mutex_unlock(&TEAM.run_lock);
+    return nth;
+}
+
+/* One thread's share of a parallel loop over n items: a contiguous run, as evenly as can be. */
+typedef struct {
+    int tid, nth;
+    team_t* team;
+} par_t;
+
+static inline void share(int64_t n, const par_t* par, int64_t* lo, int64_t* hi) {
+    int64_t q = n / par->nth, r = n % par->nth, t = par->tid;
+    *lo = t * q + (t < r ? t : r);
+    *hi = *lo + q + (t < r ? 1 : 0);
+}
+
+static inline void sync_all(const par_t* par) { team_barrier(par->team, par->nth); }
+
+/*
  * y[m, n] (+)= scale[n] * sum_k W[n, k] * x[m, k] for M input rows, W packed as above (scale
  * only for int8 weights); called inside a parallel region, the 32-row tiles are shared out
  * among the threads. x is bf16 for bf16 weights (K even), fp32 otherwise.
  */
-static void project(const void* w, int wt, const float* scale, const void* x, int64_t M,
-                    int64_t N, int64_t K, float* y, int64_t ldy, int accumulate) {
+static void project(const par_t* par, const void* w, int wt, const float* scale, const void* x,
+                    int64_t M, int64_t N, int64_t K, float* y, int64_t ldy, int accumulate) {
     const size_t wsz = wt == W_BF16 ? 2 : (wt == W_I8 ? 1 : 4);
     const size_t xsz = wt == W_BF16 ? 2 : 4;
-    const int64_t tiles = padded_rows(N) / PAIR;
-#pragma omp for schedule(static)
-    for (int64_t t = 0; t < tiles; t++) {
+    int64_t lo, hi;
+    share(padded_rows(N) / PAIR, par, &lo, &hi);
+    for (int64_t t = lo; t < hi; t++) {
         float acc[8 * PAIR];
         const void* wtile = (const char*)w + (size_t)(t * PAIR * K) * wsz;
         int64_t n0 = t * PAIR, nvalid = N - n0 < PAIR ? N - n0 : PAIR;
@@ -305,13 +456,15 @@ static void project(const void* w, int wt, const float* scale, const void* x, in
                        accumulate);
         }
     }
+    sync_all(par);
 }
 
 /* out[m] = x[m] / rms(x[m]) * weight (weight in dt), as bf16 when xbf16, else fp32. */
-static void rms_norm_rows(const float* x, const void* weight, int dt, float eps, int64_t M,
-                          int64_t H, void* out, int xbf16) {
-#pragma omp for schedule(static)
-    for (int64_t m = 0; m < M; m++) {
+static void rms_norm_rows(const par_t* par, const float* x, const void* weight, int dt,
+                          float eps, int64_t M, int64_t H, void* out, int xbf16) {
+    int64_t lo, hi;
+    share(M, par, &lo, &hi);
+    for (int64_t m = lo; m < hi; m++) {
         const float* row = x + m * H;
         float ss = dot_f32(row, row, H);
         float inv = 1.0f / sqrtf(ss / (float)H + eps);
@@ -323,6 +476,7 @@ static void rms_norm_rows(const float* x, const void* weight, int dt, float eps,
                 ((float*)out)[m * H + i] = v;
         }
     }
+    sync_all(par);
 }
 
 /* Pairs dimension i with i + half (the Hugging Face layout); sin is the signed table. */
@@ -343,141 +497,153 @@ static void store_row(void* dst, int dt, const float* src, int64_t n) {
     }
 }
 
+typedef struct {
+    const model_t* mdl;
+    int64_t M, span, max_len;
+    const int64_t *token_ids, *positions, *slot_mapping, *ctx_slots, *ctx_lens;
+    float* logits;
+    float *x, *qkv, *attn, *gu, *scores; /* residual stream, projections' outputs */
+    void* in;                            /* a projection's input */
+} step_t;
+
+/* The body of a decode step, run by each thread of the team. */
+static void decode_job(void* arg, int tid, int nth, team_t* team) {
+    const step_t* st = arg;
+    const model_t* mdl = st->mdl;
+    const par_t par_ = {tid, nth, team}, *par = &par_;
+    const int dt = mdl->dtype, wt = mdl->wtype;
+    const int xbf16 = wt == W_BF16; /* projection inputs are bf16 only for bf16 weights */
+    const int64_t M = st->M, H = mdl->hidden, I = mdl->inter, hd = mdl->head_dim;
+    const int64_t nh = mdl->heads, nkv = mdl->kv_heads, group = nh / nkv;
+    const int64_t qkv_n = (nh + 2 * nkv) * hd, kv_w = nkv * hd;
+    const size_t esz = dt == DT_BF16 ? 2 : 4;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *x = st->x, *qkv = st->qkv, *attn = st->attn, *gu = st->gu;
+    void* in = st->in;
+    float* sc = st->scores + (size_t)tid * (size_t)st->max_len;
+    int64_t lo, hi;
+
+    share(M, par, &lo, &hi);
+    for (int64_t m = lo; m < hi; m++)
+        for (int64_t i = 0; i < H; i++) x[m * H + i] = load(mdl->embed, dt, st->token_ids[m] * H + i);
+    sync_all(par);
+
+    for (int64_t l = 0; l < mdl->n_layers; l++) {
+        const layer_t* L = &mdl->layers[l];
+        rms_norm_rows(par, x, L->input_norm, dt, mdl->eps, M, H, in, xbf16);
+        project(par, L->qkv, wt, L->qkv_scale, in, M, qkv_n, H, qkv, qkv_n, 0);
+
+        /* Rotate q and k, then write this step's k and v into the cache. */
+        share(M, par, &lo, &hi);
+        for (int64_t m = lo; m < hi; m++) {
+            float* row = qkv + m * qkv_n;
+            const float* c = mdl->cos + st->positions[m] * hd;
+            const float* s = mdl->sin + st->positions[m] * hd;
+            for (int64_t h = 0; h < nh + nkv; h++) rope(row + h * hd, c, s, hd);
+            size_t slot = (size_t)(st->slot_mapping[m] * kv_w) * esz;
+            store_row((char*)L->k_cache + slot, dt, row + nh * hd, kv_w);
+            store_row((char*)L->v_cache + slot, dt, row + nh * hd + kv_w, kv_w);
+        }
+        sync_all(par);
+
+        share(M * nh, par, &lo, &hi);
+        for (int64_t mh = lo; mh < hi; mh++) {
+            int64_t m = mh / nh, h = mh % nh, g = h / group, len = st->ctx_lens[m];
+            const float* q = qkv + m * qkv_n + h * hd;
+            const int64_t* slots = st->ctx_slots + m * st->span;
+            float mx = -INFINITY;
+            for (int64_t j = 0; j < len; j++) {
+                int64_t off = (slots[j] * nkv + g) * hd;
+                float s = dt == DT_BF16 ? dot_f32_bf16(q, (const uint16_t*)L->k_cache + off, hd)
+                                        : dot_f32(q, (const float*)L->k_cache + off, hd);
+                s *= scale;
+                sc[j] = s;
+                mx = s > mx ? s : mx;
+            }
+            float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+            for (int64_t j = 0; j < len; j++) {
+                sc[j] = exp_f32(sc[j] - mx);
+                total += sc[j];
+            }
+            float* o = attn + m * nh * hd + h * hd;
+            for (int64_t i = 0; i < hd; i++) o[i] = 0.0f;
+            for (int64_t j = 0; j < len; j++) {
+                float p = sc[j] / total;
+                int64_t off = (slots[j] * nkv + g) * hd;
+                if (dt == DT_BF16) {
+                    const uint16_t* v = (const uint16_t*)L->v_cache + off;
+                    for (int64_t i = 0; i < hd; i++) o[i] += p * bf16_to_f32(v[i]);
+                } else {
+                    const float* v = (const float*)L->v_cache + off;
+                    for (int64_t i = 0; i < hd; i++) o[i] += p * v[i];
+                }
+            }
+            if (xbf16) {
+                uint16_t* dst = (uint16_t*)in + m * nh * hd + h * hd;
+                for (int64_t i = 0; i < hd; i++) dst[i] = f32_to_bf16(o[i]);
+            } else {
+                memcpy((float*)in + m * nh * hd + h * hd, o, (size_t)hd * sizeof(float));
+            }
+        }
+        sync_all(par);
+        project(par, L->o, wt, L->o_scale, in, M, H, nh * hd, x, H, 1);
+
+        rms_norm_rows(par, x, L->post_norm, dt, mdl->eps, M, H, in, xbf16);
+        project(par, L->gate_up, wt, L->gate_up_scale, in, M, 2 * I, H, gu, 2 * I, 0);
+        /* SwiGLU over all M * I activations, so one row still uses every thread. */
+        share(M * I, par, &lo, &hi);
+        if (xbf16) {
+            uint16_t* a = (uint16_t*)in;
+#pragma omp simd
+            for (int64_t k = lo; k < hi; k++) {
+                float g = gu[(k / I) * 2 * I + k % I], u = gu[(k / I) * 2 * I + I + k % I];
+                a[k] = f32_to_bf16(g / (1.0f + exp_f32(-g)) * u);
+            }
+        } else {
+            float* a = (float*)in;
+#pragma omp simd
+            for (int64_t k = lo; k < hi; k++) {
+                float g = gu[(k / I) * 2 * I + k % I], u = gu[(k / I) * 2 * I + I + k % I];
+                a[k] = g / (1.0f + exp_f32(-g)) * u;
+            }
+        }
+        sync_all(par);
+        project(par, L->down, wt, L->down_scale, in, M, H, I, x, H, 1);
+    }
+    rms_norm_rows(par, x, mdl->final_norm, dt, mdl->eps, M, H, in, xbf16);
+    project(par, mdl->lm_head, wt, mdl->lm_head_scale, in, M, mdl->vocab, H, st->logits,
+            mdl->vocab, 0);
+}
+
 /*
  * One decode step. For token m: token_ids[m] at positions[m], its K/V written to cache slot
  * slot_mapping[m]; it attends to ctx_slots[m * span + j] for j < ctx_lens[m] (its own slot
- * included). Writes fp32 logits [M, vocab]; runs on nthreads OpenMP threads. Returns 0, or -1
- * when memory runs out.
+ * included). Writes fp32 logits [M, vocab], working on nthreads threads (the caller's and
+ * nthreads - 1 pool workers). Returns 0, or -1 when memory runs out.
  */
 int inferno_decode_step(const model_t* mdl, int64_t M, const int64_t* token_ids,
                         const int64_t* positions, const int64_t* slot_mapping,
                         const int64_t* ctx_slots, const int64_t* ctx_lens, int64_t span,
                         float* logits, int32_t nthreads) {
-    const int dt = mdl->dtype, wt = mdl->wtype;
-    const int xbf16 = wt == W_BF16; /* projection inputs are bf16 only for bf16 weights */
-    const int64_t H = mdl->hidden, I = mdl->inter, hd = mdl->head_dim;
-    const int64_t nh = mdl->heads, nkv = mdl->kv_heads, group = nh / nkv;
-    const int64_t qkv_n = (nh + 2 * nkv) * hd, kv_w = nkv * hd;
-    const size_t esz = dt == DT_BF16 ? 2 : 4;
-    const size_t xsz = xbf16 ? 2 : 4;
+    const int64_t H = mdl->hidden, I = mdl->inter, hd = mdl->head_dim, nh = mdl->heads;
+    const int64_t qkv_n = (nh + 2 * mdl->kv_heads) * hd;
+    const size_t xsz = mdl->wtype == W_BF16 ? 2 : 4;
     int64_t in_w = I > H ? I : H; /* widest projection input */
     in_w = nh * hd > in_w ? nh * hd : in_w;
-    const float scale = 1.0f / sqrtf((float)hd);
-
-    float* x = malloc((size_t)(M * H) * sizeof(float));        /* residual stream */
-    float* qkv = malloc((size_t)(M * qkv_n) * sizeof(float));
-    float* attn = malloc((size_t)(M * nh * hd) * sizeof(float));
-    float* gu = malloc((size_t)(M * 2 * I) * sizeof(float));
-    void* in = malloc((size_t)(M * in_w) * xsz);                /* a projection's input */
-    int64_t max_len = 1;
-    for (int64_t m = 0; m < M; m++) max_len = ctx_lens[m] > max_len ? ctx_lens[m] : max_len;
-#ifndef _OPENMP
-    nthreads = 1;
-#endif
     if (nthreads < 1) nthreads = 1;
-    float* scores = malloc((size_t)nthreads * (size_t)max_len * sizeof(float));
-    if (!x || !qkv || !attn || !gu || !in || !scores) {
-        free(x), free(qkv), free(attn), free(gu), free(in), free(scores);
-        return -1;
-    }
-    (void)span;
-
-#pragma omp parallel num_threads(nthreads)
-    {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
-        float* sc = scores + (size_t)tid * (size_t)max_len;
-
-#pragma omp for schedule(static)
-        for (int64_t m = 0; m < M; m++)
-            for (int64_t i = 0; i < H; i++) x[m * H + i] = load(mdl->embed, dt, token_ids[m] * H + i);
-
-        for (int64_t l = 0; l < mdl->n_layers; l++) {
-            const layer_t* L = &mdl->layers[l];
-            rms_norm_rows(x, L->input_norm, dt, mdl->eps, M, H, in, xbf16);
-            project(L->qkv, wt, L->qkv_scale, in, M, qkv_n, H, qkv, qkv_n, 0);
-
-            /* Rotate q and k, then write this step's k and v into the cache. */
-#pragma omp for schedule(static)
-            for (int64_t m = 0; m < M; m++) {
-                float* row = qkv + m * qkv_n;
-                const float* c = mdl->cos + positions[m] * hd;
-                const float* s = mdl->sin + positions[m] * hd;
-                for (int64_t h = 0; h < nh + nkv; h++) rope(row + h * hd, c, s, hd);
-                store_row((char*)L->k_cache + (size_t)(slot_mapping[m] * kv_w) * esz, dt,
-                          row + nh * hd, kv_w);
-                store_row((char*)L->v_cache + (size_t)(slot_mapping[m] * kv_w) * esz, dt,
-                          row + nh * hd + kv_w, kv_w);
-            }
-
-#pragma omp for schedule(static)
-            for (int64_t mh = 0; mh < M * nh; mh++) {
-                int64_t m = mh / nh, h = mh % nh, g = h / group, len = ctx_lens[m];
-                const float* q = qkv + m * qkv_n + h * hd;
-                const int64_t* slots = ctx_slots + m * span;
-                float mx = -INFINITY;
-                for (int64_t j = 0; j < len; j++) {
-                    int64_t off = (slots[j] * nkv + g) * hd;
-                    float s = dt == DT_BF16
-                                  ? dot_f32_bf16(q, (const uint16_t*)L->k_cache + off, hd)
-                                  : dot_f32(q, (const float*)L->k_cache + off, hd);
-                    s *= scale;
-                    sc[j] = s;
-                    mx = s > mx ? s : mx;
-                }
-                float total = 0.0f;
-#pragma omp simd reduction(+ : total)
-                for (int64_t j = 0; j < len; j++) {
-                    sc[j] = exp_f32(sc[j] - mx);
-                    total += sc[j];
-                }
-                float* o = attn + m * nh * hd + h * hd;
-                for (int64_t i = 0; i < hd; i++) o[i] = 0.0f;
-                for (int64_t j = 0; j < len; j++) {
-                    float p = sc[j] / total;
-                    int64_t off = (slots[j] * nkv + g) * hd;
-                    if (dt == DT_BF16) {
-                        const uint16_t* v = (const uint16_t*)L->v_cache + off;
-                        for (int64_t i = 0; i < hd; i++) o[i] += p * bf16_to_f32(v[i]);
-                    } else {
-                        const float* v = (const float*)L->v_cache + off;
-                        for (int64_t i = 0; i < hd; i++) o[i] += p * v[i];
-                    }
-                }
-                if (xbf16) {
-                    uint16_t* dst = (uint16_t*)in + m * nh * hd + h * hd;
-                    for (int64_t i = 0; i < hd; i++) dst[i] = f32_to_bf16(o[i]);
-                } else {
-                    memcpy((float*)in + m * nh * hd + h * hd, o, (size_t)hd * sizeof(float));
-                }
-            }
-            project(L->o, wt, L->o_scale, in, M, H, nh * hd, x, H, 1);
-
-            rms_norm_rows(x, L->post_norm, dt, mdl->eps, M, H, in, xbf16);
-            project(L->gate_up, wt, L->gate_up_scale, in, M, 2 * I, H, gu, 2 * I, 0);
-#pragma omp for schedule(static)
-            for (int64_t m = 0; m < M; m++) {
-                const float* g = gu + m * 2 * I;
-                const float* u = g + I;
-                if (xbf16) {
-                    uint16_t* a = (uint16_t*)in + m * I;
-#pragma omp simd
-                    for (int64_t i = 0; i < I; i++)
-                        a[i] = f32_to_bf16(g[i] / (1.0f + exp_f32(-g[i])) * u[i]);
-                } else {
-                    float* a = (float*)in + m * I;
-#pragma omp simd
-                    for (int64_t i = 0; i < I; i++) a[i] = g[i] / (1.0f + exp_f32(-g[i])) * u[i];
-                }
-            }
-            project(L->down, wt, L->down_scale, in, M, H, I, x, H, 1);
-        }
-        rms_norm_rows(x, mdl->final_norm, dt, mdl->eps, M, H, in, xbf16);
-        project(mdl->lm_head, wt, mdl->lm_head_scale, in, M, mdl->vocab, H, logits, mdl->vocab, 0);
-    }
-
-    free(x), free(qkv), free(attn), free(gu), free(in), free(scores);
-    return 0;
+    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
+    step_t st = {mdl, M, span, 1, token_ids, positions, slot_mapping, ctx_slots, ctx_lens,
+                 logits, NULL, NULL, NULL, NULL, NULL, NULL};
+    for (int64_t m = 0; m < M; m++) st.max_len = ctx_lens[m] > st.max_len ? ctx_lens[m] : st.max_len;
+    st.x = malloc((size_t)(M * H) * sizeof(float));
+    st.qkv = malloc((size_t)(M * qkv_n) * sizeof(float));
+    st.attn = malloc((size_t)(M * nh * hd) * sizeof(float));
+    st.gu = malloc((size_t)(M * 2 * I) * sizeof(float));
+    st.in = malloc((size_t)(M * in_w) * xsz);
+    st.scores = malloc((size_t)nthreads * (size_t)st.max_len * sizeof(float));
+    int ok = st.x && st.qkv && st.attn && st.gu && st.in && st.scores;
+    if (ok) team_run(decode_job, &st, nthreads);
+    free(st.x), free(st.qkv), free(st.attn), free(st.gu), free(st.in), free(st.scores);
+    return ok ? 0 : -1;
 }

@@ -158,7 +158,6 @@ class NativeDecoder:
         ]
         self.model = model
         self.max_rows = max_rows
-        self.openmp = native.openmp
         cfg = model.config
         # fp32 rope tables whatever the model dtype: the C code rotates in fp32.
         self._cos, self._sin = rope_tables(
