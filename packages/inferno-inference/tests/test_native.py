@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
+import select
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,6 +106,7 @@ def _decode_both_ways(
     *,
     int8: bool = False,
     weights: dict[str, torch.Tensor] | None = None,
+    threads: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, ...]]]:
     """Logits of one decode step of ``rows`` sequences, natively and in torch, and the
     caches each wrote (native, torch, per layer). ``int8``: the native side's projections are
@@ -116,7 +121,7 @@ def _decode_both_ways(
         max_len=96,
         native_layout=functools.partial(pack_weight, int8=int8),
     )
-    native = NativeDecoder(model, max_rows=16)
+    native = NativeDecoder(model, max_rows=16, threads=threads)
     assert native.int8 == int8
     lengths = [5 + 9 * i for i in range(rows)]  # unequal: padded decode slots
     prompts = [[(3 * j + i) % config.vocab_size for j in range(n)] for i, n in enumerate(lengths)]
@@ -337,3 +342,52 @@ def test_builds_are_cached_per_machine_and_reused(
     assert second.path == first.path
     assert first.path.stat().st_mtime_ns == stamp  # loaded, not rebuilt
     assert not list(first.path.parent.glob("*.tmp"))
+
+
+@pytest.mark.usefixtures("two_threads")
+def test_steps_from_several_python_threads_are_serialized_and_correct() -> None:
+    want, _, _ = _decode_both_ways(torch.float32, 3)
+    results: list[torch.Tensor] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(3):
+                results.append(_decode_both_ways(torch.float32, 3)[0])
+        except BaseException as exc:  # surfaced by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    assert len(results) == 9
+    for got in results:
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.usefixtures("two_threads")
+def test_a_forked_child_starts_its_own_workers() -> None:
+    want, _, _ = _decode_both_ways(torch.float32, 2)  # the parent's workers now exist
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: run a step on two native threads, report the argmax
+        try:
+            # torch's own OpenMP pool does not survive a fork: keep torch on one thread.
+            torch.set_num_threads(1)
+            got, _, _ = _decode_both_ways(torch.float32, 2, threads=2)
+            os.write(write, ",".join(map(str, got.argmax(-1).tolist())).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    ready, _, _ = select.select([read], [], [], 120)
+    if not ready:  # a hung child: the workers were not restarted
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    assert ready, "the forked child's native step hung"
+    with os.fdopen(read) as pipe:
+        reported = pipe.read()
+    assert status == 0
+    assert reported == ",".join(map(str, want.argmax(-1).tolist()))

@@ -127,10 +127,16 @@ class NativeDecoder:
     """Pure decode steps of ``model`` (CPU, fp32 or bf16) in C; see the module docstring."""
 
     def __init__(
-        self, model: LlamaModel, *, max_rows: int = 64, library: NativeLibrary | None = None
+        self,
+        model: LlamaModel,
+        *,
+        max_rows: int = 64,
+        library: NativeLibrary | None = None,
+        threads: int | None = None,
     ) -> None:
         """Bind ``model``; raises `EngineError` when it cannot run natively (the message says
-        why: device, dtype, missing row-major weights or no compiled library)."""
+        why: device, dtype, missing packed weights or no compiled library). Steps run on
+        ``threads`` threads (default: torch's intra-op thread count at each step)."""
         if model.device.type != "cpu":
             raise EngineError(f"native decode runs on the CPU, not {model.device}")
         unsupported = native_unsupported(model.config, model.dtype)
@@ -158,6 +164,7 @@ class NativeDecoder:
         ]
         self.model = model
         self.max_rows = max_rows
+        self.threads = threads
         cfg = model.config
         # fp32 rope tables whatever the model dtype: the C code rotates in fp32.
         self._cos, self._sin = rope_tables(
@@ -247,7 +254,7 @@ class NativeDecoder:
             _ptr(lens),
             ctx.shape[1],
             _ptr(logits),
-            torch.get_num_threads(),
+            self.threads or torch.get_num_threads(),
         )
         if rc != 0:
             raise EngineError("native decode step ran out of memory")
