@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
-import select
-import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -366,28 +363,3 @@ def test_steps_from_several_python_threads_are_serialized_and_correct() -> None:
     assert len(results) == 9
     for got in results:
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.usefixtures("two_threads")
-def test_a_forked_child_starts_its_own_workers() -> None:
-    want, _, _ = _decode_both_ways(torch.float32, 2)  # the parent's workers now exist
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: run a step on two native threads, report the argmax
-        try:
-            # torch's own OpenMP pool does not survive a fork: keep torch on one thread.
-            torch.set_num_threads(1)
-            got, _, _ = _decode_both_ways(torch.float32, 2, threads=2)
-            os.write(write, ",".join(map(str, got.argmax(-1).tolist())).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    ready, _, _ = select.select([read], [], [], 120)
-    if not ready:  # a hung child: the workers were not restarted
-        os.kill(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
-    assert ready, "the forked child's native step hung"
-    with os.fdopen(read) as pipe:
-        reported = pipe.read()
-    assert status == 0
-    assert reported == ",".join(map(str, want.argmax(-1).tolist()))

@@ -31,8 +31,9 @@ _HERE = Path(__file__).parent
 #: Flags every build gets. No -ffast-math: linking with it would set flush-to-zero for the
 #: whole process, and the kernels are bandwidth-bound anyway.
 _FLAGS = ("-O3", "-march=native", "-std=c11", "-shared", "-fPIC", "-fno-math-errno", "-pthread")
-#: ``omp simd`` hints only (vectorized sums and exp); no OpenMP runtime is linked.
-_SIMD = ("-fopenmp-simd",)
+#: OpenMP for the step's threads (bound to torch's own runtime, see `_load`); without it the
+#: kernels still build, single-threaded.
+_OPENMP = ("-fopenmp",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +43,7 @@ class NativeLibrary:
     lib: ctypes.CDLL | None
     reason: str
     path: Path | None = None
-    simd_hints: bool = False
+    openmp: bool = False
 
 
 def cache_dir() -> Path:
@@ -119,9 +120,9 @@ _loaded: dict[str, NativeLibrary] = {}
 def load_native(name: str = "decode") -> NativeLibrary:
     """Compile (once per machine) and load ``native/<name>.c``.
 
-    Tries with ``-fopenmp-simd`` first, then without (the compiler vectorizes less).
-    Thread-safe; the result is cached for the process. Never raises for a missing or failing
-    compiler: the returned `NativeLibrary` says why ``lib`` is ``None``.
+    Tries with OpenMP first, then without (one thread). Thread-safe; the result is cached for
+    the process. Never raises for a missing or failing compiler: the returned `NativeLibrary`
+    says why ``lib`` is ``None``.
     """
     with _lock:
         if name not in _loaded:
@@ -130,19 +131,23 @@ def load_native(name: str = "decode") -> NativeLibrary:
 
 
 def _load(name: str) -> NativeLibrary:
+    # torch first: its bundled libgomp is then the OpenMP runtime the kernels bind to, so a
+    # step runs on torch's worker threads instead of beside them.
+    import torch  # noqa: F401
+
     source = _HERE / f"{name}.c"
     cc = _compiler()
     if cc is None:
         return NativeLibrary(None, "no C compiler found (set CC, or install gcc or clang)")
     identity = _compiler_identity(cc)
     errors: list[str] = []
-    for extra, simd in ((_SIMD, True), ((), False)):
+    for extra, openmp in ((_OPENMP, True), ((), False)):
         flags = _FLAGS + extra
         parts = (source.read_text(), identity, " ".join(flags), _cpu_fingerprint())
         key = hashlib.sha256(b"\0".join(p.encode() for p in parts)).hexdigest()[:16]
         path = cache_dir() / f"{name}-{key}.so"
         if not path.exists():
-            log.info("compiling native kernels", source=source.name, compiler=cc, simd=simd)
+            log.info("compiling native kernels", source=source.name, compiler=cc, openmp=openmp)
             error = _compile(cc, source, path, flags)
             if error is not None:
                 errors.append(error)
@@ -152,7 +157,7 @@ def _load(name: str) -> NativeLibrary:
         except OSError as exc:
             errors.append(str(exc))
             continue
-        return NativeLibrary(lib, "loaded", path, simd)
+        return NativeLibrary(lib, "loaded", path, openmp)
     reason = f"could not build {source.name} with {cc}: {errors[-1] if errors else 'unknown'}"
     log.warning("native kernels unavailable", reason=reason)
     return NativeLibrary(None, reason)

@@ -4,8 +4,8 @@
  * A decode step runs one new token for each of M sequences through every layer. In PyTorch a
  * layer is about twenty small operator calls, each costing a few microseconds of dispatch, and
  * torch's single-row matmuls read the weights at well under the machine's memory bandwidth. Here
- * the whole step is one job on a team of threads: the projections split their output rows
- * across the threads (each thread streams a contiguous run of weight rows once for all M
+ * the whole step is one parallel region: the projections split their output rows across the
+ * threads (each thread streams a contiguous run of weight rows once for all M
  * tokens), and the small per-token work (norms, rotary embedding, attention) runs between
  * barriers.
  *
@@ -20,9 +20,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -286,35 +288,17 @@ static void tile(const void* w, int wt, const void* x, int64_t mb, int64_t K, fl
 #endif
 
 /*
- * The worker team. A step is one job run by nth threads: the calling thread (whichever Python
- * thread that is) as thread 0 and pool workers as 1..nth-1, meeting at barriers between
- * phases. The pool is ours rather than OpenMP's: libgomp stops spinning at barriers once a
- * process has more OpenMP threads than cores (every Python thread that runs a torch op gets a
- * team of its own), and a futex sleep at each of a step's ~250 barriers costs milliseconds.
- * Barriers spin (yielding now and then); between steps, workers spin briefly and then sleep.
+ * Threads. A step is one OpenMP parallel region (torch's own OpenMP runtime, so the step runs
+ * on the same worker threads as torch's operators rather than next to them, still spinning),
+ * but the ~250 barriers inside it are ours: libgomp's barriers stop spinning and sleep in the
+ * kernel once a process has more OpenMP threads than cores, which happens as soon as a second
+ * Python thread runs a torch operator, and a futex sleep per barrier costs milliseconds a step.
+ * Ours spin, yielding now and then in case a core is shared with another process.
  */
-#define MAX_THREADS 256
-#define IDLE_SPINS 20000 /* pause loops before an idle worker sleeps, tens of microseconds */
-
-typedef struct team team_t;
-typedef void (*job_fn)(void* arg, int tid, int nth, team_t* team);
-
-struct team {
-    pthread_mutex_t run_lock; /* one job at a time */
-    pthread_mutex_t sleep_lock;
-    pthread_cond_t wake;
-    int workers;
-    job_fn job;
-    void* arg;
-    int nth;
-    atomic_ulong generation; /* bumped to start a job */
-    atomic_int finished;     /* workers done with the current job */
-    atomic_int arrived;      /* barrier */
+typedef struct {
+    atomic_int arrived;
     atomic_ulong phase;
-};
-
-static team_t TEAM = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
-                      PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, 0, 0, 0};
+} barrier_t;
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -325,105 +309,27 @@ static inline void cpu_relax(void) {
 }
 
 /* All nth threads wait here until every one has arrived. */
-static void team_barrier(team_t* t, int nth) {
+static void barrier_wait(barrier_t* b, int nth) {
     if (nth == 1) return;
-    unsigned long phase = atomic_load_explicit(&t->phase, memory_order_acquire);
-    if (atomic_fetch_add_explicit(&t->arrived, 1, memory_order_acq_rel) == nth - 1) {
-        atomic_store_explicit(&t->arrived, 0, memory_order_relaxed);
-        atomic_fetch_add_explicit(&t->phase, 1, memory_order_release);
+    unsigned long phase = atomic_load_explicit(&b->phase, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&b->arrived, 1, memory_order_acq_rel) == nth - 1) {
+        atomic_store_explicit(&b->arrived, 0, memory_order_relaxed);
+        atomic_fetch_add_explicit(&b->phase, 1, memory_order_release);
         return;
     }
-    for (unsigned spins = 1; atomic_load_explicit(&t->phase, memory_order_acquire) == phase;
+    for (unsigned spins = 1; atomic_load_explicit(&b->phase, memory_order_acquire) == phase;
          spins++) {
         if (spins % 4096 == 0)
-            sched_yield(); /* a core shared with another process: let it run */
+            sched_yield();
         else
             cpu_relax();
     }
 }
 
-typedef struct {
-    int tid;
-    unsigned long seen; /* the generation before the job the worker was started for */
-} worker_start_t;
-
-static void* team_worker(void* p) {
-    worker_start_t start = *(worker_start_t*)p;
-    free(p);
-    int tid = start.tid;
-    unsigned long seen = start.seen;
-    for (;;) {
-        unsigned long now;
-        unsigned spins = 0;
-        while ((now = atomic_load_explicit(&TEAM.generation, memory_order_acquire)) == seen) {
-            if (++spins < IDLE_SPINS) {
-                cpu_relax();
-                continue;
-            }
-            pthread_mutex_lock(&TEAM.sleep_lock);
-            while (atomic_load_explicit(&TEAM.generation, memory_order_acquire) == seen)
-                pthread_cond_wait(&TEAM.wake, &TEAM.sleep_lock);
-            pthread_mutex_unlock(&TEAM.sleep_lock);
-        }
-        seen = now;
-        if (tid < TEAM.nth) TEAM.job(TEAM.arg, tid, TEAM.nth, &TEAM);
-        atomic_fetch_add_explicit(&TEAM.finished, 1, memory_order_release);
-    }
-    return NULL;
-}
-
-/* A forked child has none of the parent's workers: start over. */
-static void team_after_fork(void) {
-    pthread_mutex_init(&TEAM.run_lock, NULL);
-    pthread_mutex_init(&TEAM.sleep_lock, NULL);
-    pthread_cond_init(&TEAM.wake, NULL);
-    TEAM.workers = 0;
-}
-
-static void team_init(void) { pthread_atfork(NULL, NULL, team_after_fork); }
-
-/* Run job on nth threads (fewer if workers cannot be started); returns the count used. */
-static int team_run(job_fn job, void* arg, int nth) {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, team_init);
-    if (nth > MAX_THREADS) nth = MAX_THREADS;
-    pthread_mutex_lock(&TEAM.run_lock);
-    while (TEAM.workers < nth - 1) {
-        worker_start_t* start = malloc(sizeof *start);
-        if (!start) break;
-        start->tid = TEAM.workers + 1;
-        start->seen = atomic_load_explicit(&TEAM.generation, memory_order_relaxed);
-        pthread_t thread;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        int rc = pthread_create(&thread, &attr, team_worker, start);
-        pthread_attr_destroy(&attr);
-        if (rc != 0) {
-            free(start);
-            break;
-        }
-        TEAM.workers++;
-    }
-    if (nth > TEAM.workers + 1) nth = TEAM.workers + 1;
-    TEAM.job = job;
-    TEAM.arg = arg;
-    TEAM.nth = nth;
-    atomic_store_explicit(&TEAM.finished, 0, memory_order_relaxed);
-    pthread_mutex_lock(&TEAM.sleep_lock);
-    atomic_fetch_add_explicit(&TEAM.generation, 1, memory_order_release);
-    pthread_cond_broadcast(&TEAM.wake);
-    pthread_mutex_unlock(&TEAM.sleep_lock);
-    job(arg, 0, nth, &TEAM);
-    while (atomic_load_explicit(&TEAM.finished, memory_order_acquire) < TEAM.workers) cpu_relax();
-    pthread_mutex_unlock(&TEAM.run_lock);
-    return nth;
-}
-
 /* One thread's share of a parallel loop over n items: a contiguous run, as evenly as can be. */
 typedef struct {
     int tid, nth;
-    team_t* team;
+    barrier_t* barrier;
 } par_t;
 
 static inline void share(int64_t n, const par_t* par, int64_t* lo, int64_t* hi) {
@@ -432,7 +338,7 @@ static inline void share(int64_t n, const par_t* par, int64_t* lo, int64_t* hi) 
     *hi = *lo + q + (t < r ? 1 : 0);
 }
 
-static inline void sync_all(const par_t* par) { team_barrier(par->team, par->nth); }
+static inline void sync_all(const par_t* par) { barrier_wait(par->barrier, par->nth); }
 
 /*
  * y[m, n] (+)= scale[n] * sum_k W[n, k] * x[m, k] for M input rows, W packed as above (scale
@@ -507,10 +413,9 @@ typedef struct {
 } step_t;
 
 /* The body of a decode step, run by each thread of the team. */
-static void decode_job(void* arg, int tid, int nth, team_t* team) {
-    const step_t* st = arg;
+static void decode_job(const step_t* st, int tid, int nth, barrier_t* barrier) {
     const model_t* mdl = st->mdl;
-    const par_t par_ = {tid, nth, team}, *par = &par_;
+    const par_t par_ = {tid, nth, barrier}, *par = &par_;
     const int dt = mdl->dtype, wt = mdl->wtype;
     const int xbf16 = wt == W_BF16; /* projection inputs are bf16 only for bf16 weights */
     const int64_t M = st->M, H = mdl->hidden, I = mdl->inter, hd = mdl->head_dim;
@@ -593,19 +498,18 @@ static void decode_job(void* arg, int tid, int nth, team_t* team) {
         project(par, L->gate_up, wt, L->gate_up_scale, in, M, 2 * I, H, gu, 2 * I, 0);
         /* SwiGLU over all M * I activations, so one row still uses every thread. */
         share(M * I, par, &lo, &hi);
-        if (xbf16) {
-            uint16_t* a = (uint16_t*)in;
+        for (int64_t m = lo / I; m * I < hi; m++) {
+            int64_t i0 = m * I > lo ? 0 : lo - m * I, i1 = (m + 1) * I < hi ? I : hi - m * I;
+            const float* g = gu + m * 2 * I;
+            const float* u = g + I;
+            if (xbf16) {
+                uint16_t* a = (uint16_t*)in + m * I;
 #pragma omp simd
-            for (int64_t k = lo; k < hi; k++) {
-                float g = gu[(k / I) * 2 * I + k % I], u = gu[(k / I) * 2 * I + I + k % I];
-                a[k] = f32_to_bf16(g / (1.0f + exp_f32(-g)) * u);
-            }
-        } else {
-            float* a = (float*)in;
+                for (int64_t i = i0; i < i1; i++) a[i] = f32_to_bf16(g[i] / (1.0f + exp_f32(-g[i])) * u[i]);
+            } else {
+                float* a = (float*)in + m * I;
 #pragma omp simd
-            for (int64_t k = lo; k < hi; k++) {
-                float g = gu[(k / I) * 2 * I + k % I], u = gu[(k / I) * 2 * I + I + k % I];
-                a[k] = g / (1.0f + exp_f32(-g)) * u;
+                for (int64_t i = i0; i < i1; i++) a[i] = g[i] / (1.0f + exp_f32(-g[i])) * u[i];
             }
         }
         sync_all(par);
@@ -619,8 +523,8 @@ static void decode_job(void* arg, int tid, int nth, team_t* team) {
 /*
  * One decode step. For token m: token_ids[m] at positions[m], its K/V written to cache slot
  * slot_mapping[m]; it attends to ctx_slots[m * span + j] for j < ctx_lens[m] (its own slot
- * included). Writes fp32 logits [M, vocab], working on nthreads threads (the caller's and
- * nthreads - 1 pool workers). Returns 0, or -1 when memory runs out.
+ * included). Writes fp32 logits [M, vocab], working on nthreads OpenMP threads. Returns 0, or
+ * -1 when memory runs out.
  */
 int inferno_decode_step(const model_t* mdl, int64_t M, const int64_t* token_ids,
                         const int64_t* positions, const int64_t* slot_mapping,
@@ -631,8 +535,10 @@ int inferno_decode_step(const model_t* mdl, int64_t M, const int64_t* token_ids,
     const size_t xsz = mdl->wtype == W_BF16 ? 2 : 4;
     int64_t in_w = I > H ? I : H; /* widest projection input */
     in_w = nh * hd > in_w ? nh * hd : in_w;
+#ifndef _OPENMP
+    nthreads = 1;
+#endif
     if (nthreads < 1) nthreads = 1;
-    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
     step_t st = {mdl, M, span, 1, token_ids, positions, slot_mapping, ctx_slots, ctx_lens,
                  logits, NULL, NULL, NULL, NULL, NULL, NULL};
     for (int64_t m = 0; m < M; m++) st.max_len = ctx_lens[m] > st.max_len ? ctx_lens[m] : st.max_len;
@@ -643,7 +549,18 @@ int inferno_decode_step(const model_t* mdl, int64_t M, const int64_t* token_ids,
     st.in = malloc((size_t)(M * in_w) * xsz);
     st.scores = malloc((size_t)nthreads * (size_t)st.max_len * sizeof(float));
     int ok = st.x && st.qkv && st.attn && st.gu && st.in && st.scores;
-    if (ok) team_run(decode_job, &st, nthreads);
+    if (ok) {
+        barrier_t barrier = {0, 0};
+#pragma omp parallel num_threads(nthreads)
+        {
+#ifdef _OPENMP
+            /* The team may be smaller than asked (nested regions, thread limits). */
+            decode_job(&st, omp_get_thread_num(), omp_get_num_threads(), &barrier);
+#else
+            decode_job(&st, 0, 1, &barrier);
+#endif
+        }
+    }
     free(st.x), free(st.qkv), free(st.attn), free(st.gu), free(st.in), free(st.scores);
     return ok ? 0 : -1;
 }
