@@ -97,15 +97,17 @@ def hf_generate_time(hf: Any, batch: list[list[int]], new_tokens: int) -> float:
     return elapsed
 
 
-def stream_bandwidth(threads: int) -> float:
-    """GB/s of a streaming read (``sum`` of a 1 GiB fp32 tensor) on ``threads`` threads."""
+def stream_bandwidth() -> float:
+    """GB/s of a streaming read of a 1 GiB fp32 tensor (``sum`` and ``amax``, best of five
+    each) on the current torch threads."""
     buf = torch.ones(1 << 28)
-    buf.sum()
     best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        buf.sum()
-        best = min(best, time.perf_counter() - t)
+    for op in (torch.sum, torch.amax):
+        op(buf)
+        for _ in range(5):
+            t = time.perf_counter()
+            op(buf)
+            best = min(best, time.perf_counter() - t)
     return buf.numel() * 4 / best / 1e9
 
 
@@ -203,7 +205,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    measured_bw = stream_bandwidth(args.threads)
+    measured_bw = stream_bandwidth()
     model = LlamaLoader().load(default_model_path(), dtype=torch.float32)
     prompts = [chat_ids(model, q) for q in QUESTIONS[: args.concurrency]]
     rows: list[dict[str, Any]] = []
