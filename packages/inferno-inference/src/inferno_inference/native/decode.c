@@ -163,57 +163,37 @@ static inline __m512 bf16_fma_widen(__m512 acc, __m512i w, __m512i xpair) {
 #define BF16_FMA(acc, w, xpair) bf16_fma_widen((acc), (w), (xpair))
 #endif
 
-#define DEFINE_TILE(MB)                                                                          \
-    static void tile_f32_##MB(const float* w, const float* x, int64_t K, float* out) {           \
+static inline __m512 fma_f32(__m512 acc, __m512 w, __m512 x) { return _mm512_fmadd_ps(w, x, acc); }
+static inline __m512 bcast_f32(const float* x, int64_t k) { return _mm512_set1_ps(x[k]); }
+static inline __m512i load_bf16_pairs(const uint16_t* w) { return _mm512_loadu_si512(w); }
+/* Input columns k = 2s and 2s + 1 as one 32-bit lane, repeated: the bf16 dot's operand. */
+static inline __m512i bcast_bf16_pair(const uint16_t* x, int64_t s) {
+    int32_t pair;
+    memcpy(&pair, x + 2 * s, sizeof pair);
+    return _mm512_set1_epi32(pair);
+}
+static inline __m512 bf16_fma(__m512 acc, __m512i w, __m512i x) { return BF16_FMA(acc, w, x); }
+/* 16 int8 codes widened to fp32 (the per-row scale is applied to the sums). */
+static inline __m512 load_i8_codes(const int8_t* w) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)w)));
+}
+
+/*
+ * One register tile: two 16-row blocks by MB input rows. Each column step loads a vector of each
+ * block (LOAD), broadcasts one input value (or bf16 pair) per input row (BCAST) and multiplies
+ * into the MB x 2 accumulators (FMA). STEP is the elements a step advances in the packed block.
+ */
+#define DEFINE_TILE_KIND(NAME, W_T, X_T, V_T, XV_T, STEPS, STEP, LOAD, BCAST, FMA, MB)            \
+    static void NAME##_##MB(const W_T* w, const X_T* x, int64_t K, float* out) {                 \
         __m512 a0[MB], a1[MB];                                                                  \
         for (int b = 0; b < MB; b++) a0[b] = a1[b] = _mm512_setzero_ps();                      \
-        const float* w1 = w + K * ROWS;                                                         \
-        for (int64_t k = 0; k < K; k++) {                                                       \
-            __m512 v0 = _mm512_loadu_ps(w + k * ROWS), v1 = _mm512_loadu_ps(w1 + k * ROWS);     \
+        const W_T* w1 = w + K * ROWS;                                                           \
+        for (int64_t s = 0; s < (STEPS); s++) {                                                 \
+            V_T v0 = LOAD(w + s * (STEP)), v1 = LOAD(w1 + s * (STEP));                          \
             for (int b = 0; b < MB; b++) {                                                      \
-                __m512 xb = _mm512_set1_ps(x[b * K + k]);                                       \
-                a0[b] = _mm512_fmadd_ps(v0, xb, a0[b]);                                         \
-                a1[b] = _mm512_fmadd_ps(v1, xb, a1[b]);                                         \
-            }                                                                                   \
-        }                                                                                       \
-        for (int b = 0; b < MB; b++) {                                                          \
-            _mm512_storeu_ps(out + b * PAIR, a0[b]);                                            \
-            _mm512_storeu_ps(out + b * PAIR + ROWS, a1[b]);                                     \
-        }                                                                                       \
-    }                                                                                           \
-    static void tile_bf16_##MB(const uint16_t* w, const uint16_t* x, int64_t K, float* out) {    \
-        __m512 a0[MB], a1[MB];                                                                  \
-        for (int b = 0; b < MB; b++) a0[b] = a1[b] = _mm512_setzero_ps();                      \
-        const uint16_t* w1 = w + K * ROWS;                                                      \
-        for (int64_t p = 0; p < K / 2; p++) {                                                   \
-            __m512i v0 = _mm512_loadu_si512(w + p * 2 * ROWS);                                  \
-            __m512i v1 = _mm512_loadu_si512(w1 + p * 2 * ROWS);                                 \
-            for (int b = 0; b < MB; b++) {                                                      \
-                int32_t pair;                                                                   \
-                memcpy(&pair, x + b * K + 2 * p, sizeof pair);                                  \
-                __m512i xb = _mm512_set1_epi32(pair);                                           \
-                a0[b] = BF16_FMA(a0[b], v0, xb);                                                \
-                a1[b] = BF16_FMA(a1[b], v1, xb);                                                \
-            }                                                                                   \
-        }                                                                                       \
-        for (int b = 0; b < MB; b++) {                                                          \
-            _mm512_storeu_ps(out + b * PAIR, a0[b]);                                            \
-            _mm512_storeu_ps(out + b * PAIR + ROWS, a1[b]);                                     \
-        }                                                                                       \
-    }                                                                                           \
-    static void tile_i8_##MB(const int8_t* w, const float* x, int64_t K, float* out) {           \
-        __m512 a0[MB], a1[MB];                                                                  \
-        for (int b = 0; b < MB; b++) a0[b] = a1[b] = _mm512_setzero_ps();                      \
-        const int8_t* w1 = w + K * ROWS;                                                        \
-        for (int64_t k = 0; k < K; k++) {                                                       \
-            __m512 v0 = _mm512_cvtepi32_ps(                                                     \
-                _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(w + k * ROWS))));         \
-            __m512 v1 = _mm512_cvtepi32_ps(                                                     \
-                _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(w1 + k * ROWS))));        \
-            for (int b = 0; b < MB; b++) {                                                      \
-                __m512 xb = _mm512_set1_ps(x[b * K + k]);                                       \
-                a0[b] = _mm512_fmadd_ps(v0, xb, a0[b]);                                         \
-                a1[b] = _mm512_fmadd_ps(v1, xb, a1[b]);                                         \
+                XV_T xb = BCAST(x + b * K, s);                                                  \
+                a0[b] = FMA(a0[b], v0, xb);                                                     \
+                a1[b] = FMA(a1[b], v1, xb);                                                     \
             }                                                                                   \
         }                                                                                       \
         for (int b = 0; b < MB; b++) {                                                          \
@@ -221,6 +201,13 @@ static inline __m512 bf16_fma_widen(__m512 acc, __m512i w, __m512i xpair) {
             _mm512_storeu_ps(out + b * PAIR + ROWS, a1[b]);                                     \
         }                                                                                       \
     }
+#define DEFINE_TILE(MB)                                                                          \
+    DEFINE_TILE_KIND(tile_f32, float, float, __m512, __m512, K, ROWS, _mm512_loadu_ps,          \
+                     bcast_f32, fma_f32, MB)                                                    \
+    DEFINE_TILE_KIND(tile_bf16, uint16_t, uint16_t, __m512i, __m512i, K / 2, 2 * ROWS,          \
+                     load_bf16_pairs, bcast_bf16_pair, bf16_fma, MB)                            \
+    DEFINE_TILE_KIND(tile_i8, int8_t, float, __m512, __m512, K, ROWS, load_i8_codes, bcast_f32, \
+                     fma_f32, MB)
 DEFINE_TILE(1)
 DEFINE_TILE(2)
 DEFINE_TILE(3)
