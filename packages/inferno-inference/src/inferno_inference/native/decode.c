@@ -5,13 +5,13 @@
  * layer is about twenty small operator calls, each costing a few microseconds of dispatch, and
  * torch's single-row matmuls read the weights at well under the machine's memory bandwidth. Here
  * the whole step is one parallel region: the projections split their output rows across the
- * threads (each thread streams a contiguous run of weight rows once for all M
- * tokens), and the small per-token work (norms, rotary embedding, attention) runs between
- * barriers.
+ * threads (each thread streams a contiguous run of weight rows once for all M tokens), and the
+ * small per-token work (norms, rotary embedding, attention) runs between barriers.
  *
  * Numerics: activations and the residual stream stay in fp32; in bf16 mode the weights and the
  * KV cache are bf16 and each projection's input is rounded to bf16 before the dot products,
- * which accumulate in fp32 (as torch's bf16 matmuls do). The file is compiled on the machine
+ * which accumulate in fp32 (as torch's bf16 matmuls do). Int8 weights (per-row scales) take
+ * fp32 inputs and scale each row's sum. The file is compiled on the machine
  * that runs it (-march=native); the AVX-512 paths are used where the compiler targets them and
  * portable loops elsewhere.
  */
