@@ -105,3 +105,19 @@ def test_torch_views_of_cuda_memory() -> None:
     gc.collect()
     torch.cuda.synchronize()
     assert pool.stats().current_count == 0
+
+
+def test_dlpack_shares_cuda_bytes_with_torch(cupy: Any) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA")
+    pool = CudaMemoryPool("4MiB")
+    a = pool.allocate(4096)
+    assert a.__dlpack_device__() == (2, 0)
+    t = torch.from_dlpack(a)
+    assert t.is_cuda
+    assert t.data_ptr() == a.ptr
+    t.fill_(3)
+    assert int(cupy.asarray(a).sum()) == 3 * 4096
+    del t
+    pool.deallocate(a)

@@ -87,3 +87,25 @@ def test_importing_the_package_imports_neither_torch_nor_cupy() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dlpack_shares_host_bytes_with_numpy_and_torch() -> None:
+    resource = HostMemoryResource()
+    a = resource.allocate(64)
+    assert a.__dlpack_device__() == (1, 0)
+    view = np.from_dlpack(a)
+    assert view.dtype == np.uint8
+    assert view.shape == (64,)
+    view[:] = 7
+    torch = pytest.importorskip("torch")
+    t = torch.from_dlpack(a)
+    assert t.data_ptr() == a.ptr
+    assert int(t.sum()) == 7 * 64
+    t[0] = 1
+    assert a.as_numpy()[0] == 1
+    with pytest.raises(BufferError, match="never copied"):
+        a.__dlpack__(copy=True)
+    with pytest.raises(BufferError, match="not"):
+        a.__dlpack__(dl_device=(2, 0))
+    del view, t
+    resource.deallocate(a)

@@ -75,7 +75,8 @@ class Allocation:
     Views share the bytes, never copy them: on the host ``np.asarray(allocation)`` (or
     `as_numpy`) gives a numpy array; on a CUDA device the ``__cuda_array_interface__`` lets
     ``cupy.asarray`` and ``torch.as_tensor`` wrap it (see `as_cupy` and
-    `inferno_memory.bridges.torch_tensor`). Views must not outlive the allocation.
+    `inferno_memory.bridges.torch_tensor`). Both also speak DLPack (``torch.from_dlpack``,
+    ``np.from_dlpack``, ``cupy.from_dlpack``). Views must not outlive the allocation.
     """
 
     ptr: int
@@ -110,6 +111,33 @@ class Allocation:
             # None: the producer makes no promise about pending work on any stream.
             "stream": None,
         }
+
+    def __dlpack__(
+        self,
+        *,
+        stream: Any = None,
+        max_version: tuple[int, int] | None = None,
+        dl_device: Any = None,
+        copy: bool | None = None,
+    ) -> Any:
+        """A DLPack capsule of the bytes (a flat uint8 tensor), made by numpy for host memory
+        and by CuPy for CUDA memory; never a copy (``copy=True`` raises `BufferError`)."""
+        if copy:
+            raise BufferError("an Allocation is shared, never copied, through DLPack")
+        if dl_device is not None and tuple(dl_device) != self.__dlpack_device__():
+            raise BufferError(f"this allocation lives on {self.device}, not {dl_device}")
+        if self.device.is_host:
+            if max_version is None:
+                return self.as_numpy().__dlpack__()
+            return self.as_numpy().__dlpack__(max_version=max_version)
+        return self.as_cupy().__dlpack__(stream=stream)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        """DLPack's ``(device type, index)``: ``(1, 0)`` for host memory (pinned included, which
+        the CPU reads directly), ``(2, index)`` for CUDA memory."""
+        if self.device.is_host:
+            return (1, 0)
+        return (2, self.device.index)
 
     def as_numpy(
         self, dtype: npt.DTypeLike = np.uint8, shape: Sequence[int] | int | None = None
