@@ -76,10 +76,13 @@ def hf_model(model: LoadedModel, dtype: torch.dtype) -> Any:
     return hf.to(dtype)
 
 
-def hf_generate_time(hf: Any, batch: list[list[int]], new_tokens: int) -> float:
+def hf_generate_time(
+    hf: Any, batch: list[list[int]], new_tokens: int, device: torch.device | None = None
+) -> float:
+    """Seconds transformers ``generate`` takes for the left-padded ``batch`` (on ``device``)."""
     width = max(len(p) for p in batch)
-    ids = torch.tensor([[0] * (width - len(p)) + p for p in batch])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in batch], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
     t0 = time.perf_counter()
     with torch.inference_mode():
         out = hf.generate(
@@ -91,6 +94,8 @@ def hf_generate_time(hf: Any, batch: list[list[int]], new_tokens: int) -> float:
             top_k=None,
             top_p=None,
         )
+    if out.is_cuda:
+        torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
     if out.shape[1] != width + new_tokens:
         raise RuntimeError("transformers stopped early")
