@@ -25,6 +25,7 @@ import asyncio
 import json
 import platform
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from inferno_inference.async_engine import AsyncEngine
 from inferno_inference.config import EngineConfig
 from inferno_inference.factory import build_llm_engine
 from inferno_memory import HostMemoryResource, StatisticsAdaptor
-from inferno_models import LlamaLoader, LoadedModel, default_model_path
+from inferno_models import LlamaLoader, LoadedModel, ModelConfig, default_model_path
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -65,15 +66,21 @@ def chat_ids(model: LoadedModel, question: str) -> list[int]:
     return model.tokenizer.encode(text, add_special_tokens=False)
 
 
-def hf_model(model: LoadedModel, dtype: torch.dtype) -> Any:
+def hf_model(
+    config: ModelConfig,
+    weights: Mapping[str, torch.Tensor],
+    dtype: torch.dtype,
+    device: torch.device | None = None,
+) -> Any:
+    """transformers' LlamaForCausalLM over the same weights, in ``dtype`` on ``device``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    hf: Any = LlamaForCausalLM(LlamaConfig(**model.config.to_hf_dict()))
+    hf: Any = LlamaForCausalLM(LlamaConfig(**config.to_hf_dict()))
     hf.eval()
-    hf.load_state_dict(model.weights, strict=False)
+    hf.load_state_dict(dict(weights), strict=False)
     hf.tie_weights()
     hf.generation_config.pad_token_id = 0
-    return hf.to(dtype)
+    return hf.to(device=device, dtype=dtype)
 
 
 def hf_generate_time(
@@ -116,9 +123,12 @@ def stream_bandwidth() -> float:
     return buf.numel() * 4 / best / 1e9
 
 
-def hf_decode_rate(hf: Any, prompt: list[int], new_tokens: int) -> float:
-    t1 = min(hf_generate_time(hf, [prompt], 1) for _ in range(2))
-    tn = hf_generate_time(hf, [prompt], new_tokens)
+def hf_decode_rate(
+    hf: Any, prompt: list[int], new_tokens: int, device: torch.device | None = None
+) -> float:
+    """transformers' decode tokens/s: ``new_tokens`` minus one, prefill (best of two) excluded."""
+    t1 = min(hf_generate_time(hf, [prompt], 1, device) for _ in range(2))
+    tn = hf_generate_time(hf, [prompt], new_tokens, device)
     return (new_tokens - 1) / (tn - t1)
 
 
@@ -228,7 +238,7 @@ def main() -> None:
         )
         weight_bytes = engine.runner.model.weight_bytes_per_token()
         engine_decode_rate(engine, prompts[0], 8, f"warm-{dtype_name}")
-        hf = hf_model(model, dtype)
+        hf = hf_model(model.config, model.weights, dtype)
         hf_generate_time(hf, [prompts[0]], 4)
         # Alternate the two sides and keep each one's best run: on a shared machine other
         # processes steal cycles in bursts, and the best run is the least disturbed one.
@@ -324,7 +334,7 @@ def main() -> None:
             f"{hf_tps if hf_tps else float('nan'):13.1f} {cc['speedup'] or float('nan'):6.2f}"
         )
         print(
-            f"{'':9} {'16 concurrent: TTFT p50 / p99 s':34} "
+            f"{'':9} {label.split(':')[0] + ': TTFT p50 / p99 s':34} "
             f"{cc['inferno']['ttft_p50_s']:5.2f}/{cc['inferno']['ttft_p99_s']:4.2f}"
         )
     if int8_row is not None:

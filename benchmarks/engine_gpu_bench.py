@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from engine_bench import QUESTIONS, engine_concurrent, engine_decode_rate, hf_generate_time
+from engine_bench import (
+    QUESTIONS,
+    engine_concurrent,
+    engine_decode_rate,
+    hf_decode_rate,
+    hf_generate_time,
+    hf_model,
+)
 from inferno_inference import EngineConfig, build_llm_engine
 from inferno_inference.async_engine import AsyncEngine
 from inferno_memory import StatisticsAdaptor
@@ -78,27 +85,6 @@ def copy_bandwidth(device: torch.device) -> float:
     return src.numel() * src.element_size() / best / 1e9
 
 
-def hf_model(config: ModelConfig, weights: dict[str, torch.Tensor], device: torch.device) -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    hf: Any = LlamaForCausalLM(LlamaConfig(**config.to_hf_dict()))
-    hf.eval()
-    hf.load_state_dict(weights, strict=False)
-    hf.tie_weights()
-    hf.generation_config.pad_token_id = 0
-    return hf.to(device=device, dtype=torch.bfloat16)
-
-
-def hf_rate(hf: Any, prompt: list[int], new_tokens: int, device: torch.device) -> float:
-    def timed(n: int) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return hf_generate_time(hf, [prompt], n, device=device)
-
-    t1 = min(timed(1) for _ in range(2))
-    return (new_tokens - 1) / (timed(new_tokens) - t1)
-
-
 def run_model(
     name: str,
     config: ModelConfig,
@@ -138,9 +124,9 @@ def run_model(
     del engine, async_engine
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    hf = hf_model(config, weights, device)
+    hf = hf_model(config, weights, torch.bfloat16, device)
     hf_generate_time(hf, [prompts[0]], 4, device=device)
-    theirs = [hf_rate(hf, prompts[0], args.decode_tokens, device) for _ in range(args.reps)]
+    theirs = [hf_decode_rate(hf, prompts[0], args.decode_tokens, device) for _ in range(args.reps)]
     hf_cc = (
         len(prompts)
         * args.new_tokens
