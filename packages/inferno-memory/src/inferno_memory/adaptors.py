@@ -108,9 +108,7 @@ class StatisticsAdaptor:
 
     def stats(self) -> MemoryStats:
         """A snapshot of the counters."""
-        limit = self._limit
-        if limit is None:
-            limit = getattr(self._upstream, "limit_bytes", None)
+        limit = self.limit_bytes
         with self._lock:
             return self._counter.snapshot(limit_bytes=limit)
 
