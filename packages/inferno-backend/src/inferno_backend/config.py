@@ -41,8 +41,8 @@ class ServeConfig(BaseModel):
     )
     weight_quantization: Literal["none", "int8"] = Field(
         default="none",
-        description="int8: per-channel int8 weights for single-row decode steps (CPU only; "
-        "faster at batch 1, output close to but not identical with unquantized weights).",
+        description="int8: per-channel int8 weights for decode steps (CPU only; faster "
+        "decoding, output close to but not identical with unquantized weights).",
     )
     native_decode: bool = Field(
         default=True,

@@ -46,7 +46,8 @@ class EngineConfig(BaseModel):
     cpu_prepacked_weights: bool = Field(
         default=True,
         description="CPU: keep oneDNN-prepacked weights for multi-row matmuls (faster batches; "
-        "in fp32 a second copy of the weights is kept for single-row GEMVs).",
+        "in fp32 without the native decode path, a second copy of the weights is kept for "
+        "single-row GEMVs).",
     )
     cpu_native_decode: bool = Field(
         default=True,
