@@ -43,6 +43,13 @@ class EngineConfig(BaseModel):
     cuda_graph_max_batch: int = Field(
         default=32, ge=1, description="Largest decode batch captured in a CUDA graph."
     )
+    cuda_graph_max_context: int = Field(
+        default=8192,
+        ge=1,
+        description="Longest context (tokens) a captured decode graph covers; graphs are "
+        "captured for spans doubling from 256 up to it, and decode steps with a longer "
+        "context run without a graph.",
+    )
     cpu_prepacked_weights: bool = Field(
         default=True,
         description="CPU: keep oneDNN-prepacked weights for multi-row matmuls (faster batches; "

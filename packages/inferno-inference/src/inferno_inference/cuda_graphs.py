@@ -2,37 +2,58 @@
 
 A decode step of a small model on a GPU is dominated by kernel-launch overhead (hundreds of
 small kernels per token); replaying a captured graph launches them all at once. Graphs have
-static shapes, so one graph is captured per batch-size bucket, with every sequence's attention
-span padded to the longest context the cache allows; padded rows write their K/V to a scratch
-slot that no sequence owns, and the context-length mask hides padded positions.
+static shapes, so one graph is captured per bucket of (batch size, attention span): a step runs
+in the smallest bucket that holds it. Padded rows write their K/V to a scratch slot that no
+sequence owns, and the context-length mask hides padded positions.
+
+The span buckets matter as much as the batch ones: decode attention gathers ``span`` cache
+slots per sequence and layer, so a single graph padded to the longest context the cache allows
+would read (and copy) the whole context window on every token, mostly padding.
 """
 
 from __future__ import annotations
 
 import bisect
+import time
 
 import structlog
 import torch
 
 from inferno_inference.model import AttentionMetadata, LlamaModel
 
-__all__ = ["CudaGraphDecoder"]
+__all__ = ["CudaGraphDecoder", "span_buckets"]
 
 log = structlog.get_logger(__name__)
 
-_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+_BATCHES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 
-class _Graph:
-    __slots__ = ("graph", "ids", "lens", "logits", "positions", "slot_mapping", "slots")
+def span_buckets(max_span: int, block_size: int, *, min_span: int = 256) -> list[int]:
+    """Attention spans to capture: whole blocks, doubling from ``min_span`` up to ``max_span``
+    (which must be a multiple of ``block_size``); the last bucket is ``max_span`` itself."""
+    if max_span < 1 or max_span % block_size:
+        raise ValueError(f"max_span={max_span} is not a positive multiple of {block_size}")
+    spans: list[int] = []
+    span = -(-max(min_span, 1) // block_size) * block_size
+    while span < max_span:
+        spans.append(span)
+        span *= 2
+    return [*spans, max_span]
+
+
+class _StaticStep:
+    """The fixed-shape inputs of one bucket; a step is copied into them, padding included."""
+
+    __slots__ = ("graph", "ids", "lens", "logits", "positions", "scratch", "slot_mapping", "slots")
 
     def __init__(self, batch: int, span: int, scratch: int, device: torch.device) -> None:
+        self.scratch = scratch
         self.ids = torch.zeros(batch, dtype=torch.long, device=device)
         self.positions = torch.zeros(batch, dtype=torch.long, device=device)
         self.slot_mapping = torch.full((batch,), scratch, dtype=torch.long, device=device)
         self.slots = torch.full((batch, span), scratch, dtype=torch.long, device=device)
         self.lens = torch.ones(batch, dtype=torch.long, device=device)
-        self.graph = torch.cuda.CUDAGraph()
+        self.graph: torch.cuda.CUDAGraph | None = None
         self.logits = torch.empty(0, device=device)
 
     def meta(self) -> AttentionMetadata:
@@ -46,12 +67,43 @@ class _Graph:
             logits_indices=torch.arange(self.ids.shape[0], device=self.ids.device),
         )
 
+    def fill(self, input_ids: torch.Tensor, meta: AttentionMetadata) -> None:
+        """Copy a decode-only step (host tensors) in; rows past it attend to the scratch slot
+        only and write their K/V there."""
+        nd, batch = meta.num_decodes, self.ids.shape[0]
+        slots = meta.decode_slots
+        if slots is None or meta.prefills:
+            raise ValueError("CudaGraphDecoder runs decode-only steps")
+        span = slots.shape[1]
+        lens = meta.decode_context_lens
+        if lens is None:
+            lens = torch.full((nd,), span, dtype=torch.long)
+        # Build full-size host inputs and copy each once.
+        ids = torch.zeros(batch, dtype=torch.long)
+        pos = torch.zeros(batch, dtype=torch.long)
+        mapping = torch.full((batch,), self.scratch, dtype=torch.long)
+        ctx = torch.ones(batch, dtype=torch.long)
+        ids[:nd] = input_ids
+        pos[:nd] = meta.positions
+        mapping[:nd] = meta.slot_mapping
+        ctx[:nd] = lens
+        self.ids.copy_(ids, non_blocking=True)
+        self.positions.copy_(pos, non_blocking=True)
+        self.slot_mapping.copy_(mapping, non_blocking=True)
+        self.lens.copy_(ctx, non_blocking=True)
+        # Slots past a row's length are masked, so stale values there are harmless.
+        self.slots[:nd, :span].copy_(slots, non_blocking=True)
+        self.slots[nd:, 0].fill_(self.scratch)
+
 
 class CudaGraphDecoder:
-    """Captures decode graphs for batch sizes up to ``max_batch`` and replays them.
+    """Captures decode graphs for batch sizes up to ``max_batch`` and attention spans up to
+    ``max_span`` slots per sequence, and replays them.
 
-    ``span`` is the padded attention span (slots per sequence); ``scratch_slot`` is a cache
-    slot outside every block the block manager hands out.
+    ``scratch_slot`` is a cache slot outside every block the block manager hands out. With
+    ``capture=False`` the same padded, fixed-shape steps run eagerly (on any device): the
+    padding logic can be checked without a GPU, and a suspected graph bug told apart from a
+    padding one.
     """
 
     def __init__(
@@ -60,66 +112,84 @@ class CudaGraphDecoder:
         kv_layers: list[tuple[torch.Tensor, torch.Tensor]],
         *,
         max_batch: int,
-        span: int,
+        max_span: int,
+        block_size: int,
         scratch_slot: int,
+        min_span: int = 256,
+        capture: bool = True,
     ) -> None:
-        if model.device.type != "cuda":
+        if capture and model.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA model, this one is on {model.device}")
         self.model = model
         self.kv_layers = kv_layers
-        self.span = span
         self.scratch_slot = scratch_slot
-        self.buckets = [b for b in _BUCKETS if b < max_batch] + [max_batch]
-        self._graphs: dict[int, _Graph] = {}
-        self._pool = torch.cuda.graph_pool_handle()
-        for batch in reversed(self.buckets):  # largest first so smaller ones reuse its pool
-            self._graphs[batch] = self._capture(batch)
-        log.info("cuda graphs captured", buckets=self.buckets, span=span)
+        self.capture = capture
+        self.batches = [b for b in _BATCHES if b < max_batch] + [max_batch]
+        self.spans = span_buckets(max_span, block_size, min_span=min_span)
+        self._steps: dict[tuple[int, int], _StaticStep] = {}
+        self._pool = torch.cuda.graph_pool_handle() if capture else None
+        start = time.perf_counter()
+        # Largest first, so the smaller graphs' activations fit in the memory it pooled.
+        for batch, span in sorted(
+            ((b, s) for b in self.batches for s in self.spans), key=lambda p: -p[0] * p[1]
+        ):
+            step = _StaticStep(batch, span, scratch_slot, model.device)
+            if capture:
+                self._capture(step)
+            self._steps[batch, span] = step
+        log.info(
+            "decode graphs ready",
+            captured=capture,
+            batches=self.batches,
+            spans=self.spans,
+            seconds=round(time.perf_counter() - start, 2),
+        )
 
-    def _capture(self, batch: int) -> _Graph:
-        g = _Graph(batch, self.span, self.scratch_slot, self.model.device)
-        meta = g.meta()
+    @property
+    def max_batch(self) -> int:
+        """The largest decode batch a graph takes."""
+        return self.batches[-1]
+
+    @property
+    def max_span(self) -> int:
+        """The longest attention span (cache slots per sequence) a graph takes."""
+        return self.spans[-1]
+
+    def _capture(self, step: _StaticStep) -> None:
+        meta = step.meta()
         stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
         stream.wait_stream(torch.cuda.current_stream())
+        # Warm-up runs (kernel selection, allocator) write only to the scratch slot.
         with torch.inference_mode(), torch.cuda.stream(stream):
-            for _ in range(2):  # warm up kernels and allocator outside the graph
-                self.model.forward(g.ids, meta, self.kv_layers)
+            for _ in range(2):
+                self.model.forward(step.ids, meta, self.kv_layers)
         torch.cuda.current_stream().wait_stream(stream)
-        with torch.inference_mode(), torch.cuda.graph(g.graph, pool=self._pool):
-            g.logits = self.model.forward(g.ids, meta, self.kv_layers)
-        return g
+        step.graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(step.graph, pool=self._pool):
+            step.logits = self.model.forward(step.ids, meta, self.kv_layers)
 
     def can_run(self, num_decodes: int, span: int) -> bool:
-        """A decode-only step of this size fits a captured graph."""
-        return num_decodes <= self.buckets[-1] and span <= self.span
+        """A decode-only step of this size fits a bucket."""
+        return num_decodes <= self.max_batch and span <= self.max_span
+
+    def bucket(self, num_decodes: int, span: int) -> tuple[int, int]:
+        """The (batch, span) bucket a step of this size runs in."""
+        if not self.can_run(num_decodes, span):
+            raise ValueError(f"no bucket holds {num_decodes} sequences over {span} slots")
+        return (
+            self.batches[bisect.bisect_left(self.batches, num_decodes)],
+            self.spans[bisect.bisect_left(self.spans, span)],
+        )
 
     def run(self, input_ids: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """Replay the graph for a decode-only step given as host tensors; returns its logits."""
-        nd = meta.num_decodes
-        slots = meta.decode_slots
-        if slots is None or meta.prefills:
+        """Run a decode-only step given as host tensors; returns its logits."""
+        if meta.decode_slots is None:
             raise ValueError("CudaGraphDecoder runs decode-only steps")
-        g = self._graphs[self.buckets[bisect.bisect_left(self.buckets, nd)]]
-        batch, span = g.ids.shape[0], slots.shape[1]
-        lens = meta.decode_context_lens
-        if lens is None:
-            lens = torch.full((nd,), span, dtype=torch.long)
-        # Build full-size host inputs (padding rows point at the scratch slot) and copy once.
-        ids = torch.zeros(batch, dtype=torch.long)
-        pos = torch.zeros(batch, dtype=torch.long)
-        mapping = torch.full((batch,), self.scratch_slot, dtype=torch.long)
-        ctx = torch.ones(batch, dtype=torch.long)
-        ids[:nd], pos[:nd], mapping[:nd], ctx[:nd] = (
-            input_ids,
-            meta.positions,
-            meta.slot_mapping,
-            lens,
-        )
-        g.ids.copy_(ids, non_blocking=True)
-        g.positions.copy_(pos, non_blocking=True)
-        g.slot_mapping.copy_(mapping, non_blocking=True)
-        g.lens.copy_(ctx, non_blocking=True)
-        g.slots[:nd, :span].copy_(slots, non_blocking=True)
-        g.slots[nd:, 0].fill_(self.scratch_slot)
-        g.graph.replay()
-        return g.logits[:nd]
+        nd = meta.num_decodes
+        step = self._steps[self.bucket(nd, meta.decode_slots.shape[1])]
+        step.fill(input_ids, meta)
+        if step.graph is not None:
+            step.graph.replay()
+            return step.logits[:nd]
+        with torch.inference_mode():
+            return self.model.forward(step.ids, step.meta(), self.kv_layers)[:nd]

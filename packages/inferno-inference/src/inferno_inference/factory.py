@@ -106,7 +106,9 @@ def build_llm_engine(
             model,
             cache.layers,
             max_batch=min(ec.cuda_graph_max_batch, ec.max_num_seqs),
-            span=block_manager.blocks_needed(max_model_len) * ec.block_size,
+            max_span=block_manager.blocks_needed(min(max_model_len, ec.cuda_graph_max_context))
+            * ec.block_size,
+            block_size=ec.block_size,
             scratch_slot=cache.scratch_slot,
         )
     native = None

@@ -45,16 +45,19 @@ class ModelRunner:
         self.native = native
         self.block_size = kv_cache.block_size
         self.device = model.device
+        self._block_offsets = torch.arange(self.block_size)
 
     def prepare(self, batch: ScheduledBatch) -> StepInputs:
         """Lay out the batch: single-token steps first (batched attention), then prefills."""
         bs = self.block_size
         pairs = sorted(zip(batch.seqs, batch.num_tokens, strict=True), key=lambda p: p[1] > 1)
+        decodes = [s for s, n in pairs if n == 1]
+        if len(decodes) == len(pairs):
+            return self._prepare_decodes(decodes)
         ids: list[int] = []
         positions: list[int] = []
         logits_idx: list[int] = []
         sampled: list[Sequence] = []
-        decodes = [s for s, n in pairs if n == 1]
         for s in decodes:
             p = s.num_computed
             ids.append(s.token_ids[p])
@@ -75,33 +78,16 @@ class ModelRunner:
                 logits_idx.append(offset - 1)
                 sampled.append(s)
         pos = torch.tensor(positions, dtype=torch.long)
-        tables = [s.block_table for s, _ in pairs]
         table_of_token = torch.tensor(
             [
-                t[q // bs]
-                for (s, n), t in zip(pairs, tables, strict=True)
+                s.block_table[q // bs]
+                for s, n in pairs
                 for q in range(s.num_computed, s.num_computed + n)
             ],
             dtype=torch.long,
         )
         slot_mapping = table_of_token * bs + pos % bs
-        decode_slots = None
-        decode_lens = None
-        if decodes:
-            lens = [s.num_computed + 1 for s in decodes]
-            span = max(lens)
-            width = -(-span // bs)
-            padded = torch.tensor(
-                [
-                    s.block_table[:width] + [0] * (width - len(s.block_table[:width]))
-                    for s in decodes
-                ],
-                dtype=torch.long,
-            )
-            offsets = torch.arange(width * bs) % bs
-            decode_slots = (padded.repeat_interleave(bs, dim=1) * bs + offsets)[:, :span]
-            if min(lens) != span:
-                decode_lens = torch.tensor(lens, dtype=torch.long)
+        decode_slots, decode_lens = self._decode_slots(decodes) if decodes else (None, None)
         meta = AttentionMetadata(
             positions=pos,
             slot_mapping=slot_mapping,
@@ -112,6 +98,43 @@ class ModelRunner:
             logits_indices=torch.tensor(logits_idx, dtype=torch.long),
         )
         return StepInputs(torch.tensor(ids, dtype=torch.long), meta, sampled)
+
+    def _prepare_decodes(self, decodes: list[Sequence]) -> StepInputs:
+        # The common step, kept short: it runs once per generated token, and on a GPU its
+        # host time is not hidden behind the forward pass.
+        bs = self.block_size
+        rows = [
+            (s.token_ids[p], p, s.block_table[p // bs] * bs + p % bs)
+            for s in decodes
+            for p in (s.num_computed,)
+        ]
+        ids, pos, mapping = torch.tensor(rows, dtype=torch.long).unbind(1)
+        decode_slots, decode_lens = self._decode_slots(decodes)
+        meta = AttentionMetadata(
+            positions=pos,
+            slot_mapping=mapping,
+            num_decodes=len(decodes),
+            decode_slots=decode_slots,
+            decode_context_lens=decode_lens,
+            prefills=[],
+            logits_indices=torch.arange(len(decodes)),
+        )
+        return StepInputs(ids, meta, decodes)
+
+    def _decode_slots(self, decodes: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Cache slots ``[n, span]`` each decode attends to (its context, padded to the
+        longest), with the context lengths when they differ."""
+        bs = self.block_size
+        lens = [s.num_computed + 1 for s in decodes]
+        span = max(lens)
+        width = -(-span // bs)
+        table = torch.tensor(
+            [s.block_table[:width] + [0] * (width - len(s.block_table[:width])) for s in decodes],
+            dtype=torch.long,
+        )
+        slots = (table[:, :, None] * bs + self._block_offsets).view(len(decodes), -1)[:, :span]
+        lens_t = None if min(lens) == span else torch.tensor(lens, dtype=torch.long)
+        return slots, lens_t
 
     def _slots(self, table: list[int], length: int) -> torch.Tensor:
         bs = self.block_size

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from inferno_inference.sequence import Sequence
@@ -38,16 +39,20 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
         """Sample one token per row of ``logits`` (fp32 ``[rows, vocab]``, on any device)."""
-        logits = logits.float().cpu()
         params = [s.sampling for s in seqs]
         rows = logits.shape[0]
+        if all(_plain_greedy(p) for p in params):
+            # Argmax where the logits are: only the token ids cross to the host, not
+            # rows x vocab floats (512 KiB a row for a 128K vocabulary).
+            return SampleResult(_argmax(logits).tolist(), [None] * rows)
+        logits = logits.float().cpu()
         raw_logprobs: torch.Tensor | None = None
         if any(p.logprobs is not None for p in params):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
         logits = self._apply_penalties(logits, seqs)
         temps = torch.tensor([p.temperature for p in params])
         greedy = temps == 0
-        tokens = logits.argmax(dim=-1)
+        tokens = _argmax(logits)
         if not bool(greedy.all()):
             idx = (~greedy).nonzero().squeeze(1)
             sub = logits[idx] / temps[idx, None]
@@ -57,7 +62,7 @@ class Sampler:
             for j, i in enumerate(idx.tolist()):
                 gen = seqs[i].generator
                 noise[j].exponential_(generator=gen if gen is not None else self._generator)
-            tokens[idx] = (probs / noise).argmax(dim=-1)
+            tokens[idx] = _argmax(probs / noise)
         token_list = tokens.tolist()
         records: list[TokenLogprob | None] = [None] * rows
         if raw_logprobs is not None:
@@ -126,3 +131,22 @@ class Sampler:
             cutoff = min_p[:, None] * probs.max(dim=-1, keepdim=True).values
             logits = logits.masked_fill(probs < cutoff, float("-inf"))
         return logits
+
+
+def _argmax(x: torch.Tensor) -> torch.Tensor:
+    """Row-wise argmax (first index on ties); numpy's is about 10x faster than torch's on a
+    CPU (118 vs 12 us for one 128K-vocabulary row)."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad:
+        return torch.from_numpy(np.argmax(x.numpy(), axis=-1))
+    return x.argmax(dim=-1)
+
+
+def _plain_greedy(p: SamplingParams) -> bool:
+    """Greedy with nothing that needs the full distribution on the host."""
+    return (
+        p.temperature == 0
+        and p.logprobs is None
+        and p.repetition_penalty == 1.0
+        and not p.presence_penalty
+        and not p.frequency_penalty
+    )

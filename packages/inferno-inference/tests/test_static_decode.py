@@ -1,0 +1,127 @@
+"""The fixed-shape decode steps behind CUDA graphs, run eagerly on the CPU.
+
+`CudaGraphDecoder(capture=False)` pads each decode step into its (batch, span) bucket exactly as
+the captured graphs do, so the padding (scratch-slot writes, masked spans, stale rows of an
+earlier, larger step) is checked here without a GPU; `test_gpu.py` replays the real graphs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from inferno_inference.cuda_graphs import CudaGraphDecoder, span_buckets
+from inferno_inference.engine import LLMEngine
+from inferno_inference.tiny import tiny_llm_engine
+from inferno_inference.types import GenerationRequest, SamplingParams
+from inferno_models.testing import random_weights, tiny_config
+
+
+def test_span_buckets_double_in_whole_blocks_up_to_the_maximum() -> None:
+    assert span_buckets(1024, 16) == [256, 512, 1024]
+    assert span_buckets(1000 * 16, 16) == [256, 512, 1024, 2048, 4096, 8192, 16000]
+    assert span_buckets(64, 16) == [64]
+    assert span_buckets(96, 16, min_span=20) == [32, 64, 96]
+    with pytest.raises(ValueError, match="multiple of 16"):
+        span_buckets(100, 16)
+
+
+def _engine(*, static: bool, **kwargs: object) -> LLMEngine:
+    config = tiny_config()
+    engine = tiny_llm_engine(
+        config=config,
+        weights=random_weights(config, seed=3),
+        cpu_native_decode=False,
+        kv_cache_bytes=1 << 20,
+        **kwargs,
+    )
+    if static:
+        runner = engine.runner
+        runner.graphs = CudaGraphDecoder(
+            runner.model,
+            runner.kv_cache.layers,
+            max_batch=6,
+            max_span=48,
+            block_size=runner.block_size,
+            scratch_slot=runner.kv_cache.scratch_slot,
+            min_span=8,
+            capture=False,
+        )
+    return engine
+
+
+def test_buckets_pick_the_smallest_that_holds_the_step() -> None:
+    graphs = _engine(static=True).runner.graphs
+    assert graphs is not None
+    assert graphs.batches == [1, 2, 4, 6]
+    assert graphs.spans == [8, 16, 32, 48]
+    assert graphs.bucket(1, 1) == (1, 8)
+    assert graphs.bucket(3, 9) == (4, 16)
+    assert graphs.bucket(6, 48) == (6, 48)
+    assert not graphs.can_run(7, 8)
+    assert not graphs.can_run(1, 49)
+    with pytest.raises(ValueError, match="no bucket"):
+        graphs.bucket(1, 49)
+
+
+def _generate(engine: LLMEngine, prompts: list[list[int]]) -> list[list[int]]:
+    # Different lengths, so the batch shrinks as requests finish and rows of an earlier,
+    # larger step are left behind in the buckets' inputs.
+    for i, p in enumerate(prompts):
+        sp = SamplingParams(max_tokens=6 + 8 * i, temperature=0, ignore_eos=True)
+        engine.add_request(GenerationRequest(f"r{i}", tuple(p), sp))
+    out: dict[str, list[int]] = {f"r{i}": [] for i in range(len(prompts))}
+    while engine.has_work():
+        for o in engine.step():
+            out[o.request_id].extend(o.token_ids)
+    return [out[f"r{i}"] for i in range(len(prompts))]
+
+
+def test_padded_steps_generate_the_same_tokens_as_plain_steps() -> None:
+    prompts = [[(11 * i + 5 * k) % 300 + 3 for k in range(3 + 4 * i)] for i in range(5)]
+    plain = _engine(static=False)
+    static = _engine(static=True)
+    graphs = static.runner.graphs
+    assert graphs is not None
+    used: list[tuple[int, int]] = []
+    run = graphs.run
+
+    def counting_run(input_ids: torch.Tensor, meta: object) -> torch.Tensor:
+        slots = meta.decode_slots  # type: ignore[attr-defined]
+        used.append(graphs.bucket(meta.num_decodes, slots.shape[1]))  # type: ignore[attr-defined]
+        return run(input_ids, meta)  # type: ignore[arg-type]
+
+    graphs.run = counting_run  # type: ignore[method-assign]
+    for alone in ([7, 8, 9], list(range(3, 13))):  # spans 4-8, then 11-16
+        assert _generate(static, [alone]) == _generate(plain, [alone])
+    assert _generate(static, prompts) == _generate(plain, prompts)
+    # Batches of 5 and fewer and every span bucket were used; the last request grows to 19 + 38
+    # tokens, past the largest span, so its last steps ran on the plain path in between.
+    assert {b for b, _ in used} >= {1, 2, 4, 6}
+    assert {s for _, s in used} >= {8, 16, 32, 48}
+    assert static.stats().kv_blocks_used == 0
+
+
+def test_padded_rows_touch_only_the_scratch_slot() -> None:
+    engine = _engine(static=True)
+    cache = engine.runner.kv_cache
+    sp = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
+    for i in range(3):
+        engine.add_request(GenerationRequest(f"r{i}", tuple(range(3 + i, 10 + 2 * i)), sp))
+    for _ in range(3):  # prefill, then decode steps
+        engine.step()
+    running = engine.scheduler.running
+    assert len(running) == 3
+    assert all(s.num_tokens - s.num_computed == 1 for s in running)
+    bs = cache.block_size
+    written = {s.block_table[s.num_computed // bs] * bs + s.num_computed % bs for s in running}
+
+    def snapshot() -> torch.Tensor:
+        return torch.stack([torch.stack(kv) for kv in cache.layers])
+
+    for keys, values in cache.layers:
+        keys[cache.scratch_slot].zero_()
+        values[cache.scratch_slot].zero_()
+    before = snapshot()
+    engine.step()  # three sequences in the 4-row bucket: one padded row
+    changed = (snapshot() != before).flatten(3).any(dim=3).any(dim=0).any(dim=0)
+    assert set(changed.nonzero().flatten().tolist()) == written | {cache.scratch_slot}
