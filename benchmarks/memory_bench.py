@@ -226,6 +226,7 @@ def gpu_section(pairs: int, repeats: int, steps: int) -> dict[str, Any] | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer pairs, for a smoke run")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args()
     pairs, repeats, steps = (2_000, 1, 300) if args.quick else (20_000, 3, 2_000)
 
@@ -262,8 +263,8 @@ def main() -> None:
         for name, f in gpu["fragmentation"].items():
             print(f"GPU KV-like fragmentation {name}: overhead {f['overhead'] * 100:.1f}%")
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
         json.dumps(
             {
                 "machine": {
@@ -280,7 +281,7 @@ def main() -> None:
         )
         + "\n"
     )
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
