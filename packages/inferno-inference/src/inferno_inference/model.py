@@ -19,7 +19,11 @@ from inferno_models.names import EMBED, FINAL_NORM, LM_HEAD, layer_name
 from inferno_inference.linear import NativeWeight, Projection
 from inferno_inference.rope import apply_rope, rope_tables
 
-__all__ = ["AttentionMetadata", "LayerWeights", "LlamaModel", "PrefillSegment"]
+__all__ = ["AttentionMetadata", "LayerWeights", "LlamaModel", "PagedAttention", "PrefillSegment"]
+
+PagedAttention = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor
+]
 
 
 @dataclass(slots=True)
@@ -119,6 +123,10 @@ class LlamaModel:
         self._q = config.num_attention_heads * config.head_dim
         self._kv = config.num_key_value_heads * config.head_dim
         self._inter = config.intermediate_size
+        #: Replaces the gather + SDPA decode attention when set: ``(q [n, heads, head_dim],
+        #: k_cache, v_cache, slots [n, span], lens [n] | None) -> [n, heads, head_dim]``, e.g.
+        #: `inferno_inference.triton_attention.paged_decode_attention`.
+        self.paged_attention: PagedAttention | None = None
 
     def weight_bytes_per_token(self) -> int:
         """Bytes of weights one batch-1 decode step reads (every matrix once; int8 with its
@@ -225,6 +233,8 @@ class LlamaModel:
         slots = meta.decode_slots
         if slots is None:
             raise ValueError("decode tokens need AttentionMetadata.decode_slots")
+        if self.paged_attention is not None:
+            return self.paged_attention(q, k_cache, v_cache, slots, meta.decode_context_lens)
         nd, hd = meta.num_decodes, q.shape[-1]
         # Gather each sequence's cached K/V into [nd, span, kv_heads, hd]; the mask hides padding.
         # index_select copies whole slot rows (3-10x faster than advanced indexing on CPU).
