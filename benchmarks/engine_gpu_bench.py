@@ -126,7 +126,7 @@ def run_model(
         max_num_seqs=args.concurrency,
         max_num_batched_tokens=max(2048, args.concurrency),
         cuda_graph_max_batch=args.concurrency,
-        attention_backend=args.attention_backend,
+        kernel_backend=args.kernel_backend,
     )
     if device.type == "cuda":
         from inferno_inference.torch_memory import TorchCudaMemoryResource
@@ -185,7 +185,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--models", default="default,1b")
     ap.add_argument("--default-model", default=None, help="the default model's GGUF")
-    ap.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
+    ap.add_argument("--kernel-backend", default="auto", choices=["auto", "torch", "triton"])
     ap.add_argument("--layers-1b", type=int, default=16, help="decoder blocks of the 1B shape")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=128)
@@ -254,7 +254,7 @@ def main() -> None:
             "torch": torch.__version__,
             "read_bandwidth_gb_s": hbm,
         },
-        "attention_backend": args.attention_backend,
+        "kernel_backend": args.kernel_backend,
         "results": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

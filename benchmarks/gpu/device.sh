@@ -7,8 +7,8 @@
 #   memory-bench  benchmarks/memory_bench.py (the GPU section runs against CuPy and cudaMalloc)
 #   engine-bench  benchmarks/engine_gpu_bench.py, on the reassembled GGUF when every part and the
 #                 checksum are there, else on the default model's shapes with random weights
-#   engine-bench-torch-attention
-#                 the same with --attention-backend torch (gather + SDPA), for comparison
+#   engine-bench-torch-kernels
+#                 the same with --kernel-backend torch (PyTorch ops only), for comparison
 # Logs and JSON results go to $OUT (the device tool brings them back).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -56,10 +56,10 @@ for step in "$@"; do
         2>&1 | tee "$OUT/engine_gpu.log"
       status=$((status | PIPESTATUS[0]))
       ;;
-    engine-bench-torch-attention)
+    engine-bench-torch-kernels)
       assemble
-      python3 benchmarks/engine_gpu_bench.py "${model_args[@]}" --attention-backend torch \
-        --out "$OUT/engine_gpu_torch_attention.json" 2>&1 | tee "$OUT/engine_gpu_torch_attention.log"
+      python3 benchmarks/engine_gpu_bench.py "${model_args[@]}" --kernel-backend torch \
+        --out "$OUT/engine_gpu_torch_kernels.json" 2>&1 | tee "$OUT/engine_gpu_torch_kernels.log"
       status=$((status | PIPESTATUS[0]))
       ;;
     *) echo "unknown step $step" >&2; status=1 ;;

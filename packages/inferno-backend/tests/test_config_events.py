@@ -54,6 +54,21 @@ def test_no_native_decode_reaches_the_engine_config() -> None:
     assert engine_config_for(config).cpu_native_decode is False
 
 
+def test_kernel_backend_reaches_the_engine_config() -> None:
+    from inferno_backend.cli import build_parser
+    from inferno_backend.commands.serve import _FLAG_FIELDS
+    from inferno_backend.composition import engine_config_for
+
+    args = build_parser().parse_args(["serve", "--kernel-backend", "torch"])
+    overrides = {name: getattr(args, name, None) for name in _FLAG_FIELDS}
+    assert engine_config_for(load_config(env={}, overrides=overrides)).kernel_backend == "torch"
+    assert engine_config_for(load_config(env={})).kernel_backend == "auto"
+    env = {"INFERNO_KERNEL_BACKEND": "triton"}
+    assert load_config(env=env).kernel_backend == "triton"
+    with pytest.raises(ConfigError, match="kernel_backend"):
+        load_config(env={"INFERNO_KERNEL_BACKEND": "cuda"})
+
+
 def test_serve_table_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "inferno.toml"
     path.write_text("[serve]\nport = 1234\n")

@@ -31,22 +31,22 @@ def _greedy(engine: LLMEngine, prompts: list[list[int]], n: int = 24) -> list[li
 PROMPTS = [[(7 * i + 3 * k) % 250 + 3 for k in range(5 + 9 * i)] for i in range(6)]
 
 
+@pytest.mark.parametrize("kernels", ["triton", "torch"])
 @pytest.mark.parametrize("max_context", [8192, 64])
-def test_cuda_graph_decode_matches_eager_decode_bf16(max_context: int) -> None:
+def test_cuda_graph_decode_matches_eager_decode_bf16(max_context: int, kernels: str) -> None:
     # With a 64-token graph context, the longer sequences' later steps run without a graph.
     config = tiny_config()
     weights = random_weights(config, seed=2)
-    eager = tiny_llm_engine(
-        config=config, weights=weights, device="cuda", dtype="bfloat16", cuda_graphs=False
-    )
+    common = {"device": "cuda", "dtype": "bfloat16", "kernel_backend": kernels}
+    eager = tiny_llm_engine(config=config, weights=weights, cuda_graphs=False, **common)
     graphed = tiny_llm_engine(
         config=config,
         weights=weights,
-        device="cuda",
-        dtype="bfloat16",
         cuda_graphs=True,
         cuda_graph_max_context=max_context,
+        **common,
     )
+    assert (graphed.runner.model.ops is not None) == (kernels == "triton")
     assert graphed.runner.graphs is not None
     assert graphed.runner.graphs.max_span == min(max_context, 512)
     assert eager.runner.graphs is None
@@ -54,11 +54,14 @@ def test_cuda_graph_decode_matches_eager_decode_bf16(max_context: int) -> None:
     assert graphed.stats().kv_blocks_used == 0
 
 
-def test_cuda_fp32_matches_cpu_fp32() -> None:
+@pytest.mark.parametrize("kernels", ["triton", "torch"])
+def test_cuda_fp32_matches_cpu_fp32(kernels: str) -> None:
     config = tiny_config()
     weights = random_weights(config, seed=4)
-    cpu = tiny_llm_engine(config=config, weights=weights)
-    gpu = tiny_llm_engine(config=config, weights=weights, device="cuda", dtype="float32")
+    cpu = tiny_llm_engine(config=config, weights=weights, kernel_backend="torch")
+    gpu = tiny_llm_engine(
+        config=config, weights=weights, device="cuda", dtype="float32", kernel_backend=kernels
+    )
     assert _greedy(gpu, PROMPTS[:3]) == _greedy(cpu, PROMPTS[:3])
 
 

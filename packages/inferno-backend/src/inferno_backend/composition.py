@@ -102,6 +102,7 @@ def engine_config_for(config: ServeConfig) -> EngineConfig:
         device=config.device,
         weight_quantization=config.weight_quantization,
         cpu_native_decode=config.native_decode,
+        kernel_backend=config.kernel_backend,
     )
 
 

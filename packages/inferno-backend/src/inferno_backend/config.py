@@ -49,6 +49,12 @@ class ServeConfig(BaseModel):
         description="CPU float32/bfloat16: decode steps of up to 64 sequences in the engine's "
         "C kernels (compiled on first use with the system C compiler; PyTorch where none).",
     )
+    kernel_backend: Literal["auto", "torch", "triton"] = Field(
+        default="auto",
+        description="CUDA: 'triton' runs decode attention, RoPE with the KV writes, add+RMSNorm "
+        "and SiLU*up in Triton kernels; 'torch' PyTorch ops only; 'auto' Triton when its "
+        "kernels pass a self-check at startup.",
+    )
     max_num_seqs: int = Field(default=64, ge=1, le=4096, description="Concurrent sequences.")
     max_model_len: int | None = Field(
         default=None, ge=16, description="Context length; defaults to the model's."

@@ -50,13 +50,13 @@ class EngineConfig(BaseModel):
         "captured for spans doubling from 256 up to it, and decode steps with a longer "
         "context run without a graph.",
     )
-    attention_backend: Literal["auto", "torch", "triton"] = Field(
+    kernel_backend: Literal["auto", "torch", "triton"] = Field(
         default="auto",
-        description="Decode attention: 'torch' gathers each sequence's K/V into a padded copy "
-        "for SDPA; 'triton' reads them in place from the paged cache in a Triton kernel "
-        "(one pass over the context; on a CPU only under TRITON_INTERPRET=1, for tests); "
-        "'auto' is 'triton' on CUDA when Triton is installed and the kernel passes a "
-        "self-check at startup, else 'torch'.",
+        description="'triton': Triton kernels for decode attention (read in place from the "
+        "paged cache instead of gathered into a padded copy), RoPE with the K/V cache writes, "
+        "residual add with RMSNorm, and SiLU*up; on a CPU only under TRITON_INTERPRET=1, for "
+        "tests. 'torch': PyTorch ops only. 'auto': 'triton' on CUDA when Triton is installed "
+        "and the kernels pass a self-check at startup, else 'torch'.",
     )
     cpu_prepacked_weights: bool = Field(
         default=True,

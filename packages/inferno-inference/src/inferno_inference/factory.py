@@ -14,7 +14,7 @@ import torch
 from inferno_memory import MemoryResource
 from inferno_models import IncrementalDetokenizer, LoadedModel, ModelConfig, Tokenizer
 
-from inferno_inference import triton_attention
+from inferno_inference import triton_ops
 from inferno_inference.async_engine import AsyncEngine
 from inferno_inference.block_manager import BlockManager
 from inferno_inference.config import EngineConfig
@@ -22,7 +22,7 @@ from inferno_inference.cuda_graphs import CudaGraphDecoder
 from inferno_inference.engine import DetokenizerFactory, LLMEngine
 from inferno_inference.errors import EngineError
 from inferno_inference.kv_cache import KVCache
-from inferno_inference.model import LlamaModel, PagedAttention
+from inferno_inference.model import FusedOps, LlamaModel
 from inferno_inference.native import NativeDecoder, load_native, native_unsupported, pack_weight
 from inferno_inference.runner import ModelRunner
 from inferno_inference.sampler import Sampler
@@ -85,7 +85,7 @@ def build_llm_engine(
         int8=int8 and not use_native,
         native_layout=functools.partial(pack_weight, int8=int8) if use_native else None,
     )
-    model.paged_attention = _paged_attention(ec, config, dtype, device)
+    model.ops = _fused_ops(ec, config, dtype, device)
     cache = KVCache(
         resource,
         config,
@@ -133,7 +133,7 @@ def build_llm_engine(
         dtype=ec.dtype,
         weight_quantization=ec.weight_quantization,
         native_decode=use_native,
-        paged_attention=model.paged_attention is not None,
+        triton_kernels=model.ops is not None,
         device=str(device),
     )
     return LLMEngine(
@@ -147,23 +147,27 @@ def build_llm_engine(
     )
 
 
-def _paged_attention(
+def _fused_ops(
     ec: EngineConfig, config: ModelConfig, dtype: torch.dtype, device: torch.device
-) -> PagedAttention | None:
-    """The decode attention kernel ``attention_backend`` asks for, or ``None`` for the
-    PyTorch path; "triton" that cannot run is an error, "auto" falls back with a warning."""
-    if ec.attention_backend == "torch" or (
-        ec.attention_backend == "auto" and device.type != "cuda"
-    ):
+) -> FusedOps | None:
+    """The kernels ``kernel_backend`` asks for, or ``None`` for PyTorch alone; "triton" that
+    cannot run is an error, "auto" falls back with a warning."""
+    if ec.kernel_backend == "torch" or (ec.kernel_backend == "auto" and device.type != "cuda"):
         return None
-    reason = triton_attention.self_check(
-        config.num_attention_heads, config.num_key_value_heads, config.head_dim, dtype, device
+    reason = triton_ops.self_check(
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        config.head_dim,
+        config.hidden_size,
+        config.intermediate_size,
+        dtype,
+        device,
     )
     if reason is None:
-        return triton_attention.paged_decode_attention
-    if ec.attention_backend == "triton":
-        raise EngineError(f"attention_backend='triton' cannot run here: {reason}")
-    log.warning("triton decode attention unavailable; using PyTorch's", reason=reason)
+        return triton_ops.TritonOps()
+    if ec.kernel_backend == "triton":
+        raise EngineError(f"kernel_backend='triton' cannot run here: {reason}")
+    log.warning("triton kernels unavailable; running PyTorch ops", reason=reason)
     return None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -19,11 +20,50 @@ from inferno_models.names import EMBED, FINAL_NORM, LM_HEAD, layer_name
 from inferno_inference.linear import NativeWeight, Projection
 from inferno_inference.rope import apply_rope, rope_tables
 
-__all__ = ["AttentionMetadata", "LayerWeights", "LlamaModel", "PagedAttention", "PrefillSegment"]
+__all__ = ["AttentionMetadata", "FusedOps", "LayerWeights", "LlamaModel", "PrefillSegment"]
 
-PagedAttention = Callable[
-    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor
-]
+
+class FusedOps(Protocol):
+    """Kernels that replace groups of the forward pass's PyTorch ops (on CUDA:
+    `inferno_inference.triton_ops.TritonOps`); each must equal, within rounding, the code it
+    replaces in `LlamaModel.forward`."""
+
+    def add_rms_norm(
+        self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float
+    ) -> torch.Tensor:
+        """``x += delta`` in place (when given); returns RMSNorm(x) * weight."""
+        ...
+
+    def rope_kv_write(
+        self,
+        qkv: torch.Tensor,
+        positions: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        slot_mapping: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        heads: int,
+        kv_heads: int,
+    ) -> torch.Tensor:
+        """Rotated query and key heads ``[n, heads + kv_heads, head_dim]`` of the fused QKV
+        output; keys and values written to the caches at ``slot_mapping``."""
+        ...
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """``silu(gate) * up`` of the fused gate/up output."""
+        ...
+
+    def decode_attention(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        slots: torch.Tensor,
+        lens: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """One query per sequence over the cache ``slots`` it lists (the first ``lens``)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -123,10 +163,8 @@ class LlamaModel:
         self._q = config.num_attention_heads * config.head_dim
         self._kv = config.num_key_value_heads * config.head_dim
         self._inter = config.intermediate_size
-        #: Replaces the gather + SDPA decode attention when set: ``(q [n, heads, head_dim],
-        #: k_cache, v_cache, slots [n, span], lens [n] | None) -> [n, heads, head_dim]``, e.g.
-        #: `inferno_inference.triton_attention.paged_decode_attention`.
-        self.paged_attention: PagedAttention | None = None
+        #: Fused kernels used in place of the PyTorch ops they replace, when set.
+        self.ops: FusedOps | None = None
 
     def weight_bytes_per_token(self) -> int:
         """Bytes of weights one batch-1 decode step reads (every matrix once; int8 with its
@@ -154,6 +192,8 @@ class LlamaModel:
         ``kv_caches[layer]`` is ``(keys, values)``, each ``[num_slots, kv_heads, head_dim]``;
         this step's K/V are written into them at ``meta.slot_mapping``.
         """
+        if self.ops is not None:
+            return self._forward_fused(self.ops, input_ids, meta, kv_caches)
         cfg = self.config
         n_tok = input_ids.shape[0]
         heads, kv_heads, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -183,6 +223,46 @@ class LlamaModel:
             x = x + layer.down(act)
         x = self._rms_norm(x[meta.logits_indices], self.norm)
         return self.lm_head(x).float()
+
+    def _forward_fused(
+        self,
+        ops: FusedOps,
+        input_ids: torch.Tensor,
+        meta: AttentionMetadata,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> torch.Tensor:
+        """`forward` with the elementwise work in ``ops``' kernels: each residual add rides
+        with the norm after it, so a layer is nine kernels (five of them matmuls/attention)."""
+        cfg = self.config
+        n_tok = input_ids.shape[0]
+        heads, kv_heads, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        eps = cfg.rms_norm_eps
+        x = self.embed[input_ids]
+        delta: torch.Tensor | None = None
+        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
+            h = ops.add_rms_norm(x, delta, layer.input_norm, eps)
+            qkv = layer.qkv(h)
+            qk = ops.rope_kv_write(
+                qkv,
+                meta.positions,
+                self.cos,
+                self.sin,
+                meta.slot_mapping,
+                k_cache,
+                v_cache,
+                heads,
+                kv_heads,
+            )
+            q, k = qk[:, :heads], qk[:, heads:]
+            v = qkv[:, self._q + self._kv :].view(n_tok, kv_heads, hd)
+            attn = self._attention(q, k, v, k_cache, v_cache, meta, None)
+            h = ops.add_rms_norm(x, layer.o(attn.reshape(n_tok, heads * hd)), layer.post_norm, eps)
+            delta = layer.down(ops.silu_mul(layer.gate_up(h)))
+        # The last residual add and the final norm, for the sampled rows only.
+        rows = meta.logits_indices
+        last = x[rows]
+        h = ops.add_rms_norm(last, None if delta is None else delta[rows], self.norm, eps)
+        return self.lm_head(h).float()
 
     def _attention(
         self,
@@ -233,8 +313,8 @@ class LlamaModel:
         slots = meta.decode_slots
         if slots is None:
             raise ValueError("decode tokens need AttentionMetadata.decode_slots")
-        if self.paged_attention is not None:
-            return self.paged_attention(q, k_cache, v_cache, slots, meta.decode_context_lens)
+        if self.ops is not None:
+            return self.ops.decode_attention(q, k_cache, v_cache, slots, meta.decode_context_lens)
         nd, hd = meta.num_decodes, q.shape[-1]
         # Gather each sequence's cached K/V into [nd, span, kv_heads, hd]; the mask hides padding.
         # index_select copies whole slot rows (3-10x faster than advanced indexing on CPU).

@@ -108,7 +108,7 @@ class ModelRunner:
             for s in decodes
             for p in (s.num_computed,)
         ]
-        ids, pos, mapping = torch.tensor(rows, dtype=torch.long).unbind(1)
+        ids, pos, mapping = torch.tensor(rows, dtype=torch.long).T.contiguous()
         decode_slots, decode_lens = self._decode_slots(decodes)
         meta = AttentionMetadata(
             positions=pos,

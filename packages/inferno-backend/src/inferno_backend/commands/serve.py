@@ -58,6 +58,11 @@ def register(subparsers: Any) -> None:
         dest="native_decode",
         help="decode with PyTorch only, not the engine's C kernels",
     )
+    p.add_argument(
+        "--kernel-backend",
+        choices=["auto", "torch", "triton"],
+        help="CUDA: Triton kernels (auto: when they pass their startup self-check) or PyTorch",
+    )
     p.set_defaults(func=run)
 
 
@@ -65,7 +70,7 @@ _FLAG_FIELDS = (
     "model", "served_model_name", "host", "port", "device", "dtype", "weight_quantization",
     "api_keys", "admin_key",
     "discovery", "discovery_ttl", "max_num_seqs", "max_model_len", "kv_cache_bytes",
-    "drain_timeout_s", "log_format", "log_level", "warmup", "native_decode",
+    "drain_timeout_s", "log_format", "log_level", "warmup", "native_decode", "kernel_backend",
 )  # fmt: skip
 
 
