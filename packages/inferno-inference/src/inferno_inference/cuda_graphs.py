@@ -44,15 +44,29 @@ def span_buckets(max_span: int, block_size: int, *, min_span: int = 256) -> list
 class _StaticStep:
     """The fixed-shape inputs of one bucket; a step is copied into them, padding included."""
 
-    __slots__ = ("graph", "ids", "lens", "logits", "positions", "scratch", "slot_mapping", "slots")
+    __slots__ = (
+        "_host",
+        "_rows",
+        "graph",
+        "ids",
+        "lens",
+        "logits",
+        "positions",
+        "scratch",
+        "slot_mapping",
+        "slots",
+    )
 
     def __init__(self, batch: int, span: int, scratch: int, device: torch.device) -> None:
         self.scratch = scratch
-        self.ids = torch.zeros(batch, dtype=torch.long, device=device)
-        self.positions = torch.zeros(batch, dtype=torch.long, device=device)
-        self.slot_mapping = torch.full((batch,), scratch, dtype=torch.long, device=device)
+        # ids, positions, slot mapping and context lengths share one buffer, so a step's
+        # per-sequence inputs cross to the device in a single copy (from pinned memory).
+        self._rows = torch.zeros(4, batch, dtype=torch.long, device=device)
+        self._host = torch.zeros(4, batch, dtype=torch.long, pin_memory=device.type == "cuda")
+        self.ids, self.positions, self.slot_mapping, self.lens = self._rows.unbind(0)
+        self.slot_mapping.fill_(scratch)
+        self.lens.fill_(1)
         self.slots = torch.full((batch, span), scratch, dtype=torch.long, device=device)
-        self.lens = torch.ones(batch, dtype=torch.long, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits = torch.empty(0, device=device)
 
@@ -70,27 +84,24 @@ class _StaticStep:
     def fill(self, input_ids: torch.Tensor, meta: AttentionMetadata) -> None:
         """Copy a decode-only step (host tensors) in; rows past it attend to the scratch slot
         only and write their K/V there."""
-        nd, batch = meta.num_decodes, self.ids.shape[0]
+        nd = meta.num_decodes
         slots = meta.decode_slots
         if slots is None or meta.prefills:
             raise ValueError("CudaGraphDecoder runs decode-only steps")
         span = slots.shape[1]
-        lens = meta.decode_context_lens
-        if lens is None:
-            lens = torch.full((nd,), span, dtype=torch.long)
-        # Build full-size host inputs and copy each once.
-        ids = torch.zeros(batch, dtype=torch.long)
-        pos = torch.zeros(batch, dtype=torch.long)
-        mapping = torch.full((batch,), self.scratch, dtype=torch.long)
-        ctx = torch.ones(batch, dtype=torch.long)
-        ids[:nd] = input_ids
-        pos[:nd] = meta.positions
-        mapping[:nd] = meta.slot_mapping
-        ctx[:nd] = lens
-        self.ids.copy_(ids, non_blocking=True)
-        self.positions.copy_(pos, non_blocking=True)
-        self.slot_mapping.copy_(mapping, non_blocking=True)
-        self.lens.copy_(ctx, non_blocking=True)
+        # The previous step's copy out of this pinned buffer is done: its logits were read.
+        host = self._host
+        host[0, :nd] = input_ids
+        host[1, :nd] = meta.positions
+        host[2, :nd] = meta.slot_mapping
+        if meta.decode_context_lens is None:
+            host[3, :nd] = span
+        else:
+            host[3, :nd] = meta.decode_context_lens
+        host[0:2, nd:] = 0
+        host[2, nd:] = self.scratch
+        host[3, nd:] = 1
+        self._rows.copy_(host, non_blocking=True)
         # Slots past a row's length are masked, so stale values there are harmless.
         self.slots[:nd, :span].copy_(slots, non_blocking=True)
         self.slots[nd:, 0].fill_(self.scratch)
