@@ -1,8 +1,8 @@
 """`AsyncEngine`: the `InferenceEngine` seam over an `LLMEngine` stepping on its own thread.
 
 asyncio callers never wait on a forward pass: submissions and aborts are queued for the
-stepping thread, and outputs come back through ``loop.call_soon_threadsafe`` into one
-asyncio queue per request.
+stepping thread, and outputs come back into one asyncio queue per request, through one
+``loop.call_soon_threadsafe`` per event loop per step.
 """
 
 from __future__ import annotations
@@ -133,20 +133,33 @@ class AsyncEngine:
             self._deliver(outputs)
 
     def _deliver(self, outputs: list[GenerationOutput]) -> None:
+        # One wake-up per event loop per step, not one per output: each call_soon_threadsafe
+        # writes to the loop's self-pipe, which at 64 streams cost more than the step itself.
+        batches: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
         with self._cv:
-            targets = [(self._streams.get(out.request_id), out) for out in outputs]
-        for stream, out in targets:
-            if stream is not None:
-                _post(stream, out)
+            for out in outputs:
+                stream = self._streams.get(out.request_id)
+                if stream is not None:
+                    batches.setdefault(stream.loop, []).append((stream.queue, out))
+        for loop, items in batches.items():
+            _post(loop, items)
 
     def _deliver_error(self, request_id: str, exc: BaseException) -> None:
         with self._cv:
             stream = self._streams.get(request_id)
         if stream is not None:
-            _post(stream, exc)
+            _post(stream.loop, [(stream.queue, exc)])
 
 
-def _post(stream: _Stream, item: GenerationOutput | BaseException) -> None:
+_Item = tuple[asyncio.Queue[GenerationOutput | BaseException], GenerationOutput | BaseException]
+
+
+def _put_all(items: list[_Item]) -> None:
+    for queue, item in items:
+        queue.put_nowait(item)
+
+
+def _post(loop: asyncio.AbstractEventLoop, items: list[_Item]) -> None:
     # A closed caller loop raises RuntimeError: nobody is listening any more.
     with contextlib.suppress(RuntimeError):
-        stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+        loop.call_soon_threadsafe(_put_all, items)
