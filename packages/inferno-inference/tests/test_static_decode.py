@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from inferno_inference.cuda_graphs import CudaGraphDecoder, span_buckets
+from inferno_inference.cuda_graphs import span_buckets
 from inferno_inference.engine import LLMEngine
-from inferno_inference.tiny import tiny_llm_engine
+from inferno_inference.tiny import attach_eager_graphs, tiny_llm_engine
 from inferno_inference.types import GenerationRequest, SamplingParams
 from inferno_models.testing import random_weights, tiny_config
 
@@ -35,17 +35,7 @@ def _engine(*, static: bool, **kwargs: object) -> LLMEngine:
         **kwargs,
     )
     if static:
-        runner = engine.runner
-        runner.graphs = CudaGraphDecoder(
-            runner.model,
-            runner.kv_cache.layers,
-            max_batch=6,
-            max_span=48,
-            block_size=runner.block_size,
-            scratch_slot=runner.kv_cache.scratch_slot,
-            min_span=8,
-            capture=False,
-        )
+        attach_eager_graphs(engine, max_batch=6, max_span=48, min_span=8)
     return engine
 
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 from inferno_inference import triton_ops
-from inferno_inference.cuda_graphs import CudaGraphDecoder
 from inferno_inference.engine import LLMEngine
 from inferno_inference.errors import EngineError
 from inferno_inference.rope import rope_tables
-from inferno_inference.tiny import tiny_llm_engine
+from inferno_inference.tiny import attach_eager_graphs, tiny_llm_engine
 from inferno_inference.triton_ops import (
     TritonOps,
     add_rms_norm,
@@ -164,17 +163,7 @@ def _engine(backend: str, *, static: bool = False) -> LLMEngine:
         kernel_backend=backend,
     )
     if static:
-        runner = engine.runner
-        runner.graphs = CudaGraphDecoder(
-            runner.model,
-            runner.kv_cache.layers,
-            max_batch=4,
-            max_span=64,
-            block_size=runner.block_size,
-            scratch_slot=runner.kv_cache.scratch_slot,
-            min_span=16,
-            capture=False,
-        )
+        attach_eager_graphs(engine, max_batch=4, max_span=64, min_span=16)
     return engine
 
 

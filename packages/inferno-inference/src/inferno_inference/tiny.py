@@ -14,11 +14,12 @@ from inferno_models import ModelConfig
 from inferno_models.testing import random_weights, tiny_config
 
 from inferno_inference.config import EngineConfig
+from inferno_inference.cuda_graphs import CudaGraphDecoder
 from inferno_inference.engine import LLMEngine
 from inferno_inference.factory import build_llm_engine
 from inferno_inference.torch_memory import TorchCudaMemoryResource
 
-__all__ = ["LetterDetokenizer", "tiny_llm_engine"]
+__all__ = ["LetterDetokenizer", "attach_eager_graphs", "tiny_llm_engine"]
 
 
 class LetterDetokenizer:
@@ -64,3 +65,22 @@ def tiny_llm_engine(
         detokenizer_factory=LetterDetokenizer,
         seed=seed,
     )
+
+
+def attach_eager_graphs(
+    engine: LLMEngine, *, max_batch: int, max_span: int, min_span: int
+) -> CudaGraphDecoder:
+    """Route the engine's decode steps through `CudaGraphDecoder`'s padded fixed-shape steps,
+    run eagerly (``capture=False``), so the CUDA graphs' padding is exercised on any device."""
+    runner = engine.runner
+    runner.graphs = CudaGraphDecoder(
+        runner.model,
+        runner.kv_cache.layers,
+        max_batch=max_batch,
+        max_span=max_span,
+        block_size=runner.block_size,
+        scratch_slot=runner.kv_cache.scratch_slot,
+        min_span=min_span,
+        capture=False,
+    )
+    return runner.graphs

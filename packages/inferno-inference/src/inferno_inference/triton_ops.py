@@ -330,45 +330,13 @@ def reference_silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 
 class TritonOps:
-    """The kernels `LlamaModel` uses in place of groups of PyTorch ops (``model.ops``)."""
+    """The kernels `LlamaModel` uses in place of groups of PyTorch ops (``model.ops``; see
+    `inferno_inference.model.FusedOps`)."""
 
-    def add_rms_norm(
-        self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float
-    ) -> torch.Tensor:
-        """See `add_rms_norm`."""
-        return add_rms_norm(x, delta, weight, eps)
-
-    def rope_kv_write(
-        self,
-        qkv: torch.Tensor,
-        positions: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        slot_mapping: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        heads: int,
-        kv_heads: int,
-    ) -> torch.Tensor:
-        """See `rope_kv_write`."""
-        return rope_kv_write(
-            qkv, positions, cos, sin, slot_mapping, k_cache, v_cache, heads, kv_heads
-        )
-
-    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
-        """See `silu_mul`."""
-        return silu_mul(gate_up)
-
-    def decode_attention(
-        self,
-        q: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        slots: torch.Tensor,
-        lens: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """See `paged_decode_attention`."""
-        return paged_decode_attention(q, k_cache, v_cache, slots, lens)
+    add_rms_norm = staticmethod(add_rms_norm)
+    rope_kv_write = staticmethod(rope_kv_write)
+    silu_mul = staticmethod(silu_mul)
+    decode_attention = staticmethod(paged_decode_attention)
 
 
 def _error(got: torch.Tensor, want: torch.Tensor) -> float:
