@@ -46,9 +46,9 @@ class EngineConfig(BaseModel):
     cuda_graph_max_context: int = Field(
         default=8192,
         ge=1,
-        description="Longest context (tokens) a captured decode graph covers; graphs are "
-        "captured for spans doubling from 256 up to it, and decode steps with a longer "
-        "context run without a graph.",
+        description="Longest context (tokens) a captured decode graph covers; decode steps "
+        "with a longer context run without a graph. With PyTorch attention, graphs are "
+        "captured for spans doubling from 256 up to it (attention gathers the whole span).",
     )
     kernel_backend: Literal["auto", "torch", "triton"] = Field(
         default="auto",

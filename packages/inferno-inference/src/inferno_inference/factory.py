@@ -104,14 +104,20 @@ def build_llm_engine(
     )
     graphs = None
     if device.type == "cuda" and ec.cuda_graphs:
+        max_span = (
+            block_manager.blocks_needed(min(max_model_len, ec.cuda_graph_max_context))
+            * ec.block_size
+        )
         graphs = CudaGraphDecoder(
             model,
             cache.layers,
             max_batch=min(ec.cuda_graph_max_batch, ec.max_num_seqs),
-            max_span=block_manager.blocks_needed(min(max_model_len, ec.cuda_graph_max_context))
-            * ec.block_size,
+            max_span=max_span,
             block_size=ec.block_size,
             scratch_slot=cache.scratch_slot,
+            # The Triton attention reads each sequence's context only up to its length, so one
+            # span serves every step; the gather path pays for the padded span, so it buckets.
+            min_span=max_span if model.ops is not None else 256,
         )
     native = None
     if use_native:
