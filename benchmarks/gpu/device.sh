@@ -7,6 +7,8 @@
 #   memory-bench  benchmarks/memory_bench.py (the GPU section runs against CuPy and cudaMalloc)
 #   engine-bench  benchmarks/engine_gpu_bench.py, on the reassembled GGUF when every part and the
 #                 checksum are there, else on the default model's shapes with random weights
+#   serve-smoke   inferno serve on the GPU (bf16) with the reassembled model: readiness, one chat
+#                 completion, the metrics; fails if the model is not all here
 #   engine-bench-torch-kernels
 #                 the same with --kernel-backend torch (PyTorch ops only), for comparison
 # Logs and JSON results go to $OUT (the device tool brings them back).
@@ -61,6 +63,27 @@ for step in "$@"; do
       python3 benchmarks/engine_gpu_bench.py "${model_args[@]}" --kernel-backend torch \
         --out "$OUT/engine_gpu_torch_kernels.json" 2>&1 | tee "$OUT/engine_gpu_torch_kernels.log"
       status=$((status | PIPESTATUS[0]))
+      ;;
+    serve-smoke)
+      assemble
+      if [ ${#model_args[@]} -eq 0 ]; then status=1; continue; fi
+      python3 -m inferno_backend.cli serve --model "${model_args[1]}" --device cuda \
+        --served-model-name default --dtype bfloat16 --port 8011 --log-format console >"$OUT/serve.log" 2>&1 &
+      server=$!
+      for _ in $(seq 180); do
+        curl -sf http://127.0.0.1:8011/health/ready >/dev/null && break
+        sleep 1
+      done
+      curl -sS http://127.0.0.1:8011/v1/chat/completions -H 'Content-Type: application/json' \
+        -d '{"model": "default", "max_tokens": 32, "temperature": 0,
+             "messages": [{"role": "user", "content": "What is the capital of France?"}]}' |
+        tee "$OUT/serve_answer.json"
+      echo
+      grep -q '"content"' "$OUT/serve_answer.json" || status=1
+      curl -sS http://127.0.0.1:8011/metrics | grep -E '^inferno:(kv|memory|num_requests|gpu)' | head -20
+      kill "$server"
+      wait "$server"
+      tail -5 "$OUT/serve.log"
       ;;
     *) echo "unknown step $step" >&2; status=1 ;;
   esac

@@ -147,3 +147,48 @@ async def test_health_adapter_publishes_changes() -> None:
     await checker.check()
     checker.set_ready(False, "draining")
     assert any(e.probe == "readiness" and e.status == "unhealthy" for e in seen)
+
+
+def test_cuda_memory_falls_back_to_torch_without_cupy(monkeypatch: pytest.MonkeyPatch) -> None:
+    import inferno_inference.torch_memory as torch_memory
+    from inferno_backend.composition import _memory
+    from inferno_backend.config import ServeConfig
+    from inferno_memory import BackendUnavailableError, HostMemoryResource
+
+    made: list[int] = []
+
+    class FakeTorchCuda(HostMemoryResource):
+        def __init__(self, device: int = 0) -> None:
+            super().__init__()
+            made.append(device)
+
+    def no_cupy(device: int = 0) -> None:
+        raise BackendUnavailableError("CUDA memory needs CuPy")
+
+    monkeypatch.setattr("inferno_memory.CudaMemoryResource", no_cupy)
+    monkeypatch.setattr(torch_memory, "TorchCudaMemoryResource", FakeTorchCuda)
+    resource = _memory(ServeConfig(device="cuda:1", warmup=False))
+    assert made == [1]
+    allocation = resource.allocate(1024)  # the pool draws from the torch-backed upstream
+    assert resource.stats().current_bytes == 1024
+    resource.deallocate(allocation)
+
+
+def test_a_cuda_daemon_watches_its_gpu_through_nvml() -> None:
+    from inferno_backend.composition import health_providers, nvml_index
+    from inferno_backend.config import ServeConfig
+    from inferno_health import GpuHealthProvider, MemoryPressureProvider
+    from inferno_memory import HostMemoryResource, StatisticsAdaptor
+
+    memory = StatisticsAdaptor(HostMemoryResource(), limit=1 << 20)
+    cpu = health_providers(ServeConfig(warmup=False), memory)
+    assert [type(p) for p in cpu] == [MemoryPressureProvider]
+    cuda = health_providers(ServeConfig(warmup=False, device="cuda:0"), memory)
+    assert [type(p) for p in cuda] == [MemoryPressureProvider, GpuHealthProvider]
+    # CUDA renumbers the devices CUDA_VISIBLE_DEVICES lists; NVML sees them all.
+    assert nvml_index(1, None) == 1
+    assert nvml_index(1, "") == 1
+    assert nvml_index(0, "3,2") == 3
+    assert nvml_index(1, " 3, 2 ") == 2
+    assert nvml_index(0, "GPU-8f6a2c1e-0000") is None
+    assert nvml_index(2, "0,1") is None

@@ -7,15 +7,17 @@ engine factory, health checker, discovery registrar (lease of ``discovery_ttl``)
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import structlog
 import torch
 from aiohttp import web
 from inferno_discovery import LoadSignals, Registrar, ServiceRegistration, discovery_from_url
-from inferno_health import HealthChecker, MemoryPressureProvider
+from inferno_health import GpuHealthProvider, HealthChecker, HealthProvider, MemoryPressureProvider
 from inferno_inference.config import EngineConfig
 from inferno_inference.factory import build_async_engine
 from inferno_inference.protocols import InferenceEngine
@@ -109,10 +111,17 @@ def engine_config_for(config: ServeConfig) -> EngineConfig:
 def _memory(config: ServeConfig) -> StatisticsAdaptor:
     upstream: MemoryResource
     if config.device.startswith("cuda"):
-        from inferno_memory import CudaMemoryResource
+        from inferno_memory import BackendUnavailableError, CudaMemoryResource
 
         index = int(config.device.partition(":")[2] or 0)
-        upstream = CudaMemoryResource(index)
+        try:
+            upstream = CudaMemoryResource(index)
+        except BackendUnavailableError as exc:
+            # No CuPy: torch's caching allocator serves the pool instead, same seam.
+            from inferno_inference.torch_memory import TorchCudaMemoryResource
+
+            structlog.get_logger(__name__).info("cuda memory through torch", reason=str(exc))
+            upstream = TorchCudaMemoryResource(index)
     else:
         upstream = HostMemoryResource()
     # The pool keeps freed KV blocks for the next model; statistics see what engines hold.
@@ -142,6 +151,34 @@ def describe_registration(daemon: Daemon, config: ServeConfig) -> ServiceRegistr
     )
 
 
+def health_providers(config: ServeConfig, memory: StatisticsAdaptor) -> list[HealthProvider]:
+    """Memory pressure of the pool always; on CUDA also the GPU's NVML health (temperature,
+    ECC errors, throttling, a lost GPU) for the device the model runs on. Without
+    nvidia-ml-py the GPU provider reports no telemetry and stays healthy: torch already
+    reached the device."""
+    providers: list[HealthProvider] = [
+        MemoryPressureProvider(lambda: (memory.stats().current_bytes, memory.limit_bytes))
+    ]
+    if config.device.startswith("cuda"):
+        index = nvml_index(
+            int(config.device.partition(":")[2] or 0), os.environ.get("CUDA_VISIBLE_DEVICES")
+        )
+        providers.append(GpuHealthProvider(devices=None if index is None else [index]))
+    return providers
+
+
+def nvml_index(cuda_index: int, visible_devices: str | None) -> int | None:
+    """The NVML index of CUDA device ``cuda_index``: NVML numbers every GPU in the machine,
+    CUDA only those ``CUDA_VISIBLE_DEVICES`` lists, renumbered from 0. ``None`` when the list
+    names devices by UUID or MIG instance (then the provider watches every GPU)."""
+    if not visible_devices:
+        return cuda_index
+    entries = [e.strip() for e in visible_devices.split(",") if e.strip()]
+    if cuda_index < len(entries) and entries[cuda_index].isdigit():
+        return int(entries[cuda_index])
+    return None
+
+
 def build_daemon(config: ServeConfig) -> Daemon:
     """Build every default collaborator for ``config`` and wire them into a `Daemon`."""
     bus = EventBus()
@@ -150,7 +187,7 @@ def build_daemon(config: ServeConfig) -> Daemon:
         memory, thresholds=(0.8, 0.95), hysteresis=0.05, on_alert=memory_alert_listener(bus)
     )
     health = HealthChecker(
-        [MemoryPressureProvider(lambda: (memory.stats().current_bytes, memory.limit_bytes))],
+        health_providers(config, memory),
         interval=5.0,
         timeout=2.0,
         on_change=[health_change_listener(bus)],
