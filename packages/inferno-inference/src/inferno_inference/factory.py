@@ -23,7 +23,13 @@ from inferno_inference.engine import DetokenizerFactory, LLMEngine
 from inferno_inference.errors import EngineError
 from inferno_inference.kv_cache import KVCache
 from inferno_inference.model import FusedOps, LlamaModel
-from inferno_inference.native import NativeDecoder, load_native, native_unsupported, pack_weight
+from inferno_inference.native import (
+    NativeDecoder,
+    NativeMatmul,
+    load_native,
+    native_unsupported,
+    pack_weight,
+)
 from inferno_inference.runner import ModelRunner
 from inferno_inference.sampler import Sampler
 from inferno_inference.scheduler import Scheduler
@@ -84,6 +90,7 @@ def build_llm_engine(
         # With the native path, int8 lives in its packed copy; torch keeps unquantized weights.
         int8=int8 and not use_native,
         native_layout=functools.partial(pack_weight, int8=int8) if use_native else None,
+        native_matmul=NativeMatmul(library) if use_native and ec.cpu_native_matmuls else None,
     )
     model.ops = _fused_ops(ec, config, dtype, device)
     cache = KVCache(

@@ -13,6 +13,10 @@ faster per token than the packed bf16 GEMV on 2 threads). That kernel wants bf16
 so fp32 rows are cast to bf16 and the result cast back. It is ~9x slower than the packed bf16
 GEMM at 16 rows, so multi-row matmuls keep the unquantized layout: int8 costs memory (a second,
 int8, copy) and buys batch-1 speed.
+
+With the engine's C kernels (``native_layout`` and ``native_matmul``, the CPU default) none of
+the above is kept: every call runs in C on the one copy laid out for the decode path, at
+oneDNN's speed for prefill-sized matmuls, with half the memory.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ import torch.nn.functional as F
 
 from inferno_inference.errors import EngineError
 
-__all__ = ["NativeWeight", "Projection", "quantize_int8"]
+__all__ = ["NativeMatmulFn", "NativeWeight", "Projection", "quantize_int8"]
 
 #: A weight laid out for the native decode path: the data, and per-row scales for int8 codes.
 NativeWeight = tuple[torch.Tensor, torch.Tensor | None]
+#: ``(weight, x, out_features) -> x @ weight.T`` over a `NativeWeight` (`native.NativeMatmul`).
+NativeMatmulFn = Callable[[NativeWeight, torch.Tensor, int], torch.Tensor]
 
 
 def _prepack(weight: torch.Tensor) -> torch.Tensor | None:
@@ -78,7 +84,16 @@ def _int8_kernel_works(q: torch.Tensor, scales: torch.Tensor) -> bool:
 class Projection:
     """``x @ weight.T`` for a weight of ``[out, in]``; call it with ``x`` of ``[rows, in]``."""
 
-    __slots__ = ("gemv", "int8", "native", "nbytes", "out_features", "packed", "transposed")
+    __slots__ = (
+        "gemv",
+        "int8",
+        "matmul",
+        "native",
+        "nbytes",
+        "out_features",
+        "packed",
+        "transposed",
+    )
 
     def __init__(
         self,
@@ -87,6 +102,7 @@ class Projection:
         prepack: bool = True,
         int8: bool = False,
         native_layout: Callable[[torch.Tensor], NativeWeight] | None = None,
+        native_matmul: NativeMatmulFn | None = None,
     ) -> None:
         """Lay ``weight`` out for its matmuls.
 
@@ -95,10 +111,17 @@ class Projection:
         this torch build has no int8 kernel. ``native_layout`` lays out a copy for code outside
         torch (the C decode path's `pack_weight`: the weight or int8 codes, and int8 scales),
         kept as ``native``; the native path then takes the single rows, so no transposed GEMV
-        copy is kept for them, and ``nbytes`` counts the native copy.
+        copy is kept for them, and ``nbytes`` counts the native copy. With ``native_matmul``
+        as well, every call runs on the native copy and it is the only one kept (``int8`` and
+        ``prepack`` are then moot: the native layout decides).
         """
         cpu = weight.device.type == "cpu"
         self.out_features = weight.shape[0]
+        self.matmul = native_matmul
+        if native_matmul is not None:
+            if native_layout is None:
+                raise EngineError("native_matmul needs native_layout")
+            int8, prepack = False, False
         self.nbytes = weight.numel() * weight.element_size()
         self.packed = _prepack(weight) if cpu and prepack else None
         self.int8: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -121,7 +144,7 @@ class Projection:
         self.gemv: torch.Tensor | None
         if self.transposed:
             self.gemv = weight.t().contiguous()
-        elif self.packed is None:
+        elif self.packed is None and self.matmul is None:
             self.gemv = weight.contiguous()
         else:
             self.gemv = None
@@ -152,6 +175,8 @@ class Projection:
         rows = x.shape[0]
         if rows == 0:
             return x.new_empty(0, self.out_features)
+        if self.matmul is not None and self.native is not None:
+            return self.matmul(self.native, x, self.out_features)
         if rows == 1 and self.int8 is not None:
             q, scales = self.int8
             y: torch.Tensor = torch._weight_int8pack_mm(x.to(torch.bfloat16), q, scales)

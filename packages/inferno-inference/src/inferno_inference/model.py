@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from inferno_models.config import ModelConfig
 from inferno_models.names import EMBED, FINAL_NORM, LM_HEAD, layer_name
 
-from inferno_inference.linear import NativeWeight, Projection
+from inferno_inference.linear import NativeMatmulFn, NativeWeight, Projection
 from inferno_inference.rope import apply_rope, rope_tables
 
 __all__ = ["AttentionMetadata", "FusedOps", "LayerWeights", "LlamaModel", "PrefillSegment"]
@@ -127,11 +127,13 @@ class LlamaModel:
         prepack: bool = True,
         int8: bool = False,
         native_layout: Callable[[torch.Tensor], NativeWeight] | None = None,
+        native_matmul: NativeMatmulFn | None = None,
     ) -> None:
         """Fuse and lay out ``weights``; ``int8`` quantizes every projection (LM head included,
         the embedding table kept as is) for single-row matmuls, see `Projection`.
         ``native_layout`` lays out a copy of every projection for the C decode path (see
-        `inferno_inference.native.pack_weight`)."""
+        `inferno_inference.native.pack_weight`); with ``native_matmul`` every matmul runs on
+        that copy, the only one kept."""
         self.config = config
         self.dtype = dtype
         self.device = device
@@ -141,7 +143,13 @@ class LlamaModel:
 
         def proj(*names: str) -> Projection:
             fused = torch.cat([weights[n].to(device=device, dtype=dtype) for n in names])
-            return Projection(fused, prepack=prepack, int8=int8, native_layout=native_layout)
+            return Projection(
+                fused,
+                prepack=prepack,
+                int8=int8,
+                native_layout=native_layout,
+                native_matmul=native_matmul,
+            )
 
         self.embed = get(EMBED)
         self.norm = get(FINAL_NORM)

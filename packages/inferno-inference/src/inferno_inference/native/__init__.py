@@ -4,6 +4,7 @@ from inferno_inference.native.build import NativeLibrary, cache_dir, load_native
 from inferno_inference.native.decoder import (
     NATIVE_DTYPES,
     NativeDecoder,
+    NativeMatmul,
     native_unsupported,
     pack_weight,
 )
@@ -12,6 +13,7 @@ __all__ = [
     "NATIVE_DTYPES",
     "NativeDecoder",
     "NativeLibrary",
+    "NativeMatmul",
     "cache_dir",
     "load_native",
     "native_unsupported",

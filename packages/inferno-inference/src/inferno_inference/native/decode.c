@@ -29,7 +29,7 @@
 #include <immintrin.h>
 #endif
 
-#define INFERNO_DECODE_ABI 2
+#define INFERNO_DECODE_ABI 3
 
 enum { DT_F32 = 0, DT_BF16 = 1 };
 /* Projection weight types: fp32 and bf16 as the model; int8 codes with one fp32 scale per row. */
@@ -550,4 +550,28 @@ int inferno_decode_step(const model_t* mdl, int64_t M, const int64_t* token_ids,
     }
     free(st.x), free(st.qkv), free(st.attn), free(st.gu), free(st.in), free(st.scores);
     return ok ? 0 : -1;
+}
+
+/*
+ * y[M, N] = x[M, K] @ W^T (times the per-row scales for int8 codes), W packed as for the decode
+ * step (its N rows padded to 32), on nthreads OpenMP threads: the matmuls of steps the decode
+ * call does not take (prefill chunks, large batches), so the packed copy can be the only one.
+ * x is bf16 for bf16 weights (K even), fp32 otherwise; y is fp32.
+ */
+void inferno_matmul(const void* w, int32_t wt, const float* scale, const void* x, int64_t M,
+                    int64_t N, int64_t K, float* y, int32_t nthreads) {
+#ifndef _OPENMP
+    nthreads = 1;
+#endif
+    if (nthreads < 1) nthreads = 1;
+    barrier_t barrier = {0, 0};
+#pragma omp parallel num_threads(nthreads)
+    {
+#ifdef _OPENMP
+        par_t par = {omp_get_thread_num(), omp_get_num_threads(), &barrier};
+#else
+        par_t par = {0, 1, &barrier};
+#endif
+        project(&par, w, wt, scale, x, M, N, K, y, N, 0);
+    }
 }

@@ -15,16 +15,16 @@ import torch
 from inferno_models.config import ModelConfig
 
 from inferno_inference.errors import EngineError
-from inferno_inference.linear import quantize_int8
+from inferno_inference.linear import NativeWeight, quantize_int8
 from inferno_inference.model import AttentionMetadata, LlamaModel
 from inferno_inference.native.build import NativeLibrary, load_native
 from inferno_inference.rope import rope_tables
 
-__all__ = ["NATIVE_DTYPES", "NativeDecoder", "native_unsupported", "pack_weight"]
+__all__ = ["NATIVE_DTYPES", "NativeDecoder", "NativeMatmul", "native_unsupported", "pack_weight"]
 
 #: Model dtypes the C decode path runs (fp16 has no fast CPU dot product to use).
 NATIVE_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
-_ABI = 2
+_ABI = 3
 _W_INT8 = 2  # decode.c's weight type for int8 codes with per-row scales
 _p = ctypes.c_void_p
 _i64 = ctypes.c_int64
@@ -105,6 +105,50 @@ def pack_weight(
     else:
         packed = w.view(rows // _BLOCK, _BLOCK, cols).permute(0, 2, 1)
     return packed.contiguous(), scales
+
+
+class NativeMatmul:
+    """``x @ W.T`` over a `pack_weight` layout, in ``decode.c``: the matmuls the decode call
+    does not take (prefill chunks, steps of more than ``max_rows`` sequences), so a model's
+    packed copy can be its only one (`Projection(native_matmul=...)`)."""
+
+    def __init__(self, library: NativeLibrary | None = None, threads: int | None = None) -> None:
+        native = library or load_native("decode")
+        if native.lib is None:
+            raise EngineError(f"native kernels unavailable: {native.reason}")
+        if native.lib.inferno_decode_abi() != _ABI:
+            raise EngineError(f"native kernel ABI mismatch in {native.path}")
+        self._matmul = native.lib.inferno_matmul
+        self._matmul.restype = None
+        self._matmul.argtypes = [_p, ctypes.c_int32, _p, _p, _i64, _i64, _i64, _p, ctypes.c_int32]
+        self.threads = threads
+
+    def __call__(self, weight: NativeWeight, x: torch.Tensor, out_features: int) -> torch.Tensor:
+        """``x`` (``[rows, in]``, any float dtype) times the packed ``weight`` of
+        ``out_features`` rows; the result in ``x``'s dtype."""
+        packed, scales = weight
+        if scales is not None:
+            wt, act = _W_INT8, torch.float32
+        else:
+            wt, act = NATIVE_DTYPES[packed.dtype], packed.dtype
+        rows, cols = x.shape
+        inner = packed.shape[1] * (2 if packed.dim() == 4 else 1)
+        if cols != inner:
+            raise EngineError(f"input width {cols} does not match the packed weight's {inner}")
+        xa = x.to(act).contiguous()
+        y = torch.empty(rows, out_features, dtype=torch.float32)
+        self._matmul(
+            _ptr(packed),
+            wt,
+            None if scales is None else _ptr(scales),
+            _ptr(xa),
+            rows,
+            out_features,
+            cols,
+            _ptr(y),
+            self.threads or torch.get_num_threads(),
+        )
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
 def native_unsupported(config: ModelConfig, dtype: torch.dtype) -> str | None:
