@@ -60,9 +60,9 @@ class EngineConfig(BaseModel):
     )
     cpu_prepacked_weights: bool = Field(
         default=True,
-        description="CPU: keep oneDNN-prepacked weights for multi-row matmuls (faster batches; "
-        "in fp32 without the native decode path, a second copy of the weights is kept for "
-        "single-row GEMVs).",
+        description="CPU without the native matmuls: keep oneDNN-prepacked weights for "
+        "multi-row matmuls (faster batches; in fp32 without the native decode path, a second "
+        "copy of the weights is kept for single-row GEMVs).",
     )
     cpu_native_decode: bool = Field(
         default=True,
