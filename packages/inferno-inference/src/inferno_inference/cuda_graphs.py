@@ -6,9 +6,10 @@ static shapes, so one graph is captured per bucket of (batch size, attention spa
 in the smallest bucket that holds it. Padded rows write their K/V to a scratch slot that no
 sequence owns, and the context-length mask hides padded positions.
 
-The span buckets matter as much as the batch ones: decode attention gathers ``span`` cache
-slots per sequence and layer, so a single graph padded to the longest context the cache allows
-would read (and copy) the whole context window on every token, mostly padding.
+With PyTorch attention the span buckets matter as much as the batch ones: decode attention
+gathers ``span`` cache slots per sequence and layer, so a single graph padded to the longest
+context the cache allows would read (and copy) the whole context window on every token, mostly
+padding. The Triton attention stops at each sequence's length, so there one span serves.
 """
 
 from __future__ import annotations
