@@ -68,7 +68,8 @@ for step in "$@"; do
       assemble
       if [ ${#model_args[@]} -eq 0 ]; then status=1; continue; fi
       python3 -m inferno_backend.cli serve --model "${model_args[1]}" --device cuda \
-        --served-model-name default --dtype bfloat16 --port 8011 --log-format console >"$OUT/serve.log" 2>&1 &
+        --served-model-name default --dtype bfloat16 --port 8011 --log-format console \
+        >"$OUT/serve.log" 2>&1 &
       server=$!
       for _ in $(seq 180); do
         curl -sf http://127.0.0.1:8011/health/ready >/dev/null && break
@@ -80,7 +81,9 @@ for step in "$@"; do
         tee "$OUT/serve_answer.json"
       echo
       grep -q '"content"' "$OUT/serve_answer.json" || status=1
-      curl -sS http://127.0.0.1:8011/metrics | grep -E '^inferno:(kv|memory|num_requests|gpu)' | head -20
+      curl -sS http://127.0.0.1:8011/metrics | grep -E '^inferno:(kv|memory|num_requests)'
+      curl -sS http://127.0.0.1:8011/health/ready
+      echo
       kill "$server"
       wait "$server"
       tail -5 "$OUT/serve.log"
