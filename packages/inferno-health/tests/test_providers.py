@@ -111,6 +111,16 @@ async def test_gpu_without_ecc_support_is_fine() -> None:
     assert report.data["gpus"][0]["ecc_uncorrected_errors"] is None
 
 
+async def test_gpu_without_utilization_reports_is_fine() -> None:
+    # A MIG instance: NVML answers "not supported" for utilization, which is not a fault.
+    report = await GpuHealthProvider(FakeNvml(gpus=[FakeGpu(utilization_gpu_percent=None)])).check()
+    assert report.status is HealthStatus.HEALTHY
+    gpu = report.data["gpus"][0]
+    assert gpu["utilization_gpu_percent"] is None
+    assert gpu["utilization_memory_percent"] is None
+    assert gpu["temperature_c"] == 40
+
+
 async def test_gpu_worst_device_wins_and_all_are_named() -> None:
     nvml = FakeNvml(gpus=[FakeGpu(), FakeGpu(temperature_c=90), FakeGpu(ecc_uncorrected_errors=1)])
     report = await GpuHealthProvider(nvml).check()

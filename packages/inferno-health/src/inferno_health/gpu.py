@@ -152,9 +152,12 @@ class GpuHealthProvider(NamedProvider):
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
             gpu["memory_total_bytes"] = int(memory.total)
             gpu["memory_used_bytes"] = int(memory.used)
-            utilization = nvml.nvmlDeviceGetUtilizationRates(handle)
-            gpu["utilization_gpu_percent"] = int(utilization.gpu)
-            gpu["utilization_memory_percent"] = int(utilization.memory)
+            # MIG instances and some virtual GPUs report no utilization: None, not a failure.
+            utilization = _supported(nvml, nvml.nvmlDeviceGetUtilizationRates, handle)
+            gpu["utilization_gpu_percent"] = None if utilization is None else int(utilization.gpu)
+            gpu["utilization_memory_percent"] = (
+                None if utilization is None else int(utilization.memory)
+            )
             gpu["ecc_uncorrected_errors"] = _optional(nvml, _ecc_errors, nvml, handle)
             mask = _optional(nvml, _throttle_mask, nvml, handle)
         except nvml.NVMLError as exc:
@@ -203,16 +206,22 @@ def _throttle_mask(nvml: Any, handle: Any) -> int:
     return int(query(handle))
 
 
-def _optional(nvml: Any, query: Any, *args: Any) -> int | None:
+def _supported(nvml: Any, query: Any, *args: Any) -> Any:
     """Run ``query``; None when the GPU does not support it (consumer GPUs have no ECC)."""
     try:
-        return int(query(*args))
+        return query(*args)
     except nvml.NVMLError as exc:
         if getattr(exc, "value", None) == getattr(
             nvml, "NVML_ERROR_NOT_SUPPORTED", _NVML_ERROR_NOT_SUPPORTED
         ):
             return None
         raise
+
+
+def _optional(nvml: Any, query: Any, *args: Any) -> int | None:
+    """`_supported` for an integer reading."""
+    value = _supported(nvml, query, *args)
+    return None if value is None else int(value)
 
 
 def _describe(exc: BaseException) -> str:

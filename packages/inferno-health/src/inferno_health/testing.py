@@ -27,14 +27,15 @@ class FakeGpu:
     """One simulated GPU. Change fields between checks to script a scenario.
 
     ``ecc_uncorrected_errors=None`` means ECC is not supported (a consumer GPU);
-    ``lost=True`` makes every query fail like a GPU that fell off the bus.
+    ``utilization_gpu_percent=None`` means utilization is not reported (a MIG instance, some
+    virtual GPUs); ``lost=True`` makes every query fail like a GPU that fell off the bus.
     """
 
     name: str = "Fake GPU 80GB"
     temperature_c: int = 40
     memory_total_bytes: int = 80 * 2**30
     memory_used_bytes: int = 2**30
-    utilization_gpu_percent: int = 0
+    utilization_gpu_percent: int | None = 0
     utilization_memory_percent: int = 0
     ecc_uncorrected_errors: int | None = 0
     throttle_reasons: int = 0
@@ -99,6 +100,8 @@ class FakeNvml:
 
     def nvmlDeviceGetUtilizationRates(self, handle: FakeGpu) -> Any:  # noqa: N802
         gpu = self._live(handle)
+        if gpu.utilization_gpu_percent is None:
+            raise FakeNvmlError(self.NVML_ERROR_NOT_SUPPORTED, "Not Supported")
         return SimpleNamespace(
             gpu=gpu.utilization_gpu_percent, memory=gpu.utilization_memory_percent
         )
