@@ -25,7 +25,7 @@ def test_span_buckets_double_in_whole_blocks_up_to_the_maximum() -> None:
         span_buckets(100, 16)
 
 
-def _engine(*, static: bool, **kwargs: object) -> LLMEngine:
+def _engine(*, static: bool, max_graph_slots: int = 1 << 18, **kwargs: object) -> LLMEngine:
     config = tiny_config()
     engine = tiny_llm_engine(
         config=config,
@@ -35,7 +35,9 @@ def _engine(*, static: bool, **kwargs: object) -> LLMEngine:
         **kwargs,
     )
     if static:
-        attach_eager_graphs(engine, max_batch=6, max_span=48, min_span=8)
+        attach_eager_graphs(
+            engine, max_batch=6, max_span=48, min_span=8, max_graph_slots=max_graph_slots
+        )
     return engine
 
 
@@ -115,3 +117,16 @@ def test_padded_rows_touch_only_the_scratch_slot() -> None:
     engine.step()  # three sequences in the 4-row bucket: one padded row
     changed = (snapshot() != before).flatten(3).any(dim=3).any(dim=0).any(dim=0)
     assert set(changed.nonzero().flatten().tolist()) == written | {cache.scratch_slot}
+
+
+def test_buckets_past_the_slot_budget_are_left_to_the_plain_path() -> None:
+    engine = _engine(static=True, max_graph_slots=64)
+    graphs = engine.runner.graphs
+    assert graphs is not None
+    assert graphs.can_run(1, 48)  # 1 x 48 slots
+    assert graphs.can_run(6, 8)  # 6 x 8
+    assert not graphs.can_run(3, 20)  # its bucket, 4 x 32, is over 64 slots
+    with pytest.raises(ValueError, match="no bucket"):
+        graphs.bucket(3, 20)
+    prompts = [[(11 * i + 5 * k) % 300 + 3 for k in range(3 + 4 * i)] for i in range(5)]
+    assert _generate(engine, prompts) == _generate(_engine(static=False), prompts)

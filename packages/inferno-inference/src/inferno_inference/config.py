@@ -41,7 +41,9 @@ class EngineConfig(BaseModel):
         default=True, description="Capture decode steps in CUDA graphs (CUDA devices only)."
     )
     cuda_graph_max_batch: int = Field(
-        default=32, ge=1, description="Largest decode batch captured in a CUDA graph."
+        default=64,
+        ge=1,
+        description="Largest decode batch captured in a CUDA graph (capped by max_num_seqs).",
     )
     cuda_graph_max_context: int = Field(
         default=8192,

@@ -27,6 +27,10 @@ __all__ = ["CudaGraphDecoder", "span_buckets"]
 log = structlog.get_logger(__name__)
 
 _BATCHES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+#: Most cache slots (batch x span) one graph's decode attention may gather; larger buckets are
+#: not captured (their steps run eagerly): with PyTorch attention a 64 x 8192 bucket of a
+#: Llama-3.2-1B-shaped model would hold about 1 GiB of gathered K/V per layer during capture.
+MAX_GRAPH_SLOTS = 1 << 18
 
 
 def span_buckets(max_span: int, block_size: int, *, min_span: int = 256) -> list[int]:
@@ -113,6 +117,8 @@ class CudaGraphDecoder:
     ``max_span`` slots per sequence, and replays them.
 
     ``scratch_slot`` is a cache slot outside every block the block manager hands out. With
+    several spans, buckets of more than ``max_graph_slots`` batch x span slots are not captured.
+    With
     ``capture=False`` the same padded, fixed-shape steps run eagerly (on any device): the
     padding logic can be checked without a GPU, and a suspected graph bug told apart from a
     padding one.
@@ -128,6 +134,7 @@ class CudaGraphDecoder:
         block_size: int,
         scratch_slot: int,
         min_span: int = 256,
+        max_graph_slots: int = MAX_GRAPH_SLOTS,
         capture: bool = True,
     ) -> None:
         if capture and model.device.type != "cuda":
@@ -141,10 +148,16 @@ class CudaGraphDecoder:
         self._steps: dict[tuple[int, int], _StaticStep] = {}
         self._pool = torch.cuda.graph_pool_handle() if capture else None
         start = time.perf_counter()
+        # One span means attention that stops at each sequence's length (no gather): every
+        # batch size is captured. Otherwise buckets past max_graph_slots are left eager.
+        buckets = [
+            (b, s)
+            for b in self.batches
+            for s in self.spans
+            if len(self.spans) == 1 or b * s <= max_graph_slots
+        ]
         # Largest first, so the smaller graphs' activations fit in the memory it pooled.
-        for batch, span in sorted(
-            ((b, s) for b in self.batches for s in self.spans), key=lambda p: -p[0] * p[1]
-        ):
+        for batch, span in sorted(buckets, key=lambda p: -p[0] * p[1]):
             step = _StaticStep(batch, span, scratch_slot, model.device)
             if capture:
                 self._capture(step)
@@ -152,6 +165,7 @@ class CudaGraphDecoder:
         log.info(
             "decode graphs ready",
             captured=capture,
+            graphs=len(self._steps),
             batches=self.batches,
             spans=self.spans,
             seconds=round(time.perf_counter() - start, 2),
@@ -181,17 +195,23 @@ class CudaGraphDecoder:
             step.logits = self.model.forward(step.ids, meta, self.kv_layers)
 
     def can_run(self, num_decodes: int, span: int) -> bool:
-        """A decode-only step of this size fits a bucket."""
-        return num_decodes <= self.max_batch and span <= self.max_span
+        """A decode-only step of this size fits a captured bucket."""
+        return self._smallest(num_decodes, span) in self._steps
 
-    def bucket(self, num_decodes: int, span: int) -> tuple[int, int]:
-        """The (batch, span) bucket a step of this size runs in."""
-        if not self.can_run(num_decodes, span):
-            raise ValueError(f"no bucket holds {num_decodes} sequences over {span} slots")
+    def _smallest(self, num_decodes: int, span: int) -> tuple[int, int] | None:
+        if num_decodes > self.max_batch or span > self.max_span:
+            return None
         return (
             self.batches[bisect.bisect_left(self.batches, num_decodes)],
             self.spans[bisect.bisect_left(self.spans, span)],
         )
+
+    def bucket(self, num_decodes: int, span: int) -> tuple[int, int]:
+        """The (batch, span) bucket a step of this size runs in."""
+        bucket = self._smallest(num_decodes, span)
+        if bucket is None or bucket not in self._steps:
+            raise ValueError(f"no bucket holds {num_decodes} sequences over {span} slots")
+        return bucket
 
     def run(self, input_ids: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Run a decode-only step given as host tensors; returns its logits."""

@@ -68,7 +68,12 @@ def tiny_llm_engine(
 
 
 def attach_eager_graphs(
-    engine: LLMEngine, *, max_batch: int, max_span: int, min_span: int
+    engine: LLMEngine,
+    *,
+    max_batch: int,
+    max_span: int,
+    min_span: int,
+    max_graph_slots: int = 1 << 18,
 ) -> CudaGraphDecoder:
     """Route the engine's decode steps through `CudaGraphDecoder`'s padded fixed-shape steps,
     run eagerly (``capture=False``), so the CUDA graphs' padding is exercised on any device."""
@@ -81,6 +86,7 @@ def attach_eager_graphs(
         block_size=runner.block_size,
         scratch_slot=runner.kv_cache.scratch_slot,
         min_span=min_span,
+        max_graph_slots=max_graph_slots,
         capture=False,
     )
     return runner.graphs
