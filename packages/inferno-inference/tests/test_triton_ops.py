@@ -267,6 +267,7 @@ def test_kernels_compile_for_hopper_without_a_gpu(dtype: str) -> None:
         (k.silu_mul, {"gate_up_ptr": p, "out_ptr": p}, {"BLOCK": 1024}),
     ]
     for fn, types, constexprs in cases:
-        source = ASTSource(JITFunction(fn), _signature(fn, types, constexprs), constexprs)
+        signature = _signature(fn, types, constexprs)
+        source = ASTSource(fn=JITFunction(fn), signature=signature, constexprs=constexprs)
         compiled = compile(source, target=GPUTarget("cuda", 90, 32))
         assert compiled.asm["cubin"], fn
