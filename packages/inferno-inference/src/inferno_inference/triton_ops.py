@@ -31,6 +31,7 @@ import torch
 __all__ = [
     "TritonOps",
     "choose_splits",
+    "compile_for_gpu",
     "paged_decode_attention",
     "reference_add_rms_norm",
     "reference_decode_attention",
@@ -407,3 +408,56 @@ def self_check(
         if not error <= tolerance:  # also catches NaN
             return f"self-check: {name} is off by {error:.3g} (> {tolerance})"
     return None
+
+
+def compile_for_gpu(dtype: torch.dtype, *, arch: int = 90) -> dict[str, int]:
+    """Compile every kernel for an NVIDIA GPU of compute capability ``arch`` (90: Hopper),
+    without needing one: the kernels' shapes of a Llama-3.2-1B-like model, ``dtype`` tensors.
+    Returns each kernel's cubin size; raises Triton's error where one does not build. Not
+    under ``TRITON_INTERPRET=1``, whose builtins replace the compiler's."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise RuntimeError("compile_for_gpu cannot run under TRITON_INTERPRET=1")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile
+    from triton.runtime.jit import JITFunction
+
+    from inferno_inference import triton_kernels as k
+
+    p = "*" + {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
+    i64 = "*i64"
+    cases: dict[str, tuple[object, dict[str, str], dict[str, object]]] = {
+        "attend": (
+            k.attend,
+            {"q_ptr": p, "k_ptr": p, "v_ptr": p, "slots_ptr": i64, "lens_ptr": i64,
+             "out_ptr": p, "lse_ptr": "*fp32", "scale": "fp32"},
+            {"GROUP": 4, "GROUP_PAD": 16, "HD": 64, "HD_PAD": 64, "BLOCK_N": _BLOCK_N,
+             "HAS_LENS": True},
+        ),
+        "merge": (
+            k.merge,
+            {"part_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": p},
+            {"HD": 64, "HD_PAD": 64, "SPLITS_PAD": 32},
+        ),
+        "rope_kv_write": (
+            k.rope_kv_write,
+            {"qkv_ptr": p, "pos_ptr": i64, "cos_ptr": p, "sin_ptr": p, "slot_ptr": i64,
+             "qk_ptr": p, "k_cache_ptr": p, "v_cache_ptr": p},
+            {"HEADS": 32, "KV_HEADS": 8, "ROWS_PAD": 64, "HD": 64, "HD_PAD": 64},
+        ),
+        "add_rms_norm": (
+            k.add_rms_norm,
+            {"x_ptr": p, "delta_ptr": p, "w_ptr": p, "out_ptr": p, "eps": "fp32"},
+            {"HAS_DELTA": True, "BLOCK": 2048},
+        ),
+        "silu_mul": (k.silu_mul, {"gate_up_ptr": p, "out_ptr": p}, {"BLOCK": _SILU_BLOCK}),
+    }  # fmt: skip
+    sizes: dict[str, int] = {}
+    for name, (fn, arg_types, constexprs) in cases.items():
+        # Parameters not named above are 32-bit integers (strides and sizes).
+        code = fn.__code__  # type: ignore[attr-defined]
+        params = code.co_varnames[: code.co_argcount]
+        signature = {n: "constexpr" if n in constexprs else arg_types.get(n, "i32") for n in params}
+        source = ASTSource(fn=JITFunction(fn), signature=signature, constexprs=constexprs)
+        compiled = compile(source, target=GPUTarget("cuda", arch, 32))
+        sizes[name] = len(compiled.asm["cubin"])
+    return sizes
