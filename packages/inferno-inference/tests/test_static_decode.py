@@ -130,3 +130,35 @@ def test_buckets_past_the_slot_budget_are_left_to_the_plain_path() -> None:
         graphs.bucket(3, 20)
     prompts = [[(11 * i + 5 * k) % 300 + 3 for k in range(3 + 4 * i)] for i in range(5)]
     assert _generate(engine, prompts) == _generate(_engine(static=False), prompts)
+
+
+@pytest.mark.parametrize("path", ["torch", "static", "native"])
+def test_a_one_token_prefill_chunk_in_a_decode_step_is_not_sampled(path: str) -> None:
+    # A two-token budget: while "a" decodes, "b"'s prompt goes in one token a step, so every
+    # step is single tokens, and all but the last of b's are mid-prompt.
+    def run(requests: list[GenerationRequest], **kwargs: object) -> dict[str, list[int]]:
+        if path == "native":
+            config = tiny_config()
+            engine = tiny_llm_engine(
+                config=config, weights=random_weights(config, seed=3), **kwargs
+            )
+        else:
+            engine = _engine(static=path == "static", **kwargs)
+        out: dict[str, list[int]] = {}
+        engine.add_request(requests[0])
+        for step in range(200):
+            if step == 2 and len(requests) > 1:
+                engine.add_request(requests[1])
+            for o in engine.step():
+                out.setdefault(o.request_id, []).extend(o.token_ids)
+            if not engine.has_work():
+                break
+        return out
+
+    sp = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    a = GenerationRequest("a", (5, 6, 7), sp)
+    b = GenerationRequest("b", tuple(range(20, 29)), sp)
+    alone = {**run([a]), **run([b])}
+    together = run([a, b], max_num_seqs=2, max_num_batched_tokens=2)
+    assert together == alone
+    assert all(len(tokens) == 6 for tokens in together.values())

@@ -222,6 +222,11 @@ class CudaGraphDecoder:
         step.fill(input_ids, meta)
         if step.graph is not None:
             step.graph.replay()
-            return step.logits[:nd]
-        with torch.inference_mode():
-            return self.model.forward(step.ids, step.meta(), self.kv_layers)[:nd]
+            logits = step.logits[:nd]
+        else:
+            with torch.inference_mode():
+                logits = self.model.forward(step.ids, step.meta(), self.kv_layers)[:nd]
+        # A one-token prefill chunk rides in a decode step but is not sampled.
+        if meta.logits_indices.numel() != nd:
+            logits = logits[meta.logits_indices.to(logits.device)]
+        return logits

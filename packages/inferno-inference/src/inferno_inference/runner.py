@@ -52,7 +52,9 @@ class ModelRunner:
         bs = self.block_size
         pairs = sorted(zip(batch.seqs, batch.num_tokens, strict=True), key=lambda p: p[1] > 1)
         decodes = [s for s, n in pairs if n == 1]
-        if len(decodes) == len(pairs):
+        # Every row a real decode (its last token): a one-token prefill chunk in the middle of
+        # a prompt also has n == 1, but must not be sampled.
+        if len(decodes) == len(pairs) and all(s.num_computed + 1 == s.num_tokens for s in decodes):
             return self._prepare_decodes(decodes)
         ids: list[int] = []
         positions: list[int] = []
