@@ -84,6 +84,12 @@ def _pow2(n: int, least: int = 1) -> int:
     return max(least, 1 << (n - 1).bit_length())
 
 
+def _warps(elements: int) -> int:
+    """Warps for a one-program-per-row kernel holding ``elements`` values: about 32 a thread,
+    so wide rows (a 70B model's 8192 hidden) do not spill registers."""
+    return max(4, min(16, _pow2(elements // (32 * 32))))
+
+
 @functools.cache
 def _multiprocessors(index: int) -> int:
     return int(torch.cuda.get_device_properties(index).multi_processor_count)
@@ -247,6 +253,7 @@ def rope_kv_write(
             ROWS_PAD=_pow2(heads + 2 * kv_heads),
             HD=hd,
             HD_PAD=_pow2(hd),
+            num_warps=_warps(_pow2(heads + 2 * kv_heads) * _pow2(hd)),
         )
     return qk
 
@@ -296,6 +303,7 @@ def add_rms_norm(
             eps,
             HAS_DELTA=delta is not None,
             BLOCK=_pow2(hidden),
+            num_warps=_warps(_pow2(hidden)),
         )
     return out
 
