@@ -89,6 +89,7 @@ async def test_sigterm_drains_inflight_and_refuses_new() -> None:
                 server.url + "/v1/completions", json={**_payload(99, 4), "stream": False}
             ) as late:
                 assert late.status == 503
+            server.terminate()  # a second SIGTERM does not cut the drain short
             assert await asyncio.gather(*inflight) == ["length"] * 4
     finally:
         assert server.stop() == 0

@@ -128,6 +128,10 @@ async def serve(config: ServeConfig) -> int:
         log.info("serving; send SIGTERM to stop", url=f"http://{host}:{port}")
         await stopping
     log.info("shutting down")
+    # A second SIGTERM must not cut the drain short, nor kill the process once the loop has
+    # closed (closing restores SIGTERM's default action) while the interpreter exits.
+    loop.remove_signal_handler(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     await orchestrator.stop()
     await runner.cleanup()
     return status
