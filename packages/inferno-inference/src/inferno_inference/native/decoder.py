@@ -107,18 +107,24 @@ def pack_weight(
     return packed.contiguous(), scales
 
 
+def _bind(library: NativeLibrary | None) -> ctypes.CDLL:
+    """The compiled kernels (``library``, or built now), checked for this module's ABI."""
+    native = library or load_native("decode")
+    if native.lib is None:
+        raise EngineError(f"native kernels unavailable: {native.reason}")
+    if native.lib.inferno_decode_abi() != _ABI:
+        raise EngineError(f"native kernel ABI mismatch in {native.path}")
+    lib: ctypes.CDLL = native.lib
+    return lib
+
+
 class NativeMatmul:
     """``x @ W.T`` over a `pack_weight` layout, in ``decode.c``: the matmuls the decode call
     does not take (prefill chunks, steps of more than ``max_rows`` sequences), so a model's
     packed copy can be its only one (`Projection(native_matmul=...)`)."""
 
     def __init__(self, library: NativeLibrary | None = None, threads: int | None = None) -> None:
-        native = library or load_native("decode")
-        if native.lib is None:
-            raise EngineError(f"native kernels unavailable: {native.reason}")
-        if native.lib.inferno_decode_abi() != _ABI:
-            raise EngineError(f"native kernel ABI mismatch in {native.path}")
-        self._matmul = native.lib.inferno_matmul
+        self._matmul = _bind(library).inferno_matmul
         self._matmul.restype = None
         self._matmul.argtypes = [_p, ctypes.c_int32, _p, _p, _i64, _i64, _i64, _p, ctypes.c_int32]
         self.threads = threads
@@ -186,13 +192,7 @@ class NativeDecoder:
         unsupported = native_unsupported(model.config, model.dtype)
         if unsupported is not None:
             raise EngineError(unsupported)
-        native = library or load_native("decode")
-        if native.lib is None:
-            raise EngineError(f"native kernels unavailable: {native.reason}")
-        lib = native.lib
-        if lib.inferno_decode_abi() != _ABI:
-            raise EngineError(f"native kernel ABI mismatch in {native.path}")
-        self._step = lib.inferno_decode_step
+        self._step = _bind(library).inferno_decode_step
         self._step.restype = ctypes.c_int
         self._step.argtypes = [
             ctypes.POINTER(_Model),
