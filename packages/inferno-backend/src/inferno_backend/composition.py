@@ -108,12 +108,17 @@ def engine_config_for(config: ServeConfig) -> EngineConfig:
     )
 
 
+def _cuda_index(device: str) -> int:
+    """The device index of a torch device string: ``cuda`` is 0, ``cuda:1`` is 1."""
+    return int(device.partition(":")[2] or 0)
+
+
 def _memory(config: ServeConfig) -> StatisticsAdaptor:
     upstream: MemoryResource
     if config.device.startswith("cuda"):
         from inferno_memory import BackendUnavailableError, CudaMemoryResource
 
-        index = int(config.device.partition(":")[2] or 0)
+        index = _cuda_index(config.device)
         try:
             upstream = CudaMemoryResource(index)
         except BackendUnavailableError as exc:
@@ -160,9 +165,7 @@ def health_providers(config: ServeConfig, memory: StatisticsAdaptor) -> list[Hea
         MemoryPressureProvider(lambda: (memory.stats().current_bytes, memory.limit_bytes))
     ]
     if config.device.startswith("cuda"):
-        index = nvml_index(
-            int(config.device.partition(":")[2] or 0), os.environ.get("CUDA_VISIBLE_DEVICES")
-        )
+        index = nvml_index(_cuda_index(config.device), os.environ.get("CUDA_VISIBLE_DEVICES"))
         providers.append(GpuHealthProvider(devices=None if index is None else [index]))
     return providers
 
