@@ -56,6 +56,7 @@ class _StaticStep:
         "ids",
         "lens",
         "logits",
+        "meta",
         "positions",
         "scratch",
         "slot_mapping",
@@ -74,16 +75,15 @@ class _StaticStep:
         self.slots = torch.full((batch, span), scratch, dtype=torch.long, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits = torch.empty(0, device=device)
-
-    def meta(self) -> AttentionMetadata:
-        return AttentionMetadata(
+        #: The step as the model sees it: every tensor in it is one of the buffers above.
+        self.meta = AttentionMetadata(
             positions=self.positions,
             slot_mapping=self.slot_mapping,
-            num_decodes=self.ids.shape[0],
+            num_decodes=batch,
             decode_slots=self.slots,
             decode_context_lens=self.lens,
             prefills=[],
-            logits_indices=torch.arange(self.ids.shape[0], device=self.ids.device),
+            logits_indices=torch.arange(batch, device=device),
         )
 
     def fill(self, input_ids: torch.Tensor, meta: AttentionMetadata) -> None:
@@ -182,7 +182,7 @@ class CudaGraphDecoder:
         return self.spans[-1]
 
     def _capture(self, step: _StaticStep) -> None:
-        meta = step.meta()
+        meta = step.meta
         stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
         stream.wait_stream(torch.cuda.current_stream())
         # Warm-up runs (kernel selection, allocator) write only to the scratch slot.
@@ -225,7 +225,7 @@ class CudaGraphDecoder:
             logits = step.logits[:nd]
         else:
             with torch.inference_mode():
-                logits = self.model.forward(step.ids, step.meta(), self.kv_layers)[:nd]
+                logits = self.model.forward(step.ids, step.meta, self.kv_layers)[:nd]
         # A one-token prefill chunk rides in a decode step but is not sampled.
         if meta.logits_indices.numel() != nd:
             logits = logits[meta.logits_indices.to(logits.device)]
