@@ -15,7 +15,7 @@ from inferno_inference.config import EngineConfig
 from inferno_inference.engine import LLMEngine
 from inferno_inference.factory import build_llm_engine
 from inferno_inference.model import AttentionMetadata, PrefillSegment
-from inferno_inference.types import GenerationRequest, SamplingParams
+from inferno_inference.tiny import greedy_tokens
 from inferno_memory import HostMemoryResource
 from inferno_models import LlamaLoader, LoadedModel, default_model_path
 
@@ -84,14 +84,7 @@ def test_prefill_logits_match_transformers(
 
 
 def _greedy(engine: LLMEngine, prompts: list[list[int]]) -> list[list[int]]:
-    sp = SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
-    for i, p in enumerate(prompts):
-        engine.add_request(GenerationRequest(f"d{i}", tuple(p), sp))
-    out: dict[str, list[int]] = {f"d{i}": [] for i in range(len(prompts))}
-    while engine.has_work():
-        for o in engine.step():
-            out[o.request_id].extend(o.token_ids)
-    return [out[f"d{i}"] for i in range(len(prompts))]
+    return greedy_tokens(engine, prompts, NEW_TOKENS)
 
 
 def test_greedy_matches_transformers_alone_and_batched(

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from inferno_inference.engine import LLMEngine
-from inferno_inference.tiny import tiny_llm_engine
+from inferno_inference.tiny import greedy_tokens, tiny_llm_engine
 from inferno_inference.torch_memory import TorchCudaMemoryResource
-from inferno_inference.types import GenerationRequest, SamplingParams
 from inferno_memory import CudaMemoryResource, StatisticsAdaptor
 from inferno_models.testing import random_weights, tiny_config
 
@@ -18,14 +17,7 @@ pytestmark = [
 
 
 def _greedy(engine: LLMEngine, prompts: list[list[int]], n: int = 24) -> list[list[int]]:
-    sp = SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
-    for i, p in enumerate(prompts):
-        engine.add_request(GenerationRequest(f"g{i}", tuple(p), sp))
-    out: dict[str, list[int]] = {f"g{i}": [] for i in range(len(prompts))}
-    while engine.has_work():
-        for o in engine.step():
-            out[o.request_id].extend(o.token_ids)
-    return [out[f"g{i}"] for i in range(len(prompts))]
+    return greedy_tokens(engine, prompts, n)
 
 
 PROMPTS = [[(7 * i + 3 * k) % 250 + 3 for k in range(5 + 9 * i)] for i in range(6)]

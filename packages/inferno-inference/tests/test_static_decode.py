@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from inferno_inference.cuda_graphs import span_buckets
+from inferno_inference.cuda_graphs import MAX_GRAPH_SLOTS, span_buckets
 from inferno_inference.engine import LLMEngine
-from inferno_inference.tiny import attach_eager_graphs, tiny_llm_engine
+from inferno_inference.tiny import attach_eager_graphs, greedy_tokens, tiny_llm_engine
 from inferno_inference.types import GenerationRequest, SamplingParams
 from inferno_models.testing import random_weights, tiny_config
 
@@ -25,7 +25,7 @@ def test_span_buckets_double_in_whole_blocks_up_to_the_maximum() -> None:
         span_buckets(100, 16)
 
 
-def _engine(*, static: bool, max_graph_slots: int = 1 << 18, **kwargs: object) -> LLMEngine:
+def _engine(*, static: bool, max_graph_slots: int = MAX_GRAPH_SLOTS, **kwargs: object) -> LLMEngine:
     config = tiny_config()
     engine = tiny_llm_engine(
         config=config,
@@ -58,14 +58,7 @@ def test_buckets_pick_the_smallest_that_holds_the_step() -> None:
 def _generate(engine: LLMEngine, prompts: list[list[int]]) -> list[list[int]]:
     # Different lengths, so the batch shrinks as requests finish and rows of an earlier,
     # larger step are left behind in the buckets' inputs.
-    for i, p in enumerate(prompts):
-        sp = SamplingParams(max_tokens=6 + 8 * i, temperature=0, ignore_eos=True)
-        engine.add_request(GenerationRequest(f"r{i}", tuple(p), sp))
-    out: dict[str, list[int]] = {f"r{i}": [] for i in range(len(prompts))}
-    while engine.has_work():
-        for o in engine.step():
-            out[o.request_id].extend(o.token_ids)
-    return [out[f"r{i}"] for i in range(len(prompts))]
+    return greedy_tokens(engine, prompts, [6 + 8 * i for i in range(len(prompts))])
 
 
 def test_padded_steps_generate_the_same_tokens_as_plain_steps() -> None:

@@ -18,7 +18,7 @@ from inferno_inference import triton_ops
 from inferno_inference.engine import LLMEngine
 from inferno_inference.errors import EngineError
 from inferno_inference.rope import rope_tables
-from inferno_inference.tiny import attach_eager_graphs, tiny_llm_engine
+from inferno_inference.tiny import attach_eager_graphs, greedy_tokens, tiny_llm_engine
 from inferno_inference.triton_ops import (
     TritonOps,
     add_rms_norm,
@@ -32,7 +32,6 @@ from inferno_inference.triton_ops import (
     silu_mul,
     triton_unavailable,
 )
-from inferno_inference.types import GenerationRequest, SamplingParams
 from inferno_models.testing import random_weights, tiny_config
 
 pytest.importorskip("triton", reason="Triton is not installed on this platform")
@@ -173,14 +172,7 @@ def _engine(backend: str, *, static: bool = False) -> LLMEngine:
 
 
 def _greedy(engine: LLMEngine, prompts: list[list[int]]) -> list[list[int]]:
-    for i, p in enumerate(prompts):
-        sp = SamplingParams(max_tokens=4 + 3 * i, temperature=0, ignore_eos=True)
-        engine.add_request(GenerationRequest(f"r{i}", tuple(p), sp))
-    out: dict[str, list[int]] = {f"r{i}": [] for i in range(len(prompts))}
-    while engine.has_work():
-        for o in engine.step():
-            out[o.request_id].extend(o.token_ids)
-    return [out[f"r{i}"] for i in range(len(prompts))]
+    return greedy_tokens(engine, prompts, [4 + 3 * i for i in range(len(prompts))])
 
 
 @pytest.mark.parametrize("static", [False, True])

@@ -14,12 +14,13 @@ from inferno_models import ModelConfig
 from inferno_models.testing import random_weights, tiny_config
 
 from inferno_inference.config import EngineConfig
-from inferno_inference.cuda_graphs import CudaGraphDecoder
+from inferno_inference.cuda_graphs import MAX_GRAPH_SLOTS, CudaGraphDecoder
 from inferno_inference.engine import LLMEngine
 from inferno_inference.factory import build_llm_engine
 from inferno_inference.torch_memory import TorchCudaMemoryResource
+from inferno_inference.types import GenerationRequest, SamplingParams
 
-__all__ = ["LetterDetokenizer", "attach_eager_graphs", "tiny_llm_engine"]
+__all__ = ["LetterDetokenizer", "attach_eager_graphs", "greedy_tokens", "tiny_llm_engine"]
 
 
 class LetterDetokenizer:
@@ -73,7 +74,7 @@ def attach_eager_graphs(
     max_batch: int,
     max_span: int,
     min_span: int,
-    max_graph_slots: int = 1 << 18,
+    max_graph_slots: int = MAX_GRAPH_SLOTS,
 ) -> CudaGraphDecoder:
     """Route the engine's decode steps through `CudaGraphDecoder`'s padded fixed-shape steps,
     run eagerly (``capture=False``), so the CUDA graphs' padding is exercised on any device."""
@@ -90,3 +91,20 @@ def attach_eager_graphs(
         capture=False,
     )
     return runner.graphs
+
+
+def greedy_tokens(
+    engine: LLMEngine, prompts: Sequence[Sequence[int]], max_tokens: int | Sequence[int]
+) -> list[list[int]]:
+    """Greedy tokens (EOS ignored) of each prompt, all submitted at once and stepped until the
+    engine is idle; ``max_tokens`` is one limit for all or one per prompt."""
+    limits = [max_tokens] * len(prompts) if isinstance(max_tokens, int) else list(max_tokens)
+    ids = [f"greedy-{i}" for i in range(len(prompts))]
+    for rid, prompt, limit in zip(ids, prompts, limits, strict=True):
+        sp = SamplingParams(max_tokens=limit, temperature=0, ignore_eos=True)
+        engine.add_request(GenerationRequest(rid, tuple(prompt), sp))
+    out: dict[str, list[int]] = {rid: [] for rid in ids}
+    while engine.has_work():
+        for o in engine.step():
+            out[o.request_id].extend(o.token_ids)
+    return [out[rid] for rid in ids]
