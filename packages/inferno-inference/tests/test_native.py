@@ -424,3 +424,40 @@ def test_steps_from_several_python_threads_are_serialized_and_correct() -> None:
     for got in results:
         # fp32 sums in another order than oneDNN's: equal to about 1e-6 of their magnitude.
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_mixed_steps_with_an_unsampled_single_token_chunk_keep_the_tokens() -> None:
+    # A 4-token budget and arrivals every other step: some mixed steps hold a decode, a
+    # one-token chunk from the middle of a prompt (not sampled) and a final prefill chunk
+    # (sampled), so the logits of the C decodes and the torch prefill must be told apart by
+    # the token they belong to, not by the count of single-token rows.
+    config = tiny_config()
+    weights = random_weights(config, seed=3)
+
+    def run(native: bool) -> dict[str, list[int]]:
+        engine = tiny_llm_engine(
+            config=config,
+            weights=weights,
+            cpu_native_decode=native,
+            max_num_batched_tokens=4,
+            max_num_seqs=4,
+        )
+        sp = SamplingParams(max_tokens=5, temperature=0, ignore_eos=True)
+        requests = [
+            GenerationRequest(f"r{i}", tuple(range(10 + i, 10 + i + n)), sp)
+            for i, n in enumerate((3, 12, 3))
+        ]
+        out: dict[str, list[int]] = {}
+        step = 0
+        while requests or engine.has_work():
+            if requests and step % 2 == 0:
+                engine.add_request(requests.pop(0))
+            for o in engine.step():
+                assert o.error is None
+                out.setdefault(o.request_id, []).extend(o.token_ids)
+            step += 1
+        return out
+
+    native = run(True)
+    assert native == run(False)
+    assert [len(native[f"r{i}"]) for i in range(3)] == [5, 5, 5]

@@ -177,11 +177,13 @@ class ModelRunner:
 
 def _split_decodes(meta: AttentionMetadata) -> tuple[AttentionMetadata, AttentionMetadata] | None:
     """A mixed step as a decode-only step and a prefill-only one (tokens renumbered), or
-    ``None`` when the step is not mixed. Every decode token is sampled, and `prepare` puts
-    decodes first, so the first ``num_decodes`` logits indices are the decodes'."""
+    ``None`` when the step is not mixed. `prepare` puts the single-token rows first; not all
+    of them are sampled (a one-token chunk from the middle of a prompt is not), so the
+    logits indices are split by the token they point at, not by count."""
     nd = meta.num_decodes
     if not (nd and meta.prefills) or meta.decode_slots is None:
         return None
+    in_decodes = meta.logits_indices < nd
     decodes = AttentionMetadata(
         positions=meta.positions[:nd],
         slot_mapping=meta.slot_mapping[:nd],
@@ -189,7 +191,7 @@ def _split_decodes(meta: AttentionMetadata) -> tuple[AttentionMetadata, Attentio
         decode_slots=meta.decode_slots,
         decode_context_lens=meta.decode_context_lens,
         prefills=[],
-        logits_indices=meta.logits_indices[:nd],
+        logits_indices=meta.logits_indices[in_decodes],
     )
     prefills = AttentionMetadata(
         positions=meta.positions[nd:],
@@ -200,7 +202,7 @@ def _split_decodes(meta: AttentionMetadata) -> tuple[AttentionMetadata, Attentio
         prefills=[
             PrefillSegment(p.start - nd, p.end - nd, p.context_len, p.slots) for p in meta.prefills
         ],
-        logits_indices=meta.logits_indices[nd:] - nd,
+        logits_indices=meta.logits_indices[~in_decodes] - nd,
     )
     return decodes, prefills
 
