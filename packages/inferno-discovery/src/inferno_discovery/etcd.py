@@ -47,8 +47,17 @@ class _Lease:
     registration: ServiceRegistration
     ttl: int
     lease_id: int | None
-    dirty: bool = False  # the latest value is not in etcd yet
+    # Versions rather than a dirty flag: a put that lands after a newer update() must not mark
+    # the newer value as published.
+    version: int = 0  # bumped by every update()
+    published: int = 0  # the version etcd holds
+    writing: bool = False  # a coroutine is putting; it also puts whatever arrives meanwhile
     keeper: asyncio.Task[None] | None = None
+
+    @property
+    def dirty(self) -> bool:
+        """Whether etcd lacks the latest registration."""
+        return self.published < self.version
 
 
 class EtcdDiscovery:
@@ -99,20 +108,17 @@ class EtcdDiscovery:
         log.info("registered", service=registration.service, id=registration.id, ttl=state.ttl)
 
     async def update(self, registration: ServiceRegistration) -> None:
-        """Put the new value under the existing lease (or keep it for the next reconnection)."""
+        """Put the new value under the existing lease, or leave it to the put in flight.
+
+        Never raises for an unreachable etcd: the keep-alive task publishes the latest value once
+        etcd answers again.
+        """
         self._check_open()
         state = entry_for_update(self._leases, registration)
         state.registration = registration
-        state.dirty = True
-        if state.lease_id is None:
-            return  # the keep-alive task publishes it once etcd is back
+        state.version += 1
         try:
-            await self.client.put(
-                self.key(registration.service, registration.id),
-                _encode(registration),
-                lease=state.lease_id,
-            )
-            state.dirty = False
+            await self._flush(state)
         except DiscoveryError as exc:
             # Never raised into the serving path: the keep-alive task retries.
             log.warning("update_deferred", id=registration.id, error=str(exc))
@@ -135,7 +141,7 @@ class EtcdDiscovery:
     async def _publish(self, state: _Lease) -> int:
         """Grant a fresh lease and put the latest registration under it; returns the lease."""
         lease_id, _ = await self.client.grant(state.ttl)
-        registration = state.registration
+        version, registration = state.version, state.registration
         try:
             await self.client.put(
                 self.key(registration.service, registration.id),
@@ -146,8 +152,30 @@ class EtcdDiscovery:
             with contextlib.suppress(DiscoveryError):
                 await self.client.revoke(lease_id)
             raise
-        state.dirty = False
+        state.published = version
         return lease_id
+
+    async def _flush(self, state: _Lease) -> None:
+        """Put the latest registration under the current lease until etcd holds it.
+
+        One writer at a time per registration: a caller that finds a put in flight returns at
+        once, and that put's writer puts the newer value next, so etcd never ends up holding an
+        older value than the last one published.
+        """
+        if state.writing:
+            return
+        state.writing = True
+        try:
+            while state.dirty and state.lease_id is not None:
+                version, registration = state.version, state.registration
+                await self.client.put(
+                    self.key(registration.service, registration.id),
+                    _encode(registration),
+                    lease=state.lease_id,
+                )
+                state.published = version
+        finally:
+            state.writing = False
 
     async def _keep_alive(self, state: _Lease) -> None:
         interval = state.ttl / 3
@@ -161,14 +189,8 @@ class EtcdDiscovery:
                 elif await self.client.keepalive(state.lease_id) <= 0:
                     log.warning("lease_lost", id=state.registration.id, lease=state.lease_id)
                     state.lease_id, delay = None, 0
-                elif state.dirty:
-                    registration = state.registration
-                    await self.client.put(
-                        self.key(registration.service, registration.id),
-                        _encode(registration),
-                        lease=state.lease_id,
-                    )
-                    state.dirty = False
+                else:
+                    await self._flush(state)
                 if outage:
                     log.info("etcd_reachable", endpoint=self.client.endpoint)
                     outage = False
