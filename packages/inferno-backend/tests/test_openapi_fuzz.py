@@ -134,6 +134,7 @@ def test_operation_survives_fuzzing(label: str, base_url: str, session: requests
 def test_every_route_is_described() -> None:
     assert set(OPERATIONS) == {
         "GET /v1/models",
+        "GET /v1/models/{model}",
         "POST /v1/chat/completions",
         "POST /v1/completions",
         "GET /v1/status",

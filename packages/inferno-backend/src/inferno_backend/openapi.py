@@ -68,14 +68,22 @@ def _post(summary: str, model: type[BaseModel], *, stream: bool, admin: bool = F
     }
 
 
-def _get(summary: str, *, probe: bool = False, text: bool = False) -> Any:
+def _get(
+    summary: str, *, probe: bool = False, text: bool = False, path_param: str | None = None
+) -> Any:
     ok: dict[str, Any] = _json(_JSON_OBJECT, "The result.")
     if text:
         ok = {"description": "Prometheus text format.", "content": {"text/plain": {}}}
     responses: dict[str, Any] = {"200": ok}
     if probe:
         responses["503"] = _json(_JSON_OBJECT, "The probe fails; the body says why.")
-    return {"get": {"summary": summary, "responses": responses}}
+    operation: dict[str, Any] = {"summary": summary, "responses": responses}
+    if path_param is not None:
+        responses.update(_errors(401, 404, 429))
+        operation["parameters"] = [
+            {"name": path_param, "in": "path", "required": True, "schema": {"type": "string"}}
+        ]
+    return {"get": operation}
 
 
 def build_openapi(server_url: str | None = None) -> dict[str, Any]:
@@ -100,6 +108,7 @@ def build_openapi(server_url: str | None = None) -> dict[str, Any]:
         },
         "paths": {
             "/v1/models": _get("List the served models."),
+            "/v1/models/{model}": _get("Describe one served model.", path_param="model"),
             "/v1/chat/completions": _post(
                 "Create a chat completion.", ChatCompletionRequest, stream=True
             ),

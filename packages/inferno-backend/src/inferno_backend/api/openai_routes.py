@@ -1,4 +1,4 @@
-"""``GET /v1/models``, ``POST /v1/chat/completions`` and ``POST /v1/completions``."""
+"""``GET /v1/models[/{model}]``, ``POST /v1/chat/completions`` and ``POST /v1/completions``."""
 
 from __future__ import annotations
 
@@ -83,21 +83,33 @@ def _generation(request: web.Request, served: ServedModel, rid: str, **kw: Any) 
     )
 
 
+def _model_card(served: ServedModel) -> dict[str, Any]:
+    return {
+        "id": served.name,
+        "object": "model",
+        "created": served.created,
+        "owned_by": "inferno",
+        "max_model_len": served.max_model_len,
+    }
+
+
 @routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
     """The served models."""
     served = request.app[ORCHESTRATOR].served.values()
-    data = [
-        {
-            "id": s.name,
-            "object": "model",
-            "created": s.created,
-            "owned_by": "inferno",
-            "max_model_len": s.max_model_len,
-        }
-        for s in served
-    ]
-    return web.json_response({"object": "list", "data": data})
+    return web.json_response({"object": "list", "data": [_model_card(s) for s in served]})
+
+
+@routes.get("/v1/models/{model}")
+async def retrieve_model(request: web.Request) -> web.Response:
+    """One served model (404 ``model_not_found`` otherwise), as ``client.models.retrieve``."""
+    name = request.match_info["model"]
+    served = request.app[ORCHESTRATOR].served.get(name)
+    if served is None:
+        raise NotFoundError(
+            f"the model {name!r} does not exist", param="model", code="model_not_found"
+        )
+    return web.json_response(_model_card(served))
 
 
 @routes.post("/v1/chat/completions")
