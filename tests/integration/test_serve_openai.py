@@ -34,6 +34,9 @@ def client(server: ServeProcess) -> openai.OpenAI:
 
 def test_models(client: openai.OpenAI) -> None:
     assert [m.id for m in client.models.list()] == ["default"]
+    assert client.models.retrieve("default").id == "default"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
 
 
 def test_chat_greedy_answers(client: openai.OpenAI) -> None:
@@ -47,6 +50,36 @@ def test_chat_greedy_answers(client: openai.OpenAI) -> None:
     assert resp.choices[0].finish_reason in ("stop", "length")
     assert resp.usage is not None
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+
+
+def test_chat_json_mode_gives_json_objects(client: openai.OpenAI) -> None:
+    messages: list[ChatCompletionMessageParam] = [
+        {
+            "role": "user",
+            "content": "Describe a cat named Tom, 3 years old, as JSON with name, age and color.",
+        }
+    ]
+    resp = client.chat.completions.create(
+        model="default",
+        messages=messages,
+        max_tokens=200,
+        temperature=0.8,
+        seed=3,
+        n=3,
+        response_format={"type": "json_object"},
+    )
+    for choice in resp.choices:
+        assert choice.finish_reason == "stop"
+        assert isinstance(json.loads(choice.message.content or ""), dict)
+    with pytest.raises(openai.BadRequestError, match="json_schema"):
+        client.chat.completions.create(
+            model="default",
+            messages=messages,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "cat", "schema": {"type": "object"}},
+            },
+        )
 
 
 def test_chat_stream_with_usage(client: openai.OpenAI) -> None:

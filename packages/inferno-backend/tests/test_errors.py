@@ -54,6 +54,10 @@ async def test_non_object_body_is_400(client: TestClient[Any, Any]) -> None:
         ("messages", [], "messages"),
         ("messages", [{"role": "wizard", "content": "x"}], "messages.0.role"),
         ("seed", 1.5, "seed"),
+        ("logit_bias", {"5": 101}, "logit_bias"),
+        ("logit_bias", {"five": 1}, "logit_bias"),
+        ("logit_bias", {"5": "up"}, "logit_bias.5"),
+        ("logit_bias", [5, 1], "logit_bias"),
     ],
 )
 async def test_out_of_range_and_wrong_types_name_the_field(
@@ -73,6 +77,38 @@ async def test_model_level_rules_name_the_field(client: TestClient[Any, Any]) ->
         await client.post("/v1/chat/completions", json={**CHAT, "stop": ["a"] * 5}), 400
     )
     assert err["param"] == "stop"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "words"),
+    [
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {}}},
+            "response_format",
+            "json_schema",
+        ),
+        (
+            {"response_format": {"type": "json_object"}, "ignore_eos": True},
+            "response_format",
+            "ignore_eos",
+        ),
+        ({"response_format": {"type": "yaml"}}, "response_format.type", "json_object"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "not supported"),
+    ],
+)
+async def test_unsupported_output_shapes_are_refused_not_ignored(
+    client: TestClient[Any, Any], fields: dict[str, Any], param: str, words: str
+) -> None:
+    err = await _error(await client.post("/v1/chat/completions", json={**CHAT, **fields}), 400)
+    assert err["param"] == param
+    assert words in err["message"]
+
+
+async def test_tools_with_tool_choice_none_are_served(client: TestClient[Any, Any]) -> None:
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    for extra in ({"tools": tools, "tool_choice": "none"}, {"tools": []}):
+        resp = await client.post("/v1/chat/completions", json={**CHAT, **extra})
+        assert resp.status == 200, await resp.text()
 
 
 async def test_missing_model_field(client: TestClient[Any, Any]) -> None:
@@ -105,6 +141,13 @@ async def test_token_ids_outside_vocab_are_400(client: TestClient[Any, Any]) -> 
         await client.post("/v1/completions", json={"model": "default", "prompt": [10**6]}), 400
     )
     assert err["param"] == "prompt"
+    biased = {"model": "default", "prompt": "x", "logit_bias": {str(10**6): 5}}
+    err = await _error(await client.post("/v1/completions", json=biased), 400)
+    assert err["param"] == "logit_bias"
+    assert str(10**6) in err["message"]
+    twice = {**CHAT, "logit_bias": {"12": 1, "012": 2}}  # one token, spelled two ways
+    err = await _error(await client.post("/v1/chat/completions", json=twice), 400)
+    assert err["param"] == "logit_bias"
 
 
 async def test_unknown_route_and_method(client: TestClient[Any, Any]) -> None:

@@ -34,6 +34,19 @@ async def test_models_lists_the_served_model(client: TestClient[Any, Any]) -> No
     assert body["data"][0]["object"] == "model"
 
 
+async def test_models_retrieves_one_model_or_404s(client: TestClient[Any, Any]) -> None:
+    listed = (await (await client.get("/v1/models")).json())["data"][0]
+    resp = await client.get("/v1/models/default")
+    assert resp.status == 200
+    assert await resp.json() == listed
+    missing = await client.get("/v1/models/nope")
+    assert missing.status == 404
+    error = (await missing.json())["error"]
+    assert error["code"] == "model_not_found"
+    assert error["param"] == "model"
+    assert "nope" in error["message"]
+
+
 async def test_chat_completion_returns_text_usage_and_finish_reason(
     client: TestClient[Any, Any],
 ) -> None:
@@ -76,6 +89,8 @@ async def test_sampling_fields_reach_the_engine(make_client: MakeClient) -> None
         "presence_penalty": 0.5,
         "frequency_penalty": -0.5,
         "max_completion_tokens": 20,
+        "logit_bias": {"9": -100, "3": 2.5},
+        "response_format": {"type": "json_object"},
     }
     resp = await client.post("/v1/chat/completions", json={**CHAT, **fields})
     body = await resp.json()
@@ -84,6 +99,8 @@ async def test_sampling_fields_reach_the_engine(make_client: MakeClient) -> None
     sp = orch.engines[0].requests[-1].sampling
     assert (sp.temperature, sp.top_p, sp.seed, sp.stop) == (0.5, 0.9, 7, ("fake",))
     assert (sp.presence_penalty, sp.frequency_penalty, sp.max_tokens) == (0.5, -0.5, 20)
+    assert sp.logit_bias == ((3, 2.5), (9, -100.0))
+    assert sp.response_format == "json_object"
 
 
 async def test_chat_logprobs(client: TestClient[Any, Any]) -> None:

@@ -238,3 +238,20 @@ async def test_abort_right_after_submit_and_id_reuse(engine: AsyncEngine) -> Non
     outs = await _collect(engine, _req("same", max_tokens=6, ignore_eos=True))
     assert outs[-1].finish_reason == "length"
     assert len(_tokens(outs)) == 6
+
+
+async def test_logit_bias_bans_a_token_in_a_shared_batch(engine: AsyncEngine) -> None:
+    greedy = {"max_tokens": 12, "temperature": 0, "ignore_eos": True}
+    base = _tokens(await _collect(engine, _req("lb0", **greedy)))
+    banned = base[2]
+    outs, plain = await asyncio.gather(
+        _collect(engine, _req("lb1", logit_bias=((banned, -100.0),), **greedy)),
+        _collect(engine, _req("lb2", **greedy)),
+    )
+    tokens = _tokens(outs)
+    assert tokens[:2] == base[:2]  # same up to the first position the ban touches
+    assert banned not in tokens
+    assert _tokens(plain) == base  # the unbiased neighbour is untouched
+    forced = base[0] + 1
+    outs = await _collect(engine, _req("lb3", logit_bias=((forced, 100.0),), **greedy))
+    assert _tokens(outs) == [forced] * 12

@@ -72,6 +72,10 @@ async def test_validation_errors() -> None:
     assert info.value.param == "prompt"
     with pytest.raises(InvalidRequestError, match="outside the vocabulary"):
         await _collect(engine, _req(prompt=(5, 100)))
+    biased = GenerationRequest("b", (5,), SamplingParams(logit_bias=((100, 1.0),)))
+    with pytest.raises(InvalidRequestError, match="logit_bias token id 100") as bias_info:
+        await _collect(engine, biased)
+    assert bias_info.value.param == "logit_bias"
 
 
 async def test_abort_mid_stream() -> None:

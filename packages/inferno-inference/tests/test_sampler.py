@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from inferno_inference.sampler import Sampler
 from inferno_inference.sequence import Sequence
@@ -104,3 +105,45 @@ def test_logprobs_report_the_model_distribution() -> None:
     assert record.token_id == out.token_ids[0]
     assert math.isclose(record.logprob, expected.max().item(), rel_tol=1e-5)
     assert [t for t, _ in record.top] == expected.topk(3).indices.tolist()
+
+
+def test_logit_bias_bans_and_forces_tokens_after_penalties() -> None:
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    banned = _seq(temperature=0, logit_bias=((0, -100.0),))
+    assert Sampler()(logits, [banned]).token_ids == [1]
+    forced = [_seq(temperature=1.0, logit_bias=((3, 100.0),)) for _ in range(200)]
+    assert set(Sampler(seed=0)(logits.repeat(200, 1), forced).token_ids) == {3}
+    # Added after the penalties: the penalty shrinks 3.0 to 1.5, and +0.6 lifts it above 2.0.
+    both = _seq(temperature=0, tokens=(0,), repetition_penalty=2.0, logit_bias=((0, 0.6),))
+    assert Sampler()(logits, [both]).token_ids == [0]
+    without = _seq(temperature=0, tokens=(0,), repetition_penalty=2.0)
+    assert Sampler()(logits, [without]).token_ids == [1]
+
+
+def test_logit_bias_leaves_logprobs_and_other_rows_alone() -> None:
+    logits = _logits(2)
+    top = int(logits[0].argmax())
+    out = Sampler()(
+        logits,
+        [_seq(temperature=0, logprobs=1, logit_bias=((top, -100.0),)), _seq(temperature=0)],
+    )
+    assert out.token_ids[0] != top
+    assert out.token_ids[1] == int(logits[1].argmax())
+    record = out.logprobs[0]
+    assert record is not None
+    expected = torch.log_softmax(logits[0], -1)
+    assert math.isclose(record.logprob, expected[out.token_ids[0]].item(), rel_tol=1e-5)
+    assert record.top[0][0] == top  # the model's favourite, even though it was banned
+
+
+@pytest.mark.parametrize(
+    ("bias", "message"),
+    [
+        (((1, 101.0),), r"\[-100, 100\]"),
+        (((1, float("nan")),), r"\[-100, 100\]"),
+        (((1, 1.0), (1, 2.0)), "more than once"),
+    ],
+)
+def test_logit_bias_values_are_validated(bias: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SamplingParams.model_validate({"logit_bias": bias})

@@ -68,6 +68,19 @@ def test_sentencepiece_vocabulary_without_merges() -> None:
     assert tok.encode("hi") == [1, 7]  # BOS by default, "▁hi" merged
     assert tok.decode(tok.encode("hi hé")) == "<s> hi hé"
     assert tok.decode(tok.encode("hi hé"), skip_special_tokens=True) == "hi hé"
+    raw = tok.token_bytes()
+    assert raw[1:8] == [b"", b"", b" ", b"h", b"i", b" h", b" hi"]  # <s> and </s> are special
+    assert raw[8 + 0xC3] == b"\xc3"  # byte-fallback pieces are single bytes
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(max_size=40))
+def test_token_bytes_concatenate_to_the_decoded_text(text: str) -> None:
+    raw = TOKENIZER.token_bytes()
+    ids = TOKENIZER.encode(text, add_special_tokens=False)
+    assert b"".join(raw[i] for i in ids) == TOKENIZER.decode(ids).encode()
+    assert len(raw) == TOKENIZER.vocab_size
+    assert all(raw[i] == b"" for i in TOKENIZER.special_token_ids)
 
 
 @settings(max_examples=60, deadline=None)

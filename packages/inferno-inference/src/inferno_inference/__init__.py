@@ -18,6 +18,7 @@ from inferno_inference.errors import (
 )
 from inferno_inference.protocols import InferenceEngine
 from inferno_inference.types import (
+    MAX_LOGIT_BIAS,
     EngineStats,
     FinishReason,
     GenerationOutput,
@@ -51,6 +52,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "MAX_LOGIT_BIAS",
     "AsyncEngine",
     "EngineConfig",
     "EngineError",

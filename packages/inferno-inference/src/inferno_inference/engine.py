@@ -17,6 +17,7 @@ import structlog
 import torch
 
 from inferno_inference.errors import InvalidRequestError
+from inferno_inference.json_mode import JsonConstraint, JsonGrammar
 from inferno_inference.runner import ModelRunner
 from inferno_inference.sampler import Sampler
 from inferno_inference.scheduler import Scheduler
@@ -95,6 +96,7 @@ class LLMEngine:
         vocab_size: int,
         eos_token_ids: Seq[int] = (),
         detokenizer_factory: DetokenizerFactory | None = None,
+        token_bytes: Callable[[], Seq[bytes]] | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.runner = runner
@@ -103,6 +105,8 @@ class LLMEngine:
         self.vocab_size = vocab_size
         self.eos_token_ids = frozenset(eos_token_ids)
         self._detok_factory = detokenizer_factory
+        self._token_bytes = token_bytes
+        self._json_grammar: JsonGrammar | None = None  # built on the first JSON-mode request
         self._requests: dict[str, _Request] = {}
         self._seq_ids = itertools.count()
         self._throughput = _Throughput()
@@ -114,6 +118,11 @@ class LLMEngine:
     def validate(self, request: GenerationRequest) -> None:
         """Raise `InvalidRequestError` if the request cannot be served."""
         validate_request(request, max_model_len=self.max_model_len, vocab_size=self.vocab_size)
+        if request.sampling.response_format == "json_object" and self._token_bytes is None:
+            raise InvalidRequestError(
+                "JSON mode needs the model's tokenizer, and this engine has none",
+                param="response_format",
+            )
 
     def add_request(self, request: GenerationRequest) -> None:
         """Validate and queue ``request``; its choices join the batch at a coming step."""
@@ -123,6 +132,7 @@ class LLMEngine:
                 f"request id {request.request_id!r} is already running", param="request_id"
             )
         sp = request.sampling
+        grammar = self._grammar() if sp.response_format == "json_object" else None
         now = time.monotonic()
         seqs: list[Sequence] = []
         for i in range(sp.n):
@@ -140,6 +150,7 @@ class LLMEngine:
                 leader=seqs[0] if seqs else None,
                 stop_matcher=StopMatcher(sp.stop),
                 generator=gen,
+                constraint=JsonConstraint(grammar) if grammar is not None else None,
             )
             seqs.append(seq)
             self.scheduler.add(seq)
@@ -147,6 +158,13 @@ class LLMEngine:
         detoks = [factory(request.prompt_token_ids) if factory else None for _ in seqs]
         self._requests[request.request_id] = _Request(request, seqs, detoks, len(seqs))
         self.prompt_tokens_total += len(request.prompt_token_ids)
+
+    def _grammar(self) -> JsonGrammar:
+        if self._json_grammar is None:
+            assert self._token_bytes is not None  # validate() refuses JSON mode without it
+            # About half a second for a 50K vocabulary, once per engine.
+            self._json_grammar = JsonGrammar(self._token_bytes(), self.eos_token_ids)
+        return self._json_grammar
 
     def abort(self, request_id: str) -> list[GenerationOutput]:
         """End every unfinished choice of ``request_id`` with ``"abort"``; unknown ids: []."""
@@ -205,6 +223,10 @@ class LLMEngine:
             text, stopped = seq.stop_matcher.push(detok.push(token))
             if stopped:
                 finish = "stop"
+        if seq.constraint is not None:
+            seq.constraint.advance(token)
+            if finish is None and seq.constraint.done:
+                finish = "stop"  # the object is closed: nothing may follow, not even a step
         if finish is None and (
             seq.output_len >= sp.max_tokens or seq.num_tokens >= self.max_model_len
         ):

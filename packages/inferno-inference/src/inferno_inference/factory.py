@@ -7,7 +7,7 @@ built by hand (tests inject their own scheduler, runner or sampler).
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 import torch
@@ -48,11 +48,13 @@ def build_llm_engine(
     tokenizer: Tokenizer | None = None,
     detokenizer_factory: DetokenizerFactory | None = None,
     seed: int | None = None,
+    token_bytes: Callable[[], Sequence[bytes]] | None = None,
 ) -> LLMEngine:
     """Wire model, KV cache (storage from ``resource``), scheduler, runner and sampler.
 
     Text deltas come from ``detokenizer_factory``, or from the tokenizer's incremental
     detokenizer when only ``tokenizer`` is given; with neither, outputs carry ids only.
+    JSON mode reads the vocabulary from ``token_bytes``, or else from the tokenizer.
     """
     ec = engine_config
     device = torch.device(ec.device)
@@ -157,6 +159,7 @@ def build_llm_engine(
         vocab_size=config.vocab_size,
         eos_token_ids=eos,
         detokenizer_factory=detokenizer_factory,
+        token_bytes=token_bytes or (tokenizer.token_bytes if tokenizer is not None else None),
     )
 
 

@@ -80,13 +80,8 @@ class Sampler:
 
     @staticmethod
     def _apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-        rows = [
-            i
-            for i, s in enumerate(seqs)
-            if s.sampling.repetition_penalty != 1.0
-            or s.sampling.presence_penalty
-            or s.sampling.frequency_penalty
-        ]
+        """Penalties, then logit biases, then the JSON mask, on a copy of the rows that ask."""
+        rows = [i for i, s in enumerate(seqs) if not _unadjusted(s.sampling)]
         if not rows:
             return logits
         logits = logits.clone()
@@ -107,6 +102,15 @@ class Sampler:
                     counts = torch.bincount(torch.tensor(out, dtype=torch.long), minlength=vocab)
                     counts = counts.to(row.dtype)
                     row -= sp.frequency_penalty * counts + sp.presence_penalty * (counts > 0)
+            if sp.logit_bias:
+                ids, biases = zip(*sp.logit_bias, strict=True)
+                row[torch.tensor(ids, dtype=torch.long)] += torch.tensor(biases, dtype=row.dtype)
+            constraint = seqs[i].constraint
+            if constraint is not None:
+                # The model's vocabulary may be padded past the tokenizer's: those ids never fit.
+                allowed = constraint.allowed()
+                row[: allowed.shape[0]].masked_fill_(~allowed, float("-inf"))
+                row[allowed.shape[0] :] = float("-inf")
         return logits
 
     @staticmethod
@@ -141,12 +145,17 @@ def _argmax(x: torch.Tensor) -> torch.Tensor:
     return x.argmax(dim=-1)
 
 
-def _plain_greedy(p: SamplingParams) -> bool:
-    """Greedy with nothing that needs the full distribution on the host."""
+def _unadjusted(p: SamplingParams) -> bool:
+    """No penalty, bias or JSON mask: the logits are sampled as the model gave them."""
     return (
-        p.temperature == 0
-        and p.logprobs is None
-        and p.repetition_penalty == 1.0
+        p.repetition_penalty == 1.0
         and not p.presence_penalty
         and not p.frequency_penalty
+        and not p.logit_bias
+        and p.response_format == "text"
     )
+
+
+def _plain_greedy(p: SamplingParams) -> bool:
+    """Greedy with nothing that needs the full distribution on the host."""
+    return p.temperature == 0 and p.logprobs is None and _unadjusted(p)

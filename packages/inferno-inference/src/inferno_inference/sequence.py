@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from inferno_inference.json_mode import JsonConstraint
 from inferno_inference.stops import StopMatcher
 from inferno_inference.types import FinishReason, SamplingParams, TokenLogprob
 
@@ -53,6 +54,7 @@ class Sequence:
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     abort_requested: bool = False
     generator: torch.Generator | None = None
+    constraint: JsonConstraint | None = None  # JSON mode: which tokens may come next
 
     @property
     def num_tokens(self) -> int:

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "MAX_LOGIT_BIAS",
     "EngineStats",
     "FinishReason",
     "GenerationOutput",
@@ -18,6 +19,9 @@ __all__ = [
 ]
 
 FinishReason = Literal["stop", "length", "abort", "error"]
+
+#: Most tokens one request may bias (OpenAI's own limit is of this order).
+MAX_LOGIT_BIAS = 1024
 
 
 class SamplingParams(BaseModel):
@@ -41,11 +45,28 @@ class SamplingParams(BaseModel):
     logprobs: int | None = Field(
         default=None, ge=0, le=20, description="Top alternatives per token; None disables."
     )
+    logit_bias: tuple[tuple[int, float], ...] = Field(
+        default=(),
+        max_length=MAX_LOGIT_BIAS,
+        description="(token id, bias) pairs added to the logits before sampling; -100 bans "
+        "a token and 100 all but forces it. Log-probabilities stay the model's own.",
+    )
+    response_format: Literal["text", "json_object"] = Field(
+        default="text",
+        description="json_object: every choice is one JSON object, ending when it closes.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SamplingParams:
         if any(s == "" for s in self.stop):
             raise ValueError("stop strings must not be empty")
+        if self.response_format == "json_object" and self.ignore_eos:
+            raise ValueError("ignore_eos cannot be combined with response_format json_object")
+        for token_id, bias in self.logit_bias:
+            if not -100 <= bias <= 100 or bias != bias:
+                raise ValueError(f"logit_bias of token {token_id} must be in [-100, 100]")
+        if len({token_id for token_id, _ in self.logit_bias}) != len(self.logit_bias):
+            raise ValueError("logit_bias names a token more than once")
         return self
 
 

@@ -12,8 +12,8 @@ def validate_request(request: GenerationRequest, *, max_model_len: int, vocab_si
     """Raise a typed error naming the problem if ``request`` cannot be served.
 
     Raises:
-        InvalidRequestError: empty id or prompt, token ids outside the vocabulary, or a
-            stop token id outside the vocabulary.
+        InvalidRequestError: empty id or prompt, or a prompt, stop or logit-bias token id
+            outside the vocabulary.
         PromptTooLongError: the prompt leaves no room for a single new token in the context.
     """
     if not request.request_id:
@@ -38,4 +38,10 @@ def validate_request(request: GenerationRequest, *, max_model_len: int, vocab_si
         raise InvalidRequestError(
             f"stop token id {bad} is outside the vocabulary (0..{vocab_size - 1})",
             param="stop_token_ids",
+        )
+    bad = next((t for t, _ in request.sampling.logit_bias if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise InvalidRequestError(
+            f"logit_bias token id {bad} is outside the vocabulary (0..{vocab_size - 1})",
+            param="logit_bias",
         )

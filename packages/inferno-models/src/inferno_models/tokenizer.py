@@ -102,6 +102,32 @@ class Tokenizer:
         tok = self.backend.id_to_token(token_id)
         return None if tok is None else str(tok)
 
+    def token_bytes(self) -> list[bytes]:
+        """What each id adds to decoded text, as UTF-8 bytes (a piece of a character for
+        byte-level tokens that split one); empty for special tokens.
+
+        This is the vocabulary a constrained decoder checks tokens against: decoding ids one by
+        one cannot give it, as a lone piece of a character decodes to U+FFFD.
+        """
+        out = [b""] * self.vocab_size
+        added = self.backend.get_added_tokens_decoder()
+        byte_level = isinstance(self.backend.decoder, decoders.ByteLevel)
+        unspell = {ch: b for b, ch in byte_to_unicode().items()}
+        for piece, tid in self.backend.get_vocab(with_added_tokens=True).items():
+            if not 0 <= tid < len(out) or tid in self.special_token_ids:
+                continue
+            if tid in added:
+                out[tid] = added[tid].content.encode("utf-8")
+            elif byte_level:
+                out[tid] = b"".join(
+                    bytes([unspell[ch]]) if ch in unspell else ch.encode("utf-8") for ch in piece
+                )
+            elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+                out[tid] = bytes([int(piece[3:5], 16)])  # a SentencePiece byte-fallback token
+            else:
+                out[tid] = piece.replace("\u2581", " ").encode("utf-8")
+        return out
+
     # -- construction --------------------------------------------------------------------------
 
     @classmethod

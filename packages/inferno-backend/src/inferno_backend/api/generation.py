@@ -65,6 +65,8 @@ def build_sampling(
             ignore_eos=body.ignore_eos,
             n=body.n,
             logprobs=logprobs,
+            logit_bias=body.logit_bias_pairs,
+            response_format=body.output_format,
         )
     except ValidationError as exc:
         raise from_validation_error(exc) from None

@@ -7,14 +7,16 @@ JSON's: ``2.0`` is the integer 2 (as JSON Schema, and so the OpenAPI description
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+from inferno_inference import MAX_LOGIT_BIAS
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "ChatCompletionRequest",
     "ChatMessage",
     "CompletionRequest",
+    "ResponseFormat",
     "SamplingFields",
     "StreamOptions",
     "TextContentPart",
@@ -61,6 +63,17 @@ class StreamOptions(BaseModel):
     include_usage: bool = Field(default=False, description="Send a final chunk with usage.")
 
 
+class ResponseFormat(BaseModel):
+    """What shape the output must take."""
+
+    model_config = _STRICT
+
+    type: Literal["text", "json_object", "json_schema"] = Field(
+        description="text, or json_object: each choice is one JSON object. json_schema is "
+        "refused (400) rather than ignored."
+    )
+
+
 class SamplingFields(BaseModel):
     """Fields shared by chat and text completions."""
 
@@ -82,6 +95,16 @@ class SamplingFields(BaseModel):
     stream_options: StreamOptions | None = None
     ignore_eos: bool = Field(default=False, description="Continue past end-of-sequence.")
     user: str | None = Field(default=None, description="Accepted and ignored.")
+    response_format: ResponseFormat | None = None
+    logit_bias: dict[str, float] | None = Field(
+        default=None,
+        max_length=MAX_LOGIT_BIAS,
+        description="Token id (as a string) to a bias in [-100, 100] added to its logit.",
+        json_schema_extra={
+            "propertyNames": {"pattern": "^[0-9]+$"},
+            "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+        },
+    )
 
     _integral_numbers = field_validator("max_tokens", "top_k", "n", "seed", mode="before")(
         _integral
@@ -95,7 +118,33 @@ class SamplingFields(BaseModel):
             raise ValueError("stop: stop strings must not be empty")
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options: only allowed when stream is true")
+        for key, bias in (self.logit_bias or {}).items():
+            if not key.isascii() or not key.isdigit():
+                raise ValueError(f"logit_bias: keys are token ids, got {key!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"logit_bias: the bias of token {key} must be in [-100, 100]")
+        if len(self.logit_bias_pairs) != len({t for t, _ in self.logit_bias_pairs}):
+            raise ValueError("logit_bias: a token id is given more than once")
+        if self.output_format == "json_object" and self.ignore_eos:
+            raise ValueError("response_format: json_object cannot be combined with ignore_eos")
+        if self.response_format is not None and self.response_format.type == "json_schema":
+            raise ValueError(
+                "response_format: json_schema is not supported; json_object gives one JSON "
+                "object per choice"
+            )
         return self
+
+    @property
+    def output_format(self) -> Literal["text", "json_object"]:
+        """The engine's response format."""
+        if self.response_format is not None and self.response_format.type == "json_object":
+            return "json_object"
+        return "text"
+
+    @property
+    def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        """``logit_bias`` as (token id, bias) pairs, by token id."""
+        return tuple(sorted((int(k), float(v)) for k, v in (self.logit_bias or {}).items()))
 
     @property
     def stop_list(self) -> tuple[str, ...]:
@@ -147,6 +196,12 @@ class ChatCompletionRequest(SamplingFields):
     )
     logprobs: bool = Field(default=False, description="Return log-probabilities of tokens.")
     top_logprobs: int | None = Field(default=None, ge=0, le=20, description="Alternatives.")
+    tools: list[dict[str, Any]] | None = Field(
+        default=None, description="Tool calls are not supported: refused unless empty."
+    )
+    tool_choice: str | dict[str, Any] | None = Field(
+        default=None, description='Only "none" (or no tools) is served.'
+    )
 
     _integral_chat = field_validator("max_completion_tokens", "top_logprobs", mode="before")(
         _integral
@@ -156,6 +211,9 @@ class ChatCompletionRequest(SamplingFields):
     def _check_chat(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs: requires logprobs to be true")
+        if self.tools and self.tool_choice != "none":
+            # Answering in plain text would look like a model that chose not to call a tool.
+            raise ValueError("tools: tool calls are not supported by this server")
         return self
 
     @property
