@@ -1,0 +1,189 @@
+"""JSON mode: what ``response_format={"type": "json_object"}`` costs, and what it buys.
+
+Starts ``inferno serve`` on the default model, and llama.cpp's Python server on the same GGUF
+when ``--llama-cpp-python PYTHON`` names an interpreter with ``llama-cpp-python[server]`` (its
+JSON mode compiles a JSON grammar), one server at a time. Each gets the same chat requests
+asking for JSON (sampled at temperature 0.8 with fixed seeds), once in plain text mode and once
+in JSON mode, at concurrency 1 and 8. Reported per server and mode: output tokens/s, mean time
+per output token, how many answers ended on their own (not cut by ``max_tokens``), and how
+many ``json.loads`` reads as an object. Prints a table and writes
+``benchmarks/results/json_mode.json``.
+
+    uv run python benchmarks/json_mode_bench.py [--inferno bfloat16+int8] \
+        [--llama-cpp-python /opt/peers/bin/python]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+from serve_bench import _free_port, _start
+
+RESULTS = Path(__file__).parent / "results" / "json_mode.json"
+
+SUBJECTS = [
+    "a cat named Tom who is 3 years old",
+    "the city of Paris",
+    "a red sports car",
+    "a book about the history of Rome",
+    "a pizza with three toppings",
+    "a football team",
+    "a summer holiday in Spain",
+    "a laptop for students",
+]
+
+
+def _messages(i: int) -> list[dict[str, str]]:
+    subject = SUBJECTS[i % len(SUBJECTS)]
+    return [{"role": "user", "content": f"Describe {subject} as a JSON object with a few fields."}]
+
+
+async def _one(
+    client: openai.AsyncOpenAI, model: str, i: int, json_mode: bool, max_tokens: int
+) -> tuple[int, bool, str, bool]:
+    extra: dict[str, Any] = {"response_format": {"type": "json_object"}} if json_mode else {}
+    resp = await client.chat.completions.create(
+        model=model,
+        messages=_messages(i),  # type: ignore[arg-type]
+        max_tokens=max_tokens,
+        temperature=0.8,
+        seed=i,
+        **extra,
+    )
+    text = resp.choices[0].message.content or ""
+    try:
+        is_object = isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        is_object = False
+    tokens = resp.usage.completion_tokens if resp.usage is not None else 0
+    return tokens, is_object, text, resp.choices[0].finish_reason == "stop"
+
+
+async def _round(
+    client: openai.AsyncOpenAI, model: str, json_mode: bool, concurrency: int, args: Any
+) -> tuple[float, list[tuple[int, bool, str, bool]]]:
+    """Every request once, ``concurrency`` at a time: (wall seconds, results in order)."""
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def run(i: int) -> tuple[int, bool, str, bool]:
+        async with semaphore:
+            return await _one(client, model, i, json_mode, args.max_tokens)
+
+    start = time.perf_counter()
+    results = await asyncio.gather(*(run(i) for i in range(args.requests)))
+    return time.perf_counter() - start, list(results)
+
+
+async def _measure(url: str, model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    out = []
+    for json_mode in (False, True):
+        await _one(client, model, 0, json_mode, 8)  # warm-up (and grammar build)
+        for concurrency in (1, 8):
+            wall, results = await _round(client, model, json_mode, concurrency, args)
+            tokens = sum(r[0] for r in results)
+            row = {
+                "mode": "json_object" if json_mode else "text",
+                "concurrency": concurrency,
+                "requests": args.requests,
+                "output_tokens": tokens,
+                "output_tok_s": tokens / wall,
+                "ms_per_token": 1000 * wall * concurrency / max(tokens, 1),
+                "finished": sum(r[3] for r in results),
+                "json_objects": sum(r[1] for r in results),
+                "example": results[0][2][:200],
+            }
+            print(
+                f"  {row['mode']:<12} conc {concurrency}: {row['output_tok_s']:7.1f} tok/s, "
+                f"{row['finished']} finished, {row['json_objects']}/{args.requests} JSON objects"
+            )
+            out.append(row)
+    await client.close()
+    return out
+
+
+def _servers(args: argparse.Namespace) -> list[tuple[str, list[str], int, str]]:
+    from inferno_models import default_model_path
+
+    gguf = str(default_model_path())
+    dtype, _, quant = args.inferno.partition("+")
+    port = _free_port()
+    out = [(
+        f"inferno {args.inferno}",
+        [sys.executable, "-m", "inferno_backend.cli", "serve", "--port", str(port),
+         "--max-num-seqs", "16", "--dtype", dtype, "--weight-quantization", quant or "none",
+         "--log-level", "warning"],
+        port, "/health/ready",
+    )]  # fmt: skip
+    if args.llama_cpp_python:
+        port = _free_port()
+        out.append((
+            "llama-cpp-python",
+            [args.llama_cpp_python, "-m", "llama_cpp.server", "--model", gguf, "--host",
+             "127.0.0.1", "--port", str(port), "--n_threads", str(args.threads), "--n_ctx",
+             "2048", "--model_alias", "default", "--interrupt_requests", "False"],
+            port, "/v1/models",
+        ))  # fmt: skip
+    return out
+
+
+def _table(runs: dict[str, list[dict[str, Any]]]) -> str:
+    lines = [
+        "| server | mode | conc. | output tok/s | ms / token | finished | JSON objects |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, rows in runs.items():
+        for r in rows:
+            lines.append(
+                f"| {name} | {r['mode']} | {r['concurrency']} | {r['output_tok_s']:.1f} | "
+                f"{r['ms_per_token']:.1f} | {r['finished']} | {r['json_objects']}/{r['requests']} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inferno", default="bfloat16+int8", help="DTYPE[+int8]")
+    parser.add_argument("--llama-cpp-python", help="python with llama-cpp-python[server]")
+    parser.add_argument("--threads", type=int, default=2, help="the peer's CPU threads")
+    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=160)
+    args = parser.parse_args()
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for name, cmd, port, ready in _servers(args):
+        print(name)
+        proc = _start(name, cmd, port, ready)
+        try:
+            runs[name] = asyncio.run(_measure(f"http://127.0.0.1:{port}", "default", args))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    print(_table(runs))
+    doc = {
+        "benchmark": "json_mode",
+        "model": "SmolLM2-135M-Instruct Q4_1",
+        "machine": f"{platform.machine()} {platform.processor() or ''} CPU".strip(),
+        "max_tokens": args.max_tokens,
+        "temperature": 0.8,
+        "runs": runs,
+    }
+    RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
