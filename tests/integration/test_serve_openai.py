@@ -6,10 +6,12 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from typing import Literal
 
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
+from pydantic import BaseModel, Field
 
 from .serve_daemon import ServeProcess
 
@@ -71,13 +73,40 @@ def test_chat_json_mode_gives_json_objects(client: openai.OpenAI) -> None:
     for choice in resp.choices:
         assert choice.finish_reason == "stop"
         assert isinstance(json.loads(choice.message.content or ""), dict)
-    with pytest.raises(openai.BadRequestError, match="json_schema"):
+
+
+class Cat(BaseModel):
+    name: str
+    age: int
+    color: Literal["black", "white", "orange", "grey"]
+    toys: list[str] = Field(max_length=3)  # maxItems: this small model repeats itself
+
+
+def test_chat_structured_output_parses_into_a_pydantic_model(client: openai.OpenAI) -> None:
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "Describe a cat named Tom, 3 years old, and its toys."}
+    ]
+    # The client sends Cat's strict JSON Schema and parses each answer back into a Cat.
+    resp = client.chat.completions.parse(
+        model="default",
+        messages=messages,
+        max_tokens=200,
+        temperature=0,
+        response_format=Cat,
+    )
+    for choice in resp.choices:
+        assert choice.finish_reason == "stop"
+        assert isinstance(choice.message.parsed, Cat)
+    with pytest.raises(openai.BadRequestError, match="pattern"):
         client.chat.completions.create(
             model="default",
             messages=messages,
             response_format={
                 "type": "json_schema",
-                "json_schema": {"name": "cat", "schema": {"type": "object"}},
+                "json_schema": {
+                    "name": "cat",
+                    "schema": {"type": "object", "properties": {"id": {"pattern": "^[0-9]+$"}}},
+                },
             },
         )
 

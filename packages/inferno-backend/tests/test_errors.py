@@ -79,13 +79,32 @@ async def test_model_level_rules_name_the_field(client: TestClient[Any, Any]) ->
     assert err["param"] == "stop"
 
 
+UNENFORCEABLE = {"type": "object", "properties": {"a": {"type": "string", "pattern": "^x"}}}
+
+
 @pytest.mark.parametrize(
     ("fields", "param", "words"),
     [
+        ({"response_format": {"type": "json_schema"}}, "response_format", "json_schema object"),
         (
-            {"response_format": {"type": "json_schema", "json_schema": {}}},
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "a", "schema": UNENFORCEABLE},
+                }
+            },
             "response_format",
-            "json_schema",
+            "pattern",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "a", "schema": {"type": "string"}},
+                }
+            },
+            "response_format",
+            "root must be an object",
         ),
         (
             {"response_format": {"type": "json_object"}, "ignore_eos": True},

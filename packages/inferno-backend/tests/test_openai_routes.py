@@ -103,6 +103,23 @@ async def test_sampling_fields_reach_the_engine(make_client: MakeClient) -> None
     assert sp.response_format == "json_object"
 
 
+async def test_json_schema_reaches_the_engine_as_text(make_client: MakeClient) -> None:
+    client, orch = await make_client()
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "n", "schema": schema, "strict": True}}
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "response_format": fmt})
+    assert resp.status == 200, await resp.text()
+    sp = orch.engines[0].requests[-1].sampling
+    assert sp.response_format == "json_schema"
+    assert sp.json_schema is not None
+    assert json.loads(sp.json_schema) == schema
+    fmt = {"type": "json_schema", "json_schema": {"name": "any"}}  # no schema: any object
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "response_format": fmt})
+    assert resp.status == 200
+    sp = orch.engines[0].requests[-1].sampling
+    assert (sp.response_format, sp.json_schema) == ("json_object", None)
+
+
 async def test_chat_logprobs(client: TestClient[Any, Any]) -> None:
     resp = await client.post(
         "/v1/chat/completions", json={**CHAT, "logprobs": True, "top_logprobs": 2}

@@ -10,13 +10,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from inferno_inference import InvalidRequestError, SamplingParams
-from inferno_inference.json_mode import JsonGrammar, advance
+from inferno_inference.json_mode import JSON_OBJECT, JsonGrammar, JsonVocabulary
 from inferno_inference.tiny import tiny_llm_engine
 from inferno_inference.types import GenerationRequest
 
-START = JsonGrammar.INITIAL
+START = JSON_OBJECT.initial
+advance = JSON_OBJECT.advance
 
-finite = st.floats(allow_nan=False, allow_infinity=False)
+# JSON mode writes exponents of at most two digits (so every number is a finite double).
+finite = st.floats(min_value=-1e90, max_value=1e90).filter(lambda x: x == 0 or abs(x) > 1e-90)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | finite | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
@@ -83,6 +85,13 @@ def test_strings_must_be_utf8(data: bytes) -> None:
     assert advance(START, '{"é€😀": "é"}'.encode()) == DONE
 
 
+def test_numbers_stay_finite_doubles() -> None:
+    assert advance(START, b'{"a": -' + b"9" * 64 + b"." + b"9" * 64 + b"e-99}") == DONE
+    assert advance(START, b'{"a": ' + b"9" * 65) is None
+    assert advance(START, b'{"a": 1.' + b"0" * 65) is None
+    assert advance(START, b'{"a": 1e999') is None
+
+
 def test_whitespace_runs_and_nesting_are_bounded() -> None:
     assert advance(START, b'{"a":' + b" " * 64 + b"1}") is not None
     assert advance(START, b'{"a":' + b" " * 65) is None
@@ -133,7 +142,7 @@ def _brute(grammar_vocab: list[bytes], state: Any) -> torch.Tensor:
     ],
 )
 def test_masks_equal_checking_every_token(prefix: bytes) -> None:
-    grammar = JsonGrammar(VOCAB, [EOS])
+    grammar = JsonGrammar(JsonVocabulary(VOCAB), [EOS])
     state = advance(START, prefix)
     assert state is not None
     mask = grammar.allowed(state)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
@@ -17,7 +17,13 @@ import structlog
 import torch
 
 from inferno_inference.errors import InvalidRequestError
-from inferno_inference.json_mode import JsonConstraint, JsonGrammar
+from inferno_inference.json_mode import (
+    JSON_OBJECT,
+    JsonConstraint,
+    JsonGrammar,
+    JsonVocabulary,
+    compile_schema,
+)
 from inferno_inference.runner import ModelRunner
 from inferno_inference.sampler import Sampler
 from inferno_inference.scheduler import Scheduler
@@ -36,6 +42,9 @@ from inferno_inference.validation import validate_request
 __all__ = ["Detokenizer", "DetokenizerFactory", "LLMEngine"]
 
 log = structlog.get_logger(__name__)
+
+#: JSON grammars (one per schema, each with its own mask cache) kept for reuse.
+_GRAMMARS_KEPT = 16
 
 
 class Detokenizer(Protocol):
@@ -106,7 +115,8 @@ class LLMEngine:
         self.eos_token_ids = frozenset(eos_token_ids)
         self._detok_factory = detokenizer_factory
         self._token_bytes = token_bytes
-        self._json_grammar: JsonGrammar | None = None  # built on the first JSON-mode request
+        self._json_vocabulary: JsonVocabulary | None = None  # built on first use
+        self._grammars: OrderedDict[str | None, JsonGrammar] = OrderedDict()  # by schema
         self._requests: dict[str, _Request] = {}
         self._seq_ids = itertools.count()
         self._throughput = _Throughput()
@@ -118,7 +128,7 @@ class LLMEngine:
     def validate(self, request: GenerationRequest) -> None:
         """Raise `InvalidRequestError` if the request cannot be served."""
         validate_request(request, max_model_len=self.max_model_len, vocab_size=self.vocab_size)
-        if request.sampling.response_format == "json_object" and self._token_bytes is None:
+        if request.sampling.response_format != "text" and self._token_bytes is None:
             raise InvalidRequestError(
                 "JSON mode needs the model's tokenizer, and this engine has none",
                 param="response_format",
@@ -132,7 +142,7 @@ class LLMEngine:
                 f"request id {request.request_id!r} is already running", param="request_id"
             )
         sp = request.sampling
-        grammar = self._grammar() if sp.response_format == "json_object" else None
+        grammar = self._grammar(sp.json_schema) if sp.response_format != "text" else None
         now = time.monotonic()
         seqs: list[Sequence] = []
         for i in range(sp.n):
@@ -159,12 +169,22 @@ class LLMEngine:
         self._requests[request.request_id] = _Request(request, seqs, detoks, len(seqs))
         self.prompt_tokens_total += len(request.prompt_token_ids)
 
-    def _grammar(self) -> JsonGrammar:
-        if self._json_grammar is None:
+    def _grammar(self, schema: str | None) -> JsonGrammar:
+        """The grammar of a schema (None: any object), kept for the schemas used last."""
+        grammar = self._grammars.get(schema)
+        if grammar is not None:
+            self._grammars.move_to_end(schema)
+            return grammar
+        if self._json_vocabulary is None:
             assert self._token_bytes is not None  # validate() refuses JSON mode without it
             # About half a second for a 50K vocabulary, once per engine.
-            self._json_grammar = JsonGrammar(self._token_bytes(), self.eos_token_ids)
-        return self._json_grammar
+            self._json_vocabulary = JsonVocabulary(self._token_bytes())
+        program = JSON_OBJECT if schema is None else compile_schema(schema)
+        grammar = JsonGrammar(self._json_vocabulary, self.eos_token_ids, program)
+        self._grammars[schema] = grammar
+        if len(self._grammars) > _GRAMMARS_KEPT:
+            self._grammars.popitem(last=False)
+        return grammar
 
     def abort(self, request_id: str) -> list[GenerationOutput]:
         """End every unfinished choice of ``request_id`` with ``"abort"``; unknown ids: []."""

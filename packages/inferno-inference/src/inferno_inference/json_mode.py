@@ -1,10 +1,11 @@
-"""JSON mode: per-step token masks that keep a generation inside one JSON object.
+"""JSON mode and JSON Schema: per-step token masks that keep a generation inside one JSON object.
 
-`JsonGrammar` is a byte-level pushdown automaton for RFC 8259 JSON whose top-level value must
-be an object (what OpenAI's ``response_format={"type": "json_object"}`` promises). States are
-small immutable tuples, so a mask can be cached per state and shared by every request of a
-vocabulary. A token is allowed in a state when each of its bytes is a legal next byte; the
-end-of-sequence tokens are allowed only once the object is closed, and nothing else then.
+A schema (or, for ``response_format={"type": "json_object"}``, "any object") is compiled into a
+`JsonProgram`: a small graph of nodes (object with ordered properties, object with free keys,
+array, string, number, a set of literals, or a choice decided by the first byte). The program
+drives a byte-level pushdown automaton whose states are immutable tuples, so a token mask can be
+cached per state. A token is allowed in a state when each of its bytes is a legal next byte;
+end-of-sequence tokens are allowed only once the root object is closed, and nothing else then.
 
 Finding the allowed tokens walks the vocabulary sorted by bytes, reusing the automaton states
 of the prefix a token shares with the one before and skipping every token under a prefix that
@@ -12,183 +13,562 @@ already failed; outside strings almost every branch fails at its first byte. Ins
 almost every token is allowed, so tokens made of whole characters that a string takes as they
 are pass wholesale, and only those with a quote, a backslash, a control byte or a piece of a
 character are checked one by one. Strings are checked to be valid UTF-8 as they grow.
+
+What a schema may say (anything else is refused with `SchemaError`, never ignored): ``type``
+(one or a list), ``properties``/``required``/``additionalProperties``, ``items``/``minItems``/
+``maxItems``, ``enum``, ``const``, ``anyOf``/``oneOf`` whose branches start differently (an
+object or a string, say), a one-element ``allOf``, local ``$ref`` (``#/$defs/...``), and
+annotations (``title``, ``description``, ...). Properties are written in schema order; optional
+ones may be left out and no others are added; the root must be an object.
 """
 
 from __future__ import annotations
 
 import bisect
+import json
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
 
 import structlog
 import torch
 
-__all__ = ["JsonConstraint", "JsonGrammar", "JsonState"]
+__all__ = [
+    "JSON_OBJECT",
+    "JsonConstraint",
+    "JsonGrammar",
+    "JsonProgram",
+    "JsonState",
+    "JsonVocabulary",
+    "SchemaError",
+    "compile_schema",
+]
 
 log = structlog.get_logger(__name__)
 
-#: (mode, container stack, mode detail, whitespace run). Stack entries: 0 object, 1 array.
-JsonState = tuple[int, tuple[int, ...], int, int]
+#: (mode, container stack, mode detail, whitespace run). A stack frame is (node, progress):
+#: the next property index of an object, the items so far of an array.
+JsonState = tuple[int, tuple[tuple[int, int], ...], Any, int]
 
 (
-    _START,  # before the top-level object: only "{"
-    _VALUE,  # a value must come (after ":" or "," in an array)
+    _START,  # before the root object: only "{"
+    _VALUE,  # detail: the node a value must match
     _ARRAY_FIRST,  # after "[": a value or "]"
     _OBJECT_FIRST,  # after "{": a key or "}"
     _KEY,  # after "," in an object: a key
-    _COLON,  # after a key
+    _KEY_NAME,  # detail: the bytes of a schema key so far, opening quote included
+    _COLON,  # detail: the node of the value that follows
     _AFTER,  # after a value inside a container: "," or its closer
-    _STRING,  # detail: 1 for a key, 0 for a value; + 2 per UTF-8 continuation byte due
+    _STRING,  # detail: 1 for a free key, 0 for a value; + 2 per UTF-8 continuation byte due
     _ESCAPE,  # after a backslash in a string
     _UNICODE,  # detail: key flag * 8 + hex digits still due
-    _LITERAL,  # detail: literal index * 8 + bytes matched
-    _MINUS,  # after "-": a digit
-    _ZERO,  # a leading 0: ".", "e" or the end
-    _INT,  # integer digits
-    _DOT,  # after ".": a digit
-    _FRACTION,  # fraction digits
-    _EXP,  # after "e": sign or digit
-    _EXP_SIGN,  # after the exponent's sign: a digit
-    _EXP_DIGITS,  # exponent digits
-    _DONE,  # the object is closed
-) = range(20)
+    _LITERAL,  # detail: (node, bytes matched)
+    _MINUS,  # number modes' detail: 1 for an integer, + 2 per digit of the current part
+    _ZERO,
+    _INT,
+    _DOT,
+    _FRACTION,
+    _EXP,
+    _EXP_SIGN,
+    _EXP_DIGITS,
+    _DONE,  # the root object is closed
+) = range(21)
 
-_LITERALS = (b"true", b"false", b"null")
-#: Continuation bytes a UTF-8 lead byte announces, by its high nibble (0xC2..0xF4 only).
-_UTF8_LEAD = {0xC: 1, 0xD: 1, 0xE: 2, 0xF: 3}
+# Node kinds.
+_UNION, _OBJECT, _FREE_OBJECT, _ARRAY, _STRING_NODE, _NUMBER_NODE, _LITERALS = range(7)
+
 _WHITESPACE = frozenset(b" \t\n\r")
 _DIGITS = frozenset(b"0123456789")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _ESCAPES = frozenset(b'"\\/bfnrt')
+#: Continuation bytes a UTF-8 lead byte announces, by its high nibble (0xC2..0xF4 only).
+_UTF8_LEAD = {0xC: 1, 0xD: 1, 0xE: 2, 0xF: 3}
 _NUMBER_END = frozenset((_ZERO, _INT, _FRACTION, _EXP_DIGITS))  # modes where a number may end
 _NUMBER = frozenset((_MINUS, _ZERO, _INT, _DOT, _FRACTION, _EXP, _EXP_SIGN, _EXP_DIGITS))
 _STRUCTURAL = frozenset((_VALUE, _ARRAY_FIRST, _OBJECT_FIRST, _KEY, _COLON, _AFTER))
+_QUOTE, _BACKSLASH = 0x22, 0x5C
+_FINISHED: JsonState = (_DONE, (), 0, 0)
 
 #: Longest run of whitespace between tokens: a model that loops on newlines must move on.
 MAX_WHITESPACE = 64
 #: Deepest nesting of objects and arrays.
 MAX_DEPTH = 32
-_OBJECT, _ARRAY = 0, 1
-_FINISHED: JsonState = (_DONE, (), 0, 0)
-_QUOTE, _BACKSLASH = 0x22, 0x5C
+#: Most digits before and after a number's point, and in its exponent: every number then
+#: parses as a finite double (a valid "1e999" reads as infinity, which no schema accepts),
+#: at the price of numbers past 1e100 or below 1e-99 in exponent form.
+MAX_DIGITS = 64
+MAX_EXPONENT_DIGITS = 2
 
 
-def _done(stack: tuple[int, ...]) -> JsonState:
-    """The state after a value completes inside ``stack``."""
-    return (_AFTER, stack, 0, 0) if stack else _FINISHED
+class SchemaError(ValueError):
+    """A JSON Schema that JSON mode cannot enforce; the message says which part and why."""
 
 
-def _begin_value(stack: tuple[int, ...], b: int) -> JsonState | None:
-    if b == 0x7B:  # {
-        return (_OBJECT_FIRST, (*stack, _OBJECT), 0, 0) if len(stack) < MAX_DEPTH else None
-    if b == 0x5B:  # [
-        return (_ARRAY_FIRST, (*stack, _ARRAY), 0, 0) if len(stack) < MAX_DEPTH else None
-    if b == _QUOTE:
-        return (_STRING, stack, 0, 0)
-    if b == 0x2D:  # -
-        return (_MINUS, stack, 0, 0)
-    if b == 0x30:  # 0
-        return (_ZERO, stack, 0, 0)
-    if b in _DIGITS:
-        return (_INT, stack, 0, 0)
-    for index, literal in enumerate(_LITERALS):
-        if b == literal[0]:
-            return (_LITERAL, stack, index * 8 + 1, 0)
-    return None
+@dataclass(slots=True)
+class _Node:
+    kind: int
+    # _OBJECT: encoded keys ('"name"' as UTF-8), their value nodes and whether each is required.
+    keys: tuple[bytes, ...] = ()
+    values: tuple[int, ...] = ()
+    required: tuple[bool, ...] = ()
+    item: int = -1  # _ARRAY items, _FREE_OBJECT values
+    min_items: int = 0
+    max_items: int | None = None
+    integer: bool = False  # _NUMBER_NODE
+    literals: tuple[bytes, ...] = ()  # _LITERALS, JSON-encoded
+    branches: dict[int, int] = field(default_factory=dict)  # _UNION: first byte -> node
+
+    def first_bytes(self, nodes: list[_Node]) -> frozenset[int]:
+        """The bytes a value of this node can start with."""
+        if self.kind == _UNION:
+            return frozenset(self.branches)
+        if self.kind in (_OBJECT, _FREE_OBJECT):
+            return frozenset(b"{")
+        if self.kind == _ARRAY:
+            return frozenset(b"[")
+        if self.kind == _STRING_NODE:
+            return frozenset(b'"')
+        if self.kind == _NUMBER_NODE:
+            return frozenset(b"-0123456789")
+        return frozenset(lit[0] for lit in self.literals)
 
 
-def _number(mode: int, stack: tuple[int, ...], b: int) -> JsonState | None:
-    digit = b in _DIGITS
-    if mode == _MINUS:
-        return (_ZERO if b == 0x30 else _INT, stack, 0, 0) if digit else None
-    if mode in (_ZERO, _INT):
-        if digit and mode == _INT:
-            return (_INT, stack, 0, 0)
-        if b == 0x2E:  # .
-            return (_DOT, stack, 0, 0)
-        if b in (0x65, 0x45):  # e E
-            return (_EXP, stack, 0, 0)
-    elif mode in (_DOT, _FRACTION):
-        if digit:
-            return (_FRACTION, stack, 0, 0)
-        if mode == _FRACTION and b in (0x65, 0x45):
-            return (_EXP, stack, 0, 0)
-    elif mode == _EXP:
-        if digit:
-            return (_EXP_DIGITS, stack, 0, 0)
-        if b in (0x2B, 0x2D):  # + -
-            return (_EXP_SIGN, stack, 0, 0)
-    elif mode in (_EXP_SIGN, _EXP_DIGITS) and digit:
-        return (_EXP_DIGITS, stack, 0, 0)
-    if mode in _NUMBER_END:  # the number ended; the byte belongs to what follows
-        return step(_done(stack), b)
-    return None
+class JsonProgram:
+    """A compiled schema: the automaton's nodes and its step function."""
 
+    def __init__(self, nodes: list[_Node], root: int) -> None:
+        self.nodes = nodes
+        self.root = root
+        self.initial: JsonState = (_START, (), root, 0)
 
-def step(state: JsonState, b: int) -> JsonState | None:
-    """The state after byte ``b``, or None when ``b`` cannot come next."""
-    mode, stack, detail, ws = state
-    if mode == _STRING:
+    # -- the automaton -------------------------------------------------------------------------
+
+    def advance(self, state: JsonState | None, data: bytes) -> JsonState | None:
+        """The state after every byte of ``data``, or None as soon as one cannot come next."""
+        for b in data:
+            if state is None:
+                return None
+            state = self.step(state, b)
+        return state
+
+    def step(self, state: JsonState, b: int) -> JsonState | None:
+        """The state after byte ``b``, or None when ``b`` cannot come next."""
+        mode, stack, detail, ws = state
+        if mode == _STRING:
+            return self._string(state, b)
+        if mode == _ESCAPE:
+            if b in _ESCAPES:
+                return (_STRING, stack, detail, 0)
+            return (_UNICODE, stack, detail * 8 + 4, 0) if b == 0x75 else None  # u
+        if mode == _UNICODE:
+            if b not in _HEX:
+                return None
+            key, due = divmod(detail, 8)
+            return (_STRING, stack, key, 0) if due == 1 else (_UNICODE, stack, detail - 1, 0)
+        if mode == _LITERAL:
+            return self._literal(stack, detail, b)
+        if mode == _KEY_NAME:
+            return self._key_name(stack, detail, b)
+        if mode in _NUMBER:
+            return self._number(mode, stack, detail, b)
+        if b in _WHITESPACE:
+            if mode not in _STRUCTURAL or ws >= MAX_WHITESPACE:
+                return None
+            return (mode, stack, detail, ws + 1)
+        if mode == _START:
+            return self._begin(detail, stack, b) if b == 0x7B else None  # {
+        if mode == _VALUE:
+            return self._begin(detail, stack, b)
+        if mode == _COLON:
+            return (_VALUE, stack, detail, 0) if b == 0x3A else None
+        if mode == _DONE:
+            return None
+        node_id, progress = stack[-1]
+        node = self.nodes[node_id]
+        if mode == _ARRAY_FIRST:
+            if b == 0x5D:  # ]
+                return self._done(stack[:-1]) if node.min_items == 0 else None
+            if node.max_items == 0:
+                return None
+            return self._begin(node.item, (*stack[:-1], (node_id, 1)), b)
+        if mode in (_OBJECT_FIRST, _KEY):
+            if b == _QUOTE:
+                if node.kind == _FREE_OBJECT:
+                    return (_STRING, stack, 1, 0)
+                return (_KEY_NAME, stack, b'"', 0) if progress < len(node.keys) else None
+            if b == 0x7D and mode == _OBJECT_FIRST and self._closable(node, progress):  # }
+                return self._done(stack[:-1])
+            return None
+        if mode == _AFTER:
+            if node.kind == _ARRAY:
+                if b == 0x2C:  # ,
+                    if node.max_items is not None and progress >= node.max_items:
+                        return None
+                    return (_VALUE, (*stack[:-1], (node_id, progress + 1)), node.item, 0)
+                if b == 0x5D and progress >= node.min_items:
+                    return self._done(stack[:-1])
+                return None
+            if b == 0x2C:
+                if node.kind == _OBJECT and progress >= len(node.keys):
+                    return None
+                return (_KEY, stack, 0, 0)
+            if b == 0x7D and self._closable(node, progress):
+                return self._done(stack[:-1])
+        return None
+
+    @staticmethod
+    def _done(stack: tuple[tuple[int, int], ...]) -> JsonState:
+        """The state after a value completes inside ``stack``."""
+        return (_AFTER, stack, 0, 0) if stack else _FINISHED
+
+    @staticmethod
+    def _closable(node: _Node, progress: int) -> bool:
+        return node.kind == _FREE_OBJECT or not any(node.required[progress:])
+
+    def _begin(self, node_id: int, stack: tuple[tuple[int, int], ...], b: int) -> JsonState | None:
+        node = self.nodes[node_id]
+        kind = node.kind
+        if kind == _UNION:
+            branch = node.branches.get(b)
+            return None if branch is None else self._begin(branch, stack, b)
+        if kind in (_OBJECT, _FREE_OBJECT):
+            if b != 0x7B or len(stack) >= MAX_DEPTH:
+                return None
+            return (_OBJECT_FIRST, (*stack, (node_id, 0)), 0, 0)
+        if kind == _ARRAY:
+            if b != 0x5B or len(stack) >= MAX_DEPTH:
+                return None
+            return (_ARRAY_FIRST, (*stack, (node_id, 0)), 0, 0)
+        if kind == _STRING_NODE:
+            return (_STRING, stack, 0, 0) if b == _QUOTE else None
+        if kind == _NUMBER_NODE:
+            integer = int(node.integer)
+            if b == 0x2D:  # -
+                return (_MINUS, stack, integer, 0)
+            if b in _DIGITS:
+                return (_ZERO if b == 0x30 else _INT, stack, integer | 2, 0)
+            return None
+        return self._literal(stack, (node_id, b""), b)
+
+    def _string(self, state: JsonState, b: int) -> JsonState | None:
+        _, stack, detail, _ = state
         key, due = detail & 1, detail >> 1  # due: UTF-8 continuation bytes still to come
         if due:
             return (_STRING, stack, detail - 2, 0) if 0x80 <= b <= 0xBF else None
         if b < 0x80:
             if b == _QUOTE:
-                return (_COLON, stack, 0, 0) if key else _done(stack)
+                if key:  # a free key: its value follows
+                    return (_COLON, stack, self.nodes[stack[-1][0]].item, 0)
+                return self._done(stack)
             if b == _BACKSLASH:
                 return (_ESCAPE, stack, key, 0)
             return state if b >= 0x20 else None
-        due = _UTF8_LEAD.get(b >> 4, 0) if b >= 0xC2 and b <= 0xF4 else 0
+        due = _UTF8_LEAD.get(b >> 4, 0) if 0xC2 <= b <= 0xF4 else 0
         return (_STRING, stack, key | due << 1, 0) if due else None
-    if mode == _ESCAPE:
-        if b in _ESCAPES:
-            return (_STRING, stack, detail, 0)
-        return (_UNICODE, stack, detail * 8 + 4, 0) if b == 0x75 else None  # u
-    if mode == _UNICODE:
-        if b not in _HEX:
-            return None
-        key, due = divmod(detail, 8)
-        return (_STRING, stack, key, 0) if due == 1 else (_UNICODE, stack, detail - 1, 0)
-    if mode == _LITERAL:
-        index, matched = divmod(detail, 8)
-        literal = _LITERALS[index]
-        if b != literal[matched]:
-            return None
-        return _done(stack) if matched + 1 == len(literal) else (mode, stack, detail + 1, 0)
-    if mode in _NUMBER:
-        return _number(mode, stack, b)
-    if b in _WHITESPACE:
-        if mode not in _STRUCTURAL or ws >= MAX_WHITESPACE:
-            return None
-        return (mode, stack, detail, ws + 1)
-    if mode == _START:
-        return (_OBJECT_FIRST, (_OBJECT,), 0, 0) if b == 0x7B else None
-    if mode == _VALUE:
-        return _begin_value(stack, b)
-    if mode == _ARRAY_FIRST:
-        return _done(stack[:-1]) if b == 0x5D else _begin_value(stack, b)
-    if mode in (_OBJECT_FIRST, _KEY):
-        if b == _QUOTE:
-            return (_STRING, stack, 1, 0)
-        return _done(stack[:-1]) if b == 0x7D and mode == _OBJECT_FIRST else None
-    if mode == _COLON:
-        return (_VALUE, stack, 0, 0) if b == 0x3A else None
-    if mode == _AFTER:
-        top = stack[-1]
-        if b == 0x2C:  # ,
-            return (_KEY if top == _OBJECT else _VALUE, stack, 0, 0)
-        if b == (0x7D if top == _OBJECT else 0x5D):
-            return _done(stack[:-1])
-    return None
+
+    def _literal(
+        self, stack: tuple[tuple[int, int], ...], detail: tuple[int, bytes], b: int
+    ) -> JsonState | None:
+        node_id, matched = detail
+        literals = self.nodes[node_id].literals
+        grown = matched + bytes((b,))
+        longer = [lit for lit in literals if lit.startswith(grown)]
+        if longer:
+            if longer == [grown]:
+                return self._done(stack)  # complete, and nothing longer could follow
+            return (_LITERAL, stack, (node_id, grown), 0)
+        if matched in literals:  # complete; the byte belongs to what follows
+            return self.step(self._done(stack), b)
+        return None
+
+    def _key_name(
+        self, stack: tuple[tuple[int, int], ...], typed: bytes, b: int
+    ) -> JsonState | None:
+        node_id, progress = stack[-1]
+        node = self.nodes[node_id]
+        grown = typed + bytes((b,))
+        for index in range(progress, len(node.keys)):
+            key = node.keys[index]
+            if key == grown:
+                frames = (*stack[:-1], (node_id, index + 1))
+                return (_COLON, frames, node.values[index], 0)
+            if key.startswith(grown):
+                return (_KEY_NAME, stack, grown, 0)
+            if node.required[index]:
+                break  # a required property cannot be skipped
+        return None
+
+    def _number(
+        self, mode: int, stack: tuple[tuple[int, int], ...], detail: int, b: int
+    ) -> JsonState | None:
+        # detail: integer flag + 2 * digits so far in the current part (capped, see MAX_DIGITS).
+        integer, count = detail & 1, detail >> 1
+        digit = b in _DIGITS
+        if mode == _MINUS:
+            return (_ZERO if b == 0x30 else _INT, stack, integer | 2, 0) if digit else None
+        if mode in (_ZERO, _INT):
+            if digit and mode == _INT:
+                return (_INT, stack, detail + 2, 0) if count < MAX_DIGITS else None
+            if not integer:
+                if b == 0x2E:  # .
+                    return (_DOT, stack, 0, 0)
+                if b in (0x65, 0x45):  # e E
+                    return (_EXP, stack, 0, 0)
+        elif mode in (_DOT, _FRACTION):
+            if digit:
+                return (_FRACTION, stack, detail + 2, 0) if count < MAX_DIGITS else None
+            if mode == _FRACTION and b in (0x65, 0x45):
+                return (_EXP, stack, 0, 0)
+        elif mode == _EXP:
+            if digit:
+                return (_EXP_DIGITS, stack, 2, 0)
+            if b in (0x2B, 0x2D):  # + -
+                return (_EXP_SIGN, stack, 0, 0)
+        elif mode in (_EXP_SIGN, _EXP_DIGITS) and digit:
+            return (_EXP_DIGITS, stack, detail + 2, 0) if count < MAX_EXPONENT_DIGITS else None
+        if mode in _NUMBER_END:  # the number ended; the byte belongs to what follows
+            return self.step(self._done(stack), b)
+        return None
 
 
-def advance(state: JsonState | None, data: bytes) -> JsonState | None:
-    """The state after every byte of ``data``, or None as soon as one cannot come next."""
-    for b in data:
-        if state is None:
-            return None
-        state = step(state, b)
-    return state
+# -- compiling schemas -------------------------------------------------------------------------
+
+_ANNOTATIONS = frozenset(
+    (
+        "title",
+        "description",
+        "default",
+        "examples",
+        "$schema",
+        "$id",
+        "$comment",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+        "$defs",
+        "definitions",
+    )
+)
+_KEYWORDS = frozenset(
+    (
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "minItems",
+        "maxItems",
+        "enum",
+        "const",
+        "anyOf",
+        "oneOf",
+        "allOf",
+        "$ref",
+    )
+)
+_SIMPLE_TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
+
+
+class _Compiler:
+    def __init__(self, root: Any) -> None:
+        self.root = root
+        self.nodes: list[_Node] = []
+        self.refs: dict[str, int] = {}
+        self.any = self._any_value()
+
+    def add(self, node: _Node) -> int:
+        self.nodes.append(node)
+        return len(self.nodes) - 1
+
+    def _any_value(self) -> int:
+        """Nodes for "any JSON value" (and its objects and arrays), built once."""
+        union = self.add(_Node(_UNION))
+        free = self.add(_Node(_FREE_OBJECT, item=union))
+        array = self.add(_Node(_ARRAY, item=union))
+        string = self.add(_Node(_STRING_NODE))
+        number = self.add(_Node(_NUMBER_NODE))
+        literals = self.add(_Node(_LITERALS, literals=(b"true", b"false", b"null")))
+        for target in (free, array, string, number, literals):
+            for b in self.nodes[target].first_bytes(self.nodes):
+                self.nodes[union].branches[b] = target
+        return union
+
+    def compile(self, schema: Any, where: str) -> int:
+        if schema is True or schema == {}:
+            return self.any
+        if not isinstance(schema, dict):
+            raise SchemaError(f"{where}: a schema must be an object or true, got {schema!r}")
+        unknown = sorted(k for k in schema if k not in _KEYWORDS and k not in _ANNOTATIONS)
+        if unknown:
+            raise SchemaError(f"{where}: JSON mode cannot enforce {', '.join(unknown)}")
+        if "$ref" in schema:
+            return self._ref(schema["$ref"], where)
+        if "const" in schema:
+            return self._literals([schema["const"]], where)
+        if "enum" in schema:
+            values = schema["enum"]
+            if not isinstance(values, list) or not values:
+                raise SchemaError(f"{where}.enum: must be a non-empty list")
+            return self._literals(values, where)
+        for word in ("anyOf", "oneOf"):
+            if word in schema:
+                return self._union(schema[word], f"{where}.{word}")
+        if "allOf" in schema:
+            parts = schema["allOf"]
+            if not isinstance(parts, list) or len(parts) != 1:
+                raise SchemaError(f"{where}.allOf: only a single schema is supported")
+            return self.compile(parts[0], f"{where}.allOf[0]")
+        kind = schema.get("type")
+        if kind is None:
+            if "properties" in schema or "additionalProperties" in schema:
+                kind = "object"
+            elif "items" in schema:
+                kind = "array"
+            else:
+                return self.any
+        if isinstance(kind, list):
+            return self._type_list(schema, kind, where)
+        return self._typed(schema, kind, where)
+
+    def _typed(self, schema: dict[str, Any], kind: Any, where: str) -> int:
+        if kind == "object":
+            return self._object(schema, where)
+        if kind == "array":
+            return self._array(schema, where)
+        if kind == "string":
+            return self.add(_Node(_STRING_NODE))
+        if kind in ("integer", "number"):
+            return self.add(_Node(_NUMBER_NODE, integer=kind == "integer"))
+        if kind == "boolean":
+            return self.add(_Node(_LITERALS, literals=(b"true", b"false")))
+        if kind == "null":
+            return self.add(_Node(_LITERALS, literals=(b"null",)))
+        raise SchemaError(f"{where}.type: unknown type {kind!r}")
+
+    def _type_list(self, schema: dict[str, Any], kinds: list[Any], where: str) -> int:
+        if not kinds or any(k not in _SIMPLE_TYPES for k in kinds):
+            raise SchemaError(f"{where}.type: expected types from {_SIMPLE_TYPES}, got {kinds}")
+        if "integer" in kinds and "number" in kinds:
+            kinds = [k for k in kinds if k != "integer"]
+        nodes = [self._typed(schema, k, where) for k in dict.fromkeys(kinds)]
+        return self._join(nodes, f"{where}.type")
+
+    def _object(self, schema: dict[str, Any], where: str) -> int:
+        props = schema.get("properties", {})
+        if not isinstance(props, dict):
+            raise SchemaError(f"{where}.properties: must be an object")
+        required = schema.get("required", [])
+        if not isinstance(required, list) or any(r not in props for r in required):
+            raise SchemaError(f"{where}.required: must list names from properties")
+        if not props:
+            extra = schema.get("additionalProperties", True)
+            if extra is False:
+                return self.add(_Node(_OBJECT))  # only {}
+            node = self.add(_Node(_FREE_OBJECT))
+            self.nodes[node].item = self.compile(extra, f"{where}.additionalProperties")
+            return node
+        node = self.add(_Node(_OBJECT))
+        keys = tuple(json.dumps(name, ensure_ascii=False).encode() for name in props)
+        values = tuple(self.compile(s, f"{where}.properties.{name}") for name, s in props.items())
+        target = self.nodes[node]
+        target.keys, target.values = keys, values
+        target.required = tuple(name in required for name in props)
+        return node
+
+    def _array(self, schema: dict[str, Any], where: str) -> int:
+        low, high = schema.get("minItems", 0), schema.get("maxItems")
+        if not isinstance(low, int) or low < 0 or (high is not None and not isinstance(high, int)):
+            raise SchemaError(f"{where}: minItems and maxItems must be non-negative integers")
+        if high is not None and high < low:
+            raise SchemaError(f"{where}: maxItems is below minItems")
+        node = self.add(_Node(_ARRAY, min_items=low, max_items=high))
+        self.nodes[node].item = self.compile(schema.get("items", True), f"{where}.items")
+        return node
+
+    def _literals(self, values: list[Any], where: str) -> int:
+        try:
+            encoded = tuple(
+                dict.fromkeys(
+                    json.dumps(
+                        v, ensure_ascii=False, separators=(", ", ": "), allow_nan=False
+                    ).encode()
+                    for v in values
+                )
+            )
+        except (TypeError, ValueError) as exc:
+            raise SchemaError(f"{where}: a value is not JSON ({exc})") from None
+        return self.add(_Node(_LITERALS, literals=encoded))
+
+    def _union(self, options: Any, where: str) -> int:
+        if not isinstance(options, list) or not options:
+            raise SchemaError(f"{where}: must be a non-empty list of schemas")
+        nodes = [self.compile(s, f"{where}[{i}]") for i, s in enumerate(options)]
+        return self._join(nodes, where)
+
+    def _join(self, nodes: list[int], where: str) -> int:
+        """One node choosing among ``nodes`` by the first byte of the value."""
+        if len(nodes) == 1:
+            return nodes[0]
+        union = self.add(_Node(_UNION))
+        branches = self.nodes[union].branches
+        for node in nodes:
+            for b in self.nodes[node].first_bytes(self.nodes):
+                if b in branches and branches[b] != node:
+                    raise SchemaError(
+                        f"{where}: two alternatives can start with {chr(b)!r}; JSON mode "
+                        "needs alternatives that differ in their first character"
+                    )
+                branches[b] = node
+        return union
+
+    def _ref(self, ref: Any, where: str) -> int:
+        if not isinstance(ref, str) or not (ref == "#" or ref.startswith("#/")):
+            raise SchemaError(f"{where}.$ref: only local references (#/...) are supported")
+        if ref in self.refs:
+            return self.refs[ref]
+        target: Any = self.root
+        for part in ref[2:].split("/") if ref != "#" else ():
+            part = part.replace("~1", "/").replace("~0", "~")
+            if not isinstance(target, dict) or part not in target:
+                raise SchemaError(f"{where}.$ref: {ref} does not resolve")
+            target = target[part]
+        # Reserve the node first, so that a schema may refer to itself.
+        placeholder = self.add(_Node(_UNION))
+        self.refs[ref] = placeholder
+        compiled = self.compile(target, ref)
+        self.nodes[placeholder] = self.nodes[compiled]
+        return placeholder
+
+
+@lru_cache(maxsize=64)
+def compile_schema(schema_json: str | None) -> JsonProgram:
+    """The program for a JSON Schema given as JSON text; None: any JSON object.
+
+    Raises:
+        SchemaError: the schema is not JSON, uses what JSON mode cannot enforce, or its root
+            is not an object.
+    """
+    if schema_json is None:
+        compiler = _Compiler(None)
+        return JsonProgram(compiler.nodes, compiler.nodes[compiler.any].branches[0x7B])
+    try:
+        schema = json.loads(schema_json)
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"the schema is not valid JSON: {exc}") from None
+    compiler = _Compiler(schema)
+    root = compiler.compile(schema, "schema")
+    if compiler.nodes[root].kind not in (_OBJECT, _FREE_OBJECT):
+        raise SchemaError("schema: the root must be an object schema")
+    return JsonProgram(compiler.nodes, root)
+
+
+#: The program of ``response_format={"type": "json_object"}``.
+JSON_OBJECT: JsonProgram = compile_schema(None)
+
+
+# -- token masks -------------------------------------------------------------------------------
 
 
 def _is_plain(data: bytes) -> bool:
@@ -210,43 +590,68 @@ def _common_prefix(a: bytes, b: bytes) -> int:
     return i
 
 
-class JsonGrammar:
-    """The JSON-object automaton over one vocabulary; masks are cached per state.
+class JsonVocabulary:
+    """A tokenizer's vocabulary prepared for mask computation; shared by every grammar.
 
     ``token_bytes[i]`` is the text of token ``i`` as UTF-8 bytes; empty for special tokens,
-    which JSON mode never samples. ``eos_token_ids`` end the generation once the object is
-    closed. Thread-compatible: the engine uses it from its one stepping thread.
+    which JSON mode never samples.
     """
 
-    INITIAL: JsonState = (_START, (), 0, 0)
+    def __init__(self, token_bytes: Sequence[bytes]) -> None:
+        self.size = len(token_bytes)
+        self.bytes = list(token_bytes)
+        self.order = sorted((i for i, t in enumerate(self.bytes) if t), key=self.bytes.__getitem__)
+        self.sorted = [self.bytes[i] for i in self.order]
+        self.plain = torch.tensor([_is_plain(t) for t in self.bytes], dtype=torch.bool)
+        self.special = [i for i, t in enumerate(self.bytes) if t and not _is_plain(t)]
+
+    def first_after(self, prefix: bytes, lo: int) -> int:
+        """Index of the first sorted token that does not start with ``prefix``."""
+        end = bytearray(prefix)
+        while end and end[-1] == 0xFF:
+            end.pop()
+        if not end:
+            return len(self.sorted)
+        end[-1] += 1
+        return bisect.bisect_left(self.sorted, bytes(end), lo=lo)
+
+
+class JsonGrammar:
+    """One program over one vocabulary; masks are cached per state.
+
+    ``eos_token_ids`` end the generation once the root object is closed. Thread-compatible: the
+    engine uses it from its one stepping thread.
+    """
 
     def __init__(
         self,
-        token_bytes: Sequence[bytes],
+        vocabulary: JsonVocabulary,
         eos_token_ids: Iterable[int],
+        program: JsonProgram = JSON_OBJECT,
         *,
         cache_size: int = 512,
     ) -> None:
-        self.vocab_size = len(token_bytes)
-        self._bytes = list(token_bytes)
+        self.vocab = vocabulary
+        self.program = program
+        self.initial = program.initial
         self._eos = sorted(set(eos_token_ids))
-        self._order = sorted(
-            (i for i, t in enumerate(self._bytes) if t), key=self._bytes.__getitem__
-        )
-        self._sorted = [self._bytes[i] for i in self._order]
-        self._plain = torch.tensor([_is_plain(t) for t in self._bytes], dtype=torch.bool)
-        self._special = [i for i, t in enumerate(self._bytes) if t and not _is_plain(t)]
         self._cache: OrderedDict[JsonState, torch.Tensor] = OrderedDict()
         self._cache_size = cache_size
 
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids the masks cover."""
+        return self.vocab.size
+
     def advance(self, state: JsonState, token_id: int) -> JsonState | None:
         """The state after ``token_id``; None when it may not come next (or ends the text)."""
-        if not 0 <= token_id < self.vocab_size:
+        if not 0 <= token_id < self.vocab.size or not self.vocab.bytes[token_id]:
             return None
-        return advance(state, self._bytes[token_id]) if self._bytes[token_id] else None
+        return self.program.advance(state, self.vocab.bytes[token_id])
 
-    def is_done(self, state: JsonState) -> bool:
-        """Whether the top-level object is closed."""
+    @staticmethod
+    def is_done(state: JsonState) -> bool:
+        """Whether the root object is closed."""
         return state[0] == _DONE
 
     def allowed(self, state: JsonState) -> torch.Tensor:
@@ -262,30 +667,31 @@ class JsonGrammar:
         return mask
 
     def _compute(self, state: JsonState) -> torch.Tensor:
-        mask = torch.zeros(self.vocab_size, dtype=torch.bool)
+        mask = torch.zeros(self.vocab.size, dtype=torch.bool)
         if state[0] == _DONE:
             mask[self._eos] = True
             return mask
         if state[0] == _STRING and state[2] < 2:  # in a string, between characters
-            mask |= self._plain
-            candidates = [i for i in self._special if advance(state, self._bytes[i]) is not None]
-            mask[candidates] = True
+            mask |= self.vocab.plain
+            advance, vocab_bytes = self.program.advance, self.vocab.bytes
+            mask[[i for i in self.vocab.special if advance(state, vocab_bytes[i])]] = True
         else:
             mask[self._walk(state)] = True
         if not bool(mask.any()):
             # A vocabulary without the single bytes this state needs: end rather than stall.
-            log.warning("json_mode_dead_end", state=state)
+            log.warning("json_mode_dead_end", state=repr(state))
             mask[self._eos] = True
         return mask
 
     def _walk(self, start: JsonState) -> list[int]:
         """Ids of the tokens valid from ``start``, in one pass over the sorted vocabulary."""
+        step, ordered, order = self.program.step, self.vocab.sorted, self.vocab.order
         allowed: list[int] = []
         states: list[JsonState] = [start]  # states[d]: after the first d bytes of ``previous``
         previous = b""
-        k, n = 0, len(self._sorted)
+        k, n = 0, len(ordered)
         while k < n:
-            data = self._sorted[k]
+            data = ordered[k]
             depth = min(_common_prefix(previous, data), len(states) - 1)
             del states[depth + 1 :]
             while depth < len(data):
@@ -296,32 +702,22 @@ class JsonGrammar:
                 depth += 1
             previous = data
             if depth == len(data):
-                allowed.append(self._order[k])
+                allowed.append(order[k])
                 k += 1
                 continue
             # Every token that starts with data[: depth + 1] fails at the same byte.
-            k = self._first_after(data[: depth + 1], k + 1)
+            k = self.vocab.first_after(data[: depth + 1], k + 1)
         return allowed
-
-    def _first_after(self, prefix: bytes, lo: int) -> int:
-        """Index of the first sorted token that does not start with ``prefix``."""
-        end = bytearray(prefix)
-        while end and end[-1] == 0xFF:
-            end.pop()
-        if not end:
-            return len(self._sorted)
-        end[-1] += 1
-        return bisect.bisect_left(self._sorted, bytes(end), lo=lo)
 
 
 class JsonConstraint:
-    """One choice's position in the grammar: the mask for its next token, advanced per token."""
+    """One choice's position in a grammar: the mask for its next token, advanced per token."""
 
     __slots__ = ("grammar", "state")
 
-    def __init__(self, grammar: JsonGrammar, state: JsonState = JsonGrammar.INITIAL) -> None:
+    def __init__(self, grammar: JsonGrammar) -> None:
         self.grammar = grammar
-        self.state: JsonState | None = state
+        self.state: JsonState | None = grammar.initial
 
     def allowed(self) -> torch.Tensor:
         """The tokens that may come next."""
@@ -335,5 +731,5 @@ class JsonConstraint:
 
     @property
     def done(self) -> bool:
-        """Whether the object is complete."""
+        """Whether the root object is complete."""
         return self.state is not None and self.grammar.is_done(self.state)

@@ -51,17 +51,23 @@ class SamplingParams(BaseModel):
         description="(token id, bias) pairs added to the logits before sampling; -100 bans "
         "a token and 100 all but forces it. Log-probabilities stay the model's own.",
     )
-    response_format: Literal["text", "json_object"] = Field(
+    response_format: Literal["text", "json_object", "json_schema"] = Field(
         default="text",
-        description="json_object: every choice is one JSON object, ending when it closes.",
+        description="json_object: every choice is one JSON object, ending when it closes; "
+        "json_schema: one that also follows json_schema.",
+    )
+    json_schema: str | None = Field(
+        default=None, description="The JSON Schema (as JSON text) of response_format json_schema."
     )
 
     @model_validator(mode="after")
     def _check(self) -> SamplingParams:
         if any(s == "" for s in self.stop):
             raise ValueError("stop strings must not be empty")
-        if self.response_format == "json_object" and self.ignore_eos:
-            raise ValueError("ignore_eos cannot be combined with response_format json_object")
+        if self.response_format != "text" and self.ignore_eos:
+            raise ValueError(f"ignore_eos cannot be combined with {self.response_format}")
+        if (self.json_schema is not None) != (self.response_format == "json_schema"):
+            raise ValueError("json_schema is given exactly when response_format is json_schema")
         for token_id, bias in self.logit_bias:
             if not -100 <= bias <= 100 or bias != bias:
                 raise ValueError(f"logit_bias of token {token_id} must be in [-100, 100]")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from inferno_inference.errors import InvalidRequestError, PromptTooLongError
+from inferno_inference.json_mode import SchemaError, compile_schema
 from inferno_inference.types import GenerationRequest
 
 __all__ = ["validate_request"]
@@ -12,8 +13,8 @@ def validate_request(request: GenerationRequest, *, max_model_len: int, vocab_si
     """Raise a typed error naming the problem if ``request`` cannot be served.
 
     Raises:
-        InvalidRequestError: empty id or prompt, or a prompt, stop or logit-bias token id
-            outside the vocabulary.
+        InvalidRequestError: empty id or prompt, a prompt, stop or logit-bias token id
+            outside the vocabulary, or a JSON Schema that JSON mode cannot enforce.
         PromptTooLongError: the prompt leaves no room for a single new token in the context.
     """
     if not request.request_id:
@@ -39,6 +40,11 @@ def validate_request(request: GenerationRequest, *, max_model_len: int, vocab_si
             f"stop token id {bad} is outside the vocabulary (0..{vocab_size - 1})",
             param="stop_token_ids",
         )
+    if request.sampling.json_schema is not None:
+        try:
+            compile_schema(request.sampling.json_schema)
+        except SchemaError as exc:
+            raise InvalidRequestError(str(exc), param="response_format") from None
     bad = next((t for t, _ in request.sampling.logit_bias if not 0 <= t < vocab_size), None)
     if bad is not None:
         raise InvalidRequestError(

@@ -66,7 +66,8 @@ def build_sampling(
             n=body.n,
             logprobs=logprobs,
             logit_bias=body.logit_bias_pairs,
-            response_format=body.output_format,
+            response_format=body.output_format[0],
+            json_schema=body.output_format[1],
         )
     except ValidationError as exc:
         raise from_validation_error(exc) from None

@@ -7,6 +7,7 @@ JSON's: ``2.0`` is the integer 2 (as JSON Schema, and so the OpenAPI description
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from inferno_inference import MAX_LOGIT_BIAS
@@ -16,6 +17,7 @@ __all__ = [
     "ChatCompletionRequest",
     "ChatMessage",
     "CompletionRequest",
+    "JsonSchemaFormat",
     "ResponseFormat",
     "SamplingFields",
     "StreamOptions",
@@ -63,15 +65,37 @@ class StreamOptions(BaseModel):
     include_usage: bool = Field(default=False, description="Send a final chunk with usage.")
 
 
+class JsonSchemaFormat(BaseModel):
+    """The schema of ``response_format={"type": "json_schema", ...}``."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True, populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64, description="A name for the schema.")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(
+        default=None,
+        alias="schema",
+        description="The JSON Schema; a part JSON mode cannot enforce is refused with a 400.",
+    )
+    strict: bool | None = Field(default=None, description="Accepted; the schema is always kept.")
+
+
 class ResponseFormat(BaseModel):
     """What shape the output must take."""
 
     model_config = _STRICT
 
     type: Literal["text", "json_object", "json_schema"] = Field(
-        description="text, or json_object: each choice is one JSON object. json_schema is "
-        "refused (400) rather than ignored."
+        description="text; json_object: each choice is one JSON object; json_schema: one that "
+        "also follows json_schema.schema."
     )
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format: json_schema needs its json_schema object")
+        return self
 
 
 class SamplingFields(BaseModel):
@@ -125,21 +149,19 @@ class SamplingFields(BaseModel):
                 raise ValueError(f"logit_bias: the bias of token {key} must be in [-100, 100]")
         if len(self.logit_bias_pairs) != len({t for t, _ in self.logit_bias_pairs}):
             raise ValueError("logit_bias: a token id is given more than once")
-        if self.output_format == "json_object" and self.ignore_eos:
-            raise ValueError("response_format: json_object cannot be combined with ignore_eos")
-        if self.response_format is not None and self.response_format.type == "json_schema":
-            raise ValueError(
-                "response_format: json_schema is not supported; json_object gives one JSON "
-                "object per choice"
-            )
+        if self.output_format[0] != "text" and self.ignore_eos:
+            raise ValueError("response_format: JSON output cannot be combined with ignore_eos")
         return self
 
     @property
-    def output_format(self) -> Literal["text", "json_object"]:
-        """The engine's response format."""
-        if self.response_format is not None and self.response_format.type == "json_object":
-            return "json_object"
-        return "text"
+    def output_format(self) -> tuple[Literal["text", "json_object", "json_schema"], str | None]:
+        """The engine's response format and JSON Schema (as JSON text)."""
+        fmt = self.response_format
+        if fmt is None or fmt.type == "text":
+            return "text", None
+        if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+            return "json_object", None  # a json_schema without a schema: any object
+        return "json_schema", json.dumps(fmt.json_schema.schema_)
 
     @property
     def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:

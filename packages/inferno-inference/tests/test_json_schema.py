@@ -1,0 +1,285 @@
+"""JSON Schema mode: compiling schemas, accepting their instances, and generating only valid ones.
+
+The strongest check is the last: random generations that follow the token masks (random
+choices among the allowed tokens, over a small vocabulary) must always be prefixes of valid
+JSON, and once the object closes, an instance of the schema by an independent validator.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import jsonschema_rs
+import pytest
+import torch
+from inferno_inference import InvalidRequestError, SamplingParams
+from inferno_inference.json_mode import (
+    JsonGrammar,
+    JsonProgram,
+    JsonVocabulary,
+    SchemaError,
+    compile_schema,
+)
+from inferno_inference.tiny import tiny_llm_engine
+from inferno_inference.types import GenerationRequest
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer"},
+        "height": {"type": "number"},
+        "nickname": {"type": ["string", "null"]},
+        "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+        "role": {"enum": ["admin", "user", 7, None]},
+        "address": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "zip": {"type": "string"}},
+            "required": ["city"],
+        },
+        "active": {"type": "boolean"},
+    },
+    "required": ["name", "age", "tags"],
+    "additionalProperties": False,
+}
+TREE = {
+    "$defs": {
+        "node": {
+            "type": "object",
+            "properties": {
+                "value": {"type": "integer"},
+                "children": {"type": "array", "items": {"$ref": "#/$defs/node"}},
+            },
+            "required": ["value", "children"],
+        }
+    },
+    "$ref": "#/$defs/node",
+}
+SCORES = {
+    "type": "object",
+    "additionalProperties": {"type": "number"},
+    "title": "Scores",
+    "description": "a map of names to scores",
+}
+CHOICE = {
+    "type": "object",
+    "properties": {
+        "answer": {"anyOf": [{"type": "string"}, {"type": "integer"}, {"type": "null"}]},
+        "pair": {"type": "array", "items": {"type": "boolean"}, "minItems": 2, "maxItems": 2},
+        "mode": {"const": "fast"},
+    },
+    "required": ["answer", "pair", "mode"],
+}
+SCHEMAS = {"person": PERSON, "tree": TREE, "scores": SCORES, "choice": CHOICE}
+
+
+def _program(schema: dict[str, Any]) -> JsonProgram:
+    return compile_schema(json.dumps(schema))
+
+
+def _accepts(program: JsonProgram, text: str) -> bool:
+    state = program.advance(program.initial, text.encode())
+    return state is not None and JsonGrammar.is_done(state)
+
+
+@pytest.mark.parametrize(
+    ("name", "instance"),
+    [
+        ("person", {"name": "Zoë", "age": 41, "tags": []}),
+        (
+            "person",
+            {
+                "name": 'A "quoted" \\ name',
+                "age": -3,
+                "height": 1.8e2,
+                "nickname": None,
+                "tags": ["a", "b", "c"],
+                "role": 7,
+                "address": {"city": "Paris"},
+                "active": False,
+            },
+        ),
+        ("person", {"name": "x", "age": 0, "nickname": "y", "tags": ["t"], "role": None}),
+        ("tree", {"value": 1, "children": [{"value": 2, "children": []}]}),
+        ("scores", {}),
+        ("scores", {"a": 1, "b": -2.5, "a ": 0}),
+        ("choice", {"answer": None, "pair": [True, False], "mode": "fast"}),
+        ("choice", {"answer": 12, "pair": [False, False], "mode": "fast"}),
+        ("choice", {"answer": "12", "pair": [True, True], "mode": "fast"}),
+    ],
+)
+@pytest.mark.parametrize("indent", [None, 2])
+def test_instances_in_schema_order_are_accepted(
+    name: str, instance: dict[str, Any], indent: int | None
+) -> None:
+    schema = SCHEMAS[name]
+    assert jsonschema_rs.validator_for(schema).is_valid(instance)
+    assert _accepts(_program(schema), json.dumps(instance, indent=indent, ensure_ascii=False))
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("person", '{"age": 41, "name": "x", "tags": []}'),  # out of schema order
+        ("person", '{"name": "x", "tags": []}'),  # a required property left out
+        ("person", '{"name": "x", "age": 4, "tags": [], "extra": 1}'),  # not in properties
+        ("person", '{"name": "x", "age": 4.5, "tags": []}'),  # integer
+        ("person", '{"name": 5, "age": 4, "tags": []}'),
+        ("person", '{"name": "x", "age": 4, "tags": ["a", "b", "c", "d"]}'),  # maxItems
+        ("person", '{"name": "x", "age": 4, "tags": [], "role": "root"}'),  # enum
+        ("person", '{"name": "x", "age": 4, "tags": [], "address": {}}'),  # nested required
+        ("tree", '{"value": 1, "children": [{"value": 2}]}'),
+        ("scores", '{"a": "1"}'),
+        ("choice", '{"answer": true, "pair": [true, false], "mode": "fast"}'),
+        ("choice", '{"answer": 1, "pair": [true], "mode": "fast"}'),  # minItems
+        ("choice", '{"answer": 1, "pair": [true, false], "mode": "slow"}'),  # const
+    ],
+)
+def test_what_breaks_the_schema_is_rejected(name: str, text: str) -> None:
+    assert not jsonschema_rs.validator_for(SCHEMAS[name]).is_valid(json.loads(text)) or (
+        "extra" in text or "age" in text.split("name")[0]  # valid JSON Schema, refused order
+    )
+    assert not _accepts(_program(SCHEMAS[name]), text)
+
+
+@pytest.mark.parametrize(
+    ("schema", "words"),
+    [
+        ({"type": "array"}, "root must be an object"),
+        ({"type": "object", "properties": {"a": {"type": "string", "pattern": "x"}}}, "pattern"),
+        ({"type": "object", "properties": {"a": {"format": "date-time"}}}, "format"),
+        ({"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}, "minimum"),
+        (
+            {
+                "type": "object",
+                "properties": {"a": {"anyOf": [{"type": "string"}, {"enum": ["x"]}]}},
+            },
+            "differ in their first character",
+        ),
+        ({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}, "does not resolve"),
+        ({"type": "object", "properties": {"a": {"$ref": "http://x/y"}}}, "local references"),
+        ({"type": "object", "required": ["a"]}, "required"),
+        ({"type": "object", "properties": {"a": {"type": "decimal"}}}, "unknown type"),
+    ],
+)
+def test_schemas_it_cannot_enforce_are_refused(schema: dict[str, Any], words: str) -> None:
+    with pytest.raises(SchemaError, match=words):
+        _program(schema)
+
+
+# A vocabulary of single bytes plus longer pieces (keys, literals, digits, a split character).
+VOCAB = [
+    *(bytes([b]) for b in range(32, 127)),
+    b"\n",
+    b"\n  ",
+    b'{"',
+    b'": "',
+    b'", "',
+    b'"}',
+    b"true",
+    b"null",
+    b"12",
+    b"-0.5",
+    b"\xc3",
+    b"\xa9",
+    b"\xc3\xa9",
+    b'"name": "',
+    b'"age": ',
+    b'"children": [',
+    b'"value": ',
+    b"[]",
+    b"]}",
+    b"",  # the end token
+]
+EOS = len(VOCAB) - 1
+CLOSERS = frozenset(i for i, t in enumerate(VOCAB) if t and t[-1:] in (b'"', b"}", b"]"))
+
+
+def _random_generation(grammar: JsonGrammar, rng: random.Random, limit: int) -> bytes | None:
+    """Random allowed tokens, closers favoured so that most generations finish."""
+    state = grammar.initial
+    out = b""
+    for _ in range(limit):
+        allowed = grammar.allowed(state).nonzero().flatten().tolist()
+        assert allowed, state
+        if allowed == [EOS]:
+            return out
+        weights = [8 if t in CLOSERS else 1 for t in allowed]
+        token = rng.choices(allowed, weights)[0]
+        assert token != EOS  # the end comes only when the object is closed
+        nxt = grammar.advance(state, token)
+        assert nxt is not None
+        state, out = nxt, out + VOCAB[token]
+    return None
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_random_generations_under_the_masks_are_schema_instances(name: str) -> None:
+    schema = SCHEMAS[name]
+    grammar = JsonGrammar(JsonVocabulary(VOCAB), [EOS], _program(schema))
+    validator = jsonschema_rs.validator_for(schema)
+    rng = random.Random(name)
+    finished = 0
+    for _ in range(60):
+        data = _random_generation(grammar, rng, limit=300)
+        if data is None:
+            continue
+        finished += 1
+        instance = json.loads(data)
+        assert validator.is_valid(instance), data
+    assert finished >= 20  # the check above ran on many instances, not a lucky few
+
+
+def test_masks_equal_checking_every_token() -> None:
+    program = _program(PERSON)
+    grammar = JsonGrammar(JsonVocabulary(VOCAB), [EOS], program)
+    for prefix in (
+        b"",
+        b"{",
+        b'{"na',
+        b'{"name": "x", "age": 1',
+        b'{"name": "\xc3',
+        b'{"name": ""',
+    ):
+        state = program.advance(program.initial, prefix)
+        assert state is not None, prefix
+        brute = torch.tensor([bool(t) and program.advance(state, t) is not None for t in VOCAB])
+        assert torch.equal(grammar.allowed(state), brute), prefix
+
+
+def test_engine_follows_a_schema_and_refuses_a_bad_one() -> None:
+    engine = tiny_llm_engine(seed=5)
+    vocab = [*VOCAB, *([b"x"] * (engine.vocab_size - len(VOCAB)))]
+    engine._token_bytes = lambda: vocab  # the tiny model has no tokenizer: give it bytes
+    engine.eos_token_ids = frozenset({EOS})
+    schema = json.dumps(TREE)
+    sampling = SamplingParams(
+        max_tokens=120,
+        temperature=1.0,
+        seed=2,
+        n=4,
+        response_format="json_schema",
+        json_schema=schema,
+    )
+    engine.add_request(GenerationRequest("s", (5, 6, 7), sampling))
+    tokens: dict[int, list[int]] = {i: [] for i in range(4)}
+    finish: dict[int, str] = {}
+    while engine.has_work():
+        for out in engine.step():
+            tokens[out.index].extend(out.token_ids)
+            if out.finish_reason is not None:
+                finish[out.index] = out.finish_reason
+    program = _program(TREE)
+    for index, ids in tokens.items():
+        data = b"".join(vocab[t] for t in ids)
+        assert program.advance(program.initial, data) is not None, data
+        if finish[index] == "stop":
+            assert jsonschema_rs.validator_for(TREE).is_valid(json.loads(data))
+    bad = SamplingParams(response_format="json_schema", json_schema=json.dumps({"type": "string"}))
+    with pytest.raises(InvalidRequestError, match="root must be an object") as info:
+        engine.add_request(GenerationRequest("bad", (5,), bad))
+    assert info.value.param == "response_format"
+    with pytest.raises(ValueError, match="json_schema is given exactly"):
+        SamplingParams(response_format="json_object", json_schema="{}")
