@@ -162,6 +162,12 @@ def test_what_breaks_the_schema_is_rejected(name: str, text: str) -> None:
         ({"type": "object", "properties": {"a": {"$ref": "http://x/y"}}}, "local references"),
         ({"type": "object", "required": ["a"]}, "required"),
         ({"type": "object", "properties": {"a": {"type": "decimal"}}}, "unknown type"),
+        (
+            {"type": "object", "anyOf": [{"required": ["a"]}, {"required": ["b"]}]},
+            "cannot combine anyOf, type",
+        ),
+        ({"type": "object", "properties": {"a": {"$ref": "#", "minItems": 1}}}, "combine"),
+        ({"type": "object", "properties": {"a": {"required": ["b"]}}}, "required"),
     ],
 )
 def test_schemas_it_cannot_enforce_are_refused(schema: dict[str, Any], words: str) -> None:

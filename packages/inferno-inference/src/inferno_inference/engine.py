@@ -43,8 +43,9 @@ __all__ = ["Detokenizer", "DetokenizerFactory", "LLMEngine"]
 
 log = structlog.get_logger(__name__)
 
-#: JSON grammars (one per schema, each with its own mask cache) kept for reuse.
-_GRAMMARS_KEPT = 16
+#: JSON grammars kept for reuse, one per schema. Each caches up to 256 masks of one byte per
+#: vocabulary entry (12 MiB for a 50K vocabulary), so this bounds them at about 100 MiB.
+_GRAMMARS_KEPT = 8
 
 
 class Detokenizer(Protocol):

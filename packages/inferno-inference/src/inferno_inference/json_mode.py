@@ -120,7 +120,7 @@ class _Node:
     literals: tuple[bytes, ...] = ()  # _LITERALS, JSON-encoded
     branches: dict[int, int] = field(default_factory=dict)  # _UNION: first byte -> node
 
-    def first_bytes(self, nodes: list[_Node]) -> frozenset[int]:
+    def first_bytes(self) -> frozenset[int]:
         """The bytes a value of this node can start with."""
         if self.kind == _UNION:
             return frozenset(self.branches)
@@ -391,7 +391,7 @@ class _Compiler:
         number = self.add(_Node(_NUMBER_NODE))
         literals = self.add(_Node(_LITERALS, literals=(b"true", b"false", b"null")))
         for target in (free, array, string, number, literals):
-            for b in self.nodes[target].first_bytes(self.nodes):
+            for b in self.nodes[target].first_bytes():
                 self.nodes[union].branches[b] = target
         return union
 
@@ -403,6 +403,14 @@ class _Compiler:
         unknown = sorted(k for k in schema if k not in _KEYWORDS and k not in _ANNOTATIONS)
         if unknown:
             raise SchemaError(f"{where}: JSON mode cannot enforce {', '.join(unknown)}")
+        # A combinator or a reference is compiled alone; constraints beside it would be lost.
+        lone = [k for k in ("$ref", "anyOf", "oneOf", "allOf", "enum", "const") if k in schema]
+        typed_values = {"type"} if lone in (["enum"], ["const"]) else set()  # pydantic's Literal
+        beside = sorted(set(schema) - _ANNOTATIONS - set(lone) - typed_values)
+        if lone and (len(lone) > 1 or beside):
+            raise SchemaError(
+                f"{where}: JSON mode cannot combine {', '.join(lone + beside)} in one schema"
+            )
         if "$ref" in schema:
             return self._ref(schema["$ref"], where)
         if "const" in schema:
@@ -422,9 +430,9 @@ class _Compiler:
             return self.compile(parts[0], f"{where}.allOf[0]")
         kind = schema.get("type")
         if kind is None:
-            if "properties" in schema or "additionalProperties" in schema:
+            if {"properties", "additionalProperties", "required"} & set(schema):
                 kind = "object"
-            elif "items" in schema:
+            elif {"items", "minItems", "maxItems"} & set(schema):
                 kind = "array"
             else:
                 return self.any
@@ -514,7 +522,7 @@ class _Compiler:
         union = self.add(_Node(_UNION))
         branches = self.nodes[union].branches
         for node in nodes:
-            for b in self.nodes[node].first_bytes(self.nodes):
+            for b in self.nodes[node].first_bytes():
                 if b in branches and branches[b] != node:
                     raise SchemaError(
                         f"{where}: two alternatives can start with {chr(b)!r}; JSON mode "
@@ -629,7 +637,7 @@ class JsonGrammar:
         eos_token_ids: Iterable[int],
         program: JsonProgram = JSON_OBJECT,
         *,
-        cache_size: int = 512,
+        cache_size: int = 256,
     ) -> None:
         self.vocab = vocabulary
         self.program = program
