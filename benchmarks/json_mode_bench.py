@@ -1,13 +1,13 @@
-"""JSON mode: what ``response_format={"type": "json_object"}`` costs, and what it buys.
+"""JSON mode: what ``response_format`` ``json_object`` and ``json_schema`` cost, and what they buy.
 
 Starts ``inferno serve`` on the default model, and llama.cpp's Python server on the same GGUF
 when ``--llama-cpp-python PYTHON`` names an interpreter with ``llama-cpp-python[server]`` (its
 JSON mode compiles a JSON grammar), one server at a time. Each gets the same chat requests
-asking for JSON (sampled at temperature 0.8 with fixed seeds), once in plain text mode and once
-in JSON mode, at concurrency 1 and 8. Reported per server and mode: output tokens/s, mean time
-per output token, how many answers ended on their own (not cut by ``max_tokens``), and how
-many ``json.loads`` reads as an object. Prints a table and writes
-``benchmarks/results/json_mode.json``.
+asking for JSON (sampled at temperature 0.8 with fixed seeds), in plain text mode, in JSON
+object mode and in JSON Schema mode (`SCHEMA`), at concurrency 1 and 8. Reported per server and
+mode: output tokens/s, mean time per output token, how many answers ended on their own (not
+cut by ``max_tokens``), how many ``json.loads`` reads as an object, and how many are instances
+of `SCHEMA`. Prints a table and writes ``benchmarks/results/json_mode.json``.
 
     uv run python benchmarks/json_mode_bench.py [--inferno bfloat16+int8] \
         [--llama-cpp-python /opt/peers/bin/python]
@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jsonschema_rs
 import openai
 from serve_bench import _free_port, _start
 
@@ -48,64 +49,100 @@ def _messages(i: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"Describe {subject} as a JSON object with a few fields."}]
 
 
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "kind": {"enum": ["animal", "place", "thing", "food", "group", "event"]},
+        "features": {"type": "array", "items": {"type": "string"}, "maxItems": 4},
+        "rating": {"type": "integer"},
+    },
+    "required": ["name", "kind", "features", "rating"],
+    "additionalProperties": False,
+}
+MODES: dict[str, dict[str, Any]] = {
+    "text": {},
+    "json_object": {"response_format": {"type": "json_object"}},
+    "json_schema": {
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "description", "schema": SCHEMA},
+        }
+    },
+}
+#: llama-cpp-python's server reads a schema from response_format {"type": "json_object",
+#: "schema": ...} and runs "json_schema" without any grammar, so it gets its own spelling.
+LLAMA_CPP_MODES = {
+    **MODES,
+    "json_schema": {"response_format": {"type": "json_object", "schema": SCHEMA}},
+}
+Result = tuple[int, bool, bool, str, bool]  # tokens, object, schema instance, text, finished
+
+
 async def _one(
-    client: openai.AsyncOpenAI, model: str, i: int, json_mode: bool, max_tokens: int
-) -> tuple[int, bool, str, bool]:
-    extra: dict[str, Any] = {"response_format": {"type": "json_object"}} if json_mode else {}
+    client: openai.AsyncOpenAI, model: str, i: int, mode: dict[str, Any], max_tokens: int
+) -> Result:
     resp = await client.chat.completions.create(
         model=model,
         messages=_messages(i),  # type: ignore[arg-type]
         max_tokens=max_tokens,
         temperature=0.8,
         seed=i,
-        **extra,
+        **mode,
     )
     text = resp.choices[0].message.content or ""
     try:
-        is_object = isinstance(json.loads(text), dict)
+        value = json.loads(text)
     except json.JSONDecodeError:
-        is_object = False
+        value = None
     tokens = resp.usage.completion_tokens if resp.usage is not None else 0
-    return tokens, is_object, text, resp.choices[0].finish_reason == "stop"
+    instance = value is not None and jsonschema_rs.validator_for(SCHEMA).is_valid(value)
+    finished = resp.choices[0].finish_reason == "stop"
+    return tokens, isinstance(value, dict), instance, text, finished
 
 
 async def _round(
-    client: openai.AsyncOpenAI, model: str, json_mode: bool, concurrency: int, args: Any
-) -> tuple[float, list[tuple[int, bool, str, bool]]]:
+    client: openai.AsyncOpenAI, model: str, mode: dict[str, Any], concurrency: int, args: Any
+) -> tuple[float, list[Result]]:
     """Every request once, ``concurrency`` at a time: (wall seconds, results in order)."""
     semaphore = asyncio.Semaphore(concurrency)
 
-    async def run(i: int) -> tuple[int, bool, str, bool]:
+    async def run(i: int) -> Result:
         async with semaphore:
-            return await _one(client, model, i, json_mode, args.max_tokens)
+            return await _one(client, model, i, mode, args.max_tokens)
 
     start = time.perf_counter()
     results = await asyncio.gather(*(run(i) for i in range(args.requests)))
     return time.perf_counter() - start, list(results)
 
 
-async def _measure(url: str, model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+async def _measure(
+    url: str, modes: dict[str, dict[str, Any]], args: argparse.Namespace
+) -> list[dict[str, Any]]:
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    model = "default"
     out = []
-    for json_mode in (False, True):
-        await _one(client, model, 0, json_mode, 8)  # warm-up (and grammar build)
+    for mode, fields in modes.items():
+        await _one(client, model, 0, fields, 8)  # warm-up (and grammar build)
         for concurrency in (1, 8):
-            wall, results = await _round(client, model, json_mode, concurrency, args)
+            wall, results = await _round(client, model, fields, concurrency, args)
             tokens = sum(r[0] for r in results)
             row = {
-                "mode": "json_object" if json_mode else "text",
+                "mode": mode,
                 "concurrency": concurrency,
                 "requests": args.requests,
                 "output_tokens": tokens,
                 "output_tok_s": tokens / wall,
                 "ms_per_token": 1000 * wall * concurrency / max(tokens, 1),
-                "finished": sum(r[3] for r in results),
+                "finished": sum(r[4] for r in results),
                 "json_objects": sum(r[1] for r in results),
-                "example": results[0][2][:200],
+                "schema_instances": sum(r[2] for r in results),
+                "example": results[0][3][:200],
             }
             print(
-                f"  {row['mode']:<12} conc {concurrency}: {row['output_tok_s']:7.1f} tok/s, "
-                f"{row['finished']} finished, {row['json_objects']}/{args.requests} JSON objects"
+                f"  {mode:<12} conc {concurrency}: {row['output_tok_s']:7.1f} tok/s, "
+                f"{row['finished']} finished, {row['json_objects']} objects, "
+                f"{row['schema_instances']} schema instances of {args.requests}"
             )
             out.append(row)
     await client.close()
@@ -139,14 +176,15 @@ def _servers(args: argparse.Namespace) -> list[tuple[str, list[str], int, str]]:
 
 def _table(runs: dict[str, list[dict[str, Any]]]) -> str:
     lines = [
-        "| server | mode | conc. | output tok/s | ms / token | finished | JSON objects |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| server | mode | conc. | output tok/s | ms / token | finished | objects | instances |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, rows in runs.items():
         for r in rows:
             lines.append(
                 f"| {name} | {r['mode']} | {r['concurrency']} | {r['output_tok_s']:.1f} | "
-                f"{r['ms_per_token']:.1f} | {r['finished']} | {r['json_objects']}/{r['requests']} |"
+                f"{r['ms_per_token']:.1f} | {r['finished']} | "
+                f"{r['json_objects']}/{r['requests']} | {r['schema_instances']}/{r['requests']} |"
             )
     return "\n".join(lines)
 
@@ -164,7 +202,8 @@ def main() -> int:
         print(name)
         proc = _start(name, cmd, port, ready)
         try:
-            runs[name] = asyncio.run(_measure(f"http://127.0.0.1:{port}", "default", args))
+            modes = LLAMA_CPP_MODES if name == "llama-cpp-python" else MODES
+            runs[name] = asyncio.run(_measure(f"http://127.0.0.1:{port}", modes, args))
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -178,6 +217,7 @@ def main() -> int:
         "machine": f"{platform.machine()} {platform.processor() or ''} CPU".strip(),
         "max_tokens": args.max_tokens,
         "temperature": 0.8,
+        "schema": SCHEMA,
         "runs": runs,
     }
     RESULTS.write_text(json.dumps(doc, indent=2) + "\n")

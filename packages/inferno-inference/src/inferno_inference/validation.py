@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from inferno_inference.errors import InvalidRequestError, PromptTooLongError
-from inferno_inference.json_mode import SchemaError, compile_schema
 from inferno_inference.types import GenerationRequest
 
 __all__ = ["validate_request"]
@@ -41,6 +40,9 @@ def validate_request(request: GenerationRequest, *, max_model_len: int, vocab_si
             param="stop_token_ids",
         )
     if request.sampling.json_schema is not None:
+        # Here, not at the top: the seam (and the fake engine) must import without torch.
+        from inferno_inference.json_mode import SchemaError, compile_schema
+
         try:
             compile_schema(request.sampling.json_schema)
         except SchemaError as exc:
