@@ -19,8 +19,6 @@ import argparse
 import asyncio
 import json
 import platform
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +26,7 @@ from typing import Any
 
 import jsonschema_rs
 import openai
-from serve_bench import _free_port, _start
+from serve_bench import _free_port, serving
 
 RESULTS = Path(__file__).parent / "results" / "json_mode.json"
 
@@ -200,16 +198,9 @@ def main() -> int:
     runs: dict[str, list[dict[str, Any]]] = {}
     for name, cmd, port, ready in _servers(args):
         print(name)
-        proc = _start(name, cmd, port, ready)
-        try:
-            modes = LLAMA_CPP_MODES if name == "llama-cpp-python" else MODES
-            runs[name] = asyncio.run(_measure(f"http://127.0.0.1:{port}", modes, args))
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        modes = LLAMA_CPP_MODES if name == "llama-cpp-python" else MODES
+        with serving(name, cmd, port, ready) as url:
+            runs[name] = asyncio.run(_measure(url, modes, args))
     print(_table(runs))
     doc = {
         "benchmark": "json_mode",

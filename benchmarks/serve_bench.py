@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import platform
 import signal
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,20 @@ def _start(name: str, cmd: list[str], port: int, ready_path: str) -> subprocess.
         time.sleep(0.5)
     proc.kill()
     raise SystemExit(f"{name} did not become ready")
+
+
+@contextlib.contextmanager
+def serving(name: str, cmd: list[str], port: int, ready_path: str) -> Iterator[str]:
+    """Run a server for the block and yield its base URL; SIGTERM (then kill) it after."""
+    proc = _start(name, cmd, port, ready_path)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def _servers(args: argparse.Namespace) -> list[tuple[str, list[str], int, str, str]]:
@@ -142,15 +158,8 @@ def main() -> int:
     args.inferno = args.inferno or ["float32"]
     runs: dict[str, list[dict[str, Any]]] = {}
     for name, cmd, port, ready, model in _servers(args):
-        proc = _start(name, cmd, port, ready)
-        try:
-            runs[name] = asyncio.run(_measure(f"http://127.0.0.1:{port}", model, args))
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        with serving(name, cmd, port, ready) as url:
+            runs[name] = asyncio.run(_measure(url, model, args))
     if args.peer_url:
         runs["peer"] = asyncio.run(_measure(args.peer_url, args.peer_model, args))
     print(_summary(runs))
