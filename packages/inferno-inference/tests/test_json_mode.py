@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from inferno_inference import InvalidRequestError, SamplingParams
 from inferno_inference.json_mode import JSON_OBJECT, JsonGrammar, JsonVocabulary
-from inferno_inference.tiny import tiny_llm_engine
+from inferno_inference.tiny import choice_bytes, tiny_llm_engine
 from inferno_inference.types import GenerationRequest
+from inferno_models.testing import tiny_config
 
 START = JSON_OBJECT.initial
 advance = JSON_OBJECT.advance
@@ -154,38 +155,24 @@ def test_masks_equal_checking_every_token(prefix: bytes) -> None:
     assert grammar.allowed(state) is mask  # cached
 
 
-def _json_engine(**kw: object) -> Any:
-    engine = tiny_llm_engine(seed=3, **kw)
-    vocab = [*VOCAB, *([b"x"] * (engine.vocab_size - len(VOCAB)))]
-    engine._token_bytes = lambda: vocab  # the tiny model has no tokenizer: give it bytes
-    engine.eos_token_ids = frozenset({EOS})
-    return engine, vocab
-
-
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_engine_generates_one_json_object_per_choice(temperature: float) -> None:
-    engine, vocab = _json_engine()
+    vocab = [*VOCAB, *([b"x"] * (tiny_config().vocab_size - len(VOCAB)))]
+    engine = tiny_llm_engine(seed=3, token_bytes=vocab)
+    engine.eos_token_ids = frozenset({EOS})
     sampling = SamplingParams(
         max_tokens=200, temperature=temperature, seed=1, n=3, response_format="json_object"
     )
-    engine.add_request(GenerationRequest("j", (5, 6, 7), sampling))
-    tokens: dict[int, list[int]] = {0: [], 1: [], 2: []}
-    finish: dict[int, str] = {}
-    while engine.has_work():
-        for out in engine.step():
-            tokens[out.index].extend(out.token_ids)
-            if out.finish_reason is not None:
-                finish[out.index] = out.finish_reason
+    choices = choice_bytes(engine, GenerationRequest("j", (5, 6, 7), sampling), vocab)
     blocks = engine.scheduler.block_manager
     assert blocks.num_free_blocks == blocks.num_blocks  # every choice gave its blocks back
-    for index, ids in tokens.items():
-        data = b"".join(vocab[t] for t in ids)
+    for ids, data, finish in choices:
         assert advance(START, data) is not None, data  # always a valid JSON prefix
-        if finish[index] == "stop":
+        if finish == "stop":
             assert isinstance(json.loads(data), dict)
             assert EOS not in ids  # the engine stops when the object closes
         else:
-            assert finish[index] == "length"
+            assert finish == "length"
             assert len(ids) == 200
 
 

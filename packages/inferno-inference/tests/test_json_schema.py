@@ -22,8 +22,9 @@ from inferno_inference.json_mode import (
     SchemaError,
     compile_schema,
 )
-from inferno_inference.tiny import tiny_llm_engine
+from inferno_inference.tiny import choice_bytes, tiny_llm_engine
 from inferno_inference.types import GenerationRequest
+from inferno_models.testing import tiny_config
 
 PERSON = {
     "type": "object",
@@ -256,9 +257,8 @@ def test_masks_equal_checking_every_token() -> None:
 
 
 def test_engine_follows_a_schema_and_refuses_a_bad_one() -> None:
-    engine = tiny_llm_engine(seed=5)
-    vocab = [*VOCAB, *([b"x"] * (engine.vocab_size - len(VOCAB)))]
-    engine._token_bytes = lambda: vocab  # the tiny model has no tokenizer: give it bytes
+    vocab = [*VOCAB, *([b"x"] * (tiny_config().vocab_size - len(VOCAB)))]
+    engine = tiny_llm_engine(seed=5, token_bytes=vocab)
     engine.eos_token_ids = frozenset({EOS})
     schema = json.dumps(TREE)
     sampling = SamplingParams(
@@ -269,19 +269,12 @@ def test_engine_follows_a_schema_and_refuses_a_bad_one() -> None:
         response_format="json_schema",
         json_schema=schema,
     )
-    engine.add_request(GenerationRequest("s", (5, 6, 7), sampling))
-    tokens: dict[int, list[int]] = {i: [] for i in range(4)}
-    finish: dict[int, str] = {}
-    while engine.has_work():
-        for out in engine.step():
-            tokens[out.index].extend(out.token_ids)
-            if out.finish_reason is not None:
-                finish[out.index] = out.finish_reason
+    choices = choice_bytes(engine, GenerationRequest("s", (5, 6, 7), sampling), vocab)
+    assert len(choices) == 4
     program = _program(TREE)
-    for index, ids in tokens.items():
-        data = b"".join(vocab[t] for t in ids)
+    for _, data, finish in choices:
         assert program.advance(program.initial, data) is not None, data
-        if finish[index] == "stop":
+        if finish == "stop":
             assert jsonschema_rs.validator_for(TREE).is_valid(json.loads(data))
     bad = SamplingParams(response_format="json_schema", json_schema=json.dumps({"type": "string"}))
     with pytest.raises(InvalidRequestError, match="root must be an object") as info:

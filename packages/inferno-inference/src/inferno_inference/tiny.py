@@ -20,7 +20,13 @@ from inferno_inference.factory import build_llm_engine
 from inferno_inference.torch_memory import TorchCudaMemoryResource
 from inferno_inference.types import GenerationRequest, SamplingParams
 
-__all__ = ["LetterDetokenizer", "attach_eager_graphs", "greedy_tokens", "tiny_llm_engine"]
+__all__ = [
+    "LetterDetokenizer",
+    "attach_eager_graphs",
+    "choice_bytes",
+    "greedy_tokens",
+    "tiny_llm_engine",
+]
 
 
 class LetterDetokenizer:
@@ -44,11 +50,13 @@ def tiny_llm_engine(
     weights: dict[str, torch.Tensor] | None = None,
     resource: MemoryResource | None = None,
     seed: int = 0,
+    token_bytes: Sequence[bytes] | None = None,
     **engine_kwargs: object,
 ) -> LLMEngine:
     """An `LLMEngine` over a random tiny model (GQA, llama3 rope) with letter text.
 
     ``engine_kwargs`` go to `EngineConfig` (``block_size``, ``kv_cache_bytes``, ...).
+    ``token_bytes`` (one entry per id) gives JSON mode a vocabulary, as a tokenizer would.
     """
     config = config or tiny_config()
     weights = weights if weights is not None else random_weights(config, seed=seed)
@@ -65,6 +73,7 @@ def tiny_llm_engine(
         resource,
         detokenizer_factory=LetterDetokenizer,
         seed=seed,
+        token_bytes=None if token_bytes is None else lambda: token_bytes,
     )
 
 
@@ -108,3 +117,21 @@ def greedy_tokens(
         for o in engine.step():
             out[o.request_id].extend(o.token_ids)
     return [out[rid] for rid in ids]
+
+
+def choice_bytes(
+    engine: LLMEngine, request: GenerationRequest, token_bytes: Sequence[bytes]
+) -> list[tuple[list[int], bytes, str]]:
+    """Run ``request`` until the engine is idle: each choice's tokens, its text (the
+    concatenated ``token_bytes`` of its tokens) and its finish reason."""
+    engine.add_request(request)
+    tokens: dict[int, list[int]] = {i: [] for i in range(request.sampling.n)}
+    finish: dict[int, str] = {}
+    while engine.has_work():
+        for out in engine.step():
+            tokens[out.index].extend(out.token_ids)
+            if out.finish_reason is not None:
+                finish[out.index] = out.finish_reason
+    return [
+        (ids, b"".join(token_bytes[t] for t in ids), finish[i]) for i, ids in sorted(tokens.items())
+    ]
