@@ -49,6 +49,7 @@ def build_sampling(
     top_p = 1.0 if body.top_p is None else body.top_p
     if top_p == 0:
         temperature, top_p = 0.0, 1.0
+    response_format, json_schema = body.output_format  # encodes the schema once
     try:
         return SamplingParams(
             max_tokens=max_tokens,
@@ -66,8 +67,8 @@ def build_sampling(
             n=body.n,
             logprobs=logprobs,
             logit_bias=body.logit_bias_pairs,
-            response_format=body.output_format[0],
-            json_schema=body.output_format[1],
+            response_format=response_format,
+            json_schema=json_schema,
         )
     except ValidationError as exc:
         raise from_validation_error(exc) from None

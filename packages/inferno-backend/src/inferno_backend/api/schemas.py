@@ -147,9 +147,11 @@ class SamplingFields(BaseModel):
                 raise ValueError(f"logit_bias: keys are token ids, got {key!r}")
             if not -100 <= bias <= 100:
                 raise ValueError(f"logit_bias: the bias of token {key} must be in [-100, 100]")
-        if len(self.logit_bias_pairs) != len({t for t, _ in self.logit_bias_pairs}):
+        pairs = self.logit_bias_pairs
+        if len(pairs) != len({t for t, _ in pairs}):
             raise ValueError("logit_bias: a token id is given more than once")
-        if self.output_format[0] != "text" and self.ignore_eos:
+        json_output = self.response_format is not None and self.response_format.type != "text"
+        if json_output and self.ignore_eos:
             raise ValueError("response_format: JSON output cannot be combined with ignore_eos")
         return self
 
