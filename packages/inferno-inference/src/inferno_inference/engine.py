@@ -18,7 +18,6 @@ import torch
 
 from inferno_inference.errors import InvalidRequestError
 from inferno_inference.json_mode import (
-    JSON_OBJECT,
     JsonConstraint,
     JsonGrammar,
     JsonVocabulary,
@@ -180,8 +179,7 @@ class LLMEngine:
             assert self._token_bytes is not None  # validate() refuses JSON mode without it
             # About half a second for a 50K vocabulary, once per engine.
             self._json_vocabulary = JsonVocabulary(self._token_bytes())
-        program = JSON_OBJECT if schema is None else compile_schema(schema)
-        grammar = JsonGrammar(self._json_vocabulary, self.eos_token_ids, program)
+        grammar = JsonGrammar(self._json_vocabulary, self.eos_token_ids, compile_schema(schema))
         self._grammars[schema] = grammar
         if len(self._grammars) > _GRAMMARS_KEPT:
             self._grammars.popitem(last=False)
