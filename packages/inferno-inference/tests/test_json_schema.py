@@ -16,6 +16,7 @@ import pytest
 import torch
 from inferno_inference import InvalidRequestError, SamplingParams
 from inferno_inference.json_mode import (
+    JsonConstraint,
     JsonGrammar,
     JsonProgram,
     JsonVocabulary,
@@ -73,7 +74,77 @@ CHOICE = {
     },
     "required": ["answer", "pair", "mode"],
 }
-SCHEMAS = {"person": PERSON, "tree": TREE, "scores": SCORES, "choice": CHOICE}
+# A tagged union as pydantic writes one (a discriminated union of two models).
+PETS = {
+    "$defs": {
+        "Cat": {
+            "type": "object",
+            "properties": {
+                "kind": {"const": "cat", "type": "string"},
+                "lives": {"type": "integer"},
+            },
+            "required": ["kind", "lives"],
+            "additionalProperties": False,
+        },
+        "Dog": {
+            "type": "object",
+            "properties": {
+                "kind": {"enum": ["dog", "puppy"], "type": "string"},
+                "good": {"type": "boolean"},
+            },
+            "required": ["kind"],
+            "additionalProperties": False,
+        },
+    },
+    "type": "object",
+    "properties": {
+        "pet": {
+            "oneOf": [{"$ref": "#/$defs/Cat"}, {"$ref": "#/$defs/Dog"}, {"type": "null"}],
+            "discriminator": {"propertyName": "kind"},
+        }
+    },
+    "required": ["pet"],
+}
+
+
+def _call(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"name": {"const": name}, "arguments": arguments},
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+    }
+
+
+# Tool calls: a root array of objects told apart by a name, one name a prefix of another.
+CALLS = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": 2,
+    "items": {
+        "anyOf": [
+            _call(
+                "get_weather",
+                {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                    "additionalProperties": False,
+                },
+            ),
+            _call("get", {"type": "object", "additionalProperties": False}),
+            _call("get_time", {"type": "object", "properties": {"utc": {"type": "boolean"}}}),
+        ]
+    },
+}
+SCHEMAS = {
+    "person": PERSON,
+    "tree": TREE,
+    "scores": SCORES,
+    "choice": CHOICE,
+    "pets": PETS,
+    "calls": CALLS,
+}
 
 
 def _program(schema: dict[str, Any]) -> JsonProgram:
@@ -109,6 +180,18 @@ def _accepts(program: JsonProgram, text: str) -> bool:
         ("choice", {"answer": None, "pair": [True, False], "mode": "fast"}),
         ("choice", {"answer": 12, "pair": [False, False], "mode": "fast"}),
         ("choice", {"answer": "12", "pair": [True, True], "mode": "fast"}),
+        ("pets", {"pet": {"kind": "cat", "lives": 9}}),
+        ("pets", {"pet": {"kind": "puppy"}}),
+        ("pets", {"pet": {"kind": "dog", "good": True}}),
+        ("pets", {"pet": None}),
+        ("calls", [{"name": "get", "arguments": {}}]),
+        (
+            "calls",
+            [
+                {"name": "get_weather", "arguments": {"city": "Paris"}},
+                {"name": "get_time", "arguments": {"utc": True}},
+            ],
+        ),
     ],
 )
 @pytest.mark.parametrize("indent", [None, 2])
@@ -136,11 +219,22 @@ def test_instances_in_schema_order_are_accepted(
         ("choice", '{"answer": true, "pair": [true, false], "mode": "fast"}'),
         ("choice", '{"answer": 1, "pair": [true], "mode": "fast"}'),  # minItems
         ("choice", '{"answer": 1, "pair": [true, false], "mode": "slow"}'),  # const
+        ("pets", '{"pet": {"kind": "cat", "good": true}}'),  # the dog's property on a cat
+        ("pets", '{"pet": {"kind": "cat"}}'),  # the cat's required property
+        ("pets", '{"pet": {"kind": "bird"}}'),
+        ("pets", '{"pet": {"lives": 9, "kind": "cat"}}'),  # the tag must come first
+        ("calls", "[]"),  # minItems
+        ("calls", '[{"name": "get", "arguments": {"x": 1}}]'),
+        ("calls", '[{"name": "get_time", "arguments": {"utc": "yes"}}]'),
+        ("calls", '[{"name": "get_x", "arguments": {}}]'),
+        ("calls", "[" + ", ".join(['{"name": "get", "arguments": {}}'] * 3) + "]"),  # maxItems
     ],
 )
 def test_what_breaks_the_schema_is_rejected(name: str, text: str) -> None:
     assert not jsonschema_rs.validator_for(SCHEMAS[name]).is_valid(json.loads(text)) or (
-        "extra" in text or "age" in text.split("name")[0]  # valid JSON Schema, refused order
+        "extra" in text
+        or "age" in text.split("name")[0]  # valid JSON Schema, refused order
+        or text.startswith('{"pet": {"lives"')
     )
     assert not _accepts(_program(SCHEMAS[name]), text)
 
@@ -148,7 +242,28 @@ def test_what_breaks_the_schema_is_rejected(name: str, text: str) -> None:
 @pytest.mark.parametrize(
     ("schema", "words"),
     [
-        ({"type": "array"}, "root must be an object"),
+        ({"type": "string"}, "root must be an object or an array"),
+        (
+            {"anyOf": [{"type": "object"}, {"properties": {"a": {"const": 1}}, "required": ["a"]}]},
+            "first property",
+        ),
+        ({"type": "object", "properties": {"a": {"anyOf": [PERSON, SCORES]}}}, "first property"),
+        (
+            {"type": "array", "items": {"anyOf": [_call("a", {}), _call("b", {}), _call("a", {})]}},
+            "overlap",
+        ),
+        (
+            {
+                "type": "array",
+                "items": {
+                    "anyOf": [
+                        {"properties": {"n": {"const": 1}}, "required": ["n"]},
+                        {"properties": {"n": {"enum": [2, 12]}}, "required": ["n"]},
+                    ]
+                },
+            },
+            "overlap",
+        ),
         ({"type": "object", "properties": {"a": {"type": "string", "pattern": "x"}}}, "pattern"),
         ({"type": "object", "properties": {"a": {"format": "date-time"}}}, "format"),
         ({"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}, "minimum"),
@@ -282,3 +397,76 @@ def test_engine_follows_a_schema_and_refuses_a_bad_one() -> None:
     assert info.value.param == "response_format"
     with pytest.raises(ValueError, match="json_schema is given exactly"):
         SamplingParams(response_format="json_object", json_schema="{}")
+
+
+def test_optional_json_is_plain_text_or_an_instance() -> None:
+    """Optional JSON (tool calls a model may skip): the first non-whitespace byte decides."""
+    program = _program(CALLS)
+    grammar = JsonGrammar(JsonVocabulary(VOCAB), [EOS], program, optional=True)
+    validator = jsonschema_rs.validator_for(CALLS)
+    start = grammar.initial
+    # Before the decision: every token, and the end (an empty answer is text too).
+    brute = torch.tensor([bool(t) and program.advance(start, t) is not None for t in VOCAB])
+    brute[EOS] = True
+    assert torch.equal(grammar.allowed(start), brute)
+    # Only tokens that open the array are checked: "[]" breaks minItems.
+    assert [VOCAB[i] for i in (~brute).nonzero().flatten().tolist()] == [b"[]"]
+    rng = random.Random(7)
+    outcomes = {"text": 0, "json": 0}
+    for _ in range(80):
+        constraint = JsonConstraint(grammar)
+        out = b""
+        for _ in range(300):
+            allowed = constraint.allowed()
+            if allowed is None:  # plain text: no mask at all
+                assert out.strip()[:1] not in (b"", b"[")
+                outcomes["text"] += 1
+                break
+            ids = allowed.nonzero().flatten().tolist()
+            if ids == [EOS]:
+                assert constraint.done
+                assert validator.is_valid(json.loads(out)), out
+                outcomes["json"] += 1
+                break
+            # Open the array often enough to test both outcomes; favour closers inside it.
+            weights = [
+                40 if not out.strip() and VOCAB[t][:1] == b"[" else 8 if t in CLOSERS else 1
+                for t in ids
+            ]
+            token = rng.choices(ids, weights)[0]
+            if token == EOS:  # only allowed before the decision
+                assert not out.strip()
+                break
+            constraint.advance(token)
+            out += VOCAB[token]
+    assert outcomes["text"] >= 10, outcomes
+    assert outcomes["json"] >= 10, outcomes
+
+
+def test_engine_leaves_optional_json_unconstrained_once_it_is_text() -> None:
+    vocab = [*VOCAB, *([b"x"] * (tiny_config().vocab_size - len(VOCAB)))]
+    engine = tiny_llm_engine(seed=5, token_bytes=vocab)
+    engine.eos_token_ids = frozenset({EOS})
+    sampling = SamplingParams(
+        max_tokens=12,
+        temperature=1.0,
+        seed=3,
+        n=4,
+        response_format="json_schema",
+        json_schema=json.dumps(CALLS),
+        json_optional=True,
+    )
+    choices = choice_bytes(engine, GenerationRequest("o", (5, 6, 7), sampling), vocab)
+    program = _program(CALLS)
+    texts = 0
+    for _, data, finish in choices:
+        if data.strip()[:1] == b"[":
+            assert program.advance(program.initial, data.strip()) is not None, data
+        else:
+            texts += 1
+            assert finish in ("length", "stop")
+    # The padded vocabulary is mostly "x": a masked choice could never write "xx".
+    assert texts
+    assert any(b"xx" in data for _, data, _ in choices)
+    with pytest.raises(ValueError, match="json_optional needs JSON output"):
+        SamplingParams(json_optional=True)

@@ -116,7 +116,8 @@ class LLMEngine:
         self._detok_factory = detokenizer_factory
         self._token_bytes = token_bytes
         self._json_vocabulary: JsonVocabulary | None = None  # built on first use
-        self._grammars: OrderedDict[str | None, JsonGrammar] = OrderedDict()  # by schema
+        # By (schema, optional).
+        self._grammars: OrderedDict[tuple[str | None, bool], JsonGrammar] = OrderedDict()
         self._requests: dict[str, _Request] = {}
         self._seq_ids = itertools.count()
         self._throughput = _Throughput()
@@ -142,7 +143,9 @@ class LLMEngine:
                 f"request id {request.request_id!r} is already running", param="request_id"
             )
         sp = request.sampling
-        grammar = self._grammar(sp.json_schema) if sp.response_format != "text" else None
+        grammar = None
+        if sp.response_format != "text":
+            grammar = self._grammar(sp.json_schema, optional=sp.json_optional)
         now = time.monotonic()
         seqs: list[Sequence] = []
         for i in range(sp.n):
@@ -169,18 +172,21 @@ class LLMEngine:
         self._requests[request.request_id] = _Request(request, seqs, detoks, len(seqs))
         self.prompt_tokens_total += len(request.prompt_token_ids)
 
-    def _grammar(self, schema: str | None) -> JsonGrammar:
+    def _grammar(self, schema: str | None, *, optional: bool) -> JsonGrammar:
         """The grammar of a schema (None: any object), kept for the schemas used last."""
-        grammar = self._grammars.get(schema)
+        key = (schema, optional)
+        grammar = self._grammars.get(key)
         if grammar is not None:
-            self._grammars.move_to_end(schema)
+            self._grammars.move_to_end(key)
             return grammar
         if self._json_vocabulary is None:
             assert self._token_bytes is not None  # validate() refuses JSON mode without it
             # About half a second for a 50K vocabulary, once per engine.
             self._json_vocabulary = JsonVocabulary(self._token_bytes())
-        grammar = JsonGrammar(self._json_vocabulary, self.eos_token_ids, compile_schema(schema))
-        self._grammars[schema] = grammar
+        grammar = JsonGrammar(
+            self._json_vocabulary, self.eos_token_ids, compile_schema(schema), optional=optional
+        )
+        self._grammars[key] = grammar
         if len(self._grammars) > _GRAMMARS_KEPT:
             self._grammars.popitem(last=False)
         return grammar

@@ -1,11 +1,14 @@
-"""JSON mode and JSON Schema: per-step token masks that keep a generation inside one JSON object.
+"""JSON mode and JSON Schema: per-step token masks that keep a generation inside one JSON value.
 
 A schema (or, for ``response_format={"type": "json_object"}``, "any object") is compiled into a
 `JsonProgram`: a small graph of nodes (object with ordered properties, object with free keys,
-array, string, number, a set of literals, or a choice decided by the first byte). The program
-drives a byte-level pushdown automaton whose states are immutable tuples, so a token mask can be
-cached per state. A token is allowed in a state when each of its bytes is a legal next byte;
-end-of-sequence tokens are allowed only once the root object is closed, and nothing else then.
+array, string, number, a set of literals, a choice decided by the first byte, or objects told
+apart by the value of their first property). The program drives a byte-level pushdown automaton
+whose states are immutable tuples, so a token mask can be cached per state. A token is allowed
+in a state when each of its bytes is a legal next byte; end-of-sequence tokens are allowed only
+once the root value (an object or an array) is closed, and nothing else then. Optional JSON
+(tool calls a model may choose not to make) is plain text unless its first non-whitespace byte
+opens the root.
 
 Finding the allowed tokens walks the vocabulary sorted by bytes, reusing the automaton states
 of the prefix a token shares with the one before and skipping every token under a prefix that
@@ -17,9 +20,11 @@ character are checked one by one. Strings are checked to be valid UTF-8 as they 
 What a schema may say (anything else is refused with `SchemaError`, never ignored): ``type``
 (one or a list), ``properties``/``required``/``additionalProperties``, ``items``/``minItems``/
 ``maxItems``, ``enum``, ``const``, ``anyOf``/``oneOf`` whose branches start differently (an
-object or a string, say), a one-element ``allOf``, local ``$ref`` (``#/$defs/...``), and
-annotations (``title``, ``description``, ...). Properties are written in schema order; optional
-ones may be left out and no others are added; the root must be an object.
+object or a string, say) or are objects whose first property, required in each, has distinct
+``const``/``enum`` values (a tagged union), a one-element ``allOf``, local ``$ref``
+(``#/$defs/...``), and annotations (``title``, ``description``, ...). Properties are written in
+schema order; optional ones may be left out and no others are added; the root must be an object
+or an array.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ log = structlog.get_logger(__name__)
 JsonState = tuple[int, tuple[tuple[int, int], ...], Any, int]
 
 (
-    _START,  # before the root object: only "{"
+    _START,  # before the root value: "{" or "["
     _VALUE,  # detail: the node a value must match
     _ARRAY_FIRST,  # after "[": a value or "]"
     _OBJECT_FIRST,  # after "{": a key or "}"
@@ -73,11 +78,16 @@ JsonState = tuple[int, tuple[tuple[int, int], ...], Any, int]
     _EXP,
     _EXP_SIGN,
     _EXP_DIGITS,
-    _DONE,  # the root object is closed
-) = range(21)
+    _DONE,  # the root value is closed
+    _MAYBE,  # optional JSON, before the first non-whitespace byte; detail: the root node
+    _TEXT,  # optional JSON that turned out to be plain text: anything goes
+) = range(23)
 
-# Node kinds.
-_UNION, _OBJECT, _FREE_OBJECT, _ARRAY, _STRING_NODE, _NUMBER_NODE, _LITERALS = range(7)
+# Node kinds. _TAGGED: objects told apart by the value of their first property (a "tag" key
+# whose value is a literal), until that value is complete; then its frame becomes the chosen
+# object's, as if that object had been parsed from the start.
+_UNION, _OBJECT, _FREE_OBJECT, _ARRAY, _STRING_NODE, _NUMBER_NODE, _LITERALS, _TAGGED = range(8)
+_OBJECTS = frozenset((_OBJECT, _FREE_OBJECT, _TAGGED))
 
 _WHITESPACE = frozenset(b" \t\n\r")
 _DIGITS = frozenset(b"0123456789")
@@ -87,9 +97,11 @@ _ESCAPES = frozenset(b'"\\/bfnrt')
 _UTF8_LEAD = {0xC: 1, 0xD: 1, 0xE: 2, 0xF: 3}
 _NUMBER_END = frozenset((_ZERO, _INT, _FRACTION, _EXP_DIGITS))  # modes where a number may end
 _NUMBER = frozenset((_MINUS, _ZERO, _INT, _DOT, _FRACTION, _EXP, _EXP_SIGN, _EXP_DIGITS))
-_STRUCTURAL = frozenset((_VALUE, _ARRAY_FIRST, _OBJECT_FIRST, _KEY, _COLON, _AFTER))
+_STRUCTURAL = frozenset((_VALUE, _ARRAY_FIRST, _OBJECT_FIRST, _KEY, _COLON, _AFTER, _MAYBE))
 _QUOTE, _BACKSLASH = 0x22, 0x5C
 _FINISHED: JsonState = (_DONE, (), 0, 0)
+_FREE_TEXT: JsonState = (_TEXT, (), 0, 0)
+_ROOT_OPENERS = frozenset(b"{[")
 
 #: Longest run of whitespace between tokens: a model that loops on newlines must move on.
 MAX_WHITESPACE = 64
@@ -119,12 +131,13 @@ class _Node:
     integer: bool = False  # _NUMBER_NODE
     literals: tuple[bytes, ...] = ()  # _LITERALS, JSON-encoded
     branches: dict[int, int] = field(default_factory=dict)  # _UNION: first byte -> node
+    tags: dict[bytes, int] = field(default_factory=dict)  # _TAGGED: tag literal -> object node
 
     def first_bytes(self) -> frozenset[int]:
         """The bytes a value of this node can start with."""
         if self.kind == _UNION:
             return frozenset(self.branches)
-        if self.kind in (_OBJECT, _FREE_OBJECT):
+        if self.kind in _OBJECTS:
             return frozenset(b"{")
         if self.kind == _ARRAY:
             return frozenset(b"[")
@@ -142,6 +155,9 @@ class JsonProgram:
         self.nodes = nodes
         self.root = root
         self.initial: JsonState = (_START, (), root, 0)
+        #: The start of optional JSON: plain text, unless the first non-whitespace byte opens
+        #: the root value.
+        self.optional: JsonState = (_MAYBE, (), root, 0)
 
     # -- the automaton -------------------------------------------------------------------------
 
@@ -156,6 +172,8 @@ class JsonProgram:
     def step(self, state: JsonState, b: int) -> JsonState | None:
         """The state after byte ``b``, or None when ``b`` cannot come next."""
         mode, stack, detail, ws = state
+        if mode == _TEXT:
+            return state
         if mode == _STRING:
             return self._string(state, b)
         if mode == _ESCAPE:
@@ -178,7 +196,10 @@ class JsonProgram:
                 return None
             return (mode, stack, detail, ws + 1)
         if mode == _START:
-            return self._begin(detail, stack, b) if b == 0x7B else None  # {
+            return self._begin(detail, stack, b) if b in _ROOT_OPENERS else None
+        if mode == _MAYBE:
+            begun = self._begin(detail, stack, b) if b in _ROOT_OPENERS else None
+            return _FREE_TEXT if begun is None else begun
         if mode == _VALUE:
             return self._begin(detail, stack, b)
         if mode == _COLON:
@@ -233,7 +254,7 @@ class JsonProgram:
         if kind == _UNION:
             branch = node.branches.get(b)
             return None if branch is None else self._begin(branch, stack, b)
-        if kind in (_OBJECT, _FREE_OBJECT):
+        if kind in _OBJECTS:
             if b != 0x7B or len(stack) >= MAX_DEPTH:
                 return None
             return (_OBJECT_FIRST, (*stack, (node_id, 0)), 0, 0)
@@ -276,12 +297,24 @@ class JsonProgram:
         grown = matched + bytes((b,))
         longer = [lit for lit in literals if lit.startswith(grown)]
         if longer:
-            if longer == [grown]:
-                return self._done(stack)  # complete, and nothing longer could follow
+            if longer == [grown]:  # complete, and nothing longer could follow
+                return self._done(self._tagged(stack, grown))
             return (_LITERAL, stack, (node_id, grown), 0)
         if matched in literals:  # complete; the byte belongs to what follows
-            return self.step(self._done(stack), b)
+            return self.step(self._done(self._tagged(stack, matched)), b)
         return None
+
+    def _tagged(
+        self, stack: tuple[tuple[int, int], ...], literal: bytes
+    ) -> tuple[tuple[int, int], ...]:
+        """``stack`` after a literal; the tag of a tagged object picks the object it is."""
+        if not stack:
+            return stack
+        node_id, progress = stack[-1]
+        node = self.nodes[node_id]
+        if node.kind != _TAGGED:
+            return stack
+        return (*stack[:-1], (node.tags[literal], progress))
 
     def _key_name(
         self, stack: tuple[tuple[int, int], ...], typed: bytes, b: int
@@ -349,6 +382,7 @@ _ANNOTATIONS = frozenset(
         "writeOnly",
         "$defs",
         "definitions",
+        "discriminator",  # OpenAPI's hint for a tagged union, which anyOf enforces already
     )
 )
 _KEYWORDS = frozenset(
@@ -516,7 +550,13 @@ class _Compiler:
         return self._join(nodes, where)
 
     def _join(self, nodes: list[int], where: str) -> int:
-        """One node choosing among ``nodes`` by the first byte of the value."""
+        """One node choosing among ``nodes`` by the first byte of the value (objects: by the
+        value of their first property, see `_tag_objects`)."""
+        nodes = list(dict.fromkeys(nodes))
+        objects = [n for n in nodes if self.nodes[n].kind in _OBJECTS]
+        if len(objects) > 1:
+            tagged = self._tag_objects(objects, where)
+            nodes = [n for n in nodes if n not in objects] + [tagged]
         if len(nodes) == 1:
             return nodes[0]
         union = self.add(_Node(_UNION))
@@ -530,6 +570,43 @@ class _Compiler:
                     )
                 branches[b] = node
         return union
+
+    def _tag_objects(self, objects: list[int], where: str) -> int:
+        """One node for alternative objects that all start with the same required property
+        whose values are distinct literals (a tagged union, as ``{"type": "cat", ...}`` or
+        ``{"type": "dog", ...}``): the literal decides which object the rest must be."""
+        tags: dict[bytes, int] = {}
+        key = self.nodes[objects[0]].keys[:1]
+        flat: list[int] = []
+        for node_id in objects:  # a tagged union among the alternatives joins this one
+            node = self.nodes[node_id]
+            flat.extend(dict.fromkeys(node.tags.values()) if node.kind == _TAGGED else [node_id])
+        for node_id in dict.fromkeys(flat):
+            node = self.nodes[node_id]
+            first = self.nodes[node.values[0]] if node.values else None
+            if (
+                node.kind != _OBJECT
+                or node.keys[:1] != key
+                or not node.required[0]
+                or first is None
+                or first.kind != _LITERALS
+            ):
+                raise SchemaError(
+                    f"{where}: JSON mode tells alternative objects apart only by their first "
+                    "property, which each must require, with its own const or enum values"
+                )
+            for literal in first.literals:
+                if any(
+                    (t.startswith(literal) or literal.startswith(t)) and other != node_id
+                    for t, other in tags.items()
+                ):
+                    raise SchemaError(
+                        f"{where}: the alternatives' {key[0].decode()} values overlap "
+                        f"({literal.decode()})"
+                    )
+                tags[literal] = node_id
+        tag = self.add(_Node(_LITERALS, literals=tuple(tags)))
+        return self.add(_Node(_TAGGED, keys=key, values=(tag,), required=(True,), tags=tags))
 
     def _ref(self, ref: Any, where: str) -> int:
         if not isinstance(ref, str) or not (ref == "#" or ref.startswith("#/")):
@@ -556,7 +633,7 @@ def compile_schema(schema_json: str | None) -> JsonProgram:
 
     Raises:
         SchemaError: the schema is not JSON, uses what JSON mode cannot enforce, or its root
-            is not an object.
+            is neither an object nor an array (a bare number would have no end).
     """
     if schema_json is None:
         compiler = _Compiler(None)
@@ -567,8 +644,8 @@ def compile_schema(schema_json: str | None) -> JsonProgram:
         raise SchemaError(f"the schema is not valid JSON: {exc}") from None
     compiler = _Compiler(schema)
     root = compiler.compile(schema, "schema")
-    if compiler.nodes[root].kind not in (_OBJECT, _FREE_OBJECT):
-        raise SchemaError("schema: the root must be an object schema")
+    if not compiler.nodes[root].first_bytes() <= _ROOT_OPENERS:
+        raise SchemaError("schema: the root must be an object or an array schema")
     return JsonProgram(compiler.nodes, root)
 
 
@@ -627,8 +704,10 @@ class JsonVocabulary:
 class JsonGrammar:
     """One program over one vocabulary; masks are cached per state.
 
-    ``eos_token_ids`` end the generation once the root object is closed. Thread-compatible: the
-    engine uses it from its one stepping thread.
+    ``eos_token_ids`` end the generation once the root value is closed. With ``optional``, a
+    generation may be plain text instead: the program applies only when its first non-whitespace
+    byte opens the root value (how a model answers or calls a tool, as it chooses).
+    Thread-compatible: the engine uses it from its one stepping thread.
     """
 
     def __init__(
@@ -637,11 +716,12 @@ class JsonGrammar:
         eos_token_ids: Iterable[int],
         program: JsonProgram = JSON_OBJECT,
         *,
+        optional: bool = False,
         cache_size: int = 256,
     ) -> None:
         self.vocab = vocabulary
         self.program = program
-        self.initial = program.initial
+        self.initial = program.optional if optional else program.initial
         self._eos = sorted(set(eos_token_ids))
         self._cache: OrderedDict[JsonState, torch.Tensor] = OrderedDict()
         self._cache_size = cache_size
@@ -659,8 +739,13 @@ class JsonGrammar:
 
     @staticmethod
     def is_done(state: JsonState) -> bool:
-        """Whether the root object is closed."""
+        """Whether the root value is closed."""
         return state[0] == _DONE
+
+    @staticmethod
+    def is_free(state: JsonState) -> bool:
+        """Whether an optional generation turned out to be plain text, which nothing limits."""
+        return state[0] == _TEXT
 
     def allowed(self, state: JsonState) -> torch.Tensor:
         """A bool ``[vocab]`` mask of the tokens that may come next (never all false)."""
@@ -679,12 +764,16 @@ class JsonGrammar:
         if state[0] == _DONE:
             mask[self._eos] = True
             return mask
+        if state[0] == _TEXT:
+            return mask.logical_not_()
         if state[0] == _STRING and state[2] < 2:  # in a string, between characters
             mask |= self.vocab.plain
             advance, vocab_bytes = self.program.advance, self.vocab.bytes
             mask[[i for i in self.vocab.special if advance(state, vocab_bytes[i])]] = True
         else:
             mask[self._walk(state)] = True
+            if state[0] == _MAYBE:
+                mask[self._eos] = True  # an empty answer is plain text too
         if not bool(mask.any()):
             # A vocabulary without the single bytes this state needs: end rather than stall.
             log.warning("json_mode_dead_end", state=repr(state))
@@ -727,10 +816,12 @@ class JsonConstraint:
         self.grammar = grammar
         self.state: JsonState | None = grammar.initial
 
-    def allowed(self) -> torch.Tensor:
-        """The tokens that may come next."""
-        # None only follows an end token, after which the choice is over: end again.
-        return self.grammar.allowed(self.state if self.state is not None else _FINISHED)
+    def allowed(self) -> torch.Tensor | None:
+        """The tokens that may come next; None when any may (optional JSON became text)."""
+        state = self.state
+        if state is None:  # only after an end token, after which the choice is over: end again
+            return self.grammar.allowed(_FINISHED)
+        return None if self.grammar.is_free(state) else self.grammar.allowed(state)
 
     def advance(self, token_id: int) -> None:
         """Move past ``token_id``."""
@@ -739,5 +830,5 @@ class JsonConstraint:
 
     @property
     def done(self) -> bool:
-        """Whether the root object is complete."""
+        """Whether the root value is complete."""
         return self.state is not None and self.grammar.is_done(self.state)

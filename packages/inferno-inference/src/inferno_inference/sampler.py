@@ -106,9 +106,9 @@ class Sampler:
                 ids, biases = zip(*sp.logit_bias, strict=True)
                 row[torch.tensor(ids, dtype=torch.long)] += torch.tensor(biases, dtype=row.dtype)
             constraint = seqs[i].constraint
-            if constraint is not None:
+            allowed = constraint.allowed() if constraint is not None else None
+            if allowed is not None:
                 # The model's vocabulary may be padded past the tokenizer's: those ids never fit.
-                allowed = constraint.allowed()
                 row[: allowed.shape[0]].masked_fill_(~allowed, float("-inf"))
                 row[allowed.shape[0] :] = float("-inf")
         return logits

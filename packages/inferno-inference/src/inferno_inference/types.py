@@ -59,6 +59,12 @@ class SamplingParams(BaseModel):
     json_schema: str | None = Field(
         default=None, description="The JSON Schema (as JSON text) of response_format json_schema."
     )
+    json_optional: bool = Field(
+        default=False,
+        description="With JSON output: a choice may be plain text instead, which nothing "
+        "limits; the JSON constraint applies when its first non-whitespace character opens "
+        "the root value (as tool calls a model may choose not to make).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SamplingParams:
@@ -68,6 +74,8 @@ class SamplingParams(BaseModel):
             raise ValueError(f"ignore_eos cannot be combined with {self.response_format}")
         if (self.json_schema is not None) != (self.response_format == "json_schema"):
             raise ValueError("json_schema is given exactly when response_format is json_schema")
+        if self.json_optional and self.response_format == "text":
+            raise ValueError("json_optional needs JSON output (json_object or json_schema)")
         for token_id, bias in self.logit_bias:
             if not -100 <= bias <= 100 or bias != bias:
                 raise ValueError(f"logit_bias of token {token_id} must be in [-100, 100]")
