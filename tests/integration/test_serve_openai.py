@@ -30,8 +30,9 @@ def server() -> Iterator[ServeProcess]:
 
 
 @pytest.fixture
-def client(server: ServeProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+def client(server: ServeProcess) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0) as c:
+        yield c
 
 
 def test_models(client: openai.OpenAI) -> None:
@@ -109,6 +110,105 @@ def test_chat_structured_output_parses_into_a_pydantic_model(client: openai.Open
                 },
             },
         )
+
+
+class GetWeather(BaseModel):
+    """The current weather in a city."""
+
+    city: str
+    unit: Literal["celsius", "fahrenheit"]
+
+
+WEATHER_QUESTION: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "What is the weather like in Paris today?"}
+]
+
+
+def test_chat_tool_call_parses_and_round_trips(client: openai.OpenAI) -> None:
+    tool = openai.pydantic_function_tool(GetWeather)  # strict, as the client makes it
+    resp = client.chat.completions.parse(
+        model="default",
+        messages=WEATHER_QUESTION,
+        tools=[tool],
+        tool_choice="required",
+        max_tokens=100,
+        temperature=0,
+    )
+    choice = resp.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    calls = choice.message.tool_calls or []
+    assert calls
+    for call in calls:
+        assert call.type == "function"
+        assert call.function.name == "GetWeather"
+        assert isinstance(call.function.parsed_arguments, GetWeather)
+    # The call and its result go back into the conversation; the answer is text.
+    follow_up: list[ChatCompletionMessageParam] = [
+        *WEATHER_QUESTION,
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "id": calls[0].id,
+                    "type": "function",
+                    "function": {"name": "GetWeather", "arguments": calls[0].function.arguments},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": calls[0].id, "content": "18 degrees and sunny"},
+    ]
+    resp2 = client.chat.completions.create(
+        model="default",
+        messages=follow_up,
+        tools=[tool],
+        tool_choice="none",
+        max_tokens=24,
+        temperature=0,
+    )
+    assert resp2.choices[0].message.content
+    assert not resp2.choices[0].message.tool_calls
+
+
+def test_chat_tool_calls_stream_and_auto_is_call_or_text(client: openai.OpenAI) -> None:
+    tool = openai.pydantic_function_tool(GetWeather)
+    stream = client.chat.completions.create(
+        model="default",
+        messages=WEATHER_QUESTION,
+        tools=[tool],
+        tool_choice={"type": "function", "function": {"name": "GetWeather"}},
+        max_tokens=100,
+        temperature=0,
+        stream=True,
+    )
+    chunks = [c for c in stream if c.choices]
+    arguments = "".join(
+        call.function.arguments or ""
+        for c in chunks
+        for call in c.choices[0].delta.tool_calls or []
+        if call.function is not None
+    )
+    assert len([c for c in chunks if c.choices[0].delta.tool_calls]) > 1  # streamed in pieces
+    GetWeather.model_validate_json(arguments)
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    # Under "auto", each choice is either a valid call or a text answer, never a broken call.
+    resp = client.chat.completions.create(
+        model="default",
+        messages=WEATHER_QUESTION,
+        tools=[tool],
+        max_tokens=100,
+        temperature=1.0,
+        seed=1,
+        n=6,
+    )
+    for choice in resp.choices:
+        if choice.message.tool_calls:
+            assert choice.finish_reason == "tool_calls"
+            for call in choice.message.tool_calls:
+                GetWeather.model_validate_json(call.function.arguments)
+        elif choice.finish_reason == "stop":  # ("length": a call cut short comes as text)
+            assert choice.message.content is not None
+            assert not choice.message.content.lstrip().startswith("[")
 
 
 def test_chat_stream_with_usage(client: openai.OpenAI) -> None:

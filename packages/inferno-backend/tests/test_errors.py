@@ -112,7 +112,14 @@ UNENFORCEABLE = {"type": "object", "properties": {"a": {"type": "string", "patte
             "ignore_eos",
         ),
         ({"response_format": {"type": "yaml"}}, "response_format.type", "json_object"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "not supported"),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "response_format": {"type": "json_object"},
+            },
+            "response_format",
+            "tool calls",
+        ),
     ],
 )
 async def test_unsupported_output_shapes_are_refused_not_ignored(

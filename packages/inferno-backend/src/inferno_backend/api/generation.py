@@ -30,6 +30,7 @@ from inferno_backend.api.errors import (
     from_validation_error,
 )
 from inferno_backend.api.schemas import SamplingFields
+from inferno_backend.api.tools import ToolPlan
 from inferno_backend.events import EventBus, RequestFinished
 from inferno_backend.metrics import Metrics
 from inferno_backend.orchestrator import ServedModel
@@ -69,6 +70,7 @@ def build_sampling(
             logit_bias=body.logit_bias_pairs,
             response_format=response_format,
             json_schema=json_schema,
+            json_optional=body.optional_output,
         )
     except ValidationError as exc:
         raise from_validation_error(exc) from None
@@ -120,6 +122,8 @@ class Generation:
     bus: EventBus
     arrival: float
     prompt_param: str = "prompt"
+    #: The request's tool calls, whose schema errors are reported against its tools.
+    tool_plan: ToolPlan | None = None
     usage: Usage | None = None
     finish_reasons: list[str] = field(default_factory=list)
     _usages: list[Usage] = field(default_factory=list)
@@ -197,7 +201,7 @@ class Generation:
         if len(self.prompts) == 1:
             # The common case needs no tasks: iterate the engine stream directly.
             async with _closing(engine.generate(self._request(0))) as stream:
-                with _engine_errors(self.prompt_param):
+                with _engine_errors(self.prompt_param, self.tool_plan):
                     async for out in stream:
                         yield PromptOutput(0, out)
             return
@@ -207,7 +211,7 @@ class Generation:
             try:
                 stream = engine.generate(self._request(index))
                 async with _closing(stream):
-                    with _engine_errors(f"{self.prompt_param}.{index}"):
+                    with _engine_errors(f"{self.prompt_param}.{index}", self.tool_plan):
                         async for out in stream:
                             await queue.put(PromptOutput(index, out))
             except Exception as exc:
@@ -246,13 +250,17 @@ async def _closing(
 
 
 @contextlib.contextmanager
-def _engine_errors(param: str) -> Iterator[None]:
+def _engine_errors(param: str, tool_plan: ToolPlan | None = None) -> Iterator[None]:
     """Re-raise the engine's typed errors as API errors."""
     try:
         yield
     except PromptTooLongError as exc:
         raise BadRequestError(str(exc), param=param, code="context_length_exceeded") from None
     except InvalidRequestError as exc:
+        if tool_plan is not None and exc.param == "response_format":  # the tools' schema
+            raise BadRequestError(
+                tool_plan.explain(str(exc)), param="tools", code="invalid_value"
+            ) from None
         raise BadRequestError(str(exc), param=exc.param, code="invalid_value") from None
     except EngineStoppedError as exc:
         raise ServiceUnavailableError(f"the model is not serving: {exc}") from None

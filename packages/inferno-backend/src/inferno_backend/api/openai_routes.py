@@ -32,6 +32,7 @@ from inferno_backend.api.formatting import (
 from inferno_backend.api.generation import Generation, PromptOutput, build_sampling, check_context
 from inferno_backend.api.keys import ARRIVAL, METRICS, ORCHESTRATOR, REQUEST_ID
 from inferno_backend.api.schemas import ChatCompletionRequest, CompletionRequest
+from inferno_backend.api.tools import ToolCallStream, call_body, conversation
 from inferno_backend.orchestrator import ModelNotServedError, NotAdmittingError, ServedModel
 
 __all__ = ["routes"]
@@ -124,10 +125,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 f"the model {served.name!r} has no chat template; use /v1/completions",
                 param="model",
             )
-        messages = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text}
-            for m in body.messages
-        ]
+        plan = body.tool_plan
+        messages = conversation(body.messages, plan)
         try:
             text = template.render(messages, add_generation_prompt=True)
         except Exception as exc:
@@ -140,7 +139,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         sampling = build_sampling(body, max_tokens=budget, logprobs=top if body.logprobs else None)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         gen = _generation(
-            request, served, rid, prompts=[ids], sampling=sampling, prompt_param="messages"
+            request,
+            served,
+            rid,
+            prompts=[ids],
+            sampling=sampling,
+            prompt_param="messages",
+            tool_plan=plan,
         )
         head = {"id": rid, "created": int(time.time()), "model": served.name}
         tokenizer = served.model.tokenizer
@@ -150,15 +155,24 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
         if not body.stream:
             states = await _collect(request, gen, body.n)
-            choices = [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": "".join(s.text)},
-                    "logprobs": lp(s.logprobs),
-                    "finish_reason": s.finish_reason,
-                }
-                for i, s in enumerate(states)
-            ]
+            choices = []
+            for i, s in enumerate(states):
+                text = "".join(s.text)
+                message: dict[str, Any] = {"role": "assistant", "content": text}
+                finish = s.finish_reason
+                calls = plan.calls(text) if plan is not None and finish == "stop" else None
+                if calls is not None:
+                    bodies = [call_body(name, arguments) for name, arguments in calls]
+                    message = {"role": "assistant", "content": None, "tool_calls": bodies}
+                    finish = "tool_calls"
+                choices.append(
+                    {
+                        "index": i,
+                        "message": message,
+                        "logprobs": lp(s.logprobs),
+                        "finish_reason": finish,
+                    }
+                )
             return web.json_response(
                 {
                     **head,
@@ -168,24 +182,30 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 }
             )
 
+        streams = [ToolCallStream(plan) for _ in range(body.n)] if plan is not None else None
+
         def chunk(item: PromptOutput) -> list[dict[str, Any]]:
             out = item.output
-            if not out.text and not out.finish_reason and not (body.logprobs and out.logprobs):
+            if streams is not None:
+                delta, finish = streams[out.index].push(out.text, out.finish_reason)
+            else:
+                delta, finish = ({"content": out.text} if out.text else {}), out.finish_reason
+            if not delta and not finish and not (body.logprobs and out.logprobs):
                 return []
-            delta = {"content": out.text} if out.text else {}
             return [
                 {
                     "index": out.index,
                     "delta": delta,
                     "logprobs": lp(out.logprobs or ()),
-                    "finish_reason": out.finish_reason,
+                    "finish_reason": finish,
                 }
             ]
 
         opening = [
             {
                 "index": i,
-                "delta": {"role": "assistant", "content": ""},
+                # Null, not "", when the answer may be calls: their message has no content.
+                "delta": {"role": "assistant", "content": "" if plan is None else None},
                 "logprobs": None,
                 "finish_reason": None,
             }

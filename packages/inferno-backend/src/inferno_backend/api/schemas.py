@@ -8,21 +8,31 @@ JSON's: ``2.0`` is the integer 2 (as JSON Schema, and so the OpenAPI description
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from inferno_inference import MAX_LOGIT_BIAS
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from inferno_backend.api.tools import ToolPlan, plan_tools
+
 __all__ = [
     "ChatCompletionRequest",
     "ChatMessage",
     "CompletionRequest",
+    "FunctionDefinition",
     "JsonSchemaFormat",
+    "NamedToolChoice",
     "ResponseFormat",
     "SamplingFields",
     "StreamOptions",
     "TextContentPart",
+    "Tool",
+    "ToolCall",
 ]
+
+#: Most tools one request may describe (OpenAI's limit).
+MAX_TOOLS = 128
 
 _STRICT = ConfigDict(strict=True, extra="ignore", frozen=True)
 
@@ -166,6 +176,11 @@ class SamplingFields(BaseModel):
         return "json_schema", json.dumps(fmt.json_schema.schema_)
 
     @property
+    def optional_output(self) -> bool:
+        """The model may answer in plain text instead of the JSON of `output_format`."""
+        return False
+
+    @property
     def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
         """``logit_bias`` as (token id, bias) pairs, by token id."""
         return tuple(sorted((int(k), float(v)) for k, v in (self.logit_bias or {}).items()))
@@ -192,6 +207,77 @@ class TextContentPart(BaseModel):
     text: str
 
 
+_FUNCTION_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class FunctionDefinition(BaseModel):
+    """A function the model may call."""
+
+    model_config = _STRICT
+
+    name: str = Field(pattern=_FUNCTION_NAME, description="Letters, digits, _ and -; at most 64.")
+    description: str | None = Field(default=None, description="What it does, for the model.")
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="JSON Schema of the arguments object; none: no arguments."
+    )
+    strict: bool | None = Field(
+        default=None,
+        description="Enforce parameters exactly (a part JSON mode cannot enforce is a 400); "
+        "otherwise checks on values such as pattern or minimum are not enforced.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> FunctionDefinition:
+        if self.parameters is not None and self.parameters.get("type", "object") != "object":
+            raise ValueError("parameters: must be the schema of an object")
+        return self
+
+
+class Tool(BaseModel):
+    """A tool of ``tools``: a function."""
+
+    model_config = _STRICT
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    """The function of a named ``tool_choice``."""
+
+    model_config = _STRICT
+
+    name: str = Field(min_length=1)
+
+
+class NamedToolChoice(BaseModel):
+    """``tool_choice`` that makes every answer a call of one function."""
+
+    model_config = _STRICT
+
+    type: Literal["function"]
+    function: FunctionName
+
+
+class ToolCallFunction(BaseModel):
+    """The function and arguments of an earlier call."""
+
+    model_config = _STRICT
+
+    name: str
+    arguments: str = Field(description="The arguments as JSON text.")
+
+
+class ToolCall(BaseModel):
+    """A call the assistant made earlier in the conversation."""
+
+    model_config = _STRICT
+
+    id: str
+    type: Literal["function"]
+    function: ToolCallFunction
+
+
 class ChatMessage(BaseModel):
     """One message of a conversation."""
 
@@ -200,6 +286,16 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = Field(
+        default=None, description="Calls an assistant message made."
+    )
+    tool_call_id: str | None = Field(default=None, description="The call a tool message answers.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("tool_calls: only assistant messages make calls")
+        return self
 
     @property
     def text(self) -> str:
@@ -220,12 +316,15 @@ class ChatCompletionRequest(SamplingFields):
     )
     logprobs: bool = Field(default=False, description="Return log-probabilities of tokens.")
     top_logprobs: int | None = Field(default=None, ge=0, le=20, description="Alternatives.")
-    tools: list[dict[str, Any]] | None = Field(
-        default=None, description="Tool calls are not supported: refused unless empty."
+    tools: list[Tool] | None = Field(
+        default=None, max_length=MAX_TOOLS, description="Functions the model may call."
     )
-    tool_choice: str | dict[str, Any] | None = Field(
-        default=None, description='Only "none" (or no tools) is served.'
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        default=None,
+        description='"auto" (the default with tools): call or answer in text; "required": '
+        'call at least one; "none": answer in text; or one named function to call.',
     )
+    parallel_tool_calls: bool = Field(default=True, description="Allow several calls at once.")
 
     _integral_chat = field_validator("max_completion_tokens", "top_logprobs", mode="before")(
         _integral
@@ -235,10 +334,40 @@ class ChatCompletionRequest(SamplingFields):
     def _check_chat(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs: requires logprobs to be true")
-        if self.tools and self.tool_choice != "none":
-            # Answering in plain text would look like a model that chose not to call a tool.
-            raise ValueError("tools: tool calls are not supported by this server")
+        names = [t.function.name for t in self.tools or ()]
+        if len(set(names)) != len(names):
+            raise ValueError("tools: two tools have the same name")
+        choice = self.tool_choice
+        if choice not in (None, "none") and not names:
+            raise ValueError("tool_choice: needs tools")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"tool_choice: {choice.function.name!r} is not one of the tools")
+        if self.tool_plan is not None:
+            if self.response_format is not None and self.response_format.type != "text":
+                raise ValueError("response_format: cannot be combined with tool calls")
+            if self.ignore_eos:
+                raise ValueError("ignore_eos: cannot be combined with tool calls")
         return self
+
+    @cached_property
+    def tool_plan(self) -> ToolPlan | None:
+        """How the model may call the tools; None when it may not."""
+        choice = self.tool_choice
+        name = choice.function.name if isinstance(choice, NamedToolChoice) else choice
+        return plan_tools(self.tools or (), name, parallel=self.parallel_tool_calls)
+
+    @property
+    def output_format(self) -> tuple[Literal["text", "json_object", "json_schema"], str | None]:
+        """The engine's response format and JSON Schema: the tool calls' when calls are
+        possible."""
+        plan = self.tool_plan
+        return super().output_format if plan is None else ("json_schema", plan.schema_json)
+
+    @property
+    def optional_output(self) -> bool:
+        """Under ``tool_choice="auto"``, the model may answer in text instead of calling."""
+        plan = self.tool_plan
+        return plan is not None and plan.optional
 
     @property
     def token_limit(self) -> int | None:
