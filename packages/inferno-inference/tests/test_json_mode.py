@@ -93,9 +93,28 @@ def test_numbers_stay_finite_doubles() -> None:
     assert advance(START, b'{"a": 1e999') is None
 
 
-def test_whitespace_runs_and_nesting_are_bounded() -> None:
-    assert advance(START, b'{"a":' + b" " * 64 + b"1}") is not None
-    assert advance(START, b'{"a":' + b" " * 65) is None
+@pytest.mark.parametrize(
+    ("blank", "ok"),
+    [
+        (b" ", True),
+        (b"\n", True),
+        (b"\r\n", True),
+        (b"\n" + b" \t" * 32, True),  # indentation up to MAX_INDENT
+        (b"\n" + b" " * 65, False),
+        (b"  ", False),  # one space, or a newline and indentation: no loops on blanks
+        (b" \t", False),
+        (b"\t", False),
+        (b"\n\n", False),
+        (b" \n", False),
+        (b"\r", False),  # a carriage return only before a newline
+        (b"\r ", False),
+    ],
+)
+def test_whitespace_between_tokens_is_bounded(blank: bytes, ok: bool) -> None:
+    assert _complete(b'{"a":' + blank + b"1" + blank + b"}") is ok
+
+
+def test_nesting_is_bounded() -> None:
     assert advance(START, b'{"a":' + b"[" * 31) is not None
     assert advance(START, b'{"a":' + b"[" * 32) is None
 

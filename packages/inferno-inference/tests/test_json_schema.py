@@ -247,6 +247,11 @@ def test_what_breaks_the_schema_is_rejected(name: str, text: str) -> None:
             {"anyOf": [{"type": "object"}, {"properties": {"a": {"const": 1}}, "required": ["a"]}]},
             "first property",
         ),
+        (
+            {"anyOf": [{"type": "object", "additionalProperties": False}, {"properties": {}}]},
+            "first property",
+        ),
+        ({"anyOf": [_call("a", {}), {"type": "object", "additionalProperties": False}]}, "first"),
         ({"type": "object", "properties": {"a": {"anyOf": [PERSON, SCORES]}}}, "first property"),
         (
             {"type": "array", "items": {"anyOf": [_call("a", {}), _call("b", {}), _call("a", {})]}},

@@ -53,7 +53,7 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-#: (mode, container stack, mode detail, whitespace run). A stack frame is (node, progress):
+#: (mode, container stack, mode detail, whitespace field). A stack frame is (node, progress):
 #: the next property index of an object, the items so far of an array.
 JsonState = tuple[int, tuple[tuple[int, int], ...], Any, int]
 
@@ -103,10 +103,16 @@ _FINISHED: JsonState = (_DONE, (), 0, 0)
 _FREE_TEXT: JsonState = (_TEXT, (), 0, 0)
 _ROOT_OPENERS = frozenset(b"{[")
 
-#: Longest run of whitespace between tokens: a model that loops on newlines must move on.
-MAX_WHITESPACE = 64
 #: Deepest nesting of objects and arrays.
 MAX_DEPTH = 32
+#: Whitespace between tokens is one space, or a newline and at most this many spaces and tabs
+#: (indentation by two at the deepest nesting): a model that loops on blanks must move on.
+MAX_INDENT = 2 * MAX_DEPTH
+#: Longest blank run before optional JSON decides; past it, the answer is plain text.
+MAX_WHITESPACE = 64
+# The whitespace field of a state: 0 for none yet, _SPACED after a single space, _CR after a
+# carriage return (a newline must follow), 1 + indentation after a newline.
+_SPACED, _CR = -1, -2
 #: Most digits before and after a number's point, and in its exponent: every number then
 #: parses as a finite double (a valid "1e999" reads as infinity, which no schema accepts),
 #: at the price of numbers past 1e100 or below 1e-99 in exponent form.
@@ -192,9 +198,14 @@ class JsonProgram:
         if mode in _NUMBER:
             return self._number(mode, stack, detail, b)
         if b in _WHITESPACE:
-            if mode not in _STRUCTURAL or ws >= MAX_WHITESPACE:
+            if mode == _MAYBE:
+                return (mode, stack, detail, ws + 1) if ws < MAX_WHITESPACE else _FREE_TEXT
+            if mode not in _STRUCTURAL:
                 return None
-            return (mode, stack, detail, ws + 1)
+            blank = _blank(ws, b)
+            return None if blank is None else (mode, stack, detail, blank)
+        if ws == _CR:
+            return None
         if mode == _START:
             return self._begin(detail, stack, b) if b in _ROOT_OPENERS else None
         if mode == _MAYBE:
@@ -364,6 +375,17 @@ class JsonProgram:
         if mode in _NUMBER_END:  # the number ended; the byte belongs to what follows
             return self.step(self._done(stack), b)
         return None
+
+
+def _blank(ws: int, b: int) -> int | None:
+    """The whitespace field after blank byte ``b``; None when ``b`` may not come next."""
+    if ws == 0:
+        return {0x20: _SPACED, 0x0D: _CR, 0x0A: 1}.get(b)
+    if ws == _CR:
+        return 1 if b == 0x0A else None
+    if ws > 0 and b in (0x20, 0x09) and ws <= MAX_INDENT:
+        return ws + 1
+    return None
 
 
 # -- compiling schemas -------------------------------------------------------------------------
@@ -575,27 +597,26 @@ class _Compiler:
         """One node for alternative objects that all start with the same required property
         whose values are distinct literals (a tagged union, as ``{"type": "cat", ...}`` or
         ``{"type": "dog", ...}``): the literal decides which object the rest must be."""
-        tags: dict[bytes, int] = {}
-        key = self.nodes[objects[0]].keys[:1]
         flat: list[int] = []
         for node_id in objects:  # a tagged union among the alternatives joins this one
             node = self.nodes[node_id]
             flat.extend(dict.fromkeys(node.tags.values()) if node.kind == _TAGGED else [node_id])
+        key = self.nodes[flat[0]].keys[:1]
+        tags: dict[bytes, int] = {}
         for node_id in dict.fromkeys(flat):
             node = self.nodes[node_id]
-            first = self.nodes[node.values[0]] if node.values else None
             if (
                 node.kind != _OBJECT
+                or not key
                 or node.keys[:1] != key
                 or not node.required[0]
-                or first is None
-                or first.kind != _LITERALS
+                or self.nodes[node.values[0]].kind != _LITERALS
             ):
                 raise SchemaError(
                     f"{where}: JSON mode tells alternative objects apart only by their first "
                     "property, which each must require, with its own const or enum values"
                 )
-            for literal in first.literals:
+            for literal in self.nodes[node.values[0]].literals:
                 if any(
                     (t.startswith(literal) or literal.startswith(t)) and other != node_id
                     for t, other in tags.items()
