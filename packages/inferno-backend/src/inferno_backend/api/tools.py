@@ -267,6 +267,7 @@ class ToolCallStream:
         self.plan = plan
         self._held: list[str] = []
         self._text = False  # decided: a text answer, passed through
+        self._calls = not plan.optional  # decided: calls, held to the end
         self._started = False  # a named call's first delta is sent
 
     def push(self, text: str, finish: str | None) -> tuple[dict[str, Any], str | None]:
@@ -283,12 +284,16 @@ class ToolCallStream:
                 delta = {"tool_calls": [{"index": 0, "function": {"arguments": text}}]}
             return delta, ("tool_calls" if finish == "stop" and self._started else finish)
         self._held.append(text)
-        held = "".join(self._held)
-        if plan.optional and held.strip() and not held.lstrip().startswith("["):
-            self._text = True
-            return {"content": held}, finish
+        if not self._calls:  # only blanks so far: the first other character decides
+            head = text.lstrip()
+            if head:
+                self._calls = head.startswith("[")
+                self._text = not self._calls
+                if self._text:
+                    return {"content": "".join(self._held)}, finish
         if finish is None:
             return {}, None
+        held = "".join(self._held)
         calls = plan.calls(held) if finish == "stop" else None
         if calls is None:
             return ({"content": held} if held else {}), finish
