@@ -79,7 +79,8 @@ def _gguf_with(tmp_path: Path, arch: str, tensor_type: gguf.GGMLQuantizationType
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_token_list(["a", "b"])
     writer.add_tokenizer_model("gpt2")
-    raw = np.zeros((32, 32 // 32 * 22), np.uint8)  # one Q5_0 block (22 bytes) per row
+    elems, nbytes = gguf.GGML_QUANT_SIZES[tensor_type]
+    raw = np.zeros((32, 32 // elems * nbytes), np.uint8)  # one 32-element block per row
     writer.add_tensor("token_embd.weight", raw, raw_dtype=tensor_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -98,9 +99,9 @@ def test_unsupported_quantization(tmp_path: Path) -> None:
     from inferno_models import GGUFFile
     from inferno_models.testing import tiny_config
 
-    path = _gguf_with(tmp_path, "llama", gguf.GGMLQuantizationType.Q5_0)
+    path = _gguf_with(tmp_path, "llama", gguf.GGMLQuantizationType.MXFP4)
     config = tiny_config(vocab_size=32, hidden_size=32, num_hidden_layers=1)
-    with pytest.raises(UnsupportedModelError, match="unsupported type Q5_0"):
+    with pytest.raises(UnsupportedModelError, match="unsupported type MXFP4"):
         list(GGUFFile(path).iter_weights(config))
 
 

@@ -9,7 +9,16 @@ from inferno_models.gguf_loader import permute_rope, unpermute_rope
 from inferno_models.gguf_summary import scan_gguf
 from inferno_models.testing import random_weights, tiny_config, write_tiny_gguf
 
-TOLERANCE = {"F32": 0.0, "F16": 1e-3, "BF16": 1e-2, "Q8_0": 1e-2, "Q4_0": 0.1, "Q4_1": 0.1}
+TOLERANCE = {
+    "F32": 0.0,
+    "F16": 1e-3,
+    "BF16": 1e-2,
+    "Q8_0": 1e-2,
+    "Q5_0": 0.05,
+    "Q5_1": 0.05,
+    "Q4_0": 0.1,
+    "Q4_1": 0.1,
+}
 
 
 def test_permutation_round_trip() -> None:

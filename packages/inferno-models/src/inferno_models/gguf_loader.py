@@ -7,6 +7,7 @@ reader in the tests), tensor data is memory-mapped, and dequantization is
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from inferno_models.errors import ModelFormatError, UnsupportedModelError
 from inferno_models.gguf_summary import scan_gguf
 from inferno_models.names import EMBED, FINAL_NORM, LM_HEAD, expected_shapes, layer_name
 
-__all__ = ["GGUFFile", "unpermute_rope"]
+__all__ = ["GGUFFile", "fit_rope_scaling", "rope_divisors", "unpermute_rope"]
 
 #: GGUF per-layer tensor names (after ``blk.{i}.``) -> canonical suffixes.
 _LAYER_MAP = {
@@ -41,8 +42,11 @@ _GLOBAL_MAP = {
     "output_norm.weight": FINAL_NORM,
     "output.weight": LM_HEAD,
 }
-#: Tensors that carry no weights a Llama forward pass uses.
-_IGNORED = {"rope_freqs.weight"}
+#: llama.cpp's converter stores Llama 3.1 rope scaling as this tensor of per-frequency
+#: divisors (``[head_dim // 2]``) instead of scaling keys.
+ROPE_FREQS = "rope_freqs.weight"
+# Relative tolerance when checking divisors read from a file (stored as float32).
+_DIVISOR_RTOL = 1e-4
 
 _PLAIN_DTYPES: dict[str, Any] = {"F32": np.float32, "F16": np.float16, "F64": np.float64}
 
@@ -73,6 +77,103 @@ def permute_rope(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
     )
 
 
+def _base_inverse_frequencies(head_dim: int, theta: float) -> npt.NDArray[np.float64]:
+    return 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+
+
+def rope_divisors(scaling: RopeScaling | None, head_dim: int, theta: float) -> npt.NDArray[Any]:
+    """What each rotary frequency is divided by under ``scaling`` (``[head_dim // 2]``,
+    float64): the values llama.cpp's converter writes as ``rope_freqs.weight``."""
+    inv = _base_inverse_frequencies(head_dim, theta)
+    if scaling is None:
+        return np.ones_like(inv)
+    if scaling.type == "linear":
+        return np.full_like(inv, scaling.factor)
+    old, low, high = scaling.original_max_position_embeddings, *_band(scaling)
+    wavelen = 2 * math.pi / inv
+    smooth = (old / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    medium = 1.0 / ((1 - smooth) / scaling.factor + smooth)
+    return np.where(wavelen < high, 1.0, np.where(wavelen > low, scaling.factor, medium))
+
+
+def _band(scaling: RopeScaling) -> tuple[float, float]:
+    """The wavelengths above which frequencies are fully scaled, and below which untouched."""
+    old = scaling.original_max_position_embeddings
+    return old / scaling.low_freq_factor, old / scaling.high_freq_factor
+
+
+def fit_rope_scaling(
+    divisors: npt.NDArray[Any], head_dim: int, theta: float, *, original_context: int | None
+) -> RopeScaling | None:
+    """The `RopeScaling` whose `rope_divisors` are ``divisors``, or None when they are all 1.
+
+    All equal: linear scaling. Otherwise llama3: ``factor`` is the largest divisor, and the
+    divisors between 1 and ``factor`` fix the band. Only the band's wavelengths matter, so
+    ``low_freq_factor`` is taken as 1 (Llama 3.1's value) and the others follow; with fewer
+    than two divisors inside the band, ``high_freq_factor`` is Llama 3.1's 4 too, and with
+    none, ``original_context`` (else 8192) is kept when it fits the band. The caller checks
+    the result against ``divisors``.
+
+    Raises:
+        ValueError: the divisors do not have the llama3 shape.
+    """
+    div = np.asarray(divisors, dtype=np.float64)
+    if not np.all(np.isfinite(div)) or div.min() <= 0:
+        raise ValueError("divisors must be finite and positive")
+    if np.allclose(div, 1.0, rtol=_DIVISOR_RTOL, atol=0):
+        return None
+    factor = float(div.max())
+    if np.allclose(div, factor, rtol=_DIVISOR_RTOL, atol=0):
+        return RopeScaling(type="linear", factor=factor)
+    if factor <= 1:
+        raise ValueError("llama3 divisors are at least 1")
+    inv = _base_inverse_frequencies(head_dim, theta)
+    x = inv / (2 * math.pi)  # 1 / wavelength
+    tol = _DIVISOR_RTOL * factor
+    medium = (div > 1 + tol) & (div < factor - tol)
+    # Inside the band 1/divisor = (1 - s)/factor + s, with s linear in 1/wavelength.
+    s = (1 / div - 1 / factor) / (1 - 1 / factor)
+    low_factor, high_factor = 1.0, 4.0
+    if medium.sum() >= 2:
+        slope, intercept = np.polyfit(x[medium], s[medium], 1)
+        if intercept >= 0 or slope <= 0:
+            raise ValueError("the divisors inside the band do not grow with the wavelength")
+        high_factor = 1 - 1 / intercept
+        old = slope * (high_factor - 1)
+    elif medium.sum() == 1:
+        (i,) = np.flatnonzero(medium)
+        old = (s[i] * (high_factor - low_factor) + low_factor) / x[i]
+    else:
+        # Any context in the gap between the unscaled and the fully scaled wavelengths works.
+        unscaled = 2 * math.pi / inv[div <= 1 + tol]
+        scaled = 2 * math.pi / inv[div >= factor - tol]
+        lowest = high_factor * unscaled.max() if unscaled.size else 1.0
+        highest = low_factor * scaled.min()
+        old = float(min(max(original_context or 8192, math.floor(lowest) + 1), highest))
+    # The divisors went through float32: values that float32 noise moved off a round
+    # number are put back on it.
+    factor, high_factor, old = _snap(factor), _snap(high_factor), _snap(old)
+    # original_max_position_embeddings is an int: rescale the three together (which keeps
+    # the band) so that it is one.
+    rounded = max(1, round(old))
+    k = rounded / old
+    return RopeScaling(
+        type="llama3",
+        factor=factor,
+        low_freq_factor=_snap(low_factor * k),
+        high_freq_factor=_snap(high_factor * k),
+        original_max_position_embeddings=rounded,
+    )
+
+
+def _snap(value: float) -> float:
+    """``value`` rounded to 3 decimals when that moves it by at most float32 noise."""
+    rounded = round(float(value), 3)
+    return rounded if abs(rounded - value) <= 1e-6 * abs(value) else float(value)
+
+
 @dataclass(frozen=True, slots=True)
 class _TensorInfo:
     name: str
@@ -90,6 +191,7 @@ class GGUFFile:
         summary.check_complete(self.path, self.path.stat().st_size)
         self.metadata: dict[str, Any] = summary.metadata
         self._extents = summary.tensors
+        self._rope_freqs: _TensorInfo | None = None
         self._tensors = self._index_tensors()
 
     # -- metadata ------------------------------------------------------------------------------
@@ -129,6 +231,7 @@ class GGUFFile:
         head_dim = self.metadata.get(f"{arch}.attention.key_length") or self.metadata.get(
             f"{arch}.rope.dimension_count", hidden // heads
         )
+        theta = float(self.metadata.get(f"{arch}.rope.freq_base", 10000.0))
         eos = self.metadata.get("tokenizer.ggml.eos_token_id")
         extra_eos = self.metadata.get("tokenizer.ggml.eot_token_id")
         eos_ids = tuple(dict.fromkeys(int(t) for t in (eos, extra_eos) if t is not None))
@@ -145,8 +248,8 @@ class GGUFFile:
                 head_dim=int(head_dim),
                 max_position_embeddings=int(self.metadata.get(f"{arch}.context_length", 2048)),
                 rms_norm_eps=float(req("attention.layer_norm_rms_epsilon")),
-                rope_theta=float(self.metadata.get(f"{arch}.rope.freq_base", 10000.0)),
-                rope_scaling=self._rope_scaling(arch),
+                rope_theta=theta,
+                rope_scaling=self._rope_scaling(arch, int(head_dim), theta),
                 tie_word_embeddings=LM_HEAD not in self._tensors,
                 bos_token_id=self.metadata.get("tokenizer.ggml.bos_token_id"),
                 eos_token_ids=eos_ids,
@@ -154,7 +257,54 @@ class GGUFFile:
         except (ValueError, TypeError) as exc:
             raise ModelFormatError(self.path, f"invalid model metadata: {exc}") from None
 
-    def _rope_scaling(self, arch: str) -> RopeScaling | None:
+    def _rope_scaling(self, arch: str, head_dim: int, theta: float) -> RopeScaling | None:
+        """From the scaling keys, or else from ``rope_freqs.weight``; when a file has both,
+        they must agree."""
+        scaling = self._rope_scaling_keys(arch)
+        divisors = self._rope_divisors(head_dim)
+        if divisors is None:
+            return scaling
+        if scaling is None:
+            context = self.metadata.get(f"{arch}.rope.scaling.original_context_length")
+            try:
+                scaling = fit_rope_scaling(
+                    divisors,
+                    head_dim,
+                    theta,
+                    original_context=None if context is None else int(context),
+                )
+            except ValueError as exc:
+                raise UnsupportedModelError(
+                    self.path, f"{ROPE_FREQS} is not a rope scaling this loader knows: {exc}"
+                ) from None
+            source = f"the rope scaling fitted to {ROPE_FREQS}"
+        else:
+            source = "the rope scaling keys"
+        expected = rope_divisors(scaling, head_dim, theta)
+        if not np.allclose(expected, divisors, rtol=_DIVISOR_RTOL, atol=0):
+            worst = int(np.argmax(np.abs(expected - divisors) / divisors))
+            raise ModelFormatError(
+                self.path,
+                f"{ROPE_FREQS} disagrees with {source}: frequency {worst} is divided by "
+                f"{float(divisors[worst]):.6g}, expected {float(expected[worst]):.6g}",
+            )
+        return scaling
+
+    def _rope_divisors(self, head_dim: int) -> npt.NDArray[np.float64] | None:
+        info = self._rope_freqs
+        if info is None:
+            return None
+        if info.shape != (head_dim // 2,):
+            raise ModelFormatError(
+                self.path,
+                f"tensor {info.name} has shape {list(info.shape)}, expected [{head_dim // 2}]",
+            )
+        values = self._decode(info).double().numpy()
+        if not np.all(np.isfinite(values)) or values.min() <= 0:
+            raise ModelFormatError(self.path, f"tensor {info.name} holds a non-positive divisor")
+        return values
+
+    def _rope_scaling_keys(self, arch: str) -> RopeScaling | None:
         kind = self.metadata.get(f"{arch}.rope.scaling.type")
         if kind in (None, "none"):
             return None
@@ -184,11 +334,15 @@ class GGUFFile:
         infos: dict[str, _TensorInfo] = {}
         for t in self._extents:
             name = _canonical_name(t.name)
-            if name is None:
+            if name is None and t.name != ROPE_FREQS:
                 continue
             if t.nbytes < 0:
                 raise UnsupportedModelError(self.path, f"tensor {t.name} has unknown type {t.kind}")
-            infos[name] = _TensorInfo(t.name, t.kind, t.shape, mapped[t.start : t.start + t.nbytes])
+            info = _TensorInfo(t.name, t.kind, t.shape, mapped[t.start : t.start + t.nbytes])
+            if name is None:
+                self._rope_freqs = info
+            else:
+                infos[name] = info
         return infos
 
     def _tensor_rows(self, name: str) -> int:
@@ -258,8 +412,6 @@ class GGUFFile:
 def _canonical_name(gguf_name: str) -> str | None:
     if gguf_name in _GLOBAL_MAP:
         return _GLOBAL_MAP[gguf_name]
-    if gguf_name in _IGNORED:
-        return None
     parts = gguf_name.split(".", 2)
     if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _LAYER_MAP:
         return layer_name(int(parts[1]), _LAYER_MAP[parts[2]])

@@ -148,13 +148,18 @@ def write_tiny_gguf(
     *,
     quantization: str = "F32",
     chat_template: str | None = TINY_CHAT_TEMPLATE,
+    rope_freqs: bool = False,
+    extra_tensors: dict[str, np.ndarray[Any, Any]] | None = None,
 ) -> Path:
     """Write a Llama GGUF as llama.cpp's converter does (Q/K rows permuted for its rotary
-    layout); 2-D weights are stored as ``quantization`` (F32, F16, BF16, Q8_0, Q4_0, Q4_1)."""
+    layout); 2-D weights are stored as ``quantization`` (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
+    Q5_0, Q5_1). Rope scaling is written as scaling keys, or with ``rope_freqs`` as the
+    converter writes Llama 3.1's: a ``rope_freqs.weight`` tensor of divisors and no keys.
+    ``extra_tensors`` are written as they are (to build inconsistent files)."""
     import gguf
     from gguf.quants import quantize
 
-    from inferno_models.gguf_loader import permute_rope
+    from inferno_models.gguf_loader import ROPE_FREQS, permute_rope, rope_divisors
 
     path = Path(path)
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -168,7 +173,10 @@ def write_tiny_gguf(
     writer.add_rope_freq_base(config.rope_theta)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
-    if config.rope_scaling is not None:
+    if config.rope_scaling is not None and rope_freqs:
+        divisors = rope_divisors(config.rope_scaling, config.head_dim, config.rope_theta)
+        writer.add_tensor(ROPE_FREQS, divisors.astype(np.float32))
+    elif config.rope_scaling is not None:
         rs = config.rope_scaling
         writer.add_string("llama.rope.scaling.type", rs.type)
         writer.add_float32("llama.rope.scaling.factor", rs.factor)
@@ -188,6 +196,8 @@ def write_tiny_gguf(
     writer.add_add_bos_token(False)
     if chat_template is not None:
         writer.add_chat_template(chat_template)
+    for name, array in (extra_tensors or {}).items():
+        writer.add_tensor(name, array)
     qtype = getattr(gguf.GGMLQuantizationType, quantization)
     for name, tensor in weights.items():
         t = tensor.detach().to(torch.float32)
