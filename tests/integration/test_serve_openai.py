@@ -77,8 +77,8 @@ def test_chat_json_mode_gives_json_objects(client: openai.OpenAI) -> None:
 
 
 class Cat(BaseModel):
-    name: str
-    age: int
+    name: str = Field(min_length=1, max_length=20)  # minLength and maxLength
+    age: int = Field(ge=0, le=30)  # minimum and maximum
     color: Literal["black", "white", "orange", "grey"]
     toys: list[str] = Field(max_length=3)  # maxItems: this small model repeats itself
 

@@ -22,7 +22,7 @@ WEATHER = {
         "parameters": {
             "type": "object",
             "properties": {
-                "city": {"type": "string", "minLength": 1},
+                "city": {"type": "string", "minLength": 1, "pattern": "^[A-Z]"},
                 "unit": {"enum": ["C", "F"]},
             },
             "required": ["city"],
@@ -66,8 +66,10 @@ def test_required_and_auto_answers_are_arrays_of_calls(parallel: bool) -> None:
     assert not validator.is_valid([])
     assert not validator.is_valid([{"name": "now", "arguments": {"x": 1}}])
     assert not validator.is_valid([{"name": "get_weather", "arguments": {}}])
-    # A non-strict tool loses the checks JSON mode cannot make: minLength here.
-    assert validator.is_valid([{"name": "get_weather", "arguments": {"city": ""}}])
+    # A non-strict tool loses the checks JSON mode cannot make (the pattern), and keeps the
+    # others (minLength).
+    assert validator.is_valid([{"name": "get_weather", "arguments": {"city": "paris"}}])
+    assert not validator.is_valid([{"name": "get_weather", "arguments": {"city": ""}}])
 
 
 def test_strict_tools_keep_their_schema_and_named_calls_are_the_arguments() -> None:
@@ -76,7 +78,7 @@ def test_strict_tools_keep_their_schema_and_named_calls_are_the_arguments() -> N
     plan = plan_tools(_tools(strict, CLOCK), "get_weather")
     assert plan is not None
     assert plan.named == "get_weather"
-    assert plan.schema == strict["function"]["parameters"]  # minLength kept
+    assert plan.schema == strict["function"]["parameters"]  # the pattern kept
 
 
 def test_value_checks_are_dropped_where_schemas_stand_only() -> None:
@@ -84,7 +86,8 @@ def test_value_checks_are_dropped_where_schemas_stand_only() -> None:
         "type": "object",
         "properties": {
             "pattern": {"type": "string", "pattern": "^a"},  # a property named like a keyword
-            "n": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]},
+            "n": {"anyOf": [{"type": "integer", "multipleOf": 2}, {"type": "null"}]},
+            "m": {"type": "integer", "minimum": 1, "exclusiveMinimum": True},  # draft 4
             "xs": {"type": "array", "items": {"$ref": "#/$defs/x"}, "uniqueItems": True},
         },
         "$defs": {"x": {"type": "string", "format": "date"}},
@@ -95,6 +98,7 @@ def test_value_checks_are_dropped_where_schemas_stand_only() -> None:
     args = plan.schema["items"]["anyOf"][0]["properties"]["arguments"]
     assert args["properties"]["pattern"] == {"type": "string"}
     assert args["properties"]["n"]["anyOf"][0] == {"type": "integer"}
+    assert args["properties"]["m"] == {"type": "integer", "minimum": 1}
     assert "uniqueItems" not in args["properties"]["xs"]
     assert args["$defs"]["x"] == {"type": "string"}
     # Local references now point into the larger schema, and resolve there.
@@ -314,7 +318,7 @@ async def test_route_names_the_tool_whose_strict_schema_cannot_be_enforced(
     assert resp.status == 400
     assert err["param"] == "tools"
     assert err["message"].startswith("tools[1].function.parameters.properties.city:")
-    assert "minLength" in err["message"]
+    assert "pattern" in err["message"]
     # The same tool, not strict, is served.
     resp = await client.post(
         "/v1/chat/completions", json={**CHAT, "tools": [CLOCK, WEATHER], "tool_choice": "required"}

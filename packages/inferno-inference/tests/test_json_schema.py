@@ -137,8 +137,24 @@ CALLS = {
         ]
     },
 }
+# Value checks, as pydantic writes Field(min_length=..., ge=..., lt=...).
+BOUNDED = {
+    "type": "object",
+    "properties": {
+        "code": {"type": "string", "minLength": 2, "maxLength": 4},
+        "rating": {"type": "integer", "minimum": 1, "maximum": 5},
+        "ratio": {"type": "number", "exclusiveMinimum": -1.5, "maximum": 0.25},
+        "year": {"type": "integer", "minimum": 1900, "exclusiveMaximum": 2100},
+        "note": {"type": ["string", "null"], "maxLength": 3},
+        "debt": {"type": "number", "maximum": -2},
+        "words": {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 2},
+    },
+    "required": ["code", "rating", "ratio", "year", "debt"],
+    "additionalProperties": False,
+}
 SCHEMAS = {
     "person": PERSON,
+    "bounded": BOUNDED,
     "tree": TREE,
     "scores": SCORES,
     "choice": CHOICE,
@@ -185,6 +201,20 @@ def _accepts(program: JsonProgram, text: str) -> bool:
         ("pets", {"pet": {"kind": "dog", "good": True}}),
         ("pets", {"pet": None}),
         ("calls", [{"name": "get", "arguments": {}}]),
+        ("bounded", {"code": "ab", "rating": 1, "ratio": 0.25, "year": 1900, "debt": -2}),
+        (
+            "bounded",
+            {
+                "code": "Zoë!",
+                "rating": 5,
+                "ratio": -1.4999,
+                "year": 2099,
+                "note": None,
+                "debt": -1e6,
+                "words": ["a", "é\n"],
+            },
+        ),
+        ("bounded", {"code": "\u00e9\t", "rating": 3, "ratio": -0, "year": 2000, "debt": -2.5}),
         (
             "calls",
             [
@@ -224,6 +254,25 @@ def test_instances_in_schema_order_are_accepted(
         ("pets", '{"pet": {"kind": "bird"}}'),
         ("pets", '{"pet": {"lives": 9, "kind": "cat"}}'),  # the tag must come first
         ("calls", "[]"),  # minItems
+        ("bounded", '{"code": "a", "rating": 1, "ratio": 0, "year": 1900, "debt": -2}'),
+        ("bounded", '{"code": "abcde", "rating": 1, "ratio": 0, "year": 1900, "debt": -2}'),
+        ("bounded", '{"code": "ab", "rating": 0, "ratio": 0, "year": 1900, "debt": -2}'),
+        ("bounded", '{"code": "ab", "rating": 6, "ratio": 0, "year": 1900, "debt": -2}'),
+        ("bounded", '{"code": "ab", "rating": 10, "ratio": 0, "year": 1900, "debt": -2}'),
+        ("bounded", '{"code": "ab", "rating": 1, "ratio": -1.5, "year": 1900, "debt": -2}'),
+        ("bounded", '{"code": "ab", "rating": 1, "ratio": 0.2501, "year": 1900, "debt": -2}'),
+        ("bounded", '{"code": "ab", "rating": 1, "ratio": 0, "year": 2100, "debt": -2}'),
+        ("bounded", '{"code": "ab", "rating": 1, "ratio": 0, "year": 1899, "debt": -2}'),
+        ("bounded", '{"code": "ab", "rating": 1, "ratio": 0, "year": 1900, "debt": -1.99}'),
+        ("bounded", '{"code": "ab", "rating": 1, "ratio": 0, "year": 1900, "debt": 2}'),
+        (
+            "bounded",
+            '{"code": "ab", "rating": 1, "ratio": 0, "year": 1900, "debt": -2, "note": "four"}',
+        ),
+        (
+            "bounded",
+            '{"code": "ab", "rating": 1, "ratio": 0, "year": 1900, "debt": -2, "words": [""]}',
+        ),
         ("calls", '[{"name": "get", "arguments": {"x": 1}}]'),
         ("calls", '[{"name": "get_time", "arguments": {"utc": "yes"}}]'),
         ("calls", '[{"name": "get_x", "arguments": {}}]'),
@@ -271,7 +320,22 @@ def test_what_breaks_the_schema_is_rejected(name: str, text: str) -> None:
         ),
         ({"type": "object", "properties": {"a": {"type": "string", "pattern": "x"}}}, "pattern"),
         ({"type": "object", "properties": {"a": {"format": "date-time"}}}, "format"),
-        ({"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}, "minimum"),
+        ({"type": "object", "properties": {"n": {"multipleOf": 2}}}, "multipleOf"),
+        ({"type": "object", "properties": {"n": {"type": "integer", "minimum": True}}}, "finite"),
+        ({"type": "object", "properties": {"n": {"minimum": 3, "maximum": 2}}}, "no number"),
+        (
+            {"type": "object", "properties": {"n": {"minimum": 2, "exclusiveMaximum": 2}}},
+            "no number",
+        ),
+        (
+            {
+                "type": "object",
+                "properties": {"n": {"type": "integer", "exclusiveMinimum": 1, "maximum": 1.5}},
+            },
+            "no integer",
+        ),
+        ({"type": "object", "properties": {"s": {"type": "string", "maxLength": -1}}}, "non-neg"),
+        ({"type": "object", "properties": {"s": {"minLength": 3, "maxLength": 2}}}, "below"),
         (
             {
                 "type": "object",
@@ -475,3 +539,91 @@ def test_engine_leaves_optional_json_unconstrained_once_it_is_text() -> None:
     assert any(b"xx" in data for _, data, _ in choices)
     with pytest.raises(ValueError, match="json_optional needs JSON output"):
         SamplingParams(json_optional=True)
+
+
+def _number_texts() -> list[bytes]:
+    """Numbers as JSON writes them: -99 to 99 with up to one fraction digit, and -30 to 30
+    with two (every bound below sits well inside that grid, and a side left unbounded is
+    reached within two whole digits)."""
+    texts = []
+    for whole in range(100):
+        for sign in ("", "-"):
+            texts.append(f"{sign}{whole}".encode())
+            for digits in (1, 2) if whole <= 30 else (1,):
+                for fraction in range(10**digits):
+                    texts.append(f"{sign}{whole}.{fraction:0{digits}d}".encode())
+    return texts
+
+
+@pytest.mark.parametrize(
+    "bounds",
+    [
+        {"minimum": 1, "maximum": 5},
+        {"minimum": -2.5, "exclusiveMaximum": 3},
+        {"exclusiveMinimum": -20, "exclusiveMaximum": -19.9},
+        {"exclusiveMinimum": 0},
+        {"maximum": -7.5},
+        {"minimum": 0, "maximum": 0},
+        {"minimum": 12, "maximum": 25.5},
+        {"exclusiveMinimum": 2.5, "maximum": 2.6},
+    ],
+)
+@pytest.mark.parametrize("kind", ["integer", "number"])
+def test_number_bounds_match_enumerating_every_number(bounds: dict[str, float], kind: str) -> None:
+    """`reaches` is true for exactly the prefixes of numbers in range, and `ends` for exactly
+    the numbers in range (checked over a grid whose spacing the bounds need)."""
+    validator = jsonschema_rs.validator_for({"type": kind, **bounds})
+    texts = _number_texts()
+    inside = [
+        t
+        for t in texts
+        if (kind == "number" or b"." not in t) and validator.is_valid(json.loads(t))
+    ]
+    schema = {"type": "object", "properties": {"n": {"type": kind, **bounds}}}
+    if not inside:  # an integer range with no integer in it
+        with pytest.raises(SchemaError, match="no integer is in its range"):
+            _program(schema)
+        return
+    node = next(n for n in _program(schema).nodes if n.bounds is not None)
+    assert node.bounds is not None
+    prefixes = {t[:i] for t in inside for i in range(1, len(t) + 1)}
+    # A prefix is checked when the grid holds its one-digit-longer continuations.
+    for text in texts:
+        whole, _, fraction = text.lstrip(b"-").partition(b".")
+        if len(fraction) >= (2 if int(whole) <= 30 else 1):
+            assert node.bounds.ends(text) == (text in inside), (text, bounds)
+            continue
+        for i in range(1, len(text) + 1):
+            prefix = text[:i]
+            assert node.bounds.reaches(prefix) == (prefix in prefixes), (prefix, bounds)
+        assert node.bounds.ends(text) == (text in inside), (text, bounds)
+
+
+def test_masks_of_bounded_strings_equal_checking_every_token() -> None:
+    """Masks are cached by what a bounded string's state needs of its count; states that share
+    a cached mask must each get exactly the tokens that fit."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "s": {"type": "string", "minLength": 3, "maxLength": 40},
+            "t": {"type": "string", "maxLength": 2},
+        },
+        "required": ["s", "t"],
+    }
+    program = _program(schema)
+    vocab = [*VOCAB[:-1], b"abcdefghij", b'xyz", "t": "', VOCAB[-1]]
+    grammar = JsonGrammar(JsonVocabulary(vocab), [len(vocab) - 1], program)
+    cached = 0
+    for body in ("", "a", "ab", "abc", "a" * 10, "a" * 20, "a" * 29, "a" * 30, "a" * 35, "a" * 40):
+        for tail in ("", ', "t": "', ', "t": "x', ', "t": "xy'):
+            if tail and len(body) < 3:
+                continue
+            prefix = ('{"s": "' + body + ('"' if tail else "") + tail).encode()
+            state = program.advance(program.initial, prefix)
+            assert state is not None, prefix
+            before = len(grammar._cache)
+            mask = grammar.allowed(state)
+            cached += len(grammar._cache) == before
+            brute = torch.tensor([bool(t) and program.advance(state, t) is not None for t in vocab])
+            assert torch.equal(mask, brute), prefix
+    assert cached >= 3  # some states above did share a mask with an earlier one

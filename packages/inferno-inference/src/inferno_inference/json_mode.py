@@ -19,7 +19,9 @@ character are checked one by one. Strings are checked to be valid UTF-8 as they 
 
 What a schema may say (anything else is refused with `SchemaError`, never ignored): ``type``
 (one or a list), ``properties``/``required``/``additionalProperties``, ``items``/``minItems``/
-``maxItems``, ``enum``, ``const``, ``anyOf``/``oneOf`` whose branches start differently (an
+``maxItems``, ``minLength``/``maxLength`` of strings (in characters), ``minimum``/``maximum``/
+``exclusiveMinimum``/``exclusiveMaximum`` of numbers (a bounded number is written without an
+exponent), ``enum``, ``const``, ``anyOf``/``oneOf`` whose branches start differently (an
 object or a string, say) or are objects whose first property, required in each, has distinct
 ``const``/``enum`` values (a tagged union), a one-element ``allOf``, local ``$ref``
 (``#/$defs/...``), and annotations (``title``, ``description``, ...). Properties are written in
@@ -31,9 +33,12 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
+import re
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
@@ -81,7 +86,13 @@ JsonState = tuple[int, tuple[tuple[int, int], ...], Any, int]
     _DONE,  # the root value is closed
     _MAYBE,  # optional JSON, before the first non-whitespace byte; detail: the root node
     _TEXT,  # optional JSON that turned out to be plain text: anything goes
-) = range(23)
+    _BOUNDED_STRING,  # detail: (node, characters so far, _CHAR_* position within a character)
+    _BOUNDED_NUMBER,  # detail: (node, the number's bytes so far)
+) = range(25)
+
+# Where a bounded string is within a character: between characters, 1-3 UTF-8 continuation
+# bytes due, after a backslash, or 4-1 hex digits of a \u escape due.
+_CHAR_NEXT, _CHAR_ESCAPE, _CHAR_HEX = 0, 4, 8
 
 # Node kinds. _TAGGED: objects told apart by the value of their first property (a "tag" key
 # whose value is a literal), until that value is complete; then its frame becomes the chosen
@@ -124,6 +135,108 @@ class SchemaError(ValueError):
     """A JSON Schema that JSON mode cannot enforce; the message says which part and why."""
 
 
+_BOUNDED_NUMBER_TEXT = re.compile(rb"-?(?:0|[1-9][0-9]*)?(?:\.[0-9]*)?")
+
+
+def _before(end: Fraction | None, end_open: bool, start: Fraction | None, start_open: bool) -> bool:
+    """Whether an interval that ends at ``end`` lies wholly before one that starts at ``start``
+    (None: unbounded that way)."""
+    if end is None or start is None:
+        return False
+    return end < start or (end == start and (end_open or start_open))
+
+
+@dataclass(frozen=True, slots=True)
+class NumberBounds:
+    """The range of a bounded number node: ``low``/``high`` (None: unbounded), each inclusive
+    unless ``*_open``; ``integer`` for integers only. Numbers it accepts have no exponent."""
+
+    low: Fraction | None
+    high: Fraction | None
+    low_open: bool
+    high_open: bool
+    integer: bool
+
+    def contains(self, value: Fraction) -> bool:
+        """Whether ``value`` is in the range."""
+        if self.integer and value.denominator != 1:
+            return False
+        return self._compare(value, False, value, False) == 0
+
+    def reaches(self, text: bytes) -> bool:
+        """Whether some number in the range is written starting with ``text``."""
+        if not text or _BOUNDED_NUMBER_TEXT.fullmatch(text) is None:
+            return False
+        negative = text.startswith(b"-")
+        whole, dot, fraction = text.lstrip(b"-").partition(b".")
+        if dot and (self.integer or not whole):
+            return False
+        if len(whole) > MAX_DIGITS or len(fraction) > MAX_DIGITS:
+            return False
+
+        def side(start: Fraction, stop: Fraction | None) -> int:
+            # Magnitudes [start, stop) are values [start, stop) or (-stop, -start].
+            if not negative:
+                return self._compare(start, False, stop, True)
+            return self._compare(None if stop is None else -stop, True, -start, False)
+
+        if not whole:  # just "-"
+            return side(Fraction(0), None) == 0
+        if dot:
+            base = Fraction(int(whole + fraction), 10 ** len(fraction))
+            return side(base, base + Fraction(1, 10 ** len(fraction))) == 0
+        value = int(whole)
+        if side(Fraction(value), Fraction(value + 1)) == 0:  # this number, or its fractions
+            return True
+        if value == 0:  # no digits may follow a leading zero
+            return False
+        beyond = -1 if negative else 1  # more digits move the magnitudes that way
+        for extra in range(1, MAX_DIGITS - len(whole) + 1):
+            scale = 10**extra
+            where = side(Fraction(value * scale), Fraction((value + 1) * scale))
+            if where == 0:
+                return True
+            if where == beyond:
+                return False
+        return False
+
+    def ends(self, text: bytes) -> bool:
+        """Whether ``text`` is a whole number in the range."""
+        if text[-1:] in (b"", b"-", b".") or not self.reaches(text):
+            return False
+        return self.contains(Fraction(text.decode()))
+
+    def _compare(
+        self, low: Fraction | None, low_open: bool, high: Fraction | None, high_open: bool
+    ) -> int:
+        """Where the interval from ``low`` to ``high`` (None: unbounded) lies against the
+        range: -1 wholly below it, 1 wholly above it, 0 meeting it (at an integer, for
+        integer ranges)."""
+        if self.integer:
+            first = None if low is None else math.floor(low) + 1 if low_open else math.ceil(low)
+            last = None if high is None else math.ceil(high) - 1 if high_open else math.floor(high)
+            lowest, highest = self.integer_range()
+            if last is not None and lowest is not None and last < lowest:
+                return -1
+            if first is not None and highest is not None and first > highest:
+                return 1
+            return 0
+        if _before(high, high_open, self.low, self.low_open):
+            return -1
+        if _before(self.high, self.high_open, low, low_open):
+            return 1
+        return 0
+
+    def integer_range(self) -> tuple[int | None, int | None]:
+        """The smallest and largest integers in the range (None: unbounded)."""
+        lowest = highest = None
+        if self.low is not None:
+            lowest = math.floor(self.low) + 1 if self.low_open else math.ceil(self.low)
+        if self.high is not None:
+            highest = math.ceil(self.high) - 1 if self.high_open else math.floor(self.high)
+        return lowest, highest
+
+
 @dataclass(slots=True)
 class _Node:
     kind: int
@@ -135,6 +248,10 @@ class _Node:
     min_items: int = 0
     max_items: int | None = None
     integer: bool = False  # _NUMBER_NODE
+    # _STRING_NODE with a length bound: characters (min_length 0 and max_length None: none).
+    min_length: int = 0
+    max_length: int | None = None
+    bounds: NumberBounds | None = None  # _NUMBER_NODE with a range
     literals: tuple[bytes, ...] = ()  # _LITERALS, JSON-encoded
     branches: dict[int, int] = field(default_factory=dict)  # _UNION: first byte -> node
     tags: dict[bytes, int] = field(default_factory=dict)  # _TAGGED: tag literal -> object node
@@ -182,6 +299,17 @@ class JsonProgram:
             return state
         if mode == _STRING:
             return self._string(state, b)
+        if mode == _BOUNDED_STRING:
+            return self._bounded_string(stack, detail, b)
+        if mode == _BOUNDED_NUMBER:
+            node_id, text = detail
+            bounds = self.nodes[node_id].bounds
+            assert bounds is not None
+            grown = text + bytes((b,))
+            if bounds.reaches(grown):
+                return (_BOUNDED_NUMBER, stack, (node_id, grown), 0)
+            # The number may have ended; the byte then belongs to what follows.
+            return self.step(self._done(stack), b) if bounds.ends(text) else None
         if mode == _ESCAPE:
             if b in _ESCAPES:
                 return (_STRING, stack, detail, 0)
@@ -274,8 +402,16 @@ class JsonProgram:
                 return None
             return (_ARRAY_FIRST, (*stack, (node_id, 0)), 0, 0)
         if kind == _STRING_NODE:
-            return (_STRING, stack, 0, 0) if b == _QUOTE else None
+            if b != _QUOTE:
+                return None
+            if node.min_length or node.max_length is not None:
+                return (_BOUNDED_STRING, stack, (node_id, 0, _CHAR_NEXT), 0)
+            return (_STRING, stack, 0, 0)
         if kind == _NUMBER_NODE:
+            if node.bounds is not None:
+                if not node.bounds.reaches(bytes((b,))):
+                    return None
+                return (_BOUNDED_NUMBER, stack, (node_id, bytes((b,))), 0)
             integer = int(node.integer)
             if b == 0x2D:  # -
                 return (_MINUS, stack, integer, 0)
@@ -299,6 +435,45 @@ class JsonProgram:
             return state if b >= 0x20 else None
         due = _UTF8_LEAD.get(b >> 4, 0) if 0xC2 <= b <= 0xF4 else 0
         return (_STRING, stack, key | due << 1, 0) if due else None
+
+    def _bounded_string(
+        self, stack: tuple[tuple[int, int], ...], detail: tuple[int, int, int], b: int
+    ) -> JsonState | None:
+        """A string value whose length in characters is bounded. A ``\\u`` escape is one
+        character, so escapes of UTF-16 surrogates (two escapes for one character, which
+        would make the count wrong) are not allowed; the character itself may be written."""
+        node_id, count, where = detail
+        if where == _CHAR_NEXT:
+            node = self.nodes[node_id]
+            if b == _QUOTE:
+                return self._done(stack) if count >= node.min_length else None
+            if node.max_length is not None and count >= node.max_length:
+                return None
+            if b == _BACKSLASH:
+                where = _CHAR_ESCAPE
+            elif b >= 0x80:
+                where = _UTF8_LEAD.get(b >> 4, 0) if 0xC2 <= b <= 0xF4 else 0
+                if not where:
+                    return None
+            elif b < 0x20:
+                return None
+            return (_BOUNDED_STRING, stack, (node_id, count + 1, where), 0)
+        if where < _CHAR_ESCAPE:  # UTF-8 continuation bytes due
+            if not 0x80 <= b <= 0xBF:
+                return None
+            return (_BOUNDED_STRING, stack, (node_id, count, where - 1), 0)
+        if where == _CHAR_ESCAPE:
+            if b in _ESCAPES:
+                where = _CHAR_NEXT
+            elif b == 0x75:  # u
+                where = _CHAR_HEX
+            else:
+                return None
+            return (_BOUNDED_STRING, stack, (node_id, count, where), 0)
+        if b not in _HEX or (where == _CHAR_HEX and b in b"dD"):
+            return None
+        where = _CHAR_NEXT if where == _CHAR_HEX - 3 else where - 1
+        return (_BOUNDED_STRING, stack, (node_id, count, where), 0)
 
     def _literal(
         self, stack: tuple[tuple[int, int], ...], detail: tuple[int, bytes], b: int
@@ -416,6 +591,12 @@ _KEYWORDS = frozenset(
         "items",
         "minItems",
         "maxItems",
+        "minLength",
+        "maxLength",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
         "enum",
         "const",
         "anyOf",
@@ -425,6 +606,8 @@ _KEYWORDS = frozenset(
     )
 )
 _SIMPLE_TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
+_LENGTHS = frozenset(("minLength", "maxLength"))
+_RANGE = frozenset(("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"))
 
 
 class _Compiler:
@@ -490,6 +673,10 @@ class _Compiler:
                 kind = "object"
             elif {"items", "minItems", "maxItems"} & set(schema):
                 kind = "array"
+            elif _LENGTHS & set(schema):
+                kind = "string"
+            elif _RANGE & set(schema):
+                kind = "number"
             else:
                 return self.any
         if isinstance(kind, list):
@@ -502,9 +689,12 @@ class _Compiler:
         if kind == "array":
             return self._array(schema, where)
         if kind == "string":
-            return self.add(_Node(_STRING_NODE))
+            return self._string(schema, where)
         if kind in ("integer", "number"):
-            return self.add(_Node(_NUMBER_NODE, integer=kind == "integer"))
+            integer = kind == "integer"
+            return self.add(
+                _Node(_NUMBER_NODE, integer=integer, bounds=_bounds(schema, integer, where))
+            )
         if kind == "boolean":
             return self.add(_Node(_LITERALS, literals=(b"true", b"false")))
         if kind == "null":
@@ -540,6 +730,14 @@ class _Compiler:
         target.keys, target.values = keys, values
         target.required = tuple(name in required for name in props)
         return node
+
+    def _string(self, schema: dict[str, Any], where: str) -> int:
+        low, high = schema.get("minLength", 0), schema.get("maxLength")
+        if not _count(low) or (high is not None and not _count(high)):
+            raise SchemaError(f"{where}: minLength and maxLength must be non-negative integers")
+        if high is not None and high < low:
+            raise SchemaError(f"{where}: maxLength is below minLength")
+        return self.add(_Node(_STRING_NODE, min_length=low, max_length=high))
 
     def _array(self, schema: dict[str, Any], where: str) -> int:
         low, high = schema.get("minItems", 0), schema.get("maxItems")
@@ -648,6 +846,43 @@ class _Compiler:
         return placeholder
 
 
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _bounds(schema: dict[str, Any], integer: bool, where: str) -> NumberBounds | None:
+    """The range a number schema sets, the tighter of ``minimum`` and ``exclusiveMinimum``
+    (and of the maxima) where both are given; None without one."""
+    if not _RANGE & set(schema):
+        return None
+    values: dict[str, Fraction] = {}
+    for word in sorted(_RANGE & set(schema)):
+        value = schema[word]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise SchemaError(f"{where}.{word}: must be a finite number")
+        values[word] = Fraction(value) if isinstance(value, int) else Fraction(repr(value))
+    low, low_open = values.get("minimum"), False
+    if "exclusiveMinimum" in values and (low is None or values["exclusiveMinimum"] >= low):
+        low, low_open = values["exclusiveMinimum"], True
+    high, high_open = values.get("maximum"), False
+    if "exclusiveMaximum" in values and (high is None or values["exclusiveMaximum"] <= high):
+        high, high_open = values["exclusiveMaximum"], True
+    bounds = NumberBounds(low, high, low_open, high_open, integer)
+    empty = False
+    if integer:
+        lowest, highest = bounds.integer_range()
+        empty = lowest is not None and highest is not None and lowest > highest
+    elif low is not None and high is not None:
+        empty = low > high or (low == high and (low_open or high_open))
+    if empty:
+        raise SchemaError(f"{where}: no {'integer' if integer else 'number'} is in its range")
+    return bounds
+
+
 @lru_cache(maxsize=64)
 def compile_schema(schema_json: str | None) -> JsonProgram:
     """The program for a JSON Schema given as JSON text; None: any JSON object.
@@ -710,6 +945,12 @@ class JsonVocabulary:
         self.sorted = [self.bytes[i] for i in self.order]
         self.plain = torch.tensor([_is_plain(t) for t in self.bytes], dtype=torch.bool)
         self.special = [i for i, t in enumerate(self.bytes) if t and not _is_plain(t)]
+        #: Characters in each plain token (0 for the others), for strings of bounded length.
+        self.chars = torch.tensor(
+            [len(t.decode()) if _is_plain(t) else 0 for t in self.bytes], dtype=torch.int32
+        )
+        #: Bytes in the longest token: no token adds more characters than this.
+        self.longest = max((len(t) for t in self.bytes), default=0)
 
     def first_after(self, prefix: bytes, lo: int) -> int:
         """Index of the first sorted token that does not start with ``prefix``."""
@@ -770,15 +1011,31 @@ class JsonGrammar:
 
     def allowed(self, state: JsonState) -> torch.Tensor:
         """A bool ``[vocab]`` mask of the tokens that may come next (never all false)."""
-        mask = self._cache.get(state)
+        key = self._cache_key(state)
+        mask = self._cache.get(key)
         if mask is not None:
-            self._cache.move_to_end(state)
+            self._cache.move_to_end(key)
             return mask
         mask = self._compute(state)
-        self._cache[state] = mask
+        self._cache[key] = mask
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return mask
+
+    def _cache_key(self, state: JsonState) -> JsonState:
+        """``state``, or for a string of bounded length, what its mask depends on: no token
+        adds more than `JsonVocabulary.longest` characters, so the characters still allowed
+        and still needed matter only up to that many (and every count below the limit by
+        more shares one mask)."""
+        mode, stack, detail, ws = state
+        if mode != _BOUNDED_STRING:
+            return state
+        node_id, count, where = detail
+        node = self.program.nodes[node_id]
+        cap = self.vocab.longest + 1
+        room = cap if node.max_length is None else min(node.max_length - count, cap)
+        needed = min(max(node.min_length - count, 0), cap)
+        return (mode, stack, (node_id, room, needed, where, "bounded"), ws)
 
     def _compute(self, state: JsonState) -> torch.Tensor:
         mask = torch.zeros(self.vocab.size, dtype=torch.bool)
@@ -787,9 +1044,17 @@ class JsonGrammar:
             return mask
         if state[0] == _TEXT:
             return mask.logical_not_()
+        advance, vocab_bytes = self.program.advance, self.vocab.bytes
         if state[0] == _STRING and state[2] < 2:  # in a string, between characters
             mask |= self.vocab.plain
-            advance, vocab_bytes = self.program.advance, self.vocab.bytes
+            mask[[i for i in self.vocab.special if advance(state, vocab_bytes[i])]] = True
+        elif state[0] == _BOUNDED_STRING and state[2][2] == _CHAR_NEXT:
+            node_id, count, _ = state[2]
+            limit = self.program.nodes[node_id].max_length
+            plain = self.vocab.plain
+            if limit is not None:
+                plain = plain & (self.vocab.chars <= limit - count)
+            mask |= plain
             mask[[i for i in self.vocab.special if advance(state, vocab_bytes[i])]] = True
         else:
             mask[self._walk(state)] = True

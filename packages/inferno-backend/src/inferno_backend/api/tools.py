@@ -14,8 +14,8 @@ the answer is constrained by a JSON Schema built from the tools' parameters:
 A tool with ``"strict": true`` has its schema enforced as given, or the request is refused
 with a 400 naming the part JSON mode cannot enforce. For other tools, which OpenAI does not
 hold to their schema either, checks on values that JSON mode cannot make (``pattern``,
-``format``, ``minimum``, lengths, ...) are dropped first: the arguments then keep the schema's
-shape and types but may break those bounds.
+``format``, ``multipleOf``, ...) are dropped first: the arguments then keep the schema's
+shape, types, lengths and ranges but may break those checks.
 
 Earlier calls in the conversation (assistant messages with ``tool_calls``) are written back in
 the same array format, so the model sees its own calls as it made them.
@@ -35,17 +35,12 @@ if TYPE_CHECKING:
 
 __all__ = ["ToolCallStream", "ToolPlan", "conversation", "plan_tools"]
 
-#: Keywords that only bound values (rather than shape them), dropped from non-strict tools.
+#: Keywords that only check values (rather than shape them) and that JSON mode cannot
+#: enforce, dropped from non-strict tools.
 _VALUE_CHECKS = frozenset(
     (
         "pattern",
         "format",
-        "minLength",
-        "maxLength",
-        "minimum",
-        "maximum",
-        "exclusiveMinimum",
-        "exclusiveMaximum",
         "multipleOf",
         "uniqueItems",
         "minProperties",
@@ -54,6 +49,7 @@ _VALUE_CHECKS = frozenset(
         "contentMediaType",
     )
 )
+_EXCLUSIVE = frozenset(("exclusiveMinimum", "exclusiveMaximum"))
 #: Keywords whose value is a schema, a list of schemas, or a map of names to schemas.
 _SUBSCHEMA = ("items", "additionalProperties")
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf")
@@ -65,7 +61,12 @@ def _relaxed(schema: Any) -> Any:
     """``schema`` without `_VALUE_CHECKS`, at every level where a schema can stand."""
     if not isinstance(schema, dict):
         return schema
-    out = {k: v for k, v in schema.items() if k not in _VALUE_CHECKS}
+    out = {
+        k: v
+        for k, v in schema.items()
+        # draft 4 wrote exclusive bounds as flags beside minimum/maximum
+        if k not in _VALUE_CHECKS and not (k in _EXCLUSIVE and isinstance(v, bool))
+    }
     for key in _SUBSCHEMA:
         if key in out:
             out[key] = _relaxed(out[key])
