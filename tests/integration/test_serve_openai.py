@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import urllib.error
 import urllib.request
@@ -79,6 +80,7 @@ def test_chat_json_mode_gives_json_objects(client: openai.OpenAI) -> None:
 class Cat(BaseModel):
     name: str = Field(min_length=1, max_length=20)  # minLength and maxLength
     age: int = Field(ge=0, le=30)  # minimum and maximum
+    adopted: datetime.date  # format: date
     color: Literal["black", "white", "orange", "grey"]
     toys: list[str] = Field(max_length=3)  # maxItems: this small model repeats itself
 
@@ -106,7 +108,10 @@ def test_chat_structured_output_parses_into_a_pydantic_model(client: openai.Open
                 "type": "json_schema",
                 "json_schema": {
                     "name": "cat",
-                    "schema": {"type": "object", "properties": {"id": {"pattern": "^[0-9]+$"}}},
+                    "schema": {
+                        "type": "object",
+                        "properties": {"id": {"pattern": "^(?!0)[0-9]+$"}},
+                    },
                 },
             },
         )

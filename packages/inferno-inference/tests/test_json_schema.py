@@ -152,15 +152,37 @@ BOUNDED = {
     "required": ["code", "rating", "ratio", "year", "debt"],
     "additionalProperties": False,
 }
+# Patterns and formats, as pydantic writes constr(pattern=...), datetime, date and UUID.
+PATTERNED = {
+    "type": "object",
+    "properties": {
+        "sku": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"},
+        "when": {"type": "string", "format": "date-time"},
+        "day": {"anyOf": [{"type": "string", "format": "date"}, {"type": "null"}]},
+        "tag": {"type": "string", "pattern": "^#", "maxLength": 6},
+        "quote": {"type": "string", "pattern": '^a"\\\\?b$'},
+        "id": {"format": "uuid"},
+        "host": {"type": "string", "format": "hostname", "maxLength": 12},
+        "slug": {"type": "string", "pattern": "^[a-z]+(-[a-z]+)*$", "minLength": 3, "maxLength": 5},
+    },
+    "required": ["sku", "when", "tag", "quote"],
+    "additionalProperties": False,
+}
 SCHEMAS = {
     "person": PERSON,
     "bounded": BOUNDED,
+    "patterned": PATTERNED,
     "tree": TREE,
     "scores": SCORES,
     "choice": CHOICE,
     "pets": PETS,
     "calls": CALLS,
 }
+
+
+def _validator(schema: Any) -> Any:
+    """The reference validator, which checks formats too."""
+    return jsonschema_rs.validator_for(schema, validate_formats=True)
 
 
 def _program(schema: dict[str, Any]) -> JsonProgram:
@@ -201,6 +223,23 @@ def _accepts(program: JsonProgram, text: str) -> bool:
         ("pets", {"pet": {"kind": "dog", "good": True}}),
         ("pets", {"pet": None}),
         ("calls", [{"name": "get", "arguments": {}}]),
+        (
+            "patterned",
+            {"sku": "AB-123", "when": "2024-02-29T10:00:00Z", "tag": "#", "quote": 'a"b'},
+        ),
+        (
+            "patterned",
+            {
+                "sku": "ZZ-000",
+                "when": "1999-12-31T23:59:59.5+01:00",
+                "day": "2000-02-29",
+                "tag": "#a é!",
+                "quote": 'a"\\b',
+                "id": "123e4567-e89b-12d3-a456-426614174000",
+                "host": "api.ex.io",
+                "slug": "a-bc",
+            },
+        ),
         ("bounded", {"code": "ab", "rating": 1, "ratio": 0.25, "year": 1900, "debt": -2}),
         (
             "bounded",
@@ -229,7 +268,7 @@ def test_instances_in_schema_order_are_accepted(
     name: str, instance: dict[str, Any], indent: int | None
 ) -> None:
     schema = SCHEMAS[name]
-    assert jsonschema_rs.validator_for(schema).is_valid(instance)
+    assert _validator(schema).is_valid(instance)
     assert _accepts(_program(schema), json.dumps(instance, indent=indent, ensure_ascii=False))
 
 
@@ -273,6 +312,46 @@ def test_instances_in_schema_order_are_accepted(
             "bounded",
             '{"code": "ab", "rating": 1, "ratio": 0, "year": 1900, "debt": -2, "words": [""]}',
         ),
+        (
+            "patterned",
+            '{"sku": "AB-12", "when": "2024-02-29T10:00:00Z", "tag": "#", "quote": "a\\"b"}',
+        ),
+        (
+            "patterned",
+            '{"sku": "AB-123", "when": "2023-02-29T10:00:00Z", "tag": "#", "quote": "a\\"b"}',
+        ),
+        (
+            "patterned",
+            '{"sku": "AB-123", "when": "2024-02-29T10:00:00Z", "tag": "x#", "quote": "a\\"b"}',
+        ),
+        (
+            "patterned",
+            '{"sku": "AB-123", "when": "2024-02-29T10:00:00Z", "tag": "#123456", "quote": "a\\"b"}',
+        ),
+        (
+            "patterned",
+            '{"sku": "AB-123", "when": "2024-02-29T10:00:00Z", "tag": "#", "quote": "ab"}',
+        ),
+        (
+            "patterned",
+            '{"sku": "AB-123", "when": "2024-02-29T10:00:00Z", "tag": "#", "quote": "a\\"b", '
+            '"host": "x.example.com"}',
+        ),
+        (
+            "patterned",
+            '{"sku": "AB-123", "when": "2024-02-29T10:00:00Z", "tag": "#", "quote": "a\\"b", '
+            '"id": "x"}',
+        ),
+        (
+            "patterned",
+            '{"sku": "AB-123", "when": "2024-02-29T10:00:00Z", "tag": "#", "quote": "a\\"b", '
+            '"slug": "ab"}',
+        ),
+        (
+            "patterned",
+            '{"sku": "AB-123", "when": "2024-02-29T10:00:00Z", "tag": "#", "quote": "a\\"b", '
+            '"slug": "a--b"}',
+        ),
         ("calls", '[{"name": "get", "arguments": {"x": 1}}]'),
         ("calls", '[{"name": "get_time", "arguments": {"utc": "yes"}}]'),
         ("calls", '[{"name": "get_x", "arguments": {}}]'),
@@ -280,7 +359,7 @@ def test_instances_in_schema_order_are_accepted(
     ],
 )
 def test_what_breaks_the_schema_is_rejected(name: str, text: str) -> None:
-    assert not jsonschema_rs.validator_for(SCHEMAS[name]).is_valid(json.loads(text)) or (
+    assert not _validator(SCHEMAS[name]).is_valid(json.loads(text)) or (
         "extra" in text
         or "age" in text.split("name")[0]  # valid JSON Schema, refused order
         or text.startswith('{"pet": {"lives"')
@@ -318,8 +397,16 @@ def test_what_breaks_the_schema_is_rejected(name: str, text: str) -> None:
             },
             "overlap",
         ),
-        ({"type": "object", "properties": {"a": {"type": "string", "pattern": "x"}}}, "pattern"),
-        ({"type": "object", "properties": {"a": {"format": "date-time"}}}, "format"),
+        ({"type": "object", "properties": {"a": {"pattern": "(?=x)x"}}}, "pattern: .*look-around"),
+        ({"type": "object", "properties": {"a": {"pattern": "(a)\\1"}}}, "back-references"),
+        ({"type": "object", "properties": {"a": {"format": "uri"}}}, "format 'uri'"),
+        ({"type": "object", "properties": {"a": {"format": "date", "pattern": "^2"}}}, "together"),
+        ({"type": "object", "properties": {"a": {"pattern": "^a{5}$", "maxLength": 3}}}, "length"),
+        ({"type": "object", "properties": {"a": {"pattern": "^a?$", "minLength": 2}}}, "length"),
+        (
+            {"type": "object", "properties": {"n": {"type": "integer", "format": "int32"}}},
+            "numbers",
+        ),
         ({"type": "object", "properties": {"n": {"multipleOf": 2}}}, "multipleOf"),
         ({"type": "object", "properties": {"n": {"type": "integer", "minimum": True}}}, "finite"),
         ({"type": "object", "properties": {"n": {"minimum": 3, "maximum": 2}}}, "no number"),
@@ -410,7 +497,7 @@ def _random_generation(grammar: JsonGrammar, rng: random.Random, limit: int) -> 
 def test_random_generations_under_the_masks_are_schema_instances(name: str) -> None:
     schema = SCHEMAS[name]
     grammar = JsonGrammar(JsonVocabulary(VOCAB), [EOS], _program(schema))
-    validator = jsonschema_rs.validator_for(schema)
+    validator = _validator(schema)
     rng = random.Random(name)
     finished = 0
     for _ in range(60):
@@ -627,3 +714,28 @@ def test_masks_of_bounded_strings_equal_checking_every_token() -> None:
             brute = torch.tensor([bool(t) and program.advance(state, t) is not None for t in vocab])
             assert torch.equal(mask, brute), prefix
     assert cached >= 3  # some states above did share a mask with an earlier one
+
+
+def test_masks_of_patterned_strings_equal_checking_every_token() -> None:
+    program = _program(PATTERNED)
+    vocab = [*VOCAB[:-1], b"2024", b"-02-", b"29T", b"\\u00", b"\\u0041", b"\xe2\x82", VOCAB[-1]]
+    grammar = JsonGrammar(JsonVocabulary(vocab), [len(vocab) - 1], program)
+    for prefix in (
+        b'{"sku": "',
+        b'{"sku": "A',
+        b'{"sku": "AB-1',
+        b'{"sku": "AB-123", "when": "',
+        b'{"sku": "AB-123", "when": "2024-02-2',
+        b'{"sku": "AB-123", "when": "2023-02-2',
+        b'{"sku": "AB-123", "when": "2024-02-29T10:00:00',
+        b'{"sku": "AB-123", "when": "2024-02-29T10:00:00Z", "tag": "',
+        b'{"sku": "AB-123", "when": "2024-02-29T10:00:00Z", "tag": "#ab',
+        b'{"sku": "AB-123", "when": "2024-02-29T10:00:00Z", "tag": "#abcd',
+        b'{"sku": "AB-123", "when": "2024-02-29T10:00:00Z", "tag": "#\xe2',
+        b'{"sku": "AB-123", "when": "2024-02-29T10:00:00Z", "tag": "#\\u00',
+    ):
+        state = program.advance(program.initial, prefix)
+        assert state is not None, prefix
+        brute = torch.tensor([bool(t) and program.advance(state, t) is not None for t in vocab])
+        assert torch.equal(grammar.allowed(state), brute), prefix
+        assert bool(brute.any()), prefix

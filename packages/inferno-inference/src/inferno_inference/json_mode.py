@@ -19,7 +19,8 @@ character are checked one by one. Strings are checked to be valid UTF-8 as they 
 
 What a schema may say (anything else is refused with `SchemaError`, never ignored): ``type``
 (one or a list), ``properties``/``required``/``additionalProperties``, ``items``/``minItems``/
-``maxItems``, ``minLength``/``maxLength`` of strings (in characters), ``minimum``/``maximum``/
+``maxItems``, ``minLength``/``maxLength`` of strings (in characters), ``pattern`` or ``format``
+(one of them per string; see `inferno_inference.json_regex`), ``minimum``/``maximum``/
 ``exclusiveMinimum``/``exclusiveMaximum`` of numbers (a bounded number is written without an
 exponent), ``enum``, ``const``, ``anyOf``/``oneOf`` whose branches start differently (an
 object or a string, say) or are objects whose first property, required in each, has distinct
@@ -44,6 +45,8 @@ from typing import Any
 
 import structlog
 import torch
+
+from inferno_inference.json_regex import FORMATS, Regex, RegexError
 
 __all__ = [
     "JSON_OBJECT",
@@ -86,13 +89,25 @@ JsonState = tuple[int, tuple[tuple[int, int], ...], Any, int]
     _DONE,  # the root value is closed
     _MAYBE,  # optional JSON, before the first non-whitespace byte; detail: the root node
     _TEXT,  # optional JSON that turned out to be plain text: anything goes
-    _BOUNDED_STRING,  # detail: (node, characters so far, _CHAR_* position within a character)
+    # A string with a length bound or a pattern; detail: (node, characters so far, _CHAR_*
+    # position within a character, the code point's bits so far, the patterns' states).
+    _BOUNDED_STRING,
     _BOUNDED_NUMBER,  # detail: (node, the number's bytes so far)
 ) = range(25)
 
-# Where a bounded string is within a character: between characters, 1-3 UTF-8 continuation
-# bytes due, after a backslash, or 4-1 hex digits of a \u escape due.
-_CHAR_NEXT, _CHAR_ESCAPE, _CHAR_HEX = 0, 4, 8
+# Where a bounded string is within a character: between characters, after a backslash, inside
+# a UTF-8 character (_UTF8_PARTIAL + 10 * its length in bytes + continuation bytes due), or
+# inside a \u escape (_HEX_PARTIAL + hex digits due).
+_CHAR_NEXT, _CHAR_ESCAPE, _UTF8_PARTIAL, _HEX_PARTIAL = 0, 1, 100, 200
+#: The code points of each UTF-8 length, and the UTF-16 surrogates, which are no characters.
+_UTF8_CODE_POINTS = {2: (0x80, 0x7FF), 3: (0x800, 0xFFFF), 4: (0x10000, 0x10FFFF)}
+_SURROGATES = (0xD800, 0xDFFF)
+#: The code points of the one-character escapes.
+_ESCAPED = {
+    ord(escape): ord(char) for escape, char in zip('"\\/bfnrt', '"\\/\b\f\n\r\t', strict=True)
+}
+#: Value bits of a UTF-8 lead byte, by the continuation bytes it announces.
+_LEAD_BITS = {1: 0x1F, 2: 0x0F, 3: 0x07}
 
 # Node kinds. _TAGGED: objects told apart by the value of their first property (a "tag" key
 # whose value is a literal), until that value is complete; then its frame becomes the chosen
@@ -136,6 +151,29 @@ class SchemaError(ValueError):
 
 
 _BOUNDED_NUMBER_TEXT = re.compile(rb"-?(?:0|[1-9][0-9]*)?(?:\.[0-9]*)?")
+
+
+def _without_surrogates(low: int, high: int) -> tuple[tuple[int, int], ...]:
+    """``[low, high]`` less the UTF-16 surrogates, as ranges."""
+    pieces = ((low, min(high, _SURROGATES[0] - 1)), (max(low, _SURROGATES[1] + 1), high))
+    return tuple((lo, hi) for lo, hi in pieces if lo <= hi)
+
+
+_BMP = _without_surrogates(0, 0xFFFF)  # what an escape may stand for
+
+
+def _utf8_range(length: int, due: int, bits: int) -> tuple[tuple[int, int], ...]:
+    """The characters a UTF-8 sequence of ``length`` bytes can still be, with ``due`` bytes
+    to come after the value ``bits`` so far (empty: none; overlong forms are no characters)."""
+    low = bits << 6 * due
+    first, last = _UTF8_CODE_POINTS[length]
+    return _without_surrogates(max(low, first), min(low | ((1 << 6 * due) - 1), last))
+
+
+def _room(node: _Node, count: int) -> tuple[float, int]:
+    """The characters a bounded string may still add after ``count``, and must."""
+    room = math.inf if node.max_length is None else node.max_length - count
+    return room, max(node.min_length - count, 0)
 
 
 def _before(end: Fraction | None, end_open: bool, start: Fraction | None, start_open: bool) -> bool:
@@ -252,6 +290,7 @@ class _Node:
     min_length: int = 0
     max_length: int | None = None
     bounds: NumberBounds | None = None  # _NUMBER_NODE with a range
+    patterns: tuple[Regex, ...] = ()  # _STRING_NODE: ``pattern`` and ``format``, all must match
     literals: tuple[bytes, ...] = ()  # _LITERALS, JSON-encoded
     branches: dict[int, int] = field(default_factory=dict)  # _UNION: first byte -> node
     tags: dict[bytes, int] = field(default_factory=dict)  # _TAGGED: tag literal -> object node
@@ -404,8 +443,9 @@ class JsonProgram:
         if kind == _STRING_NODE:
             if b != _QUOTE:
                 return None
-            if node.min_length or node.max_length is not None:
-                return (_BOUNDED_STRING, stack, (node_id, 0, _CHAR_NEXT), 0)
+            if node.min_length or node.max_length is not None or node.patterns:
+                initial = tuple(p.initial for p in node.patterns)
+                return (_BOUNDED_STRING, stack, (node_id, 0, _CHAR_NEXT, 0, initial), 0)
             return (_STRING, stack, 0, 0)
         if kind == _NUMBER_NODE:
             if node.bounds is not None:
@@ -437,43 +477,112 @@ class JsonProgram:
         return (_STRING, stack, key | due << 1, 0) if due else None
 
     def _bounded_string(
-        self, stack: tuple[tuple[int, int], ...], detail: tuple[int, int, int], b: int
+        self,
+        stack: tuple[tuple[int, int], ...],
+        detail: tuple[int, int, int, int, tuple[frozenset[int], ...]],
+        b: int,
     ) -> JsonState | None:
-        """A string value whose length in characters is bounded. A ``\\u`` escape is one
-        character, so escapes of UTF-16 surrogates (two escapes for one character, which
-        would make the count wrong) are not allowed; the character itself may be written."""
-        node_id, count, where = detail
+        """A string value with a length bound or patterns. Lengths count characters, and a
+        pattern sees the characters a string means (escapes decoded). A ``\\u`` escape is
+        one character, so escapes of UTF-16 surrogates (two escapes for one character) are
+        not allowed; the character itself may be written. A character is begun only when
+        some way to finish it is valid UTF-8 and keeps every pattern alive."""
+        node_id, count, where, bits, matched = detail
+        node = self.nodes[node_id]
         if where == _CHAR_NEXT:
-            node = self.nodes[node_id]
             if b == _QUOTE:
-                return self._done(stack) if count >= node.min_length else None
+                done = count >= node.min_length and all(
+                    p.accepts(m) for p, m in zip(node.patterns, matched, strict=True)
+                )
+                return self._done(stack) if done else None
             if node.max_length is not None and count >= node.max_length:
                 return None
+            count += 1
             if b == _BACKSLASH:
-                where = _CHAR_ESCAPE
-            elif b >= 0x80:
-                where = _UTF8_LEAD.get(b >> 4, 0) if 0xC2 <= b <= 0xF4 else 0
-                if not where:
+                if not self._can_take(node, count, matched, _BMP):
                     return None
-            elif b < 0x20:
+                return (_BOUNDED_STRING, stack, (node_id, count, _CHAR_ESCAPE, 0, matched), 0)
+            if b >= 0x80:
+                due = _UTF8_LEAD.get(b >> 4, 0) if 0xC2 <= b <= 0xF4 else 0
+                if not due:
+                    return None
+                where = _UTF8_PARTIAL + 10 * (due + 1) + due
+                return self._partial(stack, (node_id, count, where, b & _LEAD_BITS[due], matched))
+            if b < 0x20:
                 return None
-            return (_BOUNDED_STRING, stack, (node_id, count + 1, where), 0)
-        if where < _CHAR_ESCAPE:  # UTF-8 continuation bytes due
+            return self._char(stack, node_id, count, b, matched)
+        if where == _CHAR_ESCAPE:
+            if b == 0x75:  # u
+                return self._partial(stack, (node_id, count, _HEX_PARTIAL + 4, 0, matched))
+            escaped = _ESCAPED.get(b)
+            return None if escaped is None else self._char(stack, node_id, count, escaped, matched)
+        if where > _HEX_PARTIAL:
+            if b not in _HEX:
+                return None
+            bits = bits << 4 | int(chr(b), 16)
+        else:  # UTF-8 continuation bytes due
             if not 0x80 <= b <= 0xBF:
                 return None
-            return (_BOUNDED_STRING, stack, (node_id, count, where - 1), 0)
-        if where == _CHAR_ESCAPE:
-            if b in _ESCAPES:
-                where = _CHAR_NEXT
-            elif b == 0x75:  # u
-                where = _CHAR_HEX
-            else:
-                return None
-            return (_BOUNDED_STRING, stack, (node_id, count, where), 0)
-        if b not in _HEX or (where == _CHAR_HEX and b in b"dD"):
+            bits = bits << 6 | (b & 0x3F)
+        if where % 10 > 1:
+            return self._partial(stack, (node_id, count, where - 1, bits, matched))
+        if where < _HEX_PARTIAL and not _utf8_range(where // 10 % 10, 0, bits):
             return None
-        where = _CHAR_NEXT if where == _CHAR_HEX - 3 else where - 1
-        return (_BOUNDED_STRING, stack, (node_id, count, where), 0)
+        if where > _HEX_PARTIAL and 0xD800 <= bits <= 0xDFFF:
+            return None
+        return self._char(stack, node_id, count, bits, matched)
+
+    def _partial(
+        self,
+        stack: tuple[tuple[int, int], ...],
+        detail: tuple[int, int, int, int, tuple[frozenset[int], ...]],
+    ) -> JsonState | None:
+        """A bounded string inside a character, or None when no way to finish the character
+        is both a valid one and one every pattern takes."""
+        node_id, _, where, bits, matched = detail
+        due = where % 10
+        if where > _HEX_PARTIAL:
+            low = bits << 4 * due
+            ranges = _without_surrogates(low, low | ((1 << 4 * due) - 1))
+        else:
+            ranges = _utf8_range(where // 10 % 10, due, bits)
+        if not ranges or not self._can_take(self.nodes[node_id], detail[1], matched, ranges):
+            return None
+        return (_BOUNDED_STRING, stack, detail, 0)
+
+    def _char(
+        self,
+        stack: tuple[tuple[int, int], ...],
+        node_id: int,
+        count: int,
+        cp: int,
+        matched: tuple[frozenset[int], ...],
+    ) -> JsonState | None:
+        """A bounded string after its character ``cp``; None when a pattern can no longer
+        match."""
+        node = self.nodes[node_id]
+        if node.patterns:
+            matched = tuple(p.step(m, cp) for p, m in zip(node.patterns, matched, strict=True))
+            room, needed = _room(node, count)
+            alive = zip(node.patterns, matched, strict=True)
+            if not all(p.viable(m, room, needed) for p, m in alive):
+                return None
+        return (_BOUNDED_STRING, stack, (node_id, count, _CHAR_NEXT, 0, matched), 0)
+
+    @staticmethod
+    def _can_take(
+        node: _Node,
+        count: int,
+        matched: tuple[frozenset[int], ...],
+        ranges: tuple[tuple[int, int], ...],
+    ) -> bool:
+        """Whether the character being written (the ``count``-th) can be one in ``ranges``
+        that keeps every pattern able to match within the length bounds."""
+        room, needed = _room(node, count)
+        return all(
+            any(p.can_step(m, lo, hi, room, needed) for lo, hi in ranges)
+            for p, m in zip(node.patterns, matched, strict=True)
+        )
 
     def _literal(
         self, stack: tuple[tuple[int, int], ...], detail: tuple[int, bytes], b: int
@@ -593,6 +702,8 @@ _KEYWORDS = frozenset(
         "maxItems",
         "minLength",
         "maxLength",
+        "pattern",
+        "format",
         "minimum",
         "maximum",
         "exclusiveMinimum",
@@ -606,7 +717,7 @@ _KEYWORDS = frozenset(
     )
 )
 _SIMPLE_TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
-_LENGTHS = frozenset(("minLength", "maxLength"))
+_LENGTHS = frozenset(("minLength", "maxLength", "pattern", "format"))
 _RANGE = frozenset(("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"))
 
 
@@ -691,6 +802,8 @@ class _Compiler:
         if kind == "string":
             return self._string(schema, where)
         if kind in ("integer", "number"):
+            if "format" in schema:  # an OpenAPI range such as int32, say
+                raise SchemaError(f"{where}: JSON mode cannot enforce format on numbers")
             integer = kind == "integer"
             return self.add(
                 _Node(_NUMBER_NODE, integer=integer, bounds=_bounds(schema, integer, where))
@@ -737,7 +850,26 @@ class _Compiler:
             raise SchemaError(f"{where}: minLength and maxLength must be non-negative integers")
         if high is not None and high < low:
             raise SchemaError(f"{where}: maxLength is below minLength")
-        return self.add(_Node(_STRING_NODE, min_length=low, max_length=high))
+        patterns = []
+        if "pattern" in schema:
+            if not isinstance(schema["pattern"], str):
+                raise SchemaError(f"{where}.pattern: must be a string")
+            patterns.append(_regex(schema["pattern"], f"{where}.pattern"))
+        if "format" in schema:
+            name = schema["format"]
+            if name not in FORMATS:
+                known = ", ".join(sorted(FORMATS))
+                raise SchemaError(
+                    f"{where}: JSON mode cannot enforce format {name!r} (it enforces {known})"
+                )
+            patterns.append(_regex(FORMATS[name], f"{where}.format"))
+        if len(patterns) > 1:
+            raise SchemaError(f"{where}: JSON mode cannot enforce a pattern and a format together")
+        node = _Node(_STRING_NODE, min_length=low, max_length=high, patterns=tuple(patterns))
+        room, needed = _room(node, 0)
+        if patterns and not patterns[0].viable(patterns[0].initial, room, needed):
+            raise SchemaError(f"{where}: no string within its length matches its pattern")
+        return self.add(node)
 
     def _array(self, schema: dict[str, Any], where: str) -> int:
         low, high = schema.get("minItems", 0), schema.get("maxItems")
@@ -844,6 +976,18 @@ class _Compiler:
         compiled = self.compile(target, ref)
         self.nodes[placeholder] = self.nodes[compiled]
         return placeholder
+
+
+@lru_cache(maxsize=256)
+def _compiled_regex(pattern: str) -> Regex:
+    return Regex(pattern)
+
+
+def _regex(pattern: str, where: str) -> Regex:
+    try:
+        return _compiled_regex(pattern)
+    except RegexError as exc:
+        raise SchemaError(f"{where}: JSON mode cannot enforce it: {exc}") from None
 
 
 def _count(value: Any) -> bool:
@@ -1030,12 +1174,12 @@ class JsonGrammar:
         mode, stack, detail, ws = state
         if mode != _BOUNDED_STRING:
             return state
-        node_id, count, where = detail
+        node_id, count, where, bits, matched = detail
         node = self.program.nodes[node_id]
         cap = self.vocab.longest + 1
         room = cap if node.max_length is None else min(node.max_length - count, cap)
         needed = min(max(node.min_length - count, 0), cap)
-        return (mode, stack, (node_id, room, needed, where, "bounded"), ws)
+        return (mode, stack, (node_id, room, needed, where, bits, matched, "bounded"), ws)
 
     def _compute(self, state: JsonState) -> torch.Tensor:
         mask = torch.zeros(self.vocab.size, dtype=torch.bool)
@@ -1048,8 +1192,8 @@ class JsonGrammar:
         if state[0] == _STRING and state[2] < 2:  # in a string, between characters
             mask |= self.vocab.plain
             mask[[i for i in self.vocab.special if advance(state, vocab_bytes[i])]] = True
-        elif state[0] == _BOUNDED_STRING and state[2][2] == _CHAR_NEXT:
-            node_id, count, _ = state[2]
+        elif state[0] == _BOUNDED_STRING and self._free_characters(state):
+            node_id, count = state[2][:2]
             limit = self.program.nodes[node_id].max_length
             plain = self.vocab.plain
             if limit is not None:
@@ -1065,6 +1209,15 @@ class JsonGrammar:
             log.warning("json_mode_dead_end", state=repr(state))
             mask[self._eos] = True
         return mask
+
+    def _free_characters(self, state: JsonState) -> bool:
+        """Whether a bounded string is between characters, and any characters may follow
+        (its patterns, if any, have matched already, whatever comes next)."""
+        node_id, _, where, _, matched = state[2]
+        patterns = self.program.nodes[node_id].patterns
+        return where == _CHAR_NEXT and all(
+            p.universal(m) for p, m in zip(patterns, matched, strict=True)
+        )
 
     def _walk(self, start: JsonState) -> list[int]:
         """Ids of the tokens valid from ``start``, in one pass over the sorted vocabulary."""

@@ -13,9 +13,9 @@ the answer is constrained by a JSON Schema built from the tools' parameters:
 
 A tool with ``"strict": true`` has its schema enforced as given, or the request is refused
 with a 400 naming the part JSON mode cannot enforce. For other tools, which OpenAI does not
-hold to their schema either, checks on values that JSON mode cannot make (``pattern``,
-``format``, ``multipleOf``, ...) are dropped first: the arguments then keep the schema's
-shape, types, lengths and ranges but may break those checks.
+hold to their schema either, checks on values that JSON mode cannot make, or makes only in
+part (``pattern``, ``format``, ``multipleOf``, ...), are dropped first: the arguments then keep
+the schema's shape, types, lengths and ranges but may break those checks.
 
 Earlier calls in the conversation (assistant messages with ``tool_calls``) are written back in
 the same array format, so the model sees its own calls as it made them.
@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 __all__ = ["ToolCallStream", "ToolPlan", "conversation", "plan_tools"]
 
 #: Keywords that only check values (rather than shape them) and that JSON mode cannot
-#: enforce, dropped from non-strict tools.
+#: enforce, or enforces only in part (some patterns, some formats), dropped from non-strict
+#: tools so that their schemas are always served.
 _VALUE_CHECKS = frozenset(
     (
         "pattern",
