@@ -79,7 +79,7 @@ async def test_model_level_rules_name_the_field(client: TestClient[Any, Any]) ->
     assert err["param"] == "stop"
 
 
-UNENFORCEABLE = {"type": "object", "properties": {"a": {"type": "string", "pattern": "^x"}}}
+UNENFORCEABLE = {"type": "object", "properties": {"a": {"type": "string", "pattern": "(?=x)"}}}
 
 
 @pytest.mark.parametrize(

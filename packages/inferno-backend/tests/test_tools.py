@@ -22,7 +22,7 @@ WEATHER = {
         "parameters": {
             "type": "object",
             "properties": {
-                "city": {"type": "string", "minLength": 1, "pattern": "^[A-Z]"},
+                "city": {"type": "string", "minLength": 1, "pattern": "^(?=[A-Z])"},
                 "unit": {"enum": ["C", "F"]},
             },
             "required": ["city"],
@@ -317,7 +317,7 @@ async def test_route_names_the_tool_whose_strict_schema_cannot_be_enforced(
     err = (await resp.json())["error"]
     assert resp.status == 400
     assert err["param"] == "tools"
-    assert err["message"].startswith("tools[1].function.parameters.properties.city:")
+    assert err["message"].startswith("tools[1].function.parameters.properties.city.pattern:")
     assert "pattern" in err["message"]
     # The same tool, not strict, is served.
     resp = await client.post(

@@ -987,7 +987,7 @@ def _regex(pattern: str, where: str) -> Regex:
     try:
         return _compiled_regex(pattern)
     except RegexError as exc:
-        raise SchemaError(f"{where}: JSON mode cannot enforce it: {exc}") from None
+        raise SchemaError(f"{where}: JSON mode cannot enforce {exc}") from None
 
 
 def _count(value: Any) -> bool:
