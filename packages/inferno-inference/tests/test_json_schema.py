@@ -739,3 +739,31 @@ def test_masks_of_patterned_strings_equal_checking_every_token() -> None:
         brute = torch.tensor([bool(t) and program.advance(state, t) is not None for t in vocab])
         assert torch.equal(grammar.allowed(state), brute), prefix
         assert bool(brute.any()), prefix
+
+
+@pytest.mark.parametrize("schema", [PERSON, BOUNDED])
+def test_strings_are_valid_utf8_without_overlong_forms_or_surrogates(
+    schema: dict[str, Any],
+) -> None:
+    program = _program(schema)
+    key = b'{"name": "' if schema is PERSON else b'{"code": "ab'  # minLength 2
+    for char in ("é", "€", "\u0800", "\ud7ff", "\ue000", "\U00010000", "\U0010ffff", "😀"):
+        data = key + char.encode() + b'"'
+        assert program.advance(program.initial, data) is not None, char
+    for raw in (
+        b"\xc0\xaf",  # overlong "/"
+        b"\xc1\xbf",
+        b"\xe0\x80\xaf",  # overlong, three bytes
+        b"\xe0\x9f\xbf",
+        b"\xed\xa0\x80",  # a UTF-16 surrogate
+        b"\xed\xbf\xbf",
+        b"\xf0\x80\x80\xaf",  # overlong, four bytes
+        b"\xf0\x8f\xbf\xbf",
+        b"\xf4\x90\x80\x80",  # past U+10FFFF
+        b"\xf5\x80\x80\x80",
+        b"\xe2\x82",  # cut short by the quote
+    ):
+        data = key + raw + b'"'
+        with pytest.raises(UnicodeDecodeError):
+            data.decode()
+        assert program.advance(program.initial, data) is None, raw

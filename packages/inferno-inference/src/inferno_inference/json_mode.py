@@ -121,6 +121,13 @@ _HEX = frozenset(b"0123456789abcdefABCDEF")
 _ESCAPES = frozenset(b'"\\/bfnrt')
 #: Continuation bytes a UTF-8 lead byte announces, by its high nibble (0xC2..0xF4 only).
 _UTF8_LEAD = {0xC: 1, 0xD: 1, 0xE: 2, 0xF: 3}
+#: The lead bytes whose first continuation byte has a narrower range than 0x80-0xBF.
+_FIRST_CONTINUATION = {
+    0xE0: (0xA0, 0xBF),
+    0xED: (0x80, 0x9F),
+    0xF0: (0x90, 0xBF),
+    0xF4: (0x80, 0x8F),
+}
 _NUMBER_END = frozenset((_ZERO, _INT, _FRACTION, _EXP_DIGITS))  # modes where a number may end
 _NUMBER = frozenset((_MINUS, _ZERO, _INT, _DOT, _FRACTION, _EXP, _EXP_SIGN, _EXP_DIGITS))
 _STRUCTURAL = frozenset((_VALUE, _ARRAY_FIRST, _OBJECT_FIRST, _KEY, _COLON, _AFTER, _MAYBE))
@@ -462,9 +469,13 @@ class JsonProgram:
 
     def _string(self, state: JsonState, b: int) -> JsonState | None:
         _, stack, detail, _ = state
-        key, due = detail & 1, detail >> 1  # due: UTF-8 continuation bytes still to come
+        # due: UTF-8 continuation bytes still to come; lead: the range of the first of them,
+        # narrower after the lead bytes whose other continuations would be overlong forms,
+        # UTF-16 surrogates or past U+10FFFF.
+        key, due, lead = detail & 1, detail >> 1 & 3, detail >> 3
         if due:
-            return (_STRING, stack, detail - 2, 0) if 0x80 <= b <= 0xBF else None
+            low, high = _FIRST_CONTINUATION.get(lead, (0x80, 0xBF))
+            return (_STRING, stack, key | (due - 1) << 1, 0) if low <= b <= high else None
         if b < 0x80:
             if b == _QUOTE:
                 if key:  # a free key: its value follows
@@ -474,7 +485,7 @@ class JsonProgram:
                 return (_ESCAPE, stack, key, 0)
             return state if b >= 0x20 else None
         due = _UTF8_LEAD.get(b >> 4, 0) if 0xC2 <= b <= 0xF4 else 0
-        return (_STRING, stack, key | due << 1, 0) if due else None
+        return (_STRING, stack, key | due << 1 | b << 3, 0) if due else None
 
     def _bounded_string(
         self,
