@@ -7,7 +7,7 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import openai
 import pytest
@@ -276,6 +276,27 @@ def test_typed_errors(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as long:
         client.completions.create(model="default", prompt="word " * 10000, max_tokens=1)
     assert long.value.code == "context_length_exceeded"
+
+
+def _post_json(server: ServeProcess, path: str, body: dict[str, Any]) -> Any:
+    req = urllib.request.Request(
+        server.url + path,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def test_tokenize_counts_what_chat_uses(server: ServeProcess, client: openai.OpenAI) -> None:
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Name a color."}]
+    counted = _post_json(server, "/tokenize", {"model": "default", "messages": messages})
+    resp = client.chat.completions.create(model="default", messages=messages, max_tokens=1)
+    assert resp.usage is not None
+    assert counted["count"] == resp.usage.prompt_tokens == len(counted["tokens"])
+    text = _post_json(server, "/detokenize", {"model": "default", "tokens": counted["tokens"]})
+    assert text["prompt"].startswith("<|im_start|>")
+    assert "Name a color." in text["prompt"]
 
 
 def test_raw_malformed_bodies(server: ServeProcess) -> None:

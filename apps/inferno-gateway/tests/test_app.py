@@ -83,6 +83,22 @@ async def test_stream_events_are_relayed_as_they_come(
     assert '"a:2 "' in rest
 
 
+async def test_tokenize_and_detokenize_reach_a_worker(
+    make_cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    cluster = await make_cluster()
+    await cluster.add_worker("a", models=["m1"])
+    async with http.post(cluster.url + "/tokenize", json={"model": "m1", "prompt": "hi"}) as resp:
+        assert resp.status == 200
+        assert await resp.json() == {"count": 2, "tokens": [104, 105], "worker": "a"}
+    body = {"model": "m1", "tokens": [1, 2]}
+    async with http.post(cluster.url + "/detokenize", json=body) as resp:
+        assert await resp.json() == {"prompt": "1 2", "worker": "a"}
+    async with http.post(cluster.url + "/tokenize", json={"model": "m2", "prompt": "x"}) as resp:
+        assert resp.status == 404
+    assert [b["model"] for b in cluster.workers["a"].bodies] == ["m1", "m1"]
+
+
 async def test_unknown_model_is_a_404_openai_error(make_cluster: ClusterFactory) -> None:
     cluster = await make_cluster()
     await cluster.add_worker("a", models=["m1"])

@@ -66,6 +66,8 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/v1/models/{model}", _get_model)
     app.router.add_post("/v1/chat/completions", _proxy)
     app.router.add_post("/v1/completions", _proxy)
+    app.router.add_post("/tokenize", _proxy)
+    app.router.add_post("/detokenize", _proxy)
     app.router.add_get("/health/live", _probe(Probe.LIVENESS))
     app.router.add_get("/health/ready", _probe(Probe.READINESS))
     app.router.add_get("/health/startup", _probe(Probe.STARTUP))

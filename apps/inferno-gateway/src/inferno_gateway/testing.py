@@ -82,6 +82,8 @@ class FakeWorker:
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._generate)
         app.router.add_post("/v1/completions", self._generate)
+        app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_post("/detokenize", self._tokenize)
         app.router.add_get("/health/ready", self._ready)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -113,6 +115,18 @@ class FakeWorker:
 
     async def _ready(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        """``/tokenize`` (one id per character of the prompt) and ``/detokenize`` (the ids as
+        text), with ``worker`` naming who answered."""
+        body = await request.json()
+        self.bodies.append(body)
+        if "tokens" in body:
+            return web.json_response(
+                {"prompt": " ".join(map(str, body["tokens"])), "worker": self.id}
+            )
+        ids = [ord(c) for c in str(body.get("prompt", ""))]
+        return web.json_response({"count": len(ids), "tokens": ids, "worker": self.id})
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()

@@ -12,7 +12,12 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from inferno_backend.api.admin import LoadModelRequest, UnloadModelRequest
-from inferno_backend.api.schemas import ChatCompletionRequest, CompletionRequest
+from inferno_backend.api.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+)
 
 __all__ = ["build_openapi"]
 
@@ -91,6 +96,8 @@ def build_openapi(server_url: str | None = None) -> dict[str, Any]:
     models: list[type[BaseModel]] = [
         ChatCompletionRequest,
         CompletionRequest,
+        TokenizeRequest,
+        DetokenizeRequest,
         LoadModelRequest,
         UnloadModelRequest,
     ]
@@ -113,6 +120,10 @@ def build_openapi(server_url: str | None = None) -> dict[str, Any]:
                 "Create a chat completion.", ChatCompletionRequest, stream=True
             ),
             "/v1/completions": _post("Create a text completion.", CompletionRequest, stream=True),
+            "/tokenize": _post(
+                "Token ids of a prompt or of chat messages.", TokenizeRequest, stream=False
+            ),
+            "/detokenize": _post("Text of token ids.", DetokenizeRequest, stream=False),
             "/v1/status": _get("Load of the daemon: queue, running, KV usage, free slots."),
             "/v1/admin/models/load": _post(
                 "Load a model.", LoadModelRequest, stream=False, admin=True

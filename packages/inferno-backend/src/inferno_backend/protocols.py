@@ -34,6 +34,15 @@ class TokenizerLike(Protocol):
         """Text of ``ids``."""
         ...
 
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids."""
+        ...
+
+    def id_to_token(self, token_id: int) -> str | None:
+        """The vocabulary entry of ``token_id`` (None outside the vocabulary)."""
+        ...
+
 
 class ChatTemplateLike(Protocol):
     """Renders a conversation into the prompt text the model was trained on."""

@@ -53,6 +53,12 @@ class ByteTokenizer:
         """Text of ``ids``; special ids decode to nothing."""
         return bytes(i - 3 for i in ids if 3 <= i < 259).decode("utf-8", errors="replace")
 
+    def id_to_token(self, token_id: int) -> str | None:
+        """``<s>``, ``</s>`` and ``<unk>`` for 1, 2 and 0; a byte's escape (``<0x41>``) else."""
+        if not 0 <= token_id < self.vocab_size:
+            return None
+        return ("<unk>", "<s>", "</s>")[token_id] if token_id < 3 else f"<0x{token_id - 3:02X}>"
+
 
 @dataclass(frozen=True, slots=True)
 class FakeModel:

@@ -31,8 +31,8 @@ from inferno_backend.api.formatting import (
 )
 from inferno_backend.api.generation import Generation, PromptOutput, build_sampling, check_context
 from inferno_backend.api.keys import ARRIVAL, METRICS, ORCHESTRATOR, REQUEST_ID
-from inferno_backend.api.schemas import ChatCompletionRequest, CompletionRequest
-from inferno_backend.api.tools import ToolCallStream, call_body, conversation
+from inferno_backend.api.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
+from inferno_backend.api.tools import ToolCallStream, ToolPlan, call_body, conversation
 from inferno_backend.orchestrator import ModelNotServedError, NotAdmittingError, ServedModel
 
 __all__ = ["routes"]
@@ -55,7 +55,8 @@ async def parse_body(request: web.Request, schema: type[M]) -> M:
 
 
 @contextlib.asynccontextmanager
-async def _admitted(request: web.Request, model: str) -> AsyncIterator[ServedModel]:
+async def admitted(request: web.Request, model: str) -> AsyncIterator[ServedModel]:
+    """The served ``model`` while this request holds an admission (404 or 503 otherwise)."""
     try:
         async with request.app[ORCHESTRATOR].admit(model) as served:
             structlog.contextvars.bind_contextvars(model=served.name)
@@ -66,11 +67,36 @@ async def _admitted(request: web.Request, model: str) -> AsyncIterator[ServedMod
         raise ServiceUnavailableError(str(exc), headers={"Retry-After": "5"}) from None
 
 
-async def _encode(served: ServedModel, text: str, *, special: bool) -> list[int]:
+async def encode(served: ServedModel, text: str, *, special: bool) -> list[int]:
+    """``text`` tokenized by the served model's tokenizer (long texts on a worker thread)."""
     tokenizer = served.model.tokenizer
     if len(text) > _THREAD_TOKENIZE_CHARS:
         return await asyncio.to_thread(tokenizer.encode, text, add_special_tokens=special)
     return tokenizer.encode(text, add_special_tokens=special)
+
+
+def render_chat(
+    served: ServedModel,
+    messages: Sequence[ChatMessage],
+    plan: ToolPlan | None,
+    add_generation_prompt: bool,
+) -> str:
+    """The conversation as the model's chat template writes it (400 when it has none, or when
+    the template fails on these messages)."""
+    template = served.model.chat_template
+    if template is None:
+        raise BadRequestError(
+            f"the model {served.name!r} has no chat template; use /v1/completions",
+            param="model",
+        )
+    try:
+        return template.render(
+            conversation(messages, plan), add_generation_prompt=add_generation_prompt
+        )
+    except Exception as exc:
+        raise BadRequestError(
+            f"messages: cannot apply the chat template: {exc}", param="messages"
+        ) from None
 
 
 def _generation(request: web.Request, served: ServedModel, rid: str, **kw: Any) -> Generation:
@@ -118,22 +144,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     """A chat completion, streamed as server-sent events when ``stream`` is true."""
     request[ARRIVAL] = time.perf_counter()
     body = await parse_body(request, ChatCompletionRequest)
-    async with _admitted(request, body.model) as served:
-        template = served.model.chat_template
-        if template is None:
-            raise BadRequestError(
-                f"the model {served.name!r} has no chat template; use /v1/completions",
-                param="model",
-            )
+    async with admitted(request, body.model) as served:
         plan = body.tool_plan
-        messages = conversation(body.messages, plan)
-        try:
-            text = template.render(messages, add_generation_prompt=True)
-        except Exception as exc:
-            raise BadRequestError(
-                f"messages: cannot apply the chat template: {exc}", param="messages"
-            ) from None
-        ids = await _encode(served, text, special=False)
+        text = render_chat(served, body.messages, plan, add_generation_prompt=True)
+        ids = await encode(served, text, special=False)
         budget = check_context(len(ids), body.token_limit, served.max_model_len, "messages")
         top = body.top_logprobs or 0
         sampling = build_sampling(body, max_tokens=budget, logprobs=top if body.logprobs else None)
@@ -228,12 +242,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
     body = await parse_body(request, CompletionRequest)
     if body.echo and body.logprobs is not None:
         raise BadRequestError("echo together with logprobs is not supported", param="echo")
-    async with _admitted(request, body.model) as served:
+    async with admitted(request, body.model) as served:
         tokenizer = served.model.tokenizer
         prompts: list[list[int]] = []
         texts: list[str] = []
         for p in body.prompts:
-            ids = await _encode(served, p, special=True) if isinstance(p, str) else list(p)
+            ids = await encode(served, p, special=True) if isinstance(p, str) else list(p)
             prompts.append(ids)
             texts.append(p if isinstance(p, str) else (tokenizer.decode(p) if body.echo else ""))
         budgets = [

@@ -20,6 +20,7 @@ __all__ = [
     "ChatCompletionRequest",
     "ChatMessage",
     "CompletionRequest",
+    "DetokenizeRequest",
     "FunctionDefinition",
     "JsonSchemaFormat",
     "NamedToolChoice",
@@ -27,6 +28,7 @@ __all__ = [
     "SamplingFields",
     "StreamOptions",
     "TextContentPart",
+    "TokenizeRequest",
     "Tool",
     "ToolCall",
 ]
@@ -417,3 +419,44 @@ class CompletionRequest(SamplingFields):
         if all(isinstance(x, int) for x in p):
             return [[int(x) for x in p if isinstance(x, int)]]
         return [x for x in p if isinstance(x, str | list)]
+
+
+class TokenizeRequest(BaseModel):
+    """Body of ``POST /tokenize``: a prompt, or messages to render with the chat template."""
+
+    model_config = _STRICT
+
+    model: str = Field(min_length=1, description="Name of a model listed by GET /v1/models.")
+    prompt: str | None = Field(default=None, description="Text to tokenize.")
+    messages: list[ChatMessage] | None = Field(
+        default=None, min_length=1, description="A conversation, rendered as for chat."
+    )
+    add_generation_prompt: bool = Field(
+        default=True, description="With messages: end with the assistant's turn, as chat does."
+    )
+    add_special_tokens: bool | None = Field(
+        default=None,
+        description="Add the tokenizer's special tokens (BOS); by default as the completion "
+        "and chat routes do: yes for a prompt, no for messages (the template writes them).",
+    )
+    return_token_strs: bool = Field(default=False, description="Also return each token's text.")
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt and messages")
+        return self
+
+
+class DetokenizeRequest(BaseModel):
+    """Body of ``POST /detokenize``."""
+
+    model_config = _STRICT
+
+    model: str = Field(min_length=1, description="Name of a model listed by GET /v1/models.")
+    tokens: list[Annotated[int, Field(ge=0)]] = Field(
+        max_length=1 << 20, description="Token ids to turn into text."
+    )
+    skip_special_tokens: bool = Field(default=False, description="Leave special tokens out.")
+
+    _integral_tokens = field_validator("tokens", mode="before")(_integral)
