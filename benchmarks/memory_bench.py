@@ -1,12 +1,15 @@
 """inferno-memory benchmark: allocate/deallocate cost versus live blocks, and fragmentation.
 
 CPU (always): cost per allocate+deallocate pair through `PoolMemoryResource` over host memory
-as the number of live blocks grows from 1e2 to 1e5, with numpy's own allocation of the same
-sizes (the peer) measured in the same run. The pool must stay within 2x from 1e2 to 1e5 live
-blocks: a linear scan anywhere would grow ~1000x.
+as the number of live blocks grows from 1e2 to 1e5, for each bookkeeping core (the C core,
+compiled before timing, and the pure-Python reference), with numpy's own allocation of the
+same sizes (the peer) measured in the same run. The pool must stay within about 2x from 1e2
+to 1e5 live blocks, which is what numpy itself grows from cache misses alone: a linear scan
+anywhere would grow ~1000x.
 
-GPU (when CuPy and a CUDA device exist): latency per pair for `CudaMemoryPool`, CuPy's
-`MemoryPool` and raw cudaMalloc/cudaFree, and fragmentation under a KV-cache-like workload.
+GPU (when CuPy and a CUDA device exist): latency per pair for `CudaMemoryPool` (and which core
+it used), CuPy's `MemoryPool` and raw cudaMalloc/cudaFree, and fragmentation under a
+KV-cache-like workload.
 
     uv run python benchmarks/memory_bench.py [--quick]
 """
@@ -24,10 +27,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from inferno_memory import CudaMemoryPool, HostMemoryResource, PoolMemoryResource
+from inferno_memory import (
+    BackendUnavailableError,
+    CoreChoice,
+    CudaMemoryPool,
+    HostMemoryResource,
+    PoolMemoryResource,
+)
 
 RESULTS = Path(__file__).parent / "results" / "memory.json"
 LIVE_COUNTS = (100, 1_000, 10_000, 100_000)
+CORES: tuple[CoreChoice, ...] = ("native", "python")
+
+
+def available_cores() -> tuple[list[CoreChoice], dict[str, str]]:
+    """The cores that can run here (building the native one now, outside any timing), and why
+    any other cannot."""
+    cores: list[CoreChoice] = []
+    missing: dict[str, str] = {}
+    for core in CORES:
+        try:
+            PoolMemoryResource(HostMemoryResource(), core=core)
+        except BackendUnavailableError as exc:
+            missing[core] = str(exc)
+        else:
+            cores.append(core)
+    return cores, missing
 
 
 def _workload(live: int, pairs: int, seed: int, lo: int, hi: int) -> tuple[Any, Any, Any]:
@@ -72,23 +97,33 @@ def _run_pairs(
     return best, probed
 
 
-def cpu_scaling(pairs: int, repeats: int) -> list[dict[str, Any]]:
+def cpu_scaling(pairs: int, repeats: int, cores: list[CoreChoice]) -> list[dict[str, Any]]:
     rows = []
     for n in LIVE_COUNTS:
         fill, sizes, victims = _workload(n, pairs, seed=n, lo=16, hi=2048)
+        row: dict[str, Any] = {"live_blocks": n}
         gc.collect()
         gc.disable()  # a collection inside a timed loop would be charged to one side
         try:
-            pool = PoolMemoryResource(HostMemoryResource(), "64MiB", slab_size="64MiB")
-            t_pool, free_blocks = _run_pairs(
-                pool.allocate,
-                pool.deallocate,
-                fill,
-                sizes,
-                victims,
-                repeats,
-                probe=functools.partial(getattr, pool, "free_block_count"),
-            )
+            for core in cores:
+                pool = PoolMemoryResource(
+                    HostMemoryResource(), "64MiB", slab_size="64MiB", core=core
+                )
+                t_pool, free_blocks = _run_pairs(
+                    pool.allocate,
+                    pool.deallocate,
+                    fill,
+                    sizes,
+                    victims,
+                    repeats,
+                    probe=functools.partial(getattr, pool, "free_block_count"),
+                )
+                row[f"{core}_us_per_pair"] = t_pool * 1e6
+                # Both cores place every block alike, so they see the same free structure.
+                row.setdefault("free_blocks", free_blocks)
+                if row["free_blocks"] != free_blocks:
+                    raise RuntimeError(f"the {core} core left {free_blocks} free blocks")
+                del pool
 
             def np_alloc(size: int) -> Any:
                 return np.empty(size, dtype=np.uint8)
@@ -99,18 +134,16 @@ def cpu_scaling(pairs: int, repeats: int) -> list[dict[str, Any]]:
             t_np, _ = _run_pairs(np_alloc, np_free, fill, sizes, victims, repeats)
         finally:
             gc.enable()
-        rows.append(
-            {
-                "live_blocks": n,
-                "pool_us_per_pair": t_pool * 1e6,
-                "numpy_us_per_pair": t_np * 1e6,
-                "pool_over_numpy": t_pool / t_np,
-                "free_blocks": free_blocks,
-            }
-        )
-    base = rows[0]["pool_us_per_pair"]
-    for row in rows:
-        row["pool_vs_100_live"] = row["pool_us_per_pair"] / base
+        row["numpy_us_per_pair"] = t_np * 1e6
+        for core in cores:
+            row[f"{core}_over_numpy"] = row[f"{core}_us_per_pair"] / row["numpy_us_per_pair"]
+        if "native" in cores and "python" in cores:
+            row["python_over_native"] = row["python_us_per_pair"] / row["native_us_per_pair"]
+        rows.append(row)
+    for core in cores:
+        base = rows[0][f"{core}_us_per_pair"]
+        for row in rows:
+            row[f"{core}_vs_100_live"] = row[f"{core}_us_per_pair"] / base
     return rows
 
 
@@ -160,6 +193,7 @@ def kv_fragmentation(
 
 
 def cpu_fragmentation(steps: int) -> dict[str, Any]:
+    # Either core: both place every block alike, so the layouts (and this figure) are equal.
     return kv_fragmentation(
         lambda: PoolMemoryResource(HostMemoryResource(), 0, slab_size="32MiB"),
         lambda p, n: p.allocate(n),
@@ -184,6 +218,7 @@ def gpu_section(pairs: int, repeats: int, steps: int) -> dict[str, Any] | None:
     for n in (100, 1_000, 10_000):
         fill, sizes, victims = _workload(n, pairs, seed=n, lo=4096, hi=256 * 1024)
         ours = CudaMemoryPool("1GiB", slab_size="1GiB")
+        core = ours.core
         t_ours, _ = _run_pairs(ours.allocate, ours.deallocate, fill, sizes, victims, repeats)
         ours.release()
         mp = cupy.cuda.MemoryPool()
@@ -218,6 +253,7 @@ def gpu_section(pairs: int, repeats: int, steps: int) -> dict[str, Any] | None:
     )
     return {
         "device": name,
+        "inferno_pool_core": core,
         "latency": rows,
         "fragmentation": {"inferno_pool": frag_ours, "cupy_pool": frag_cupy},
     }
@@ -230,18 +266,30 @@ def main() -> None:
     args = parser.parse_args()
     pairs, repeats, steps = (2_000, 1, 300) if args.quick else (20_000, 3, 2_000)
 
-    scaling = cpu_scaling(pairs, repeats)
+    cores, missing = available_cores()
+    for core, reason in missing.items():
+        print(f"{core} core: not measured ({reason})")
+    scaling = cpu_scaling(pairs, repeats, cores)
     print("CPU: allocate+deallocate pair, N live blocks (16..2047 B, half the pool in holes)")
-    print(
-        f"{'live':>8} {'pool us':>9} {'numpy us':>9} {'pool/numpy':>11} {'vs 1e2':>7} "
-        f"{'free blks':>10}"
-    )
+    header = f"{'live':>8}"
+    for core in cores:
+        header += f" {core + ' us':>10}"
+    header += f" {'numpy us':>9}"
+    for core in cores:
+        header += f" {core + '/numpy':>13}"
+    for core in cores:
+        header += f" {core + ' vs 1e2':>14}"
+    print(header + f" {'free blks':>10}")
     for r in scaling:
-        print(
-            f"{r['live_blocks']:>8} {r['pool_us_per_pair']:>9.2f} {r['numpy_us_per_pair']:>9.2f} "
-            f"{r['pool_over_numpy']:>11.2f} {r['pool_vs_100_live']:>7.2f} "
-            f"{r['free_blocks']:>10}"
-        )
+        line = f"{r['live_blocks']:>8}"
+        for core in cores:
+            line += f" {r[core + '_us_per_pair']:>10.2f}"
+        line += f" {r['numpy_us_per_pair']:>9.2f}"
+        for core in cores:
+            line += f" {r[core + '_over_numpy']:>13.2f}"
+        for core in cores:
+            line += f" {r[core + '_vs_100_live']:>14.2f}"
+        print(line + f" {r['free_blocks']:>10}")
     frag = cpu_fragmentation(steps)
     print(
         f"CPU KV-like fragmentation: peak live {frag['peak_live_bytes'] / 2**20:.1f} MiB, "
@@ -253,7 +301,10 @@ def main() -> None:
     if gpu is None:
         print("GPU: skipped (no CuPy or no CUDA device)")
     else:
-        print(f"GPU ({gpu['device']}): us per allocate+deallocate pair")
+        print(
+            f"GPU ({gpu['device']}): us per allocate+deallocate pair "
+            f"(CudaMemoryPool on the {gpu['inferno_pool_core']} core)"
+        )
         print(f"{'live':>8} {'inferno':>9} {'cupy pool':>10} {'cudaMalloc':>11}")
         for r in gpu["latency"]:
             print(
@@ -273,6 +324,8 @@ def main() -> None:
                     "machine": platform.machine(),
                 },
                 "settings": {"pairs": pairs, "repeats": repeats, "kv_steps": steps},
+                "cores": cores,
+                "cores_missing": missing,
                 "cpu_scaling": scaling,
                 "cpu_kv_fragmentation": frag,
                 "gpu": gpu,

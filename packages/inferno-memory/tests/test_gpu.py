@@ -69,6 +69,24 @@ def test_cuda_memory_pool_grows_and_releases(cupy: Any) -> None:
     assert pool.reserved_bytes == 0
 
 
+@pytest.mark.parametrize("core_name", ["python", "native"])
+def test_cuda_memory_pool_runs_on_either_core(cupy: Any, core_name: str) -> None:
+    if core_name == "native":
+        from inferno_memory._native import load_native_core
+
+        native = load_native_core()
+        if native.module is None:
+            pytest.skip(f"native pool core unavailable: {native.reason}")
+    pool = CudaMemoryPool("1MiB", core=core_name)  # type: ignore[arg-type]
+    assert pool.core == core_name
+    a = pool.allocate(1000)
+    assert a.device.kind is DeviceKind.CUDA
+    a.as_cupy(np.uint8)[:] = 7
+    assert int(a.as_cupy(np.uint8).sum()) == 7 * 1000
+    pool.deallocate(a)
+    assert pool.release() == 1 << 20
+
+
 def test_use_with_cupy_routes_allocations_and_restores(cupy: Any) -> None:
     pool = StatisticsAdaptor(CudaMemoryPool("4MiB"))
     previous = cupy.cuda.get_allocator()

@@ -16,26 +16,35 @@ from inferno_memory import (
     PoolMemoryResource,
     StatisticsAdaptor,
 )
+from inferno_memory.pool import CoreChoice
 from inferno_memory.testing import check_pool_layout as assert_pool_consistent
+
+# Every test runs once per bookkeeping core: the `core` fixture (conftest.py) is "python" or
+# "native".
 
 
 def make_pool(
-    initial: int | str = "64KiB", maximum: int | str | None = None, slab: int | str | None = None
+    core: CoreChoice,
+    initial: int | str = "64KiB",
+    maximum: int | str | None = None,
+    slab: int | str | None = None,
 ) -> tuple[PoolMemoryResource, StatisticsAdaptor]:
     upstream = StatisticsAdaptor(HostMemoryResource())
-    return PoolMemoryResource(upstream, initial, maximum, slab_size=slab), upstream
+    pool = PoolMemoryResource(upstream, initial, maximum, slab_size=slab, core=core)
+    assert pool.core == core
+    return pool, upstream
 
 
-def test_pool_is_a_resource_and_reserves_initial_size() -> None:
-    pool, upstream = make_pool("64KiB")
+def test_pool_is_a_resource_and_reserves_initial_size(core: CoreChoice) -> None:
+    pool, upstream = make_pool(core, "64KiB")
     assert isinstance(pool, MemoryResource)
     assert pool.reserved_bytes == 64 * 1024
     assert upstream.stats().current_count == 1
     assert pool.free_block_count == 1
 
 
-def test_best_fit_picks_the_smallest_block_that_fits() -> None:
-    pool, _ = make_pool("64KiB")
+def test_best_fit_picks_the_smallest_block_that_fits(core: CoreChoice) -> None:
+    pool, _ = make_pool(core, "64KiB")
     a, b, c, d, e = (pool.allocate(n) for n in (1024, 256, 512, 256, 2048))
     pool.deallocate(a)  # 1 KiB hole
     pool.deallocate(c)  # 512 B hole
@@ -47,8 +56,8 @@ def test_best_fit_picks_the_smallest_block_that_fits() -> None:
     assert_pool_consistent(pool, [b, d, e, got, got2])
 
 
-def test_split_and_coalesce_restore_one_block_per_slab() -> None:
-    pool, _ = make_pool("16KiB")
+def test_split_and_coalesce_restore_one_block_per_slab(core: CoreChoice) -> None:
+    pool, _ = make_pool(core, "16KiB")
     blocks = [pool.allocate(1000) for _ in range(10)]
     assert pool.used_bytes == 10 * 1024
     for blk in blocks[::2] + blocks[1::2]:
@@ -58,8 +67,8 @@ def test_split_and_coalesce_restore_one_block_per_slab() -> None:
     assert_pool_consistent(pool, [])
 
 
-def test_grows_in_slabs_and_release_returns_free_slabs() -> None:
-    pool, upstream = make_pool(0, slab="4KiB")
+def test_grows_in_slabs_and_release_returns_free_slabs(core: CoreChoice) -> None:
+    pool, upstream = make_pool(core, 0, slab="4KiB")
     assert pool.reserved_bytes == 0
     a = pool.allocate(3000)
     b = pool.allocate(3000)  # does not fit the rest of the first slab
@@ -78,8 +87,8 @@ def test_grows_in_slabs_and_release_returns_free_slabs() -> None:
     assert upstream.stats().current_bytes == 0
 
 
-def test_adjacent_slabs_are_never_merged() -> None:
-    pool, _ = make_pool(0, slab="1KiB")
+def test_adjacent_slabs_are_never_merged(core: CoreChoice) -> None:
+    pool, _ = make_pool(core, 0, slab="1KiB")
     blocks = [pool.allocate(1024) for _ in range(8)]
     for blk in blocks:
         pool.deallocate(blk)
@@ -88,8 +97,8 @@ def test_adjacent_slabs_are_never_merged() -> None:
     assert pool.release() == 8 * 1024
 
 
-def test_over_maximum_raises_with_request_and_statistics() -> None:
-    pool, _ = make_pool("4KiB", maximum="8KiB")
+def test_over_maximum_raises_with_request_and_statistics(core: CoreChoice) -> None:
+    pool, _ = make_pool(core, "4KiB", maximum="8KiB")
     pool.allocate(4096)
     with pytest.raises(OutOfMemoryError) as info:
         pool.allocate(8192)
@@ -106,9 +115,9 @@ def test_over_maximum_raises_with_request_and_statistics() -> None:
     assert pool.reserved_bytes == 8192
 
 
-def test_upstream_refusal_falls_back_to_an_exact_slab_then_raises() -> None:
+def test_upstream_refusal_falls_back_to_an_exact_slab_then_raises(core: CoreChoice) -> None:
     upstream = LimitingAdaptor(HostMemoryResource(), "6KiB")
-    pool = PoolMemoryResource(upstream, 0, slab_size="4KiB")
+    pool = PoolMemoryResource(upstream, 0, slab_size="4KiB", core=core)
     pool.allocate(4096)
     # A 4 KiB slab would exceed the upstream limit; an exact 1 KiB slab does not.
     pool.allocate(1024)
@@ -117,9 +126,9 @@ def test_upstream_refusal_falls_back_to_an_exact_slab_then_raises() -> None:
         pool.allocate(2048)
 
 
-def test_double_free_and_foreign_allocation() -> None:
-    pool, _ = make_pool()
-    other, _ = make_pool()
+def test_double_free_and_foreign_allocation(core: CoreChoice) -> None:
+    pool, _ = make_pool(core)
+    other, _ = make_pool(core)
     a = pool.allocate(100)
     with pytest.raises(ForeignAllocationError):
         other.deallocate(a)
@@ -136,8 +145,8 @@ def test_double_free_and_foreign_allocation() -> None:
     pool.deallocate(b)
 
 
-def test_statistics_count_requested_bytes_and_reset_peak() -> None:
-    pool, _ = make_pool()
+def test_statistics_count_requested_bytes_and_reset_peak(core: CoreChoice) -> None:
+    pool, _ = make_pool(core)
     a = pool.allocate(100)
     b = pool.allocate(300)
     pool.deallocate(a)
@@ -149,8 +158,8 @@ def test_statistics_count_requested_bytes_and_reset_peak() -> None:
     pool.deallocate(b)
 
 
-def test_zero_byte_requests_get_distinct_blocks() -> None:
-    pool, _ = make_pool()
+def test_zero_byte_requests_get_distinct_blocks(core: CoreChoice) -> None:
+    pool, _ = make_pool(core)
     a, b = pool.allocate(0), pool.allocate(0)
     assert a.ptr != b.ptr
     assert a.size == 0
@@ -165,20 +174,20 @@ def test_zero_byte_requests_get_distinct_blocks() -> None:
         ({"slab_size": 0}, "slab_size"),
     ],
 )
-def test_config_is_validated(kwargs: dict[str, object], field: str) -> None:
+def test_config_is_validated(kwargs: dict[str, object], field: str, core: CoreChoice) -> None:
     with pytest.raises(ValueError, match=field):
-        PoolMemoryResource(HostMemoryResource(), **kwargs)  # type: ignore[arg-type]
+        PoolMemoryResource(HostMemoryResource(), core=core, **kwargs)  # type: ignore[arg-type]
 
 
-def test_bad_request_size_is_refused() -> None:
-    pool, _ = make_pool()
+def test_bad_request_size_is_refused(core: CoreChoice) -> None:
+    pool, _ = make_pool(core)
     with pytest.raises(ValueError, match="nbytes"):
         pool.allocate(-1)
     assert isinstance(MemoryConfigError("x", field="f"), ValueError)
 
 
-def test_pool_memory_is_usable_as_numpy() -> None:
-    pool, _ = make_pool()
+def test_pool_memory_is_usable_as_numpy(core: CoreChoice) -> None:
+    pool, _ = make_pool(core)
     a, b = pool.allocate(4000), pool.allocate(4000)
     a.as_numpy(np.int32)[:] = 7
     b.as_numpy(np.int32)[:] = 9
@@ -186,8 +195,8 @@ def test_pool_memory_is_usable_as_numpy() -> None:
     assert int(b.as_numpy(np.int32).sum()) == 9 * 1000
 
 
-def test_threads_allocating_and_freeing_concurrently() -> None:
-    pool, _ = make_pool("256KiB", slab="64KiB")
+def test_threads_allocating_and_freeing_concurrently(core: CoreChoice) -> None:
+    pool, _ = make_pool(core, "256KiB", slab="64KiB")
     errors: list[BaseException] = []
     barrier = threading.Barrier(4)
 

@@ -11,6 +11,7 @@ from inferno_memory import (
     PoolMemoryResource,
     StatisticsAdaptor,
 )
+from inferno_memory.pool import CoreChoice
 from inferno_memory.testing import check_disjoint as assert_disjoint
 from inferno_memory.testing import check_pool_layout as assert_pool_consistent
 
@@ -32,9 +33,10 @@ ops = st.lists(
     maximum=st.sampled_from([None, 65536]),
 )
 def test_random_interleavings_keep_the_pool_sound(
-    ops: list[tuple[str, int]], initial: int, slab: int, maximum: int | None
+    ops: list[tuple[str, int]], initial: int, slab: int, maximum: int | None, core: CoreChoice
 ) -> None:
-    pool = PoolMemoryResource(HostMemoryResource(), initial, maximum, slab_size=slab)
+    pool = PoolMemoryResource(HostMemoryResource(), initial, maximum, slab_size=slab, core=core)
+    assert pool.core == core
     stats = StatisticsAdaptor(pool)
     live: list[Allocation] = []
     for op, arg in ops:

@@ -30,7 +30,7 @@ from inferno_memory.errors import (
     OutOfMemoryError,
 )
 from inferno_memory.host import HostMemoryResource
-from inferno_memory.pool import BlockInfo, PoolMemoryResource
+from inferno_memory.pool import BlockInfo, CoreChoice, PoolMemoryResource
 from inferno_memory.protocols import GpuAllocator, MemoryResource, StatisticsSource
 from inferno_memory.sizes import ALIGNMENT, Size, format_size, parse_size
 from inferno_memory.stats import MemoryStats
@@ -41,6 +41,7 @@ __all__ = [
     "Allocation",
     "BackendUnavailableError",
     "BlockInfo",
+    "CoreChoice",
     "CudaMemoryPool",
     "CudaMemoryResource",
     "CupyAllocatorBinding",

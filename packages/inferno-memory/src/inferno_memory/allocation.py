@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,15 @@ from inferno_memory.errors import BackendUnavailableError, InvalidSizeError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["Allocation", "Device", "DeviceKind", "new_owner_token", "next_serial"]
+__all__ = [
+    "Allocation",
+    "Device",
+    "DeviceKind",
+    "make_allocation",
+    "new_owner_token",
+    "next_serial",
+    "serial_counter",
+]
 
 # Serials make every allocation distinct even when an address is reused, which is how a
 # resource tells a double free from a live block that happens to sit at the same address.
@@ -27,6 +36,11 @@ _owners = itertools.count(1)
 def next_serial() -> int:
     """A process-wide unique allocation serial (``next`` on a count is atomic under the GIL)."""
     return next(_serials)
+
+
+def serial_counter() -> Iterator[int]:
+    """The iterator behind `next_serial`, for code that draws serials in a hot loop (or in C)."""
+    return _serials
 
 
 def new_owner_token() -> int:
@@ -181,3 +195,24 @@ def _element_count(
             f"the allocation holds {size}"
         )
     return count, dims
+
+
+# `Allocation(...)` goes through the frozen dataclass __init__, which sets each field with
+# object.__setattr__ by name; calling the slot descriptors directly skips the name lookups and
+# halves the cost. It builds the same class (same equality, hash and repr), so only the
+# pools' hot paths use it.
+_new_object = object.__new__
+_set_ptr, _set_size, _set_device, _set_owner, _set_serial = (
+    Allocation.__dict__[name].__set__ for name in ("ptr", "size", "device", "owner", "serial")
+)
+
+
+def make_allocation(ptr: int, size: int, device: Device, owner: int, serial: int) -> Allocation:
+    """``Allocation(ptr, size, device, owner, serial)``, built faster (no argument checks)."""
+    allocation: Allocation = _new_object(Allocation)
+    _set_ptr(allocation, ptr)
+    _set_size(allocation, size)
+    _set_device(allocation, device)
+    _set_owner(allocation, owner)
+    _set_serial(allocation, serial)
+    return allocation

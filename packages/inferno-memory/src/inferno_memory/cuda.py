@@ -19,7 +19,7 @@ from inferno_memory.errors import (
     OutOfMemoryError,
 )
 from inferno_memory.host import check_request
-from inferno_memory.pool import PoolMemoryResource
+from inferno_memory.pool import CoreChoice, PoolMemoryResource
 from inferno_memory.sizes import Size, format_size
 
 __all__ = ["CudaMemoryPool", "CudaMemoryResource", "PinnedHostMemoryResource", "import_cupy"]
@@ -160,7 +160,7 @@ class CudaMemoryPool(PoolMemoryResource):
     """A `PoolMemoryResource` over a `CudaMemoryResource` on ``device``.
 
     ``initial_size`` is reserved at once, further slabs of ``slab_size`` as needed, up to
-    ``maximum_size``.
+    ``maximum_size``. ``core`` picks the bookkeeping core as for `PoolMemoryResource`.
     """
 
     def __init__(
@@ -170,7 +170,8 @@ class CudaMemoryPool(PoolMemoryResource):
         *,
         device: int = 0,
         slab_size: Size | None = None,
+        core: CoreChoice = "auto",
     ) -> None:
         super().__init__(
-            CudaMemoryResource(device), initial_size, maximum_size, slab_size=slab_size
+            CudaMemoryResource(device), initial_size, maximum_size, slab_size=slab_size, core=core
         )

@@ -61,4 +61,5 @@ class ForeignAllocationError(InfernoMemoryError):
 
 
 class BackendUnavailableError(InfernoMemoryError, ImportError):
-    """An optional backend (CuPy, torch) or a CUDA device is needed but is not available."""
+    """An optional backend (CuPy, torch, the native pool core) or a CUDA device is needed but
+    is not available."""

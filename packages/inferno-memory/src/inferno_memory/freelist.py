@@ -1,10 +1,10 @@
 """`SortedKeys`: a sorted multiset-free collection of ints with O(log n) search.
 
-The pool keeps its free blocks here, keyed by ``(size, address)`` packed into one int so the
-first key at or above ``(wanted, 0)`` is the best fit (smallest adequate block, lowest
-address among equals). A flat sorted list would make every insert and delete an O(n) memmove;
-splitting it into buckets of bounded length keeps that cost constant while searches stay two
-bisections (the bucket maxima, then one bucket).
+The pure-Python pool core keeps its free blocks here, keyed by ``(size, address)`` packed into
+one int so the first key at or above ``(wanted, 0)`` is the best fit (smallest adequate block,
+lowest address among equals). A flat sorted list would make every insert and delete an O(n)
+memmove; splitting it into buckets of bounded length keeps that cost constant while searches
+stay two bisections (the bucket maxima, then one bucket).
 """
 
 from __future__ import annotations

@@ -18,31 +18,33 @@ class Observers:
     skipped, never failing the allocation that triggered it.
     """
 
-    __slots__ = ("_callbacks", "_lock")
+    __slots__ = ("_lock", "callbacks")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # Replaced, never mutated, so notify can iterate without the lock.
-        self._callbacks: tuple[Callable[[], None], ...] = ()
+        self.callbacks: tuple[Callable[[], None], ...] = ()
+        """The subscribed callbacks; read-only for callers. Replaced, never mutated, so
+        `notify` iterates without the lock, and a hot path tests it directly (an empty tuple
+        is false) instead of paying for a ``__bool__`` call."""
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Run ``callback`` after every change; returns a function that unsubscribes it."""
         with self._lock:
-            self._callbacks = (*self._callbacks, callback)
+            self.callbacks = (*self.callbacks, callback)
 
         def unsubscribe() -> None:
             with self._lock:
-                self._callbacks = tuple(c for c in self._callbacks if c is not callback)
+                self.callbacks = tuple(c for c in self.callbacks if c is not callback)
 
         return unsubscribe
 
     def notify(self) -> None:
         """Call every observer, isolating their failures."""
-        for callback in self._callbacks:
+        for callback in self.callbacks:
             try:
                 callback()
             except Exception:
                 _log.exception("memory observer %r failed", callback)
 
     def __bool__(self) -> bool:
-        return bool(self._callbacks)
+        return bool(self.callbacks)

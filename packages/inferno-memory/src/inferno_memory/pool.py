@@ -2,40 +2,75 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
-from inferno_memory.allocation import Allocation, new_owner_token, next_serial
+from inferno_memory._core import FOREIGN, PoolCore, PoolCoreFactory, PythonPoolCore
+from inferno_memory._native import load_native_core
+from inferno_memory.allocation import Allocation, new_owner_token, serial_counter
 from inferno_memory.errors import (
+    BackendUnavailableError,
     DoubleFreeError,
     ForeignAllocationError,
     MemoryConfigError,
     OutOfMemoryError,
 )
-from inferno_memory.freelist import ADDRESS_BITS, SortedKeys, unpack
 from inferno_memory.host import check_request
 from inferno_memory.observers import Observers
 from inferno_memory.protocols import MemoryResource
 from inferno_memory.sizes import ALIGNMENT, Size, align_up, format_size, parse_size
-from inferno_memory.stats import MemoryStats, StatsCounter
+from inferno_memory.stats import MemoryStats
 
-__all__ = ["DEFAULT_SLAB_SIZE", "BlockInfo", "PoolMemoryResource"]
+__all__ = ["DEFAULT_SLAB_SIZE", "NATIVE_ENV", "BlockInfo", "CoreChoice", "PoolMemoryResource"]
+
+_log = logging.getLogger(__name__)
 
 _MASK = ALIGNMENT - 1
 
 DEFAULT_SLAB_SIZE = 1 << 20
 """Slab size when neither ``slab_size`` nor ``initial_size`` says otherwise (1 MiB)."""
 
+NATIVE_ENV = "INFERNO_MEMORY_NATIVE"
+"""Set to ``0`` to make ``core="auto"`` pools use the pure-Python core."""
 
-@dataclass(slots=True)
-class _Block:
-    addr: int
-    size: int
-    slab: int  # base address of the slab holding the block; blocks never span slabs
-    free: bool = True
-    serial: int = 0  # serial of the live allocation, 0 while free
-    requested: int = 0  # bytes the caller asked for (size is that rounded up)
+CoreChoice = Literal["auto", "native", "python"]
+"""Which bookkeeping core a pool uses: ``"native"`` (C, compiled on first use), ``"python"``
+(the pure-Python reference) or ``"auto"`` (native when it builds, else Python)."""
+
+_OFF = frozenset({"0", "false", "no", "off"})
+_noted: set[str] = set()
+
+
+def _select_core(choice: str) -> tuple[PoolCoreFactory, str]:
+    """The factory and name of the core for ``choice``; logs a fallback once per reason."""
+    if choice not in ("auto", "native", "python"):
+        raise MemoryConfigError(
+            f"must be 'auto', 'native' or 'python', got {choice!r}", field="core"
+        )
+    if choice == "python":
+        return PythonPoolCore, "python"
+    switch = os.environ.get(NATIVE_ENV, "").strip()
+    if choice == "auto" and switch.lower() in _OFF:
+        reason = f"{NATIVE_ENV}={switch}"
+    else:
+        native = load_native_core()
+        if native.module is not None:
+            factory: PoolCoreFactory = native.module.PoolCore
+            return factory, "native"
+        if choice == "native":
+            raise BackendUnavailableError(
+                f"the native pool core is unavailable: {native.reason} "
+                f"(core='auto' falls back to the Python core)"
+            )
+        reason = native.reason
+    if reason not in _noted:
+        _noted.add(reason)
+        _log.info("PoolMemoryResource uses the pure-Python core: %s", reason)
+    return PythonPoolCore, "python"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +95,11 @@ class PoolMemoryResource:
     * Freeing coalesces a block with free neighbours in the same slab, so a slab whose blocks
       are all free is one free block that `release` can hand back upstream.
     * Every operation is O(log n) in the number of blocks and runs under one lock.
+    * ``core`` picks the bookkeeping: ``"native"`` is a C extension compiled on first use
+      (cached per machine), ``"python"`` the pure-Python reference; both behave identically.
+      ``"auto"`` (the default) takes the native core unless it cannot be built or the
+      environment sets ``INFERNO_MEMORY_NATIVE=0``; ``"native"`` raises
+      `BackendUnavailableError` with the reason when it cannot be built.
     """
 
     def __init__(
@@ -69,6 +109,7 @@ class PoolMemoryResource:
         maximum_size: Size | None = None,
         *,
         slab_size: Size | None = None,
+        core: CoreChoice = "auto",
     ) -> None:
         initial = align_up(parse_size(initial_size, field="initial_size"))
         maximum = None if maximum_size is None else parse_size(maximum_size, field="maximum_size")
@@ -82,18 +123,22 @@ class PoolMemoryResource:
             slab = align_up(parse_size(slab_size, field="slab_size"))
             if slab == 0:
                 raise MemoryConfigError("must be positive", field="slab_size")
+        factory, self._core_name = _select_core(core)
         self._upstream = upstream
         self._maximum = maximum
         self._slab_size = slab
         self._token = new_owner_token()
         self._lock = threading.Lock()
+        # The two hot paths take the lock through bound methods: about half the cost of a
+        # ``with`` block, which looks up __enter__ and __exit__ on every call.
+        self._acquire = self._lock.acquire
+        self._release = self._lock.release
         self._slabs: dict[int, Allocation] = {}  # base address -> upstream allocation
-        self._blocks: dict[int, _Block] = {}  # start address -> block, free or used
-        self._free_by_end: dict[int, _Block] = {}  # end address -> free block
-        self._free = SortedKeys()  # pack(size, addr) of every free block
+        self._core: PoolCore = factory(self._token, Allocation, serial_counter())
+        # Bound once: allocate and deallocate are hot enough that an attribute lookup shows.
+        self._take = self._core.allocate
+        self._give = self._core.deallocate
         self._reserved = 0
-        self._used = 0  # rounded bytes of live blocks
-        self._counter = StatsCounter()
         self._observers = Observers()
         if initial:
             with self._lock:
@@ -105,50 +150,29 @@ class PoolMemoryResource:
         """Best-fit ``nbytes`` from the free blocks, growing by a slab when none fits."""
         if type(nbytes) is not int or nbytes < 0:  # exact-int fast path; validate the rest
             nbytes = check_request(nbytes)
-        rounded = ((nbytes + _MASK) & ~_MASK) or ALIGNMENT
-        with self._lock:
-            key = self._free.ceiling(rounded << ADDRESS_BITS)
-            block = self._grow(rounded, nbytes) if key is None else self._blocks[unpack(key)[1]]
-            self._remove_free(block)
-            if block.size > rounded:
-                rest = _Block(block.addr + rounded, block.size - rounded, block.slab)
-                block.size = rounded
-                self._blocks[rest.addr] = rest
-                self._insert_free(rest)
-            serial = next_serial()
-            block.free, block.serial, block.requested = False, serial, nbytes
-            self._used += rounded
-            self._counter.on_allocate(nbytes)
-            device = self._slabs[block.slab].device
-            allocation = Allocation(block.addr, nbytes, device, self._token, serial)
-        if self._observers:
+        self._acquire()
+        try:
+            allocation = self._take(nbytes)
+            if allocation is None:
+                allocation = self._allocate_after_growing(nbytes)
+        finally:
+            self._release()
+        if self._observers.callbacks:
             self._observers.notify()
         return allocation
 
     def deallocate(self, allocation: Allocation) -> None:
         """Free ``allocation`` and merge it with free neighbours in its slab."""
-        if allocation.owner != self._token:
-            raise ForeignAllocationError(f"{allocation!r} was not made by this pool")
-        with self._lock:
-            block = self._blocks.get(allocation.ptr)
-            if block is None or block.free or block.serial != allocation.serial:
-                raise DoubleFreeError(f"{allocation!r} was already freed by this pool")
-            self._counter.on_deallocate(block.requested)
-            self._used -= block.size
-            block.free, block.serial, block.requested = True, 0, 0
-            right = self._blocks.get(block.addr + block.size)
-            if right is not None and right.free and right.slab == block.slab:
-                self._remove_free(right)
-                del self._blocks[right.addr]
-                block.size += right.size
-            left = self._free_by_end.get(block.addr)
-            if left is not None and left.slab == block.slab:
-                self._remove_free(left)
-                del self._blocks[block.addr]
-                left.size += block.size
-                block = left
-            self._insert_free(block)
-        if self._observers:
+        self._acquire()
+        try:
+            refused = self._give(allocation)
+        finally:
+            self._release()
+        if refused:
+            if refused == FOREIGN:
+                raise ForeignAllocationError(f"{allocation!r} was not made by this pool")
+            raise DoubleFreeError(f"{allocation!r} was already freed by this pool")
+        if self._observers.callbacks:
             self._observers.notify()
 
     # -- pool management ------------------------------------------------------------------
@@ -158,10 +182,7 @@ class PoolMemoryResource:
         released = 0
         with self._lock:
             for base, slab in list(self._slabs.items()):
-                block = self._blocks[base]
-                if block.free and block.size == slab.size:
-                    self._remove_free(block)
-                    del self._blocks[base]
+                if self._core.release_slab(base):
                     del self._slabs[base]
                     self._upstream.deallocate(slab)
                     self._reserved -= slab.size
@@ -171,16 +192,21 @@ class PoolMemoryResource:
     def stats(self) -> MemoryStats:
         """Requested bytes and counts, ``reserved_bytes`` held upstream, ``maximum_size``."""
         with self._lock:
-            return self._counter.snapshot(limit_bytes=self._maximum, reserved_bytes=self._reserved)
+            return self._snapshot()
 
     def reset_peak(self) -> None:
         """Make the peak statistics equal the current ones."""
         with self._lock:
-            self._counter.reset_peak()
+            self._core.reset_peak()
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Run ``callback`` after every allocate/deallocate; returns the unsubscribe function."""
         return self._observers.subscribe(callback)
+
+    @property
+    def core(self) -> str:
+        """The bookkeeping core in use: ``"native"`` (C) or ``"python"``."""
+        return self._core_name
 
     @property
     def upstream(self) -> MemoryResource:
@@ -202,7 +228,7 @@ class PoolMemoryResource:
     def used_bytes(self) -> int:
         """Bytes in live blocks, after rounding each request up to 256 bytes."""
         with self._lock:
-            return self._used
+            return self._core.used()
 
     @property
     def slab_count(self) -> int:
@@ -214,41 +240,40 @@ class PoolMemoryResource:
     def free_block_count(self) -> int:
         """How many free blocks there are (1 per slab when nothing is allocated)."""
         with self._lock:
-            return len(self._free)
+            return self._core.free_count()
 
     @property
     def largest_free_block(self) -> int:
         """Size of the largest free block, 0 when none."""
         with self._lock:
-            last = self._free.last()
-        return 0 if last is None else unpack(last)[0]
+            return self._core.largest_free()
 
     def blocks(self) -> list[BlockInfo]:
         """Every block in address order: a debugging view, O(n log n)."""
         with self._lock:
-            return [
-                BlockInfo(b.addr, b.size, b.free, b.slab)
-                for b in sorted(self._blocks.values(), key=lambda b: b.addr)
-            ]
+            rows = self._core.blocks()
+        return [BlockInfo(addr, size, free, slab) for addr, size, free, slab in rows]
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(reserved={self._reserved}, used={self._used}, "
-            f"slabs={len(self._slabs)}, maximum={self._maximum})"
+            f"{type(self).__name__}(reserved={self._reserved}, used={self._core.used()}, "
+            f"slabs={len(self._slabs)}, maximum={self._maximum}, core={self._core_name!r})"
         )
 
     # -- internals (the lock is held) -----------------------------------------------------
 
-    def _insert_free(self, block: _Block) -> None:
-        self._free.add((block.size << ADDRESS_BITS) | block.addr)
-        self._free_by_end[block.addr + block.size] = block
+    def _allocate_after_growing(self, requested: int) -> Allocation:
+        """Add a slab that can hold ``requested`` bytes, then place the request in it."""
+        rounded = ((requested + _MASK) & ~_MASK) or ALIGNMENT
+        self._grow(rounded, requested)
+        # No free block held the request before, so best fit now picks the new slab's block.
+        allocation = self._take(requested)
+        if allocation is None:  # only a request beyond what any block can describe
+            raise self._out_of_memory(requested, "the request is too large for a pool block")
+        return allocation
 
-    def _remove_free(self, block: _Block) -> None:
-        self._free.remove((block.size << ADDRESS_BITS) | block.addr)
-        del self._free_by_end[block.addr + block.size]
-
-    def _grow(self, rounded: int, requested: int) -> _Block:
-        """Add a slab that can hold ``rounded`` bytes and return its (free) block."""
+    def _grow(self, rounded: int, requested: int) -> None:
+        """Add a slab that can hold ``rounded`` bytes."""
         size = max(rounded, self._slab_size)
         if self._maximum is not None:
             room = self._maximum - self._reserved
@@ -259,34 +284,48 @@ class PoolMemoryResource:
                 )
             size = min(size, room)
         try:
-            return self._add_slab(size, requested)
+            self._add_slab(size, requested)
+            return
         except OutOfMemoryError:
             if size == rounded:
                 raise
         # The upstream could not give a full slab: settle for exactly what is needed.
-        return self._add_slab(rounded, requested)
+        self._add_slab(rounded, requested)
 
-    def _add_slab(self, size: int, requested: int) -> _Block:
+    def _add_slab(self, size: int, requested: int) -> None:
         try:
             slab = self._upstream.allocate(size)
         except OutOfMemoryError as exc:
             raise self._out_of_memory(
                 requested, f"upstream refused a slab of {format_size(size)} ({exc})"
             ) from exc
+        try:
+            self._core.add_slab(slab.ptr, size, slab.device)
+        except BaseException:
+            self._upstream.deallocate(slab)
+            raise
         self._slabs[slab.ptr] = slab
         self._reserved += size
-        block = _Block(slab.ptr, size, slab.ptr)
-        self._blocks[block.addr] = block
-        self._insert_free(block)
-        return block
+
+    def _snapshot(self) -> MemoryStats:
+        cb, pb, tb, cc, pc, tc = self._core.counters()
+        return MemoryStats(
+            current_bytes=cb,
+            peak_bytes=pb,
+            total_bytes=tb,
+            current_count=cc,
+            peak_count=pc,
+            total_count=tc,
+            limit_bytes=self._maximum,
+            reserved_bytes=self._reserved,
+        )
 
     def _out_of_memory(self, requested: int, reason: str) -> OutOfMemoryError:
-        stats = self._counter.snapshot(limit_bytes=self._maximum, reserved_bytes=self._reserved)
-        last = self._free.last()
-        largest = 0 if last is None else unpack(last)[0]
+        stats = self._snapshot()
         return OutOfMemoryError(
             f"pool cannot allocate {format_size(requested)}: {reason}; {stats.describe()}, "
-            f"largest free block {format_size(largest)}, {len(self._free)} free blocks",
+            f"largest free block {format_size(self._core.largest_free())}, "
+            f"{self._core.free_count()} free blocks",
             requested=requested,
             stats=stats,
         )
