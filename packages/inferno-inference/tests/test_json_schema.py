@@ -510,21 +510,26 @@ def test_random_generations_under_the_masks_are_schema_instances(name: str) -> N
     assert finished >= 20  # the check above ran on many instances, not a lucky few
 
 
-def test_masks_equal_checking_every_token() -> None:
-    program = _program(PERSON)
-    grammar = JsonGrammar(JsonVocabulary(VOCAB), [EOS], program)
-    for prefix in (
-        b"",
-        b"{",
-        b'{"na',
-        b'{"name": "x", "age": 1',
-        b'{"name": "\xc3',
-        b'{"name": ""',
-    ):
+def _brute_force_mask(program: JsonProgram, state: Any, vocab: list[bytes]) -> torch.Tensor:
+    """The tokens that may come next, by stepping through every one."""
+    return torch.tensor([bool(t) and program.advance(state, t) is not None for t in vocab])
+
+
+def _check_masks(schema: dict[str, Any], vocab: list[bytes], prefixes: list[bytes]) -> None:
+    """The grammar's mask after each prefix is the brute-force one, and never empty."""
+    program = _program(schema)
+    grammar = JsonGrammar(JsonVocabulary(vocab), [len(vocab) - 1], program)
+    for prefix in prefixes:
         state = program.advance(program.initial, prefix)
         assert state is not None, prefix
-        brute = torch.tensor([bool(t) and program.advance(state, t) is not None for t in VOCAB])
+        brute = _brute_force_mask(program, state, vocab)
         assert torch.equal(grammar.allowed(state), brute), prefix
+        assert bool(brute.any()), prefix
+
+
+def test_masks_equal_checking_every_token() -> None:
+    prefixes = [b"", b"{", b'{"na', b'{"name": "x", "age": 1', b'{"name": "\xc3', b'{"name": ""']
+    _check_masks(PERSON, VOCAB, prefixes)
 
 
 def test_engine_follows_a_schema_and_refuses_a_bad_one() -> None:
@@ -562,7 +567,7 @@ def test_optional_json_is_plain_text_or_an_instance() -> None:
     validator = jsonschema_rs.validator_for(CALLS)
     start = grammar.initial
     # Before the decision: every token, and the end (an empty answer is text too).
-    brute = torch.tensor([bool(t) and program.advance(start, t) is not None for t in VOCAB])
+    brute = _brute_force_mask(program, start, VOCAB)
     brute[EOS] = True
     assert torch.equal(grammar.allowed(start), brute)
     # Only tokens that open the array are checked: "[]" breaks minItems.
@@ -711,16 +716,13 @@ def test_masks_of_bounded_strings_equal_checking_every_token() -> None:
             before = len(grammar._cache)
             mask = grammar.allowed(state)
             cached += len(grammar._cache) == before
-            brute = torch.tensor([bool(t) and program.advance(state, t) is not None for t in vocab])
-            assert torch.equal(mask, brute), prefix
+            assert torch.equal(mask, _brute_force_mask(program, state, vocab)), prefix
     assert cached >= 3  # some states above did share a mask with an earlier one
 
 
 def test_masks_of_patterned_strings_equal_checking_every_token() -> None:
-    program = _program(PATTERNED)
     vocab = [*VOCAB[:-1], b"2024", b"-02-", b"29T", b"\\u00", b"\\u0041", b"\xe2\x82", VOCAB[-1]]
-    grammar = JsonGrammar(JsonVocabulary(vocab), [len(vocab) - 1], program)
-    for prefix in (
+    prefixes = [
         b'{"sku": "',
         b'{"sku": "A',
         b'{"sku": "AB-1',
@@ -733,12 +735,8 @@ def test_masks_of_patterned_strings_equal_checking_every_token() -> None:
         b'{"sku": "AB-123", "when": "2024-02-29T10:00:00Z", "tag": "#abcd',
         b'{"sku": "AB-123", "when": "2024-02-29T10:00:00Z", "tag": "#\xe2',
         b'{"sku": "AB-123", "when": "2024-02-29T10:00:00Z", "tag": "#\\u00',
-    ):
-        state = program.advance(program.initial, prefix)
-        assert state is not None, prefix
-        brute = torch.tensor([bool(t) and program.advance(state, t) is not None for t in vocab])
-        assert torch.equal(grammar.allowed(state), brute), prefix
-        assert bool(brute.any()), prefix
+    ]
+    _check_masks(PATTERNED, vocab, prefixes)
 
 
 @pytest.mark.parametrize("schema", [PERSON, BOUNDED])

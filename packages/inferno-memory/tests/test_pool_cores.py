@@ -97,6 +97,19 @@ _ops = st.lists(
 )
 
 
+def _twin_pools(
+    initial: int, slab: int, maximum: int | None, upstream_limit: int | None
+) -> list[PoolMemoryResource]:
+    """A Python-core and a native-core pool over identical fake address spaces."""
+    pools = []
+    for core in ("python", "native"):
+        upstream: MemoryResource = AddressSpace()
+        if upstream_limit is not None:
+            upstream = LimitingAdaptor(upstream, upstream_limit)
+        pools.append(PoolMemoryResource(upstream, initial, maximum, slab_size=slab, core=core))
+    return pools
+
+
 def _apply(
     pool: PoolMemoryResource,
     op: str,
@@ -144,12 +157,7 @@ def test_both_cores_agree_at_every_step(
     maximum: int | None,
     upstream_limit: int | None,
 ) -> None:
-    pools = []
-    for core in ("python", "native"):
-        upstream: MemoryResource = AddressSpace()
-        if upstream_limit is not None:
-            upstream = LimitingAdaptor(upstream, upstream_limit)
-        pools.append(PoolMemoryResource(upstream, initial, maximum, slab_size=slab, core=core))
+    pools = _twin_pools(initial, slab, maximum, upstream_limit)
     lives: list[list[Allocation]] = [[], []]
     freeds: list[list[Allocation]] = [[], []]
     assert _state(pools[0]) == _state(pools[1])
@@ -189,12 +197,7 @@ def test_both_cores_agree_over_a_long_random_run(
 ) -> None:
     # Longer and busier than hypothesis' examples: hundreds of live blocks, many slabs.
     rng = np.random.default_rng(seed)
-    pools = []
-    for core in ("python", "native"):
-        upstream: MemoryResource = AddressSpace()
-        if upstream_limit is not None:
-            upstream = LimitingAdaptor(upstream, upstream_limit)
-        pools.append(PoolMemoryResource(upstream, initial, maximum, slab_size=slab, core=core))
+    pools = _twin_pools(initial, slab, maximum, upstream_limit)
     lives: list[list[Allocation]] = [[], []]
     freeds: list[list[Allocation]] = [[], []]
     for step in range(4000):
@@ -440,45 +443,6 @@ def test_the_build_happens_once_and_is_reused_by_other_processes(
     )
     assert out.stdout.strip() == str(built.path)
     assert built.path.stat().st_mtime_ns == stamp
-
-
-def test_native_core_under_many_threads(native: None) -> None:
-    pool = PoolMemoryResource(HostMemoryResource(), "128KiB", slab_size="32KiB", core="native")
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(8)
-
-    def worker(seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        mine: list[Allocation] = []
-        try:
-            barrier.wait()
-            for _ in range(3000):
-                if mine and rng.random() < 0.5:
-                    blk = mine.pop(int(rng.integers(len(mine))))
-                    assert int(blk.as_numpy(np.uint8)[-1]) == seed
-                    pool.deallocate(blk)
-                else:
-                    blk = pool.allocate(int(rng.integers(1, 5000)))
-                    blk.as_numpy(np.uint8)[:] = seed
-                    mine.append(blk)
-                if rng.random() < 0.01:
-                    pool.release()
-            for blk in mine:
-                pool.deallocate(blk)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(i + 1,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-    s = pool.stats()
-    assert (s.current_bytes, s.current_count) == (0, 0)
-    assert pool.free_block_count == pool.slab_count
-    pool._core.check()  # type: ignore[attr-defined]
-    check_pool_layout(pool, [])
 
 
 def test_native_core_scales_and_frees_its_memory(native: None) -> None:
