@@ -4,13 +4,15 @@ Starts ``inferno serve`` on the default model, and llama.cpp's Python server on 
 when ``--llama-cpp-python PYTHON`` names an interpreter with ``llama-cpp-python[server]`` (its
 JSON mode compiles a JSON grammar), one server at a time. Each gets the same chat requests
 asking for JSON (sampled at temperature 0.8 with fixed seeds), in plain text mode, in JSON
-object mode and in JSON Schema mode (`SCHEMA`), at concurrency 1 and 8. Reported per server and
-mode: output tokens/s, mean time per output token, how many answers ended on their own (not
-cut by ``max_tokens``), how many ``json.loads`` reads as an object, and how many are instances
-of `SCHEMA`. Prints a table and writes ``benchmarks/results/json_mode.json``.
+object mode, in JSON Schema mode (`SCHEMA`) and in JSON Schema mode with checks on values
+(`CHECKED`: lengths, a range, a pattern and a date format), at concurrency 1 and 8. Reported
+per server and mode: output tokens/s, mean time per output token, how many answers ended on
+their own (not cut by ``max_tokens``), how many ``json.loads`` reads as an object, and how many
+are instances of the mode's schema (`SCHEMA`, or `CHECKED`, formats checked). Prints a table
+and writes ``benchmarks/results/json_mode.json``.
 
     uv run python benchmarks/json_mode_bench.py [--inferno bfloat16+int8] \
-        [--llama-cpp-python /opt/peers/bin/python]
+        [--llama-cpp-python /opt/peers/bin/python] [--modes text,json_checks]
 """
 
 from __future__ import annotations
@@ -58,6 +60,27 @@ SCHEMA = {
     "required": ["name", "kind", "features", "rating"],
     "additionalProperties": False,
 }
+#: `SCHEMA` with checks on values, as pydantic writes Field(max_length=..., ge=..., le=...),
+#: constr(pattern=...) and date.
+CHECKED = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 24},
+        "kind": {"enum": ["animal", "place", "thing", "food", "group", "event"]},
+        "features": {
+            "type": "array",
+            "items": {"type": "string", "maxLength": 40},
+            "maxItems": 4,
+        },
+        "rating": {"type": "integer", "minimum": 1, "maximum": 5},
+        "code": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{2}$"},
+        "since": {"type": "string", "format": "date"},
+    },
+    "required": ["name", "kind", "features", "rating", "code", "since"],
+    "additionalProperties": False,
+}
+#: The schema each mode's answers are checked against.
+MODE_SCHEMAS = {"json_checks": CHECKED}
 MODES: dict[str, dict[str, Any]] = {
     "text": {},
     "json_object": {"response_format": {"type": "json_object"}},
@@ -67,18 +90,30 @@ MODES: dict[str, dict[str, Any]] = {
             "json_schema": {"name": "description", "schema": SCHEMA},
         }
     },
+    "json_checks": {
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "description", "schema": CHECKED},
+        }
+    },
 }
 #: llama-cpp-python's server reads a schema from response_format {"type": "json_object",
 #: "schema": ...} and runs "json_schema" without any grammar, so it gets its own spelling.
 LLAMA_CPP_MODES = {
     **MODES,
     "json_schema": {"response_format": {"type": "json_object", "schema": SCHEMA}},
+    "json_checks": {"response_format": {"type": "json_object", "schema": CHECKED}},
 }
 Result = tuple[int, bool, bool, str, bool]  # tokens, object, schema instance, text, finished
 
 
 async def _one(
-    client: openai.AsyncOpenAI, model: str, i: int, mode: dict[str, Any], max_tokens: int
+    client: openai.AsyncOpenAI,
+    model: str,
+    i: int,
+    mode: dict[str, Any],
+    max_tokens: int,
+    schema: dict[str, Any] = SCHEMA,
 ) -> Result:
     resp = await client.chat.completions.create(
         model=model,
@@ -94,20 +129,26 @@ async def _one(
     except json.JSONDecodeError:
         value = None
     tokens = resp.usage.completion_tokens if resp.usage is not None else 0
-    instance = value is not None and jsonschema_rs.validator_for(SCHEMA).is_valid(value)
+    validator = jsonschema_rs.validator_for(schema, validate_formats=True)
+    instance = value is not None and validator.is_valid(value)
     finished = resp.choices[0].finish_reason == "stop"
     return tokens, isinstance(value, dict), instance, text, finished
 
 
 async def _round(
-    client: openai.AsyncOpenAI, model: str, mode: dict[str, Any], concurrency: int, args: Any
+    client: openai.AsyncOpenAI,
+    model: str,
+    mode: dict[str, Any],
+    concurrency: int,
+    args: Any,
+    schema: dict[str, Any],
 ) -> tuple[float, list[Result]]:
     """Every request once, ``concurrency`` at a time: (wall seconds, results in order)."""
     semaphore = asyncio.Semaphore(concurrency)
 
     async def run(i: int) -> Result:
         async with semaphore:
-            return await _one(client, model, i, mode, args.max_tokens)
+            return await _one(client, model, i, mode, args.max_tokens, schema)
 
     start = time.perf_counter()
     results = await asyncio.gather(*(run(i) for i in range(args.requests)))
@@ -121,9 +162,10 @@ async def _measure(
     model = "default"
     out = []
     for mode, fields in modes.items():
+        schema = MODE_SCHEMAS.get(mode, SCHEMA)
         await _one(client, model, 0, fields, 8)  # warm-up (and grammar build)
         for concurrency in (1, 8):
-            wall, results = await _round(client, model, fields, concurrency, args)
+            wall, results = await _round(client, model, fields, concurrency, args, schema)
             tokens = sum(r[0] for r in results)
             row = {
                 "mode": mode,
@@ -194,11 +236,16 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="the peer's CPU threads")
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=160)
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated modes to run")
     args = parser.parse_args()
+    chosen = args.modes.split(",")
+    if unknown := set(chosen) - set(MODES):
+        parser.error(f"unknown modes {sorted(unknown)}; choose from {list(MODES)}")
     runs: dict[str, list[dict[str, Any]]] = {}
     for name, cmd, port, ready in _servers(args):
         print(name)
-        modes = LLAMA_CPP_MODES if name == "llama-cpp-python" else MODES
+        spellings = LLAMA_CPP_MODES if name == "llama-cpp-python" else MODES
+        modes = {mode: spellings[mode] for mode in chosen}
         with serving(name, cmd, port, ready) as url:
             runs[name] = asyncio.run(_measure(url, modes, args))
     print(_table(runs))
@@ -209,6 +256,7 @@ def main() -> int:
         "max_tokens": args.max_tokens,
         "temperature": 0.8,
         "schema": SCHEMA,
+        "checked_schema": CHECKED,
         "runs": runs,
     }
     RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
