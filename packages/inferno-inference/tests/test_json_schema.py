@@ -720,6 +720,9 @@ def test_masks_of_bounded_strings_equal_checking_every_token() -> None:
     assert cached >= 3  # some states above did share a mask with an earlier one
 
 
+SLUG = b'{"sku": "AB-123", "when": "2024-02-29T10:00:00Z", "tag": "#", "quote": "a\\"b", "slug": "'
+
+
 def test_masks_of_patterned_strings_equal_checking_every_token() -> None:
     vocab = [*VOCAB[:-1], b"2024", b"-02-", b"29T", b"\\u00", b"\\u0041", b"\xe2\x82", VOCAB[-1]]
     prefixes = [
@@ -735,6 +738,7 @@ def test_masks_of_patterned_strings_equal_checking_every_token() -> None:
         b'{"sku": "AB-123", "when": "2024-02-29T10:00:00Z", "tag": "#abcd',
         b'{"sku": "AB-123", "when": "2024-02-29T10:00:00Z", "tag": "#\xe2',
         b'{"sku": "AB-123", "when": "2024-02-29T10:00:00Z", "tag": "#\\u00',
+        *(SLUG + tail for tail in (b"a", b"ab", b"abcd", b"ab-", b"ab-c", b"abcde")),
     ]
     _check_masks(PATTERNED, vocab, prefixes)
 

@@ -43,6 +43,7 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import structlog
 import torch
 
@@ -90,7 +91,7 @@ JsonState = tuple[int, tuple[tuple[int, int], ...], Any, int]
     _MAYBE,  # optional JSON, before the first non-whitespace byte; detail: the root node
     _TEXT,  # optional JSON that turned out to be plain text: anything goes
     # A string with a length bound or a pattern; detail: (node, characters so far, _CHAR_*
-    # position within a character, the code point's bits so far, the patterns' states).
+    # position within a character, the code point's bits so far, the pattern's state or None).
     _BOUNDED_STRING,
     _BOUNDED_NUMBER,  # detail: (node, the number's bytes so far)
 ) = range(25)
@@ -146,6 +147,9 @@ MAX_WHITESPACE = 64
 # The whitespace field of a state: 0 for none yet, _SPACED after a single space, _CR after a
 # carriage return (a newline must follow), 1 + indentation after a newline.
 _SPACED, _CR = -1, -2
+#: Most tokens a mask checks one by one, beside those it passes wholesale, before a walk of
+#: the sorted vocabulary (which skips whole ranges of tokens that fail alike) is cheaper.
+_ONE_BY_ONE = 8192
 #: Most digits before and after a number's point, and in its exponent: every number then
 #: parses as a finite double (a valid "1e999" reads as infinity, which no schema accepts),
 #: at the price of numbers past 1e100 or below 1e-99 in exponent form.
@@ -297,7 +301,7 @@ class _Node:
     min_length: int = 0
     max_length: int | None = None
     bounds: NumberBounds | None = None  # _NUMBER_NODE with a range
-    patterns: tuple[Regex, ...] = ()  # _STRING_NODE: ``pattern`` and ``format``, all must match
+    pattern: Regex | None = None  # _STRING_NODE: its ``pattern`` or ``format``
     literals: tuple[bytes, ...] = ()  # _LITERALS, JSON-encoded
     branches: dict[int, int] = field(default_factory=dict)  # _UNION: first byte -> node
     tags: dict[bytes, int] = field(default_factory=dict)  # _TAGGED: tag literal -> object node
@@ -450,8 +454,8 @@ class JsonProgram:
         if kind == _STRING_NODE:
             if b != _QUOTE:
                 return None
-            if node.min_length or node.max_length is not None or node.patterns:
-                initial = tuple(p.initial for p in node.patterns)
+            if node.min_length or node.max_length is not None or node.pattern is not None:
+                initial = None if node.pattern is None else node.pattern.initial
                 return (_BOUNDED_STRING, stack, (node_id, 0, _CHAR_NEXT, 0, initial), 0)
             return (_STRING, stack, 0, 0)
         if kind == _NUMBER_NODE:
@@ -490,10 +494,10 @@ class JsonProgram:
     def _bounded_string(
         self,
         stack: tuple[tuple[int, int], ...],
-        detail: tuple[int, int, int, int, tuple[frozenset[int], ...]],
+        detail: tuple[int, int, int, int, frozenset[int] | None],
         b: int,
     ) -> JsonState | None:
-        """A string value with a length bound or patterns. Lengths count characters, and a
+        """A string value with a length bound or a pattern. Lengths count characters, and a
         pattern sees the characters a string means (escapes decoded). A ``\\u`` escape is
         one character, so escapes of UTF-16 surrogates (two escapes for one character) are
         not allowed; the character itself may be written. A character is begun only when
@@ -502,8 +506,8 @@ class JsonProgram:
         node = self.nodes[node_id]
         if where == _CHAR_NEXT:
             if b == _QUOTE:
-                done = count >= node.min_length and all(
-                    p.accepts(m) for p, m in zip(node.patterns, matched, strict=True)
+                done = count >= node.min_length and (
+                    matched is None or node.pattern is None or node.pattern.accepts(matched)
                 )
                 return self._done(stack) if done else None
             if node.max_length is not None and count >= node.max_length:
@@ -546,7 +550,7 @@ class JsonProgram:
     def _partial(
         self,
         stack: tuple[tuple[int, int], ...],
-        detail: tuple[int, int, int, int, tuple[frozenset[int], ...]],
+        detail: tuple[int, int, int, int, frozenset[int] | None],
     ) -> JsonState | None:
         """A bounded string inside a character, or None when no way to finish the character
         is both a valid one and one every pattern takes."""
@@ -567,33 +571,35 @@ class JsonProgram:
         node_id: int,
         count: int,
         cp: int,
-        matched: tuple[frozenset[int], ...],
+        matched: frozenset[int] | None,
     ) -> JsonState | None:
-        """A bounded string after its character ``cp``; None when a pattern can no longer
+        """A bounded string after its character ``cp``; None when its pattern can no longer
         match."""
-        node = self.nodes[node_id]
-        if node.patterns:
-            matched = tuple(p.step(m, cp) for p, m in zip(node.patterns, matched, strict=True))
-            room, needed = _room(node, count)
-            alive = zip(node.patterns, matched, strict=True)
-            if not all(p.viable(m, room, needed) for p, m in alive):
+        pattern = self.nodes[node_id].pattern
+        if pattern is not None and matched is not None:
+            matched = pattern.step(matched, cp)
+            if not matched:
                 return None
+            node = self.nodes[node_id]
+            if node.max_length is not None or node.min_length > count:
+                room, needed = _room(node, count)
+                if not pattern.viable(matched, room, needed):
+                    return None
         return (_BOUNDED_STRING, stack, (node_id, count, _CHAR_NEXT, 0, matched), 0)
 
     @staticmethod
     def _can_take(
         node: _Node,
         count: int,
-        matched: tuple[frozenset[int], ...],
+        matched: frozenset[int] | None,
         ranges: tuple[tuple[int, int], ...],
     ) -> bool:
         """Whether the character being written (the ``count``-th) can be one in ``ranges``
-        that keeps every pattern able to match within the length bounds."""
+        that keeps the pattern able to match within the length bounds."""
+        if node.pattern is None or matched is None:
+            return True
         room, needed = _room(node, count)
-        return all(
-            any(p.can_step(m, lo, hi, room, needed) for lo, hi in ranges)
-            for p, m in zip(node.patterns, matched, strict=True)
-        )
+        return any(node.pattern.can_step(matched, lo, hi, room, needed) for lo, hi in ranges)
 
     def _literal(
         self, stack: tuple[tuple[int, int], ...], detail: tuple[int, bytes], b: int
@@ -876,9 +882,10 @@ class _Compiler:
             patterns.append(_regex(FORMATS[name], f"{where}.format"))
         if len(patterns) > 1:
             raise SchemaError(f"{where}: JSON mode cannot enforce a pattern and a format together")
-        node = _Node(_STRING_NODE, min_length=low, max_length=high, patterns=tuple(patterns))
+        pattern = patterns[0] if patterns else None
+        node = _Node(_STRING_NODE, min_length=low, max_length=high, pattern=pattern)
         room, needed = _room(node, 0)
-        if patterns and not patterns[0].viable(patterns[0].initial, room, needed):
+        if pattern is not None and not pattern.viable(pattern.initial, room, needed):
             raise SchemaError(f"{where}: no string within its length matches its pattern")
         return self.add(node)
 
@@ -1099,6 +1106,7 @@ class JsonVocabulary:
         self.order = sorted((i for i, t in enumerate(self.bytes) if t), key=self.bytes.__getitem__)
         self.sorted = [self.bytes[i] for i in self.order]
         self.plain = torch.tensor([_is_plain(t) for t in self.bytes], dtype=torch.bool)
+        self.nonempty = torch.tensor([bool(t) for t in self.bytes], dtype=torch.bool)
         self.special = [i for i, t in enumerate(self.bytes) if t and not _is_plain(t)]
         #: Characters in each plain token (0 for the others), for strings of bounded length.
         self.chars = torch.tensor(
@@ -1106,6 +1114,27 @@ class JsonVocabulary:
         )
         #: Bytes in the longest token: no token adds more characters than this.
         self.longest = max((len(t) for t in self.bytes), default=0)
+        # The plain tokens' code points end to end, and where each token's begin: whether a
+        # token's characters all lie in a set of ranges is then one vectorized pass.
+        plain_ids = [i for i, t in enumerate(self.bytes) if _is_plain(t)]
+        texts = [self.bytes[i].decode() for i in plain_ids]
+        self._plain_ids = torch.tensor(plain_ids, dtype=torch.long)
+        self._code_points = np.array([ord(c) for text in texts for c in text], dtype=np.int64)
+        self._starts = np.cumsum([0] + [len(text) for text in texts[:-1]], dtype=np.int64)
+
+    def within(self, ranges: tuple[tuple[int, int], ...]) -> torch.Tensor:
+        """A bool ``[vocab]`` mask of the plain tokens whose characters all lie in
+        ``ranges`` (sorted, disjoint, inclusive code-point ranges)."""
+        mask = torch.zeros(self.size, dtype=torch.bool)
+        if not ranges or not len(self._code_points):
+            return mask
+        lows = np.array([lo for lo, _ in ranges], dtype=np.int64)
+        highs = np.array([hi for _, hi in ranges], dtype=np.int64)
+        at = np.searchsorted(lows, self._code_points, side="right") - 1
+        inside = (at >= 0) & (self._code_points <= highs[np.maximum(at, 0)])
+        every = np.minimum.reduceat(inside, self._starts)
+        mask[self._plain_ids[torch.from_numpy(every.astype(bool))]] = True
+        return mask
 
     def first_after(self, prefix: bytes, lo: int) -> int:
         """Index of the first sorted token that does not start with ``prefix``."""
@@ -1211,7 +1240,7 @@ class JsonGrammar:
                 plain = plain & (self.vocab.chars <= limit - count)
             mask |= plain
             mask[[i for i in self.vocab.special if advance(state, vocab_bytes[i])]] = True
-        else:
+        elif state[0] != _BOUNDED_STRING or not self._stable_characters(state, mask):
             mask[self._walk(state)] = True
             if state[0] == _MAYBE:
                 mask[self._eos] = True  # an empty answer is plain text too
@@ -1221,13 +1250,43 @@ class JsonGrammar:
             mask[self._eos] = True
         return mask
 
+    def _stable_characters(self, state: JsonState, mask: torch.Tensor) -> bool:
+        """Fill ``mask`` for a patterned string between characters whose pattern state some
+        characters leave as it is (inside ``[A-Za-z ]+``, say): the plain tokens made of those
+        characters all pass, within the length bounds, and only the other tokens are checked
+        one by one. False, with ``mask`` untouched, when few tokens would pass that way (one
+        walk of the vocabulary is then cheaper)."""
+        node_id, count, where, _, matched = state[2]
+        node = self.program.nodes[node_id]
+        pattern = node.pattern
+        if where != _CHAR_NEXT or pattern is None or matched is None:
+            return False
+        stable = pattern.stable_ranges(matched)
+        if not stable:
+            return False
+        passing = self.vocab.within(stable)
+        # A token of k such characters keeps the state; the length bounds must leave the match
+        # possible after each of its characters.
+        room, needed = _room(node, count)
+        fits = [True]
+        for k in range(1, self.vocab.longest + 1):
+            fits.append(fits[-1] and k <= room and pattern.viable(matched, room - k, needed - k))
+        passing &= torch.tensor(fits)[self.vocab.chars]
+        rest = (self.vocab.nonempty & ~passing).nonzero().flatten()
+        if len(rest) > _ONE_BY_ONE:
+            return False
+        mask |= passing
+        advance, vocab_bytes = self.program.advance, self.vocab.bytes
+        mask[[i for i in rest.tolist() if advance(state, vocab_bytes[i])]] = True
+        return True
+
     def _free_characters(self, state: JsonState) -> bool:
         """Whether a bounded string is between characters, and any characters may follow
-        (its patterns, if any, have matched already, whatever comes next)."""
+        (its pattern, if any, has matched already, whatever comes next)."""
         node_id, _, where, _, matched = state[2]
-        patterns = self.program.nodes[node_id].patterns
-        return where == _CHAR_NEXT and all(
-            p.universal(m) for p, m in zip(patterns, matched, strict=True)
+        pattern = self.program.nodes[node_id].pattern
+        return where == _CHAR_NEXT and (
+            pattern is None or matched is None or pattern.universal(matched)
         )
 
     def _walk(self, start: JsonState) -> list[int]:

@@ -18,6 +18,7 @@ enforces to patterns.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -388,6 +389,7 @@ class Regex:
         self._closure = [self._close(nfa, s) for s in range(len(nfa.edges))]
         self.initial: frozenset[int] = self._closure[start]
         self._memo: dict[tuple[frozenset[int], int], frozenset[int]] = {}
+        self._stable: dict[frozenset[int], Ranges] = {}
         self._shortest, self._longest = self._distances(nfa)
 
     @staticmethod
@@ -484,6 +486,30 @@ class Regex:
                 if meets and self.viable(self._closure[target], room, needed):
                     return True
         return False
+
+    def stable_ranges(self, state: frozenset[int]) -> Ranges:
+        """The code points after which the state is ``state`` again (what a loop such as
+        ``[a-z]*`` takes), as ranges."""
+        hit = self._stable.get(state)
+        if hit is not None:
+            return hit
+        edges = [edge for s in state for edge in self._edges[s]]
+        cuts = {0, _MAX + 1}
+        for ranges, _ in edges:
+            for lo, hi in ranges:
+                cuts.update((lo, hi + 1))
+        points = sorted(cuts)
+        pairs = []
+        for lo, end in itertools.pairwise(points):
+            after: set[int] = set()
+            for ranges, target in edges:
+                if _contains(ranges, lo):  # every code point in [lo, end) meets the same edges
+                    after |= self._closure[target]
+            if after == state:
+                pairs.append((lo, end - 1))
+        stable = _ranges(pairs)
+        self._stable[state] = stable
+        return stable
 
     def accepts(self, state: frozenset[int]) -> bool:
         """Whether the string so far matches."""
