@@ -15,6 +15,7 @@ __all__ = [
     "EtcdError",
     "InvalidDiscoveryUrlError",
     "UnknownRegistrationError",
+    "WatchIdleError",
 ]
 
 
@@ -24,6 +25,11 @@ class DiscoveryError(Exception):
 
 class DiscoveryUnavailableError(DiscoveryError):
     """The registry cannot be reached (connection refused, timeout, server unavailable)."""
+
+
+class WatchIdleError(DiscoveryUnavailableError):
+    """A watch stream sent nothing for its idle timeout: a quiet registry, or a connection
+    that a network partition left open but dead."""
 
 
 class DiscoveryClosedError(DiscoveryError):

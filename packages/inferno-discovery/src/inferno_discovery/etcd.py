@@ -23,6 +23,7 @@ from inferno_discovery.errors import (
     DiscoveryError,
     DiscoveryUnavailableError,
     EtcdError,
+    WatchIdleError,
     entry_for_update,
 )
 from inferno_discovery.etcd_client import GRPC_NOT_FOUND, EtcdClient, KeyValue, WatchEvent
@@ -65,8 +66,11 @@ class EtcdDiscovery:
 
     ``endpoint`` is the client URL (``http://host:2379``); ``prefix`` namespaces the keys.
     Pass ``client`` to share an `EtcdClient` (and its HTTP session). ``retry_interval`` bounds
-    how often an unreachable etcd is retried. TTLs are whole seconds (etcd may raise very short
-    ones to its minimum, about 2 s with default settings).
+    how often an unreachable etcd is retried. A watch stream that brings nothing for
+    ``watch_idle_timeout`` seconds is opened again from where it was (None: never), so a
+    connection that a network partition left open but dead is replaced once the network heals;
+    on a quiet registry that costs one reconnection per period. TTLs are whole seconds (etcd
+    may raise very short ones to its minimum, about 2 s with default settings).
     """
 
     def __init__(
@@ -76,12 +80,14 @@ class EtcdDiscovery:
         prefix: str = DEFAULT_PREFIX,
         client: EtcdClient | None = None,
         retry_interval: float = 1.0,
+        watch_idle_timeout: float | None = 60.0,
     ) -> None:
         if not prefix.endswith("/"):
             raise ValueError(f"prefix must end with '/', got {prefix!r}")
         self.client = client if client is not None else EtcdClient(endpoint)
         self.prefix = prefix
         self.retry_interval = retry_interval
+        self.watch_idle_timeout = watch_idle_timeout
         self._leases: dict[str, _Lease] = {}
         self._watches: dict[asyncio.Task[None], asyncio.Queue[DiscoveryEvent | None]] = {}
         self._closed = False
@@ -238,6 +244,7 @@ class EtcdDiscovery:
         revision: int | None = None  # last revision fully delivered; None: read a snapshot
         outage = False
         while True:
+            heard = False  # whether this stream brought anything before going quiet
             try:
                 if revision is None:
                     kvs, revision = await self.client.range_prefix(prefix)
@@ -249,7 +256,11 @@ class EtcdDiscovery:
                     for event in _diff(service, known, current):
                         queue.put_nowait(event)
                     known = current
-                async for response in self.client.watch(prefix, revision + 1):
+                stream = self.client.watch(
+                    prefix, revision + 1, idle_timeout=self.watch_idle_timeout
+                )
+                async for response in stream:
+                    heard = True
                     if outage:
                         log.info("watch_resumed", service=service, revision=revision)
                         outage = False
@@ -265,10 +276,16 @@ class EtcdDiscovery:
                         revision = max(revision, raw.kv.mod_revision)
                 delay = 0.05  # stream ended cleanly (etcd shutting down): reconnect soon
             except DiscoveryError as exc:
-                if not outage:
-                    log.warning("watch_interrupted", service=service, error=str(exc))
-                    outage = True
-                delay = self.retry_interval
+                if isinstance(exc, WatchIdleError) and heard:
+                    # Quiet after etcd answered (it confirms every new watch at once): reopen
+                    # it at once, without calling that an outage.
+                    log.debug("watch_idle_reopened", service=service, revision=revision)
+                    delay = 0.0
+                else:
+                    if not outage:
+                        log.warning("watch_interrupted", service=service, error=str(exc))
+                        outage = True
+                    delay = self.retry_interval
             await asyncio.sleep(delay)
 
     def _apply(self, service: str, known: _Known, raw: WatchEvent) -> DiscoveryEvent | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from inferno_discovery.errors import DiscoveryUnavailableError, EtcdError
+from inferno_discovery.errors import DiscoveryUnavailableError, EtcdError, WatchIdleError
 
 __all__ = ["EtcdClient", "KeyValue", "WatchEvent", "WatchResponse", "prefix_range_end"]
 
@@ -164,11 +164,17 @@ class EtcdClient:
 
     # -- watch ---------------------------------------------------------------------------------
 
-    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchResponse]:
+    async def watch(
+        self, prefix: str, start_revision: int, *, idle_timeout: float | None = None
+    ) -> AsyncIterator[WatchResponse]:
         """Stream changes under ``prefix`` from ``start_revision`` on, with previous values.
 
-        The gateway answers a streaming POST with one JSON document per line. The iterator ends
-        when etcd closes the stream; losing the connection raises `DiscoveryUnavailableError`.
+        The gateway answers a streaming POST with one JSON document per line (the first says
+        the watch was created; etcd adds progress notifications when it is configured to).
+        The iterator ends when etcd closes the stream; losing the connection raises
+        `DiscoveryUnavailableError`, and nothing arriving for ``idle_timeout`` seconds raises
+        `WatchIdleError`: TCP alone may take hours to notice a partition that left the
+        connection open.
         """
         raw = prefix.encode()
         request = {
@@ -177,11 +183,14 @@ class EtcdClient:
                 "range_end": _b64(prefix_range_end(raw)),
                 "start_revision": str(start_revision),
                 "prev_kv": True,
+                "progress_notify": True,
             }
         }
         url = f"{self.endpoint}/v3/watch"
         # No total timeout: the stream is meant to stay open; connecting is still bounded.
-        timeout = aiohttp.ClientTimeout(total=None, connect=self._timeout.total)
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self._timeout.total, sock_read=idle_timeout
+        )
         try:
             async with self._http().post(url, json=request, timeout=timeout) as resp:
                 if resp.status != 200:
@@ -192,6 +201,10 @@ class EtcdClient:
                 async for line in resp.content:
                     if line.strip():
                         yield _watch_response(json.loads(line))
+        except aiohttp.SocketTimeoutError as exc:  # a read that waited idle_timeout
+            raise WatchIdleError(
+                f"etcd watch at {self.endpoint} sent nothing for {idle_timeout:g} s"
+            ) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise DiscoveryUnavailableError(
                 f"etcd watch at {self.endpoint} broke: {exc!r}"
