@@ -168,8 +168,23 @@ PATTERNED = {
     "required": ["sku", "when", "tag", "quote"],
     "additionalProperties": False,
 }
+# Unions whose alternatives start alike, where one allows all the others do: int | float,
+# str | date, an enum beside a free string.
+UNIONS = {
+    "type": "object",
+    "properties": {
+        "x": {"anyOf": [{"type": "integer"}, {"type": "number"}]},
+        "d": {
+            "anyOf": [{"type": "string", "format": "date"}, {"type": "string"}, {"type": "null"}]
+        },
+        "e": {"anyOf": [{"enum": ["a", "b", 1, True]}, {"type": "string"}]},
+    },
+    "required": ["x", "d", "e"],
+    "additionalProperties": False,
+}
 SCHEMAS = {
     "person": PERSON,
+    "unions": UNIONS,
     "bounded": BOUNDED,
     "patterned": PATTERNED,
     "tree": TREE,
@@ -223,6 +238,9 @@ def _accepts(program: JsonProgram, text: str) -> bool:
         ("pets", {"pet": {"kind": "dog", "good": True}}),
         ("pets", {"pet": None}),
         ("calls", [{"name": "get", "arguments": {}}]),
+        ("unions", {"x": 1.5, "d": "hello", "e": True}),
+        ("unions", {"x": 3, "d": "2024-01-01", "e": "zz"}),
+        ("unions", {"x": -0.25, "d": None, "e": 1}),
         (
             "patterned",
             {"sku": "AB-123", "when": "2024-02-29T10:00:00Z", "tag": "#", "quote": 'a"b'},
@@ -352,6 +370,10 @@ def test_instances_in_schema_order_are_accepted(
             '{"sku": "AB-123", "when": "2024-02-29T10:00:00Z", "tag": "#", "quote": "a\\"b", '
             '"slug": "a--b"}',
         ),
+        ("unions", '{"x": "1", "d": null, "e": "a"}'),
+        ("unions", '{"x": 1, "d": 5, "e": "a"}'),
+        ("unions", '{"x": 1, "d": null, "e": 2}'),
+        ("unions", '{"x": 1, "d": null, "e": false}'),
         ("calls", '[{"name": "get", "arguments": {"x": 1}}]'),
         ("calls", '[{"name": "get_time", "arguments": {"utc": "yes"}}]'),
         ("calls", '[{"name": "get_x", "arguments": {}}]'),
@@ -426,7 +448,9 @@ def test_what_breaks_the_schema_is_rejected(name: str, text: str) -> None:
         (
             {
                 "type": "object",
-                "properties": {"a": {"anyOf": [{"type": "string"}, {"enum": ["x"]}]}},
+                "properties": {
+                    "a": {"anyOf": [{"format": "date"}, {"type": "string", "maxLength": 3}]}
+                },
             },
             "differ in their first character",
         ),

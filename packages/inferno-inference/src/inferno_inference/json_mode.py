@@ -23,8 +23,10 @@ What a schema may say (anything else is refused with `SchemaError`, never ignore
 (one of them per string; see `inferno_inference.json_regex`), ``minimum``/``maximum``/
 ``exclusiveMinimum``/``exclusiveMaximum`` of numbers (a bounded number is written without an
 exponent), ``enum``, ``const``, ``anyOf``/``oneOf`` whose branches start differently (an
-object or a string, say) or are objects whose first property, required in each, has distinct
-``const``/``enum`` values (a tagged union), a one-element ``allOf``, local ``$ref``
+object or a string, say), or where a string or number without checks allows what the others
+starting alike do (``int | float``, ``str | date``), or are objects whose first property,
+required in each, has distinct ``const``/``enum`` values (a tagged union), a one-element
+``allOf``, local ``$ref``
 (``#/$defs/...``), and annotations (``title``, ``description``, ...). Properties are written in
 schema order; optional ones may be left out and no others are added; the root must be an object
 or an array.
@@ -922,7 +924,7 @@ class _Compiler:
     def _join(self, nodes: list[int], where: str) -> int:
         """One node choosing among ``nodes`` by the first byte of the value (objects: by the
         value of their first property, see `_tag_objects`)."""
-        nodes = list(dict.fromkeys(nodes))
+        nodes = self._absorb(list(dict.fromkeys(nodes)))
         objects = [n for n in nodes if self.nodes[n].kind in _OBJECTS]
         if len(objects) > 1:
             tagged = self._tag_objects(objects, where)
@@ -940,6 +942,48 @@ class _Compiler:
                     )
                 branches[b] = node
         return union
+
+    def _absorb(self, nodes: list[int]) -> list[int]:
+        """``nodes`` less what another of them already allows: every string where a string
+        without checks is an alternative, every number where a number without checks is
+        (``int | float``, ``str | date``, an enum beside its free type), so that such unions
+        need not differ in their first character. The union's instances stay the same."""
+        flat: list[int] = []
+        for n in nodes:  # alternatives that are unions themselves join this one
+            node = self.nodes[n]
+            flat.extend(dict.fromkeys(node.branches.values()) if node.kind == _UNION else [n])
+        flat = list(dict.fromkeys(flat))
+        free_string = any(self._unchecked(n, _STRING_NODE) for n in flat)
+        free_number = any(self._unchecked(n, _NUMBER_NODE) for n in flat)
+        out: list[int] = []
+        for n in flat:
+            node = self.nodes[n]
+            if free_string and node.kind == _STRING_NODE and not self._unchecked(n, _STRING_NODE):
+                continue
+            if free_number and node.kind == _NUMBER_NODE and not self._unchecked(n, _NUMBER_NODE):
+                continue
+            if node.kind == _LITERALS and (free_string or free_number):
+                kept = tuple(
+                    lit
+                    for lit in node.literals
+                    if not (free_string and lit[:1] == b'"')
+                    and not (free_number and lit[:1] in b"-0123456789")
+                )
+                if not kept:
+                    continue
+                if kept != node.literals:
+                    n = self.add(_Node(_LITERALS, literals=kept))
+            out.append(n)
+        return out if out else nodes
+
+    def _unchecked(self, node_id: int, kind: int) -> bool:
+        """Whether the node is every string (or every number, integers included)."""
+        node = self.nodes[node_id]
+        if node.kind != kind:
+            return False
+        if kind == _STRING_NODE:
+            return not node.min_length and node.max_length is None and node.pattern is None
+        return not node.integer and node.bounds is None
 
     def _tag_objects(self, objects: list[int], where: str) -> int:
         """One node for alternative objects that all start with the same required property
