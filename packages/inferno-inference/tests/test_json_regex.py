@@ -107,6 +107,11 @@ VALID = {
     "ipv4": ["192.168.0.1", "0.0.0.0", "255.255.255.255"],
     "hostname": ["a", "example.com", "a-b.c1", "mail-01.eu-west-2.example"],
     "email": ["a@b.c", "first.last+tag@example.co.uk", "x_y%z@host"],
+    "uri": [
+        "https://example.com",
+        "http://a.b:8080/x/y?q=1&r=%20#top",
+        "https://api.example.io/v1/items/42/",
+    ],
 }
 INVALID = {
     "date": ["2023-02-29", "1900-02-29", "2024-13-01", "2024-04-31", "24-01-01"],
@@ -117,6 +122,8 @@ INVALID = {
     # Not all invalid: IDNA labels ("xn--") are valid names this subset leaves out.
     "hostname": ["-a.b", "a-.b", "a..b", "a" * 64, ".".join(["a"] * 6), "xn--bcher-kva.ch"],
     "email": [".a@b.c", "a..b@c.d", "a@-b.c", "a@", "@b.c"],
+    # Not all invalid: other schemes and hosts are URIs this subset leaves out.
+    "uri": ["example.com", "https://", "https://a b.c", "https://a.c/%zz", "ftp://a.b/c"],
 }
 
 

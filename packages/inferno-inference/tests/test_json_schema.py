@@ -421,7 +421,7 @@ def test_what_breaks_the_schema_is_rejected(name: str, text: str) -> None:
         ),
         ({"type": "object", "properties": {"a": {"pattern": "(?=x)x"}}}, "pattern: .*look-around"),
         ({"type": "object", "properties": {"a": {"pattern": "(a)\\1"}}}, "back-references"),
-        ({"type": "object", "properties": {"a": {"format": "uri"}}}, "format 'uri'"),
+        ({"type": "object", "properties": {"a": {"format": "ipv6"}}}, "format 'ipv6'"),
         ({"type": "object", "properties": {"a": {"format": "date", "pattern": "^2"}}}, "together"),
         ({"type": "object", "properties": {"a": {"pattern": "^a{5}$", "maxLength": 3}}}, "length"),
         ({"type": "object", "properties": {"a": {"pattern": "^a?$", "minLength": 2}}}, "length"),

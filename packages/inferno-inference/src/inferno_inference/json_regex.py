@@ -546,9 +546,14 @@ _DATE = (
 _TIME = (
     "([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
 )
+# http(s) URIs: a host name, a port, then path segments, a query and a fragment of RFC 3986's
+# characters (unreserved, percent-encoded, sub-delimiters, ":" and "@").
+_PCHAR = "([A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})"
+_URI = f"https?://{_HOST}(:[0-9]{{1,5}})?(/{_PCHAR}*)*(\\?({_PCHAR}|[/?])*)?(#({_PCHAR}|[/?])*)?"
 #: ``format`` names JSON mode enforces, as patterns. They describe a subset of each format
 #: (``T`` and ``Z`` in upper case, no leap seconds, host names of up to five labels, dot-atom
-#: e-mail addresses), which is what a model writes and what every validator accepts.
+#: e-mail addresses, http and https URIs), which is what a model writes and what every
+#: validator accepts.
 FORMATS = {
     "date": f"^{_DATE}$",
     "time": f"^{_TIME}$",
@@ -557,4 +562,5 @@ FORMATS = {
     "ipv4": f"^({_OCTET}\\.){{3}}{_OCTET}$",
     "hostname": f"^{_HOST}$",
     "email": f"^{_LOCAL}@{_HOST}$",
+    "uri": f"^{_URI}$",
 }
