@@ -271,25 +271,16 @@ def main() -> None:
         print(f"{core} core: not measured ({reason})")
     scaling = cpu_scaling(pairs, repeats, cores)
     print("CPU: allocate+deallocate pair, N live blocks (16..2047 B, half the pool in holes)")
-    header = f"{'live':>8}"
-    for core in cores:
-        header += f" {core + ' us':>10}"
-    header += f" {'numpy us':>9}"
-    for core in cores:
-        header += f" {core + '/numpy':>13}"
-    for core in cores:
-        header += f" {core + ' vs 1e2':>14}"
-    print(header + f" {'free blks':>10}")
+    # (title, width, row key, format) of each column
+    columns = [("live", 8, "live_blocks", "")]
+    columns += [(f"{core} us", 10, f"{core}_us_per_pair", ".2f") for core in cores]
+    columns += [("numpy us", 9, "numpy_us_per_pair", ".2f")]
+    columns += [(f"{core}/numpy", 13, f"{core}_over_numpy", ".2f") for core in cores]
+    columns += [(f"{core} vs 1e2", 14, f"{core}_vs_100_live", ".2f") for core in cores]
+    columns += [("free blks", 10, "free_blocks", "")]
+    print(" ".join(f"{title:>{width}}" for title, width, _, _ in columns))
     for r in scaling:
-        line = f"{r['live_blocks']:>8}"
-        for core in cores:
-            line += f" {r[core + '_us_per_pair']:>10.2f}"
-        line += f" {r['numpy_us_per_pair']:>9.2f}"
-        for core in cores:
-            line += f" {r[core + '_over_numpy']:>13.2f}"
-        for core in cores:
-            line += f" {r[core + '_vs_100_live']:>14.2f}"
-        print(line + f" {r['free_blocks']:>10}")
+        print(" ".join(f"{r[key]:>{width}{fmt}}" for _, width, key, fmt in columns))
     frag = cpu_fragmentation(steps)
     print(
         f"CPU KV-like fragmentation: peak live {frag['peak_live_bytes'] / 2**20:.1f} MiB, "
