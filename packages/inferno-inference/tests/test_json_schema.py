@@ -426,7 +426,7 @@ def test_what_breaks_the_schema_is_rejected(name: str, text: str) -> None:
         ({"type": "object", "properties": {"a": {"pattern": "^a{5}$", "maxLength": 3}}}, "length"),
         ({"type": "object", "properties": {"a": {"pattern": "^a?$", "minLength": 2}}}, "length"),
         (
-            {"type": "object", "properties": {"n": {"type": "integer", "format": "int32"}}},
+            {"type": "object", "properties": {"n": {"type": "integer", "format": "int128"}}},
             "numbers",
         ),
         ({"type": "object", "properties": {"n": {"multipleOf": 2}}}, "multipleOf"),
@@ -793,3 +793,26 @@ def test_strings_are_valid_utf8_without_overlong_forms_or_surrogates(
         with pytest.raises(UnicodeDecodeError):
             data.decode()
         assert program.advance(program.initial, data) is None, raw
+
+
+def test_integer_formats_are_ranges() -> None:
+    """OpenAPI's int32/int64 (and their kin) bound integers; float and double are any number."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "a": {"type": "integer", "format": "int32"},
+            "b": {"type": "integer", "format": "uint8", "maximum": 100},
+            "c": {"type": "number", "format": "double"},
+        },
+        "required": ["a", "b", "c"],
+    }
+    program = _program(schema)
+    for a, b, c, ok in (
+        ("2147483647", "0", "1e5", True),
+        ("-2147483648", "100", "-0.5", True),
+        ("2147483648", "0", "1", False),
+        ("-2147483649", "0", "1", False),
+        ("0", "-1", "1", False),
+        ("0", "101", "1", False),
+    ):
+        assert _accepts(program, f'{{"a": {a}, "b": {b}, "c": {c}}}') is ok, (a, b, c)

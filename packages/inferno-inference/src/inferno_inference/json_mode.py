@@ -737,6 +737,13 @@ _KEYWORDS = frozenset(
 )
 _SIMPLE_TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
 _LENGTHS = frozenset(("minLength", "maxLength", "pattern", "format"))
+#: Number formats: the range of each integer one (None: any number, as float and double are).
+_NUMBER_FORMATS: dict[Any, tuple[int, int] | None] = {
+    **{f"int{b}": (-(2 ** (b - 1)), 2 ** (b - 1) - 1) for b in (8, 16, 32, 64)},
+    **{f"uint{b}": (0, 2**b - 1) for b in (8, 16, 32, 64)},
+    "float": None,
+    "double": None,
+}
 _RANGE = frozenset(("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"))
 
 
@@ -821,8 +828,6 @@ class _Compiler:
         if kind == "string":
             return self._string(schema, where)
         if kind in ("integer", "number"):
-            if "format" in schema:  # an OpenAPI range such as int32, say
-                raise SchemaError(f"{where}: JSON mode cannot enforce format on numbers")
             integer = kind == "integer"
             return self.add(
                 _Node(_NUMBER_NODE, integer=integer, bounds=_bounds(schema, integer, where))
@@ -1056,9 +1061,31 @@ def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _bounds(schema: dict[str, Any], integer: bool, where: str) -> NumberBounds | None:
     """The range a number schema sets, the tighter of ``minimum`` and ``exclusiveMinimum``
-    (and of the maxima) where both are given; None without one."""
+    (and of the maxima) where both are given, and of an integer ``format`` (OpenAPI's int32 and
+    int64, and their kin); None without one."""
+    fmt = schema.get("format")
+    if fmt is not None and fmt not in _NUMBER_FORMATS:
+        known = ", ".join(sorted(_NUMBER_FORMATS))
+        raise SchemaError(
+            f"{where}: JSON mode cannot enforce format {fmt!r} on numbers (it enforces {known})"
+        )
+    width = _NUMBER_FORMATS.get(fmt)
+    if width is not None:
+        low_int, high_int = width
+        # The format's range joins the schema's own (which is checked below).
+        schema = {**schema}
+        for word, limit, tighter in (("minimum", low_int, max), ("maximum", high_int, min)):
+            value = schema.get(word)
+            if value is None:
+                schema[word] = limit
+            elif _is_number(value):
+                schema[word] = tighter(value, limit)
     if not _RANGE & set(schema):
         return None
     values: dict[str, Fraction] = {}
