@@ -195,6 +195,12 @@ async def test_request_finished_event_and_metrics(make_client: MakeClient) -> No
     assert 'inferno:e2e_request_latency_seconds_count{model="default"} 1.0' in text
     assert 'inferno:num_requests_running{model="default"} 0.0' in text
     assert 'inferno:memory_pool_bytes{kind="current",model="default"}' in text
+    assert "inferno:structured_requests_total{" not in text  # plain text was asked for
+    await client.post(
+        "/v1/chat/completions", json={**CHAT, "response_format": {"type": "json_object"}}
+    )
+    text = await (await client.get("/metrics")).text()
+    assert 'inferno:structured_requests_total{kind="json_object",model="default"} 1.0' in text
 
 
 async def test_queue_time_counts_the_wait_inside_the_engine(make_client: MakeClient) -> None:

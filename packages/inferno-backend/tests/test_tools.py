@@ -274,6 +274,9 @@ async def test_route_returns_tool_calls_and_sends_the_schema(make_client: MakeCl
     assert json.loads(sp.json_schema) == _plan("required").schema
     prompt = orch.get("default").model.tokenizer.decode(request.prompt_token_ids)
     assert prompt.startswith("<|im_start|>system\nYou can call these functions")
+    metrics = await (await client.get("/metrics")).text()
+    assert 'inferno:tool_calls_total{model="default"} 1.0' in metrics
+    assert 'inferno:structured_requests_total{kind="tools",model="default"} 1.0' in metrics
 
 
 async def test_route_answers_in_text_when_the_model_does_not_call(make_client: MakeClient) -> None:
@@ -283,6 +286,8 @@ async def test_route_answers_in_text_when_the_model_does_not_call(make_client: M
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "It is sunny."}
     assert body["choices"][0]["finish_reason"] == "stop"
     assert orch.engines[0].requests[-1].sampling.json_optional
+    metrics = await (await client.get("/metrics")).text()
+    assert 'inferno:tool_calls_total{model="default"}' not in metrics  # a text answer
 
 
 async def test_route_streams_a_named_call(make_client: MakeClient) -> None:
@@ -304,6 +309,8 @@ async def test_route_streams_a_named_call(make_client: MakeClient) -> None:
     )
     assert arguments == '{"city": "Rome"}'
     assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    metrics = await (await client.get("/metrics")).text()
+    assert 'inferno:tool_calls_total{model="default"} 1.0' in metrics
 
 
 async def test_route_names_the_tool_whose_strict_schema_cannot_be_enforced(

@@ -125,6 +125,14 @@ class Metrics:
             "inferno:request_success", "Finished requests by finish reason.",
             ["model", "finish_reason"], registry=reg,
         )  # fmt: skip
+        self.structured_requests = Counter(
+            "inferno:structured_requests",
+            "Requests whose output is constrained, by kind: json_object, json_schema, tools.",
+            ["model", "kind"], registry=reg,
+        )  # fmt: skip
+        self.tool_calls = Counter(
+            "inferno:tool_calls", "Tool calls returned to clients.", ["model"], registry=reg
+        )
         self.http_requests = Counter(
             "inferno:http_requests", "HTTP responses by route and status.",
             ["route", "status"], registry=reg,

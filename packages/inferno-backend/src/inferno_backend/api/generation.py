@@ -171,6 +171,9 @@ class Generation:
             reasons = tuple(self.finish_reasons) or ("abort",)
             for reason in set(reasons):
                 self.metrics.requests.labels(model, reason).inc()
+            kind = "tools" if self.tool_plan is not None else self.sampling.response_format
+            if kind != "text":
+                self.metrics.structured_requests.labels(model, kind).inc()
             engine_queue = [u.queue_time_s for u in self._usages if u.queue_time_s is not None]
             self.metrics.queue_time.labels(model).observe(
                 handed_off + max(engine_queue) if engine_queue else handed_off

@@ -179,6 +179,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                     bodies = [call_body(name, arguments) for name, arguments in calls]
                     message = {"role": "assistant", "content": None, "tool_calls": bodies}
                     finish = "tool_calls"
+                    request.app[METRICS].tool_calls.labels(served.name).inc(len(bodies))
                 choices.append(
                     {
                         "index": i,
@@ -201,7 +202,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         def chunk(item: PromptOutput) -> list[dict[str, Any]]:
             out = item.output
             if streams is not None:
-                delta, finish = streams[out.index].push(out.text, out.finish_reason)
+                stream = streams[out.index]
+                delta, finish = stream.push(out.text, out.finish_reason)
+                if finish == "tool_calls":
+                    request.app[METRICS].tool_calls.labels(served.name).inc(stream.calls)
             else:
                 delta, finish = ({"content": out.text} if out.text else {}), out.finish_reason
             if not delta and not finish and not (body.logprobs and out.logprobs):

@@ -271,6 +271,8 @@ class ToolCallStream:
         self._text = False  # decided: a text answer, passed through
         self._calls = not plan.optional  # decided: calls, held to the end
         self._started = False  # a named call's first delta is sent
+        #: Calls sent once the choice has finished with them.
+        self.calls = 0
 
     def push(self, text: str, finish: str | None) -> tuple[dict[str, Any], str | None]:
         """The delta for ``text`` and the finish reason to report with it."""
@@ -284,7 +286,10 @@ class ToolCallStream:
                 delta = {"tool_calls": [call_body(plan.named, text, 0)]}
             elif text:
                 delta = {"tool_calls": [{"index": 0, "function": {"arguments": text}}]}
-            return delta, ("tool_calls" if finish == "stop" and self._started else finish)
+            if finish == "stop" and self._started:
+                self.calls = 1
+                return delta, "tool_calls"
+            return delta, finish
         self._held.append(text)
         if not self._calls:  # only blanks so far: the first other character decides
             head = text.lstrip()
@@ -300,4 +305,5 @@ class ToolCallStream:
         if calls is None:
             return ({"content": held} if held else {}), finish
         tool_calls = [call_body(name, args, i) for i, (name, args) in enumerate(calls)]
+        self.calls = len(tool_calls)
         return {"tool_calls": tool_calls}, "tool_calls"
