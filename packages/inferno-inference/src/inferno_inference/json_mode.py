@@ -1299,19 +1299,13 @@ class JsonGrammar:
             return mask
         if state[0] == _TEXT:
             return mask.logical_not_()
-        advance, vocab_bytes = self.program.advance, self.vocab.bytes
-        if state[0] == _STRING and state[2] < 2:  # in a string, between characters
-            mask |= self.vocab.plain
-            mask[[i for i in self.vocab.special if advance(state, vocab_bytes[i])]] = True
-        elif state[0] == _BOUNDED_STRING and self._free_characters(state):
-            node_id, count = state[2][:2]
-            limit = self.program.nodes[node_id].max_length
-            plain = self.vocab.plain
-            if limit is not None:
-                plain = plain & (self.vocab.chars <= limit - count)
-            mask |= plain
-            mask[[i for i in self.vocab.special if advance(state, vocab_bytes[i])]] = True
-        elif state[0] != _BOUNDED_STRING or not self._stable_characters(state, mask):
+        wholesale = self._wholesale(state)
+        if wholesale is not None:
+            passing, rest = wholesale
+            mask |= passing
+            advance, vocab_bytes = self.program.advance, self.vocab.bytes
+            mask[[i for i in rest if advance(state, vocab_bytes[i])]] = True
+        else:
             mask[self._walk(state)] = True
             if state[0] == _MAYBE:
                 mask[self._eos] = True  # an empty answer is plain text too
@@ -1321,44 +1315,41 @@ class JsonGrammar:
             mask[self._eos] = True
         return mask
 
-    def _stable_characters(self, state: JsonState, mask: torch.Tensor) -> bool:
-        """Fill ``mask`` for a patterned string between characters whose pattern state some
-        characters leave as it is (inside ``[A-Za-z ]+``, say): the plain tokens made of those
-        characters all pass, within the length bounds, and only the other tokens are checked
-        one by one. False, with ``mask`` untouched, when few tokens would pass that way (one
-        walk of the vocabulary is then cheaper)."""
+    def _wholesale(self, state: JsonState) -> tuple[torch.Tensor, list[int]] | None:
+        """Inside a string, between characters: the tokens that pass as a whole (a mask) and
+        the few to step through one by one; None where one walk of the vocabulary is better.
+
+        A free string takes every plain token (whole characters, no quote or backslash), within
+        its length limit. Inside a pattern, the plain tokens made of characters that leave its
+        state as it is pass (within the length bounds, which must leave the match possible
+        after each of those characters), and the rest are checked one by one, when they are
+        few (inside ``[A-Za-z ]+``, say)."""
+        vocab = self.vocab
+        if state[0] == _STRING:
+            return (vocab.plain, vocab.special) if state[2] < 2 else None
+        if state[0] != _BOUNDED_STRING:
+            return None
         node_id, count, where, _, matched = state[2]
         node = self.program.nodes[node_id]
         pattern = node.pattern
-        if where != _CHAR_NEXT or pattern is None or matched is None:
-            return False
+        if where != _CHAR_NEXT:
+            return None
+        if pattern is None or matched is None or pattern.universal(matched):
+            if node.max_length is None:
+                return vocab.plain, vocab.special
+            return vocab.plain & (vocab.chars <= node.max_length - count), vocab.special
         stable = pattern.stable_ranges(matched)
         if not stable:
-            return False
-        passing = self.vocab.within(stable)
-        # A token of k such characters keeps the state; the length bounds must leave the match
-        # possible after each of its characters.
+            return None
         room, needed = _room(node, count)
         fits = [True]
-        for k in range(1, self.vocab.longest + 1):
+        for k in range(1, vocab.longest + 1):
             fits.append(fits[-1] and k <= room and pattern.viable(matched, room - k, needed - k))
-        passing &= torch.tensor(fits)[self.vocab.chars]
-        rest = (self.vocab.nonempty & ~passing).nonzero().flatten()
+        passing = vocab.within(stable) & torch.tensor(fits)[vocab.chars]
+        rest = (vocab.nonempty & ~passing).nonzero().flatten()
         if len(rest) > _ONE_BY_ONE:
-            return False
-        mask |= passing
-        advance, vocab_bytes = self.program.advance, self.vocab.bytes
-        mask[[i for i in rest.tolist() if advance(state, vocab_bytes[i])]] = True
-        return True
-
-    def _free_characters(self, state: JsonState) -> bool:
-        """Whether a bounded string is between characters, and any characters may follow
-        (its pattern, if any, has matched already, whatever comes next)."""
-        node_id, _, where, _, matched = state[2]
-        pattern = self.program.nodes[node_id].pattern
-        return where == _CHAR_NEXT and (
-            pattern is None or matched is None or pattern.universal(matched)
-        )
+            return None
+        return passing, rest.tolist()
 
     def _walk(self, start: JsonState) -> list[int]:
         """Ids of the tokens valid from ``start``, in one pass over the sorted vocabulary."""
