@@ -80,3 +80,17 @@ async def test_bad_token_requests_are_400s_or_404s(client: TestClient[Any, Any])
         assert error["message"], (path, body)
         if param is not None:
             assert error["param"] == param, (path, body, error)
+
+
+async def test_tokenize_messages_with_tools_counts_what_a_chat_with_them_uses(
+    client: TestClient[Any, Any],
+) -> None:
+    tools = [{"type": "function", "function": {"name": "now", "description": "The time."}}]
+    with_tools = await client.post("/tokenize", json={**CHAT, "tools": tools})
+    counted = (await with_tools.json())["count"]
+    plain = (await (await client.post("/tokenize", json=CHAT)).json())["count"]
+    assert counted > plain  # the tools are described to the model
+    chat = await client.post("/v1/chat/completions", json={**CHAT, "tools": tools, "max_tokens": 1})
+    assert (await chat.json())["usage"]["prompt_tokens"] == counted
+    bad = await client.post("/tokenize", json={"model": "default", "prompt": "x", "tools": tools})
+    assert bad.status == 400

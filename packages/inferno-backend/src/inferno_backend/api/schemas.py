@@ -31,6 +31,7 @@ __all__ = [
     "TokenizeRequest",
     "Tool",
     "ToolCall",
+    "ToolFields",
 ]
 
 #: Most tools one request may describe (OpenAI's limit).
@@ -309,15 +310,11 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
-class ChatCompletionRequest(SamplingFields):
-    """Body of ``POST /v1/chat/completions``."""
+class ToolFields(BaseModel):
+    """The tools a chat may call, as chat completions and ``/tokenize`` take them."""
 
-    messages: list[ChatMessage] = Field(min_length=1, description="The conversation so far.")
-    max_completion_tokens: int | None = Field(
-        default=None, ge=1, description="Most new tokens per choice (newer name of max_tokens)."
-    )
-    logprobs: bool = Field(default=False, description="Return log-probabilities of tokens.")
-    top_logprobs: int | None = Field(default=None, ge=0, le=20, description="Alternatives.")
+    model_config = _STRICT
+
     tools: list[Tool] | None = Field(
         default=None, max_length=MAX_TOOLS, description="Functions the model may call."
     )
@@ -328,14 +325,8 @@ class ChatCompletionRequest(SamplingFields):
     )
     parallel_tool_calls: bool = Field(default=True, description="Allow several calls at once.")
 
-    _integral_chat = field_validator("max_completion_tokens", "top_logprobs", mode="before")(
-        _integral
-    )
-
     @model_validator(mode="after")
-    def _check_chat(self) -> ChatCompletionRequest:
-        if self.top_logprobs is not None and not self.logprobs:
-            raise ValueError("top_logprobs: requires logprobs to be true")
+    def _check_tools(self) -> ToolFields:
         names = [t.function.name for t in self.tools or ()]
         if len(set(names)) != len(names):
             raise ValueError("tools: two tools have the same name")
@@ -344,11 +335,6 @@ class ChatCompletionRequest(SamplingFields):
             raise ValueError("tool_choice: needs tools")
         if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
             raise ValueError(f"tool_choice: {choice.function.name!r} is not one of the tools")
-        if self.tool_plan is not None:
-            if self.response_format is not None and self.response_format.type != "text":
-                raise ValueError("response_format: cannot be combined with tool calls")
-            if self.ignore_eos:
-                raise ValueError("ignore_eos: cannot be combined with tool calls")
         return self
 
     @cached_property
@@ -357,6 +343,32 @@ class ChatCompletionRequest(SamplingFields):
         choice = self.tool_choice
         name = choice.function.name if isinstance(choice, NamedToolChoice) else choice
         return plan_tools(self.tools or (), name, parallel=self.parallel_tool_calls)
+
+
+class ChatCompletionRequest(SamplingFields, ToolFields):
+    """Body of ``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1, description="The conversation so far.")
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1, description="Most new tokens per choice (newer name of max_tokens)."
+    )
+    logprobs: bool = Field(default=False, description="Return log-probabilities of tokens.")
+    top_logprobs: int | None = Field(default=None, ge=0, le=20, description="Alternatives.")
+
+    _integral_chat = field_validator("max_completion_tokens", "top_logprobs", mode="before")(
+        _integral
+    )
+
+    @model_validator(mode="after")
+    def _check_chat(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs: requires logprobs to be true")
+        if self.tool_plan is not None:
+            if self.response_format is not None and self.response_format.type != "text":
+                raise ValueError("response_format: cannot be combined with tool calls")
+            if self.ignore_eos:
+                raise ValueError("ignore_eos: cannot be combined with tool calls")
+        return self
 
     @property
     def output_format(self) -> tuple[Literal["text", "json_object", "json_schema"], str | None]:
@@ -421,8 +433,9 @@ class CompletionRequest(SamplingFields):
         return [x for x in p if isinstance(x, str | list)]
 
 
-class TokenizeRequest(BaseModel):
-    """Body of ``POST /tokenize``: a prompt, or messages to render with the chat template."""
+class TokenizeRequest(ToolFields):
+    """Body of ``POST /tokenize``: a prompt, or messages to render with the chat template (with
+    the tools described as a chat request with these tools would describe them)."""
 
     model_config = _STRICT
 
@@ -445,6 +458,8 @@ class TokenizeRequest(BaseModel):
     def _one_input(self) -> TokenizeRequest:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of prompt and messages")
+        if self.tools and self.messages is None:
+            raise ValueError("tools: only with messages")
         return self
 
 

@@ -24,7 +24,7 @@ async def tokenize(request: web.Request) -> web.Response:
     body = await parse_body(request, TokenizeRequest)
     async with admitted(request, body.model) as served:
         if body.messages is not None:
-            text = render_chat(served, body.messages, None, body.add_generation_prompt)
+            text = render_chat(served, body.messages, body.tool_plan, body.add_generation_prompt)
             special = bool(body.add_special_tokens)
         else:
             text = body.prompt or ""
