@@ -129,3 +129,29 @@ def test_default_model_answers_through_the_console_script() -> None:
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
     assert torch.get_num_threads() >= 1
+
+
+def test_generate_in_json_mode(
+    models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = str(models_dir / "tiny.gguf")
+    schema = {
+        "type": "object",
+        "properties": {"a": {"const": 1}, "b": {"enum": ["x", "y"]}},
+        "required": ["a", "b"],
+        "additionalProperties": False,
+    }
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(schema))
+    argv = ["generate", "--model", model, "--prompt", "the", "--max-tokens", "40", "--seed", "3"]
+    for source in (str(path), json.dumps(schema)):
+        assert main([*argv, "--temperature", "0.8", "--json-schema", source]) == 0
+        answer = json.loads(capsys.readouterr().out)
+        assert answer["a"] == 1
+        assert answer["b"] in ("x", "y")
+    assert main([*argv, "--json", "--max-tokens", "3"]) == 0
+    assert capsys.readouterr().out.lstrip().startswith("{")  # an object, cut at 3 tokens
+    assert main([*argv, "--json-schema", str(tmp_path / "missing.json")]) == 1
+    assert "cannot read" in capsys.readouterr().err
+    assert main([*argv, "--json-schema", '{"type": "string"}']) == 1
+    assert "root must be an object" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 __all__ = ["register"]
@@ -20,6 +21,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--chat", action="store_true", help="render the prompt as one user message")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="answer with one JSON object")
+    output.add_argument(
+        "--json-schema",
+        metavar="SCHEMA",
+        help="answer with an instance of this JSON Schema (a file, or the schema as JSON text)",
+    )
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
@@ -46,11 +54,14 @@ def run(args: argparse.Namespace) -> int:
             prompt_ids = model.tokenizer.encode(text, add_special_tokens=False)
         else:
             prompt_ids = model.tokenizer.encode(args.prompt)
+        schema = _schema_text(args.json_schema) if args.json_schema else None
         sampling = SamplingParams(
             max_tokens=args.max_tokens,
             temperature=args.temperature,
             top_p=args.top_p,
             seed=args.seed,
+            response_format="json_schema" if schema else "json_object" if args.json else "text",
+            json_schema=schema,
         )
         context = min(model.config.max_position_embeddings, len(prompt_ids) + args.max_tokens)
         block_size = EngineConfig.model_fields["block_size"].default
@@ -84,6 +95,16 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
     sys.stdout.write("\n")
     return 0
+
+
+def _schema_text(value: str) -> str:
+    """The schema's JSON text: ``value`` itself when it is JSON, else the file it names."""
+    if value.lstrip().startswith(("{", "[")):
+        return value
+    try:
+        return Path(value).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"--json-schema: cannot read {value}: {exc.strerror}") from None
 
 
 def _fail(message: str) -> int:
