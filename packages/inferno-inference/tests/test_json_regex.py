@@ -145,3 +145,14 @@ def test_formats_accept_only_what_a_format_validator_accepts(name: str) -> None:
     assert len(samples) >= 100
     for text in samples:
         assert validator.is_valid(text), (name, text)
+
+
+def test_viable_knows_every_length_a_match_can_take() -> None:
+    even = Regex("^(aa)*$")
+    assert even.viable(even.initial, 4, 3)  # "aaaa"
+    assert not even.viable(even.initial, 3, 3)  # only even lengths match
+    assert even.viable(even.initial, 0, 0)  # the empty string
+    twos_and_fives = Regex("^x(aa|aaaaa)$")
+    assert not twos_and_fives.viable(twos_and_fives.initial, 5, 4)  # lengths 3 and 6 only
+    assert twos_and_fives.viable(twos_and_fives.initial, 6, 4)
+    assert twos_and_fives.viable(twos_and_fives.initial, 10**6, 6)  # beyond the exact range

@@ -182,8 +182,23 @@ UNIONS = {
     "required": ["x", "d", "e"],
     "additionalProperties": False,
 }
+# Patterns whose lengths have gaps, under narrow length windows: a character is begun only
+# when some completion has a length inside the window.
+GAPPY = {
+    "type": "object",
+    "properties": {
+        "a": {"type": "string", "pattern": "^(ab|abcde)+$", "minLength": 3, "maxLength": 7},
+        "b": {"type": "string", "pattern": "^x(yy|yyyyy)*$", "minLength": 5, "maxLength": 6},
+        "c": {"type": "string", "pattern": "^(aaa)*b?$", "maxLength": 4},
+        # Only "yyyy" fits: an "x" would lead to lengths 3 or 6.
+        "d": {"type": "string", "pattern": "^(x(aa|aaaaa)|yyyy)$", "minLength": 4, "maxLength": 5},
+    },
+    "required": ["a", "b", "c", "d"],
+    "additionalProperties": False,
+}
 SCHEMAS = {
     "person": PERSON,
+    "gappy": GAPPY,
     "unions": UNIONS,
     "bounded": BOUNDED,
     "patterned": PATTERNED,
@@ -425,6 +440,13 @@ def test_what_breaks_the_schema_is_rejected(name: str, text: str) -> None:
         ({"type": "object", "properties": {"a": {"format": "date", "pattern": "^2"}}}, "together"),
         ({"type": "object", "properties": {"a": {"pattern": "^a{5}$", "maxLength": 3}}}, "length"),
         ({"type": "object", "properties": {"a": {"pattern": "^a?$", "minLength": 2}}}, "length"),
+        (
+            {
+                "type": "object",
+                "properties": {"a": {"pattern": "^x(aa|aaaaa)$", "minLength": 4, "maxLength": 5}},
+            },
+            "length",
+        ),
         (
             {"type": "object", "properties": {"n": {"type": "integer", "format": "int128"}}},
             "numbers",

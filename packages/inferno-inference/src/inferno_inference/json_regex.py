@@ -30,6 +30,8 @@ _MAX = 0x10FFFF
 MAX_STATES = 20_000
 #: Largest count in a ``{n,m}`` quantifier.
 MAX_REPEAT = 1_000
+#: Most characters of room for which `Regex.viable` knows every length a match can take.
+EXACT_ROOM = 256
 
 Ranges = tuple[tuple[int, int], ...]  # sorted, disjoint, inclusive code-point ranges
 
@@ -390,6 +392,7 @@ class Regex:
         self.initial: frozenset[int] = self._closure[start]
         self._memo: dict[tuple[frozenset[int], int], frozenset[int]] = {}
         self._stable: dict[frozenset[int], Ranges] = {}
+        self._length_bits: list[int] | None = None
         self._shortest, self._longest = self._distances(nfa)
 
     @staticmethod
@@ -410,6 +413,7 @@ class Regex:
         inf = math.inf
         count = len(nfa.edges)
         back: list[list[tuple[int, int]]] = [[] for _ in range(count)]  # (source, weight)
+        self._back = back
         for s in range(count):
             for _, target in nfa.edges[s]:
                 back[target].append((s, 1))
@@ -452,8 +456,42 @@ class Regex:
 
     def viable(self, state: frozenset[int], room: float, needed: int) -> bool:
         """Whether a match can be completed with at least ``needed`` and at most ``room`` more
-        characters (as far as the fewest and the most tell)."""
+        characters. Exact up to `EXACT_ROOM` characters of room, where the lengths a match can
+        still take are known one by one; beyond, as far as the fewest and the most tell (a
+        window that wide misses a length only for patterns such as ``(a{300})*``)."""
+        if room <= EXACT_ROOM:
+            window = ((1 << (int(room) + 1)) - 1) & ~((1 << max(needed, 0)) - 1)
+            lengths = self._lengths()
+            return any(lengths[s] & window for s in state)
         return any(self._shortest[s] <= room and self._longest[s] >= needed for s in state)
+
+    def _lengths(self) -> list[int]:
+        """Per NFA state, a bit set of the character counts (up to `EXACT_ROOM`) after which it
+        can reach a match: bit k is set when exactly k more characters can complete one."""
+        if self._length_bits is not None:
+            return self._length_bits
+        back = self._back
+
+        def closure_back(states: set[int]) -> set[int]:
+            seen, todo = set(states), list(states)
+            while todo:
+                for source, weight in back[todo.pop()]:
+                    if weight == 0 and source not in seen:
+                        seen.add(source)
+                        todo.append(source)
+            return seen
+
+        bits = [0] * len(back)
+        current = closure_back({self.accept})
+        for k in range(EXACT_ROOM + 1):
+            for s in current:
+                bits[s] |= 1 << k
+            before = {source for t in current for source, weight in back[t] if weight == 1}
+            if not before:
+                break
+            current = closure_back(before)
+        self._length_bits = bits
+        return bits
 
     def step(self, state: frozenset[int], cp: int) -> frozenset[int]:
         """The state after code point ``cp`` (empty: no match is possible any more)."""
