@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,6 +112,7 @@ def _decode_both_ways(
     int8: bool = False,
     weights: dict[str, torch.Tensor] | None = None,
     threads: int | None = None,
+    library: NativeLibrary | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, ...]]]:
     """Logits of one decode step of ``rows`` sequences, natively and in torch, and the
     caches each wrote (native, torch, per layer). ``int8``: the native side's projections are
@@ -125,7 +127,7 @@ def _decode_both_ways(
         max_len=96,
         native_layout=functools.partial(pack_weight, int8=int8),
     )
-    native = NativeDecoder(model, max_rows=16, threads=threads)
+    native = NativeDecoder(model, max_rows=16, threads=threads, library=library)
     assert native.int8 == int8
     lengths = [5 + 9 * i for i in range(rows)]  # unequal: padded decode slots
     prompts = [[(3 * j + i) % config.vocab_size for j in range(n)] for i, n in enumerate(lengths)]
@@ -206,10 +208,14 @@ def test_int8_native_weights_count_their_bytes() -> None:
 @pytest.mark.usefixtures("two_threads")
 @pytest.mark.parametrize("rows", [1, 7, 70])
 def test_native_matmul_equals_the_dense_product(rows: int) -> None:
+    _check_matmul(_NATIVE, rows)
+
+
+def _check_matmul(library: NativeLibrary, rows: int) -> None:
     # Output widths that are not multiples of the 32-row tiles, inputs not multiples of 16;
     # 70 rows: whole 8-row groups and a tail.
     gen = torch.Generator().manual_seed(rows)
-    matmul = NativeMatmul(_NATIVE)
+    matmul = NativeMatmul(library)
     for out, inner in ((321, 72), (100, 130)):
         weight = torch.randn(out, inner, generator=gen)
         x = torch.randn(rows, inner, generator=gen)
@@ -230,6 +236,54 @@ def test_native_matmul_equals_the_dense_product(rows: int) -> None:
         torch.testing.assert_close(got_int8, want_int8, atol=1e-4, rtol=1e-4)
     with pytest.raises(EngineError, match="input width 71"):
         matmul(pack_weight(torch.zeros(8, 72)), torch.zeros(1, 71), 8)
+
+
+#: Each vector path of decode.c, forced with $INFERNO_NATIVE_CFLAGS on an x86 machine that has
+#: a wider one, so all of them stay correct whichever CPU runs the tests.
+_FORCED = {"avx2": "-mno-avx512f", "portable": "-mno-avx512f -mno-avx2 -mno-fma"}
+
+
+@pytest.fixture(scope="module")
+def forced_builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, NativeLibrary]:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the forced builds use x86 flags")
+    built = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INFERNO_CACHE_DIR", str(tmp_path_factory.mktemp("isa")))
+        for isa, flags in _FORCED.items():
+            mp.setenv(build.FLAGS_ENV, flags)
+            built[isa] = build._load("decode")
+    return built
+
+
+def test_the_build_reports_its_vector_path(forced_builds: dict[str, NativeLibrary]) -> None:
+    assert _NATIVE.isa in ("avx512-bf16", "avx512", "avx2", "portable")
+    assert forced_builds["portable"].isa == "portable"
+    # A CPU without AVX2 builds the portable loops even when asked for no more than AVX2.
+    assert forced_builds["avx2"].isa == ("portable" if _NATIVE.isa == "portable" else "avx2")
+    paths = {lib.path for lib in forced_builds.values()}
+    # The flags are part of the cache key: three builds, three libraries.
+    assert len(paths) == 2
+    assert _NATIVE.path not in paths
+
+
+@pytest.mark.usefixtures("two_threads")
+@pytest.mark.parametrize("isa", sorted(_FORCED))
+def test_every_vector_path_computes_the_same_products_and_steps(
+    isa: str, forced_builds: dict[str, NativeLibrary]
+) -> None:
+    library = forced_builds[isa]
+    assert library.lib is not None, library.reason
+    for rows in (1, 7, 70):
+        _check_matmul(library, rows)
+    for rows in (1, 5, 9):
+        ours, want, _ = _decode_both_ways(torch.float32, rows, library=library)
+        torch.testing.assert_close(ours, want, atol=1e-4, rtol=1e-4)
+    ours, _, _ = _decode_both_ways(torch.bfloat16, 5, library=library)
+    best, _, _ = _decode_both_ways(torch.bfloat16, 5)
+    exact, _, _ = _decode_both_ways(torch.float32, 5)
+    # Sums in another order than the default build's, over the same bf16 operands.
+    assert float((ours - exact).abs().max()) <= 1.25 * float((best - exact).abs().max()) + 1e-3
 
 
 def test_with_native_matmuls_the_packed_copy_is_the_only_one() -> None:

@@ -148,6 +148,7 @@ def build_llm_engine(
         dtype=ec.dtype,
         weight_quantization=ec.weight_quantization,
         native_decode=use_native,
+        native_isa=library.isa if use_native and library is not None else None,
         triton_kernels=model.ops is not None,
         device=str(device),
     )

@@ -4,8 +4,10 @@ The C sources ship inside the wheel. They are compiled on the machine that runs 
 ``-march=native`` picks that CPU's vector units) with the system C compiler (``$CC``, else
 ``cc``, ``gcc`` or ``clang``), once: the shared library is cached under
 ``$INFERNO_CACHE_DIR/kernels`` (default ``~/.cache/inferno/kernels``), keyed by the source, the
-compiler, the flags and the CPU. Where there is no compiler, or the build fails, the loader
-returns ``None`` with the reason, and the engine keeps its PyTorch path.
+compiler, the flags and the CPU. ``$INFERNO_NATIVE_CFLAGS`` adds flags after the defaults
+(``-mno-avx512f`` builds the AVX2 kernels on an AVX-512 machine, say, or ``-march=x86-64-v3``
+targets a whole fleet from one cache). Where there is no compiler, or the build fails, the
+loader returns ``None`` with the reason, and the engine keeps its PyTorch path.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -34,6 +37,8 @@ _FLAGS = ("-O3", "-march=native", "-std=c11", "-shared", "-fPIC", "-fno-math-err
 #: OpenMP for the step's threads (bound to torch's own runtime, see `_load`); without it the
 #: kernels still build, single-threaded.
 _OPENMP = ("-fopenmp",)
+#: Extra compiler flags, appended to the defaults (and part of the cache key).
+FLAGS_ENV = "INFERNO_NATIVE_CFLAGS"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +49,9 @@ class NativeLibrary:
     reason: str
     path: Path | None = None
     openmp: bool = False
+    #: The vector code the build selected (``avx512-bf16``, ``avx512``, ``avx2``, ``portable``),
+    #: as the library reports it; empty when there is no library or it does not say.
+    isa: str = ""
 
 
 def cache_dir() -> Path:
@@ -87,6 +95,22 @@ def _compiler_identity(cc: str) -> str:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"{cc}: {exc}"
     return out.stdout.splitlines()[0] if out.stdout else cc
+
+
+def _extra_flags() -> tuple[str, ...]:
+    return tuple(shlex.split(os.environ.get(FLAGS_ENV, "")))
+
+
+def _isa(lib: ctypes.CDLL, name: str) -> str:
+    """What ``inferno_<name>_isa()`` says the build's vector code is, if the library has it."""
+    try:
+        fn = getattr(lib, f"inferno_{name}_isa")
+    except AttributeError:
+        return ""
+    fn.restype = ctypes.c_char_p
+    fn.argtypes = []
+    raw = fn()
+    return raw.decode() if isinstance(raw, bytes) else ""
 
 
 def _compile(cc: str, source: Path, out: Path, flags: tuple[str, ...]) -> str | None:
@@ -142,7 +166,7 @@ def _load(name: str) -> NativeLibrary:
     identity = _compiler_identity(cc)
     errors: list[str] = []
     for extra, openmp in ((_OPENMP, True), ((), False)):
-        flags = _FLAGS + extra
+        flags = _FLAGS + extra + _extra_flags()
         parts = (source.read_text(), identity, " ".join(flags), _cpu_fingerprint())
         key = hashlib.sha256(b"\0".join(p.encode() for p in parts)).hexdigest()[:16]
         path = cache_dir() / f"{name}-{key}.so"
@@ -157,7 +181,7 @@ def _load(name: str) -> NativeLibrary:
         except OSError as exc:
             errors.append(str(exc))
             continue
-        return NativeLibrary(lib, "loaded", path, openmp)
+        return NativeLibrary(lib, "loaded", path, openmp, _isa(lib, name))
     reason = f"could not build {source.name} with {cc}: {errors[-1] if errors else 'unknown'}"
     log.warning("native kernels unavailable", reason=reason)
     return NativeLibrary(None, reason)

@@ -12,8 +12,8 @@
  * KV cache are bf16 and each projection's input is rounded to bf16 before the dot products,
  * which accumulate in fp32 (as torch's bf16 matmuls do). Int8 weights (per-row scales) take
  * fp32 inputs and scale each row's sum. The file is compiled on the machine
- * that runs it (-march=native); the AVX-512 paths are used where the compiler targets them and
- * portable loops elsewhere.
+ * that runs it (-march=native); the AVX-512 or AVX2 paths are used where the compiler targets
+ * them and portable loops elsewhere.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -25,7 +25,7 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 #endif
 
@@ -65,6 +65,19 @@ typedef struct {
 } model_t;
 
 int inferno_decode_abi(void) { return INFERNO_DECODE_ABI; }
+
+/* Which projection kernels this build compiled: the flags decide, so the loader logs it. */
+const char* inferno_decode_isa(void) {
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+    return "avx512-bf16";
+#elif defined(__AVX512F__)
+    return "avx512";
+#elif defined(__AVX2__) && defined(__FMA__)
+    return "avx2";
+#else
+    return "portable";
+#endif
+}
 
 static inline float bf16_to_f32(uint16_t v) {
     uint32_t u = (uint32_t)v << 16;
@@ -236,6 +249,106 @@ static void tile(const void* w, int wt, const void* x, int64_t mb, int64_t K, fl
         TILES_I8[mb]((const int8_t*)w, (const float*)x, K, out);
     else
         TILES_F32[mb]((const float*)w, (const float*)x, K, out);
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+/*
+ * AVX2 (eight lanes, sixteen vector registers): a 16-row block is two vectors per column, so a
+ * 32-row tile by eight input rows would need 32 accumulators. Here a register tile is one block
+ * by up to four input rows (eight independent accumulator chains, enough to hide the multiply-add
+ * latency) and `tile` walks the 32-row tile's two blocks in turn; with more than four input rows
+ * a block is read again, from cache.
+ */
+#define MB_AVX2 4
+
+/* The (even, odd) bf16 columns of each 32-bit lane, widened to fp32. */
+static inline __m256 bf16_even(__m256i w) { return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)); }
+static inline __m256 bf16_odd(__m256i w) {
+    return _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32((int)0xffff0000)));
+}
+static inline __m256 i8_codes8(const int8_t* w) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)w)));
+}
+
+#define DEFINE_BLOCK(MB)                                                                       \
+    static void block_f32_##MB(const float* w, const float* x, int64_t K, float* out) {       \
+        __m256 lo[MB], hi[MB];                                                               \
+        _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) lo[b] = hi[b] = _mm256_setzero_ps(); \
+        for (int64_t k = 0; k < K; k++) {                                                    \
+            __m256 w0 = _mm256_loadu_ps(w + k * ROWS), w1 = _mm256_loadu_ps(w + k * ROWS + 8); \
+            _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) {                           \
+                __m256 xb = _mm256_broadcast_ss(x + b * K + k);                              \
+                lo[b] = _mm256_fmadd_ps(w0, xb, lo[b]);                                      \
+                hi[b] = _mm256_fmadd_ps(w1, xb, hi[b]);                                      \
+            }                                                                                \
+        }                                                                                    \
+        _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) {                               \
+            _mm256_storeu_ps(out + b * PAIR, lo[b]);                                         \
+            _mm256_storeu_ps(out + b * PAIR + 8, hi[b]);                                     \
+        }                                                                                    \
+    }                                                                                        \
+    static void block_i8_##MB(const int8_t* w, const float* x, int64_t K, float* out) {      \
+        __m256 lo[MB], hi[MB];                                                               \
+        _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) lo[b] = hi[b] = _mm256_setzero_ps(); \
+        for (int64_t k = 0; k < K; k++) {                                                    \
+            __m256 w0 = i8_codes8(w + k * ROWS), w1 = i8_codes8(w + k * ROWS + 8);           \
+            _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) {                           \
+                __m256 xb = _mm256_broadcast_ss(x + b * K + k);                              \
+                lo[b] = _mm256_fmadd_ps(w0, xb, lo[b]);                                      \
+                hi[b] = _mm256_fmadd_ps(w1, xb, hi[b]);                                      \
+            }                                                                                \
+        }                                                                                    \
+        _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) {                               \
+            _mm256_storeu_ps(out + b * PAIR, lo[b]);                                         \
+            _mm256_storeu_ps(out + b * PAIR + 8, hi[b]);                                     \
+        }                                                                                    \
+    }                                                                                        \
+    static void block_bf16_##MB(const uint16_t* w, const uint16_t* x, int64_t K, float* out) { \
+        __m256 lo[MB], hi[MB];                                                               \
+        _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) lo[b] = hi[b] = _mm256_setzero_ps(); \
+        for (int64_t s = 0; s < K / 2; s++) {                                                \
+            __m256i v0 = _mm256_loadu_si256((const __m256i*)(w + s * 2 * ROWS));             \
+            __m256i v1 = _mm256_loadu_si256((const __m256i*)(w + s * 2 * ROWS + ROWS));      \
+            __m256 e0 = bf16_even(v0), o0 = bf16_odd(v0), e1 = bf16_even(v1), o1 = bf16_odd(v1); \
+            _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) {                           \
+                __m256 x0 = _mm256_set1_ps(bf16_to_f32(x[b * K + 2 * s]));                   \
+                __m256 x1 = _mm256_set1_ps(bf16_to_f32(x[b * K + 2 * s + 1]));               \
+                lo[b] = _mm256_fmadd_ps(o0, x1, _mm256_fmadd_ps(e0, x0, lo[b]));             \
+                hi[b] = _mm256_fmadd_ps(o1, x1, _mm256_fmadd_ps(e1, x0, hi[b]));             \
+            }                                                                                \
+        }                                                                                    \
+        _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) {                               \
+            _mm256_storeu_ps(out + b * PAIR, lo[b]);                                         \
+            _mm256_storeu_ps(out + b * PAIR + 8, hi[b]);                                     \
+        }                                                                                    \
+    }
+DEFINE_BLOCK(1)
+DEFINE_BLOCK(2)
+DEFINE_BLOCK(3)
+DEFINE_BLOCK(4)
+
+typedef void (*block_f32_fn)(const float*, const float*, int64_t, float*);
+typedef void (*block_bf16_fn)(const uint16_t*, const uint16_t*, int64_t, float*);
+typedef void (*block_i8_fn)(const int8_t*, const float*, int64_t, float*);
+static const block_f32_fn BLOCKS_F32[MB_AVX2 + 1] = {0, block_f32_1, block_f32_2, block_f32_3,
+                                                     block_f32_4};
+static const block_bf16_fn BLOCKS_BF16[MB_AVX2 + 1] = {0, block_bf16_1, block_bf16_2,
+                                                       block_bf16_3, block_bf16_4};
+static const block_i8_fn BLOCKS_I8[MB_AVX2 + 1] = {0, block_i8_1, block_i8_2, block_i8_3,
+                                                   block_i8_4};
+
+static void tile(const void* w, int wt, const void* x, int64_t mb, int64_t K, float* out) {
+    for (int64_t half = 0; half < 2; half++)
+        for (int64_t b0 = 0; b0 < mb; b0 += MB_AVX2) {
+            int64_t n = mb - b0 < MB_AVX2 ? mb - b0 : MB_AVX2;
+            float* o = out + b0 * PAIR + half * ROWS;
+            if (wt == W_BF16)
+                BLOCKS_BF16[n]((const uint16_t*)w + half * K * ROWS, (const uint16_t*)x + b0 * K,
+                               K, o);
+            else if (wt == W_I8)
+                BLOCKS_I8[n]((const int8_t*)w + half * K * ROWS, (const float*)x + b0 * K, K, o);
+            else
+                BLOCKS_F32[n]((const float*)w + half * K * ROWS, (const float*)x + b0 * K, K, o);
+        }
 }
 #else
 /* Portable tile: the same packed walk in plain loops, which compilers vectorize over r. */
