@@ -118,3 +118,28 @@ def test_int8_greedy_shares_a_long_prefix_with_unquantized(
     quant = _greedy(_engine(loaded, dtype=dtype, weight_quantization="int8"), [prompt])[0]
     assert len(quant) == NEW_TOKENS
     assert quant[:8] == plain[:8]
+
+
+def test_embeddings_match_transformers_pooled_hidden_states(
+    loaded: LoadedModel, hf_model: Any, prompts: list[list[int]]
+) -> None:
+    from inferno_inference.types import EmbeddingRequest
+
+    # The longer texts take two chunks.
+    engine = _engine(loaded, max_num_batched_tokens=16, max_num_seqs=8)
+    for i, ids in enumerate(prompts):
+        engine.add_request(EmbeddingRequest(f"m{i}", tuple(ids)))
+        engine.add_request(EmbeddingRequest(f"l{i}", tuple(ids), pooling="last"))
+    got: dict[str, torch.Tensor] = {}
+    while engine.has_work():
+        for out in engine.step():
+            assert out.embedding is not None
+            got[out.request_id] = torch.tensor(out.embedding)
+    for i, ids in enumerate(prompts):
+        with torch.inference_mode():
+            hidden = hf_model.model(torch.tensor([ids])).last_hidden_state[0]
+        for key, want in ((f"m{i}", hidden.mean(0)), (f"l{i}", hidden[-1])):
+            want = torch.nn.functional.normalize(want, dim=0)
+            torch.testing.assert_close(got[key], want, atol=2e-4, rtol=1e-3)
+            # As a user sees it: the same direction.
+            assert float(got[key] @ want) > 0.99999

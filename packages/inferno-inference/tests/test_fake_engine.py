@@ -144,3 +144,44 @@ def test_seam_and_fake_import_without_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+async def test_fake_embeddings_are_deterministic_unit_vectors() -> None:
+    from inferno_inference import EmbeddingRequest
+
+    engine = FakeEngine(embedding_size=8)
+    a = await engine.embed(EmbeddingRequest("a", (1, 2, 3)))
+    b = await engine.embed(EmbeddingRequest("b", (1, 2, 3)))
+    c = await engine.embed(EmbeddingRequest("c", (3, 2, 1), pooling="last"))
+    raw = await engine.embed(EmbeddingRequest("d", (5, 6), normalize=False))
+    assert a.embedding == b.embedding
+    assert len(a.embedding) == 8
+    assert a.prompt_tokens == 3
+    assert abs(sum(v * v for v in a.embedding) - 1) < 1e-9
+    assert c.embedding != a.embedding
+    assert abs(sum(v * v for v in raw.embedding) - 1) > 1e-6
+    assert [r.request_id for r in engine.embeddings] == ["a", "b", "c", "d"]
+    assert engine.stats().prompt_tokens_total == 11
+
+
+async def test_fake_embed_validates_fails_and_aborts() -> None:
+    from inferno_inference import EmbeddingRequest, EngineError
+
+    engine = FakeEngine(max_model_len=4, vocab_size=10)
+    with pytest.raises(PromptTooLongError):
+        await engine.embed(EmbeddingRequest("long", (1,) * 5))
+    with pytest.raises(InvalidRequestError, match="vocabulary"):
+        await engine.embed(EmbeddingRequest("oov", (10,)))
+    with pytest.raises(EngineError, match="scripted"):
+        await FakeEngine(fail_after=0).embed(EmbeddingRequest("x", (1,)))
+    slow = FakeEngine(first_token_delay=5.0)
+    task = asyncio.create_task(slow.embed(EmbeddingRequest("slow", (1, 2))))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert slow.aborted == ["slow"]
+    assert not slow._embedding_live
+    await slow.shutdown()
+    with pytest.raises(EngineStoppedError):
+        await slow.embed(EmbeddingRequest("late", (1,)))

@@ -19,15 +19,18 @@ from inferno_inference.errors import (
 from inferno_inference.protocols import InferenceEngine
 from inferno_inference.types import (
     MAX_LOGIT_BIAS,
+    EmbeddingOutput,
+    EmbeddingRequest,
     EngineStats,
     FinishReason,
     GenerationOutput,
     GenerationRequest,
+    Pooling,
     SamplingParams,
     TokenLogprob,
     Usage,
 )
-from inferno_inference.validation import validate_request
+from inferno_inference.validation import validate_embedding, validate_request
 
 if TYPE_CHECKING:
     from inferno_inference.async_engine import AsyncEngine
@@ -54,6 +57,8 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "MAX_LOGIT_BIAS",
     "AsyncEngine",
+    "EmbeddingOutput",
+    "EmbeddingRequest",
     "EngineConfig",
     "EngineError",
     "EngineStats",
@@ -64,11 +69,13 @@ __all__ = [
     "InferenceEngine",
     "InvalidRequestError",
     "LLMEngine",
+    "Pooling",
     "PromptTooLongError",
     "SamplingParams",
     "TokenLogprob",
     "Usage",
     "build_async_engine",
     "build_llm_engine",
+    "validate_embedding",
     "validate_request",
 ]

@@ -10,14 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 import structlog
 
 from inferno_inference.engine import LLMEngine
-from inferno_inference.errors import EngineStoppedError, InvalidRequestError
-from inferno_inference.types import EngineStats, GenerationOutput, GenerationRequest
+from inferno_inference.errors import EngineError, EngineStoppedError, InvalidRequestError
+from inferno_inference.types import (
+    EmbeddingOutput,
+    EmbeddingRequest,
+    EngineStats,
+    GenerationOutput,
+    GenerationRequest,
+)
 
 __all__ = ["AsyncEngine"]
 
@@ -42,7 +48,7 @@ class AsyncEngine:
         self._cv = threading.Condition()
         # Submissions and aborts in call order: an abort left behind by a cancelled stream must
         # reach the engine before a later request that reuses its id.
-        self._commands: list[GenerationRequest | str] = []
+        self._commands: list[GenerationRequest | EmbeddingRequest | str] = []
         self._streams: dict[str, _Stream] = {}
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="inferno-engine", daemon=True)
@@ -54,7 +60,28 @@ class AsyncEngine:
         """Submit ``request`` and stream its outputs (see `InferenceEngine.generate`)."""
         return self._generate(request)
 
-    async def _generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]:
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingOutput:
+        """The embedding of ``request``, computed in the running batch (see
+        `InferenceEngine.embed`)."""
+        last: GenerationOutput | None = None
+        async with contextlib.aclosing(self._generate(request)) as stream:
+            async for out in stream:
+                last = out
+        if last is None or last.finish_reason == "abort":
+            raise EngineStoppedError(f"request {request.request_id!r} was aborted")
+        if last.embedding is None:
+            raise EngineError(last.error or f"request {request.request_id!r} failed")
+        usage = last.usage
+        return EmbeddingOutput(
+            request.request_id,
+            last.embedding,
+            len(request.prompt_token_ids),
+            queue_time_s=usage.queue_time_s if usage is not None else None,
+        )
+
+    async def _generate(
+        self, request: GenerationRequest | EmbeddingRequest
+    ) -> AsyncGenerator[GenerationOutput, None]:
         self.engine.validate(request)
         rid = request.request_id
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())

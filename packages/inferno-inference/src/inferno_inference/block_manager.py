@@ -53,9 +53,10 @@ class BlockManager:
     def _prefix_hits(self, seq: Sequence) -> tuple[list[int], list[int]]:
         """Cached blocks (and their hashes) matching the sequence's leading full blocks.
 
-        The last token is never taken from the cache: its logits are needed to sample.
+        The last token is never taken from the cache: its logits are needed to sample. Nor is
+        anything for mean pooling, which needs every token's hidden state.
         """
-        if not self.enable_prefix_caching:
+        if not self.enable_prefix_caching or seq.pooling == "mean":
             return [], []
         bs = self.block_size
         hits: list[int] = []
@@ -90,7 +91,8 @@ class BlockManager:
         revived = sum(1 for b in hits if self._ref[b] == 0)
         if max(0, fresh) + revived > len(self._free):
             return 0
-        if not seq.prefix_looked_up:  # count a prompt once, not again after preemption
+        # Count a prompt once, not again after preemption; one never looked up, not at all.
+        if not seq.prefix_looked_up and seq.pooling != "mean":
             seq.prefix_looked_up = True
             self.prefix_queries += seq.prompt_len
             self.prefix_hits += len(hits) * self.block_size

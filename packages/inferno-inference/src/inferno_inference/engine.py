@@ -29,18 +29,23 @@ from inferno_inference.scheduler import Scheduler
 from inferno_inference.sequence import Sequence
 from inferno_inference.stops import StopMatcher
 from inferno_inference.types import (
+    EmbeddingRequest,
     EngineStats,
     FinishReason,
     GenerationOutput,
     GenerationRequest,
+    SamplingParams,
     TokenLogprob,
     Usage,
 )
-from inferno_inference.validation import validate_request
+from inferno_inference.validation import validate_embedding, validate_request
 
 __all__ = ["Detokenizer", "DetokenizerFactory", "LLMEngine"]
 
 log = structlog.get_logger(__name__)
+
+#: What an embedding sequence carries as sampling parameters: it never samples.
+_EMBEDDING_SAMPLING = SamplingParams(max_tokens=1)
 
 #: JSON grammars kept for reuse, one per schema. Each caches up to 256 masks of one byte per
 #: vocabulary entry (12 MiB for a 50K vocabulary), so this bounds them at about 100 MiB.
@@ -65,7 +70,7 @@ DetokenizerFactory = Callable[[Seq[int]], Detokenizer]
 
 @dataclass(slots=True)
 class _Request:
-    request: GenerationRequest
+    request: GenerationRequest | EmbeddingRequest
     seqs: list[Sequence]
     detoks: list[Detokenizer | None]
     unfinished: int
@@ -126,8 +131,13 @@ class LLMEngine:
 
     # -- requests -----------------------------------------------------------------------------
 
-    def validate(self, request: GenerationRequest) -> None:
+    def validate(self, request: GenerationRequest | EmbeddingRequest) -> None:
         """Raise `InvalidRequestError` if the request cannot be served."""
+        if isinstance(request, EmbeddingRequest):
+            validate_embedding(
+                request, max_model_len=self.max_model_len, vocab_size=self.vocab_size
+            )
+            return
         validate_request(request, max_model_len=self.max_model_len, vocab_size=self.vocab_size)
         if request.sampling.response_format != "text" and self._token_bytes is None:
             raise InvalidRequestError(
@@ -135,13 +145,20 @@ class LLMEngine:
                 param="response_format",
             )
 
-    def add_request(self, request: GenerationRequest) -> None:
-        """Validate and queue ``request``; its choices join the batch at a coming step."""
+    def add_request(self, request: GenerationRequest | EmbeddingRequest) -> None:
+        """Validate and queue ``request``; its choices join the batch at a coming step.
+
+        An `EmbeddingRequest` runs as one prefill-only sequence; its single output carries
+        the ``embedding``.
+        """
         self.validate(request)
         if request.request_id in self._requests:
             raise InvalidRequestError(
                 f"request id {request.request_id!r} is already running", param="request_id"
             )
+        if isinstance(request, EmbeddingRequest):
+            self._add_embedding(request)
+            return
         sp = request.sampling
         grammar = None
         if sp.response_format != "text":
@@ -171,6 +188,31 @@ class LLMEngine:
         detoks = [factory(request.prompt_token_ids) if factory else None for _ in seqs]
         self._requests[request.request_id] = _Request(request, seqs, detoks, len(seqs))
         self.prompt_tokens_total += len(request.prompt_token_ids)
+
+    def _add_embedding(self, request: EmbeddingRequest) -> None:
+        prompt = request.prompt_token_ids
+        seq = Sequence(
+            seq_id=next(self._seq_ids),
+            request_id=request.request_id,
+            index=0,
+            token_ids=list(prompt),
+            prompt_len=len(prompt),
+            sampling=_EMBEDDING_SAMPLING,
+            arrival=time.monotonic(),
+            pooling=request.pooling,
+        )
+        self.scheduler.add(seq)
+        self._requests[request.request_id] = _Request(request, [seq], [None], 1)
+        self.prompt_tokens_total += len(prompt)
+
+    def _pooled(self, req: _Request, seq: Sequence) -> GenerationOutput:
+        """Finish an embedding sequence whose last token was just computed."""
+        assert isinstance(req.request, EmbeddingRequest)
+        assert seq.pooled is not None
+        vector = seq.pooled / seq.num_tokens if seq.pooling == "mean" else seq.pooled
+        if req.request.normalize:
+            vector = torch.nn.functional.normalize(vector, dim=0)
+        return self._finish(req, seq, "stop", embedding=tuple(vector.cpu().tolist()))
 
     def _grammar(self, schema: str | None, *, optional: bool) -> JsonGrammar:
         """The grammar of a schema (None: any object), kept for the schemas used last."""
@@ -220,10 +262,14 @@ class LLMEngine:
                 seq.num_computed += n
                 self.scheduler.block_manager.commit(seq)
             result = self.sampler(logits, inputs.sampled) if inputs.sampled else None
+            outputs = [
+                self._pooled(self._requests[seq.request_id], seq)
+                for seq, _, _ in inputs.pooled
+                if seq.num_computed == seq.num_tokens
+            ]
         except Exception as exc:  # a failed step fails its own requests, never the engine
             log.exception("engine step failed", requests=sorted({s.request_id for s in batch.seqs}))
             return self._fail(batch.seqs, f"{type(exc).__name__}: {exc}")
-        outputs: list[GenerationOutput] = []
         if result is not None:
             self._throughput.add(len(inputs.sampled))
             self.generation_tokens_total += len(inputs.sampled)
@@ -274,6 +320,7 @@ class LLMEngine:
         text: str = "",
         logprobs: tuple[TokenLogprob, ...] | None = None,
         error: str | None = None,
+        embedding: tuple[float, ...] | None = None,
     ) -> GenerationOutput:
         self.scheduler.finish(seq, failed=reason == "error")
         seq.finish_reason = reason
@@ -297,6 +344,7 @@ class LLMEngine:
             logprobs=logprobs,
             usage=usage,
             error=error,
+            embedding=embedding,
         )
 
     def _fail(self, seqs: Seq[Sequence], message: str) -> list[GenerationOutput]:

@@ -200,8 +200,39 @@ class LlamaModel:
         ``kv_caches[layer]`` is ``(keys, values)``, each ``[num_slots, kv_heads, head_dim]``;
         this step's K/V are written into them at ``meta.slot_mapping``.
         """
+        return self.forward_with_hidden(input_ids, meta, kv_caches, None)[0]
+
+    def forward_with_hidden(
+        self,
+        input_ids: torch.Tensor,
+        meta: AttentionMetadata,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        hidden_indices: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`forward`, and the final hidden states (after the last norm, in the model's dtype)
+        of the tokens at ``hidden_indices`` (``None``: none), which embeddings pool."""
+        rows = meta.logits_indices
+        if hidden_indices is not None:
+            rows = torch.cat([rows, hidden_indices.to(rows.device)])
         if self.ops is not None:
-            return self._forward_fused(self.ops, input_ids, meta, kv_caches)
+            h = self._forward_fused(self.ops, input_ids, meta, kv_caches, rows)
+        else:
+            h = self._forward_torch(input_ids, meta, kv_caches, rows)
+        n = meta.logits_indices.shape[0]
+        if n == 0:  # a step of embeddings alone samples nothing
+            logits = torch.empty(0, self.config.vocab_size, device=h.device)
+        else:
+            logits = self.lm_head(h if hidden_indices is None else h[:n]).float()
+        return logits, None if hidden_indices is None else h[n:]
+
+    def _forward_torch(
+        self,
+        input_ids: torch.Tensor,
+        meta: AttentionMetadata,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        rows: torch.Tensor,
+    ) -> torch.Tensor:
+        """The layers in torch operators; the final-normed hidden states at ``rows``."""
         cfg = self.config
         n_tok = input_ids.shape[0]
         heads, kv_heads, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -229,8 +260,7 @@ class LlamaModel:
             gate_up = layer.gate_up(h)
             act = F.silu(gate_up[:, : self._inter]).mul_(gate_up[:, self._inter :])
             x = x + layer.down(act)
-        x = self._rms_norm(x[meta.logits_indices], self.norm)
-        return self.lm_head(x).float()
+        return self._rms_norm(x[rows], self.norm)
 
     def _forward_fused(
         self,
@@ -238,9 +268,11 @@ class LlamaModel:
         input_ids: torch.Tensor,
         meta: AttentionMetadata,
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        rows: torch.Tensor,
     ) -> torch.Tensor:
-        """`forward` with the elementwise work in ``ops``' kernels: each residual add rides
-        with the norm after it, so a layer is nine kernels (five of them matmuls/attention)."""
+        """`_forward_torch` with the elementwise work in ``ops``' kernels: each residual add
+        rides with the norm after it, so a layer is nine kernels (five of them matmuls or
+        attention)."""
         cfg = self.config
         n_tok = input_ids.shape[0]
         heads, kv_heads, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -266,11 +298,9 @@ class LlamaModel:
             attn = self._attention(q, k, v, k_cache, v_cache, meta, None)
             h = ops.add_rms_norm(x, layer.o(attn.reshape(n_tok, heads * hd)), layer.post_norm, eps)
             delta = layer.down(ops.silu_mul(layer.gate_up(h)))
-        # The last residual add and the final norm, for the sampled rows only.
-        rows = meta.logits_indices
+        # The last residual add and the final norm, for the rows asked for only.
         last = x[rows]
-        h = ops.add_rms_norm(last, None if delta is None else delta[rows], self.norm, eps)
-        return self.lm_head(h).float()
+        return ops.add_rms_norm(last, None if delta is None else delta[rows], self.norm, eps)
 
     def _attention(
         self,

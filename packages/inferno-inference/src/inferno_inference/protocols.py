@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
-from inferno_inference.types import EngineStats, GenerationOutput, GenerationRequest
+from inferno_inference.types import (
+    EmbeddingOutput,
+    EmbeddingRequest,
+    EngineStats,
+    GenerationOutput,
+    GenerationRequest,
+)
 
 __all__ = ["InferenceEngine"]
 
@@ -25,6 +31,15 @@ class InferenceEngine(Protocol):
         duplicate id) raises `InvalidRequestError` from the first ``__anext__``. Closing or
         cancelling the iterator aborts the request and frees its KV blocks. A failure while
         stepping ends the affected choices with ``finish_reason="error"``.
+        """
+        ...
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingOutput:
+        """The embedding of ``request``'s tokens, computed in the running batch.
+
+        Raises `InvalidRequestError` (`PromptTooLongError` for an input longer than the
+        context) when the request cannot be served, `EngineStoppedError` after shutdown, and
+        `EngineError` when a step fails it. Cancelling the call aborts the request.
         """
         ...
 

@@ -15,16 +15,25 @@ __all__ = ["ModelRunner", "StepInputs"]
 
 
 class StepInputs:
-    """The flattened token ids and attention metadata of one step (host tensors)."""
+    """The flattened token ids and attention metadata of one step (host tensors).
 
-    __slots__ = ("input_ids", "meta", "sampled")
+    ``pooled`` lists the embedding sequences of the step with the rows (``start``, ``end``) of
+    their tokens in ``input_ids``.
+    """
+
+    __slots__ = ("input_ids", "meta", "pooled", "sampled")
 
     def __init__(
-        self, input_ids: torch.Tensor, meta: AttentionMetadata, sampled: list[Sequence]
+        self,
+        input_ids: torch.Tensor,
+        meta: AttentionMetadata,
+        sampled: list[Sequence],
+        pooled: list[tuple[Sequence, int, int]] | None = None,
     ) -> None:
         self.input_ids = input_ids
         self.meta = meta
         self.sampled = sampled
+        self.pooled = pooled or []
 
 
 class ModelRunner:
@@ -54,7 +63,9 @@ class ModelRunner:
         decodes = [s for s, n in pairs if n == 1]
         # Every row a real decode (its last token): a one-token prefill chunk in the middle of
         # a prompt also has n == 1, but must not be sampled.
-        if len(decodes) == len(pairs) and all(s.num_computed + 1 == s.num_tokens for s in decodes):
+        if len(decodes) == len(pairs) and all(
+            s.num_computed + 1 == s.num_tokens and s.pooling is None for s in decodes
+        ):
             return self._prepare_decodes(decodes)
         ids: list[int] = []
         positions: list[int] = []
@@ -74,9 +85,12 @@ class ModelRunner:
             prefills.append(PrefillSegment(start, start + n, p + n, slots))
             start += n
         offset = 0
+        pooled: list[tuple[Sequence, int, int]] = []
         for s, n in pairs:
             offset += n
-            if s.num_computed + n == s.num_tokens:
+            if s.pooling is not None:
+                pooled.append((s, offset - n, offset))
+            elif s.num_computed + n == s.num_tokens:
                 logits_idx.append(offset - 1)
                 sampled.append(s)
         pos = torch.tensor(positions, dtype=torch.long)
@@ -99,7 +113,7 @@ class ModelRunner:
             prefills=prefills,
             logits_indices=torch.tensor(logits_idx, dtype=torch.long),
         )
-        return StepInputs(torch.tensor(ids, dtype=torch.long), meta, sampled)
+        return StepInputs(torch.tensor(ids, dtype=torch.long), meta, sampled, pooled)
 
     def _prepare_decodes(self, decodes: list[Sequence]) -> StepInputs:
         # The common step, kept short: it runs once per generated token, and on a GPU its
@@ -144,7 +158,10 @@ class ModelRunner:
         return torch.tensor(table, dtype=torch.long)[pos // bs] * bs + pos % bs
 
     def execute(self, inputs: StepInputs) -> torch.Tensor:
-        """Run the forward pass; returns logits for ``inputs.sampled`` (in that order)."""
+        """Run the forward pass; returns logits for ``inputs.sampled`` (in that order), and
+        pools the hidden states of ``inputs.pooled`` into their sequences."""
+        if inputs.pooled:
+            return self._execute_pooled(inputs)
         dev = self.device
         meta = inputs.meta
         native = self.native
@@ -173,6 +190,37 @@ class ModelRunner:
             meta = _to_device(meta, dev)
         with torch.inference_mode():
             return self.model.forward(inputs.input_ids.to(dev), meta, self.kv_cache.layers)
+
+    def _execute_pooled(self, inputs: StepInputs) -> torch.Tensor:
+        # In torch, whole: the C decode path and the CUDA graphs produce logits only.
+        rows: list[int] = []
+        for seq, start, end in inputs.pooled:
+            if seq.pooling == "mean":
+                rows.extend(range(start, end))
+            elif seq.num_computed + (end - start) == seq.num_tokens:
+                rows.append(end - 1)  # "last": only the final chunk's last token counts
+        dev = self.device
+        meta = inputs.meta if dev.type == "cpu" else _to_device(inputs.meta, dev)
+        with torch.inference_mode():
+            logits, hidden = self.model.forward_with_hidden(
+                inputs.input_ids.to(dev),
+                meta,
+                self.kv_cache.layers,
+                torch.tensor(rows, dtype=torch.long),
+            )
+        assert hidden is not None
+        hidden = hidden.float()
+        at = 0
+        for seq, start, end in inputs.pooled:
+            if seq.num_computed == 0 or seq.pooled is None:  # a first chunk, or recomputing
+                seq.pooled = torch.zeros(hidden.shape[1], device=hidden.device)
+            if seq.pooling == "mean":
+                seq.pooled += hidden[at : at + end - start].sum(0)
+                at += end - start
+            elif seq.num_computed + (end - start) == seq.num_tokens:
+                seq.pooled = hidden[at].clone()
+                at += 1
+        return logits
 
 
 def _split_decodes(meta: AttentionMetadata) -> tuple[AttentionMetadata, AttentionMetadata] | None:

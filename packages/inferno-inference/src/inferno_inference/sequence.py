@@ -9,7 +9,7 @@ import torch
 
 from inferno_inference.json_mode import JsonConstraint
 from inferno_inference.stops import StopMatcher
-from inferno_inference.types import FinishReason, SamplingParams, TokenLogprob
+from inferno_inference.types import FinishReason, Pooling, SamplingParams, TokenLogprob
 
 __all__ = ["Sequence", "SequenceStatus"]
 
@@ -29,6 +29,10 @@ class Sequence:
     ``token_ids`` holds the prompt followed by the generated tokens; ``num_computed`` counts the
     leading tokens whose K/V are in the cache. A preempted sequence drops its blocks and
     recomputes everything (prompt and output so far) when it is scheduled again.
+
+    An embedding request is a sequence with ``pooling`` set: it only prefills, its final
+    hidden states are pooled into ``pooled`` chunk by chunk, and it finishes, never sampling,
+    once its last token is computed.
     """
 
     seq_id: int
@@ -55,6 +59,8 @@ class Sequence:
     abort_requested: bool = False
     generator: torch.Generator | None = None
     constraint: JsonConstraint | None = None  # JSON mode: which tokens may come next
+    pooling: Pooling | None = None
+    pooled: torch.Tensor | None = None  # fp32 [hidden]: a sum (mean pooling) or the last row
 
     @property
     def num_tokens(self) -> int:

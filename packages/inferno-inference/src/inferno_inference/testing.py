@@ -8,15 +8,19 @@ validation, abort, cancellation and stats behaviour as the real engine.
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 import threading
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 
-from inferno_inference.errors import EngineStoppedError, InvalidRequestError
+from inferno_inference.errors import EngineError, EngineStoppedError, InvalidRequestError
 from inferno_inference.stops import StopMatcher
 from inferno_inference.types import (
+    EmbeddingOutput,
+    EmbeddingRequest,
     EngineStats,
     FinishReason,
     GenerationOutput,
@@ -24,9 +28,9 @@ from inferno_inference.types import (
     TokenLogprob,
     Usage,
 )
-from inferno_inference.validation import validate_request
+from inferno_inference.validation import validate_embedding, validate_request
 
-__all__ = ["DEFAULT_SCRIPT", "FakeEngine", "Script", "fake_token_id"]
+__all__ = ["DEFAULT_SCRIPT", "FakeEngine", "Script", "fake_embedding", "fake_token_id"]
 
 #: Either the same pieces for every choice, or a function of (request, choice index).
 Script = Sequence[str] | Callable[[GenerationRequest, int], Sequence[str]]
@@ -37,6 +41,27 @@ DEFAULT_SCRIPT: tuple[str, ...] = ("Hello", ",", " I", " am", " a", " fake", " e
 def fake_token_id(piece: str, vocab_size: int) -> int:
     """The deterministic token id `FakeEngine` reports for a text piece."""
     return zlib.crc32(piece.encode("utf-8")) % vocab_size
+
+
+def fake_embedding(request: EmbeddingRequest, size: int) -> tuple[float, ...]:
+    """The deterministic embedding `FakeEngine` gives ``request``: each token id stands for a
+    fixed random vector, pooled as asked (mean or last) and normalized when asked, so equal
+    inputs embed equally and different ones (almost surely) differently."""
+
+    def vector(token_id: int) -> list[float]:
+        gen = random.Random(token_id)
+        return [gen.gauss(0.0, 1.0) for _ in range(size)]
+
+    ids = request.prompt_token_ids
+    if request.pooling == "last":
+        pooled = vector(ids[-1])
+    else:
+        rows = [vector(t) for t in ids]
+        pooled = [sum(col) / len(ids) for col in zip(*rows, strict=True)]
+    if request.normalize:
+        norm = math.sqrt(sum(v * v for v in pooled)) or 1.0
+        pooled = [v / norm for v in pooled]
+    return tuple(pooled)
 
 
 @dataclass(slots=True)
@@ -65,6 +90,9 @@ class FakeEngine:
         fail_after: end every choice with ``finish_reason="error"`` after this many tokens.
         error_message: the ``error`` text of such a failure.
         block_size, kv_blocks_total: shape of the pretend KV cache reported by `stats`.
+        embedding_size: length of the vectors `embed` returns (see `fake_embedding`); it
+            waits ``first_token_delay`` and fails with ``error_message`` when ``fail_after``
+            is set.
     """
 
     def __init__(
@@ -80,6 +108,7 @@ class FakeEngine:
         error_message: str = "FakeEngine: scripted failure",
         block_size: int = 16,
         kv_blocks_total: int = 1024,
+        embedding_size: int = 64,
     ) -> None:
         self._script = script
         self.max_model_len = max_model_len
@@ -91,6 +120,7 @@ class FakeEngine:
         self.error_message = error_message
         self.block_size = block_size
         self.kv_blocks_total = kv_blocks_total
+        self.embedding_size = embedding_size
         self._lock = threading.Lock()
         self._live: dict[str, _Live] = {}
         self._abort_requested: set[str] = set()
@@ -102,6 +132,9 @@ class FakeEngine:
         self.requests: list[GenerationRequest] = []
         #: Ids of requests that ended by `abort`, cancellation or shutdown.
         self.aborted: list[str] = []
+        #: Every request accepted by `embed`, in submission order.
+        self.embeddings: list[EmbeddingRequest] = []
+        self._embedding_live: set[str] = set()
 
     # -- InferenceEngine ----------------------------------------------------------------------
 
@@ -109,10 +142,46 @@ class FakeEngine:
         """Stream the script for every choice of ``request`` (see the class docstring)."""
         return self._stream(request)
 
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingOutput:
+        """`fake_embedding` of ``request``, after ``first_token_delay`` (see the class)."""
+        rid = request.request_id
+        with self._lock:
+            if self._stopped:
+                raise EngineStoppedError("the engine is shut down")
+            validate_embedding(
+                request, max_model_len=self.max_model_len, vocab_size=self.vocab_size
+            )
+            if rid in self._live or rid in self._embedding_live:
+                raise InvalidRequestError(
+                    f"request id {rid!r} is already running", param="request_id"
+                )
+            self._embedding_live.add(rid)
+            self.embeddings.append(request)
+            self._prompt_tokens += len(request.prompt_token_ids)
+        completed = False
+        try:
+            if self.first_token_delay:
+                await asyncio.sleep(self.first_token_delay)
+            with self._lock:
+                if rid in self._abort_requested:
+                    raise EngineStoppedError(f"request {rid!r} was aborted")
+            if self.fail_after is not None:
+                raise EngineError(self.error_message)
+            completed = True
+            return EmbeddingOutput(
+                rid, fake_embedding(request, self.embedding_size), len(request.prompt_token_ids)
+            )
+        finally:
+            with self._lock:
+                self._embedding_live.discard(rid)
+                self._abort_requested.discard(rid)
+                if not completed:
+                    self.aborted.append(rid)
+
     def abort(self, request_id: str) -> None:
         """End ``request_id`` at its next token boundary; unknown ids are ignored."""
         with self._lock:
-            if request_id in self._live:
+            if request_id in self._live or request_id in self._embedding_live:
                 self._abort_requested.add(request_id)
 
     def stats(self) -> EngineStats:
@@ -143,9 +212,10 @@ class FakeEngine:
         with self._lock:
             self._stopped = True
             self._abort_requested.update(self._live)
+            self._abort_requested.update(self._embedding_live)
         while True:
             with self._lock:
-                if not self._live:
+                if not self._live and not self._embedding_live:
                     return
             await asyncio.sleep(0.001)
 

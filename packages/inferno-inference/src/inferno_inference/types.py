@@ -9,16 +9,23 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "MAX_LOGIT_BIAS",
+    "EmbeddingOutput",
+    "EmbeddingRequest",
     "EngineStats",
     "FinishReason",
     "GenerationOutput",
     "GenerationRequest",
+    "Pooling",
     "SamplingParams",
     "TokenLogprob",
     "Usage",
 ]
 
 FinishReason = Literal["stop", "length", "abort", "error"]
+
+#: How an embedding pools the final hidden states of its input's tokens: their mean, or the
+#: last token's alone (the only one that has seen the whole input, in a causal model).
+Pooling = Literal["mean", "last"]
 
 #: Most tokens one request may bias (OpenAI's own limit is of this order).
 MAX_LOGIT_BIAS = 1024
@@ -94,6 +101,29 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class EmbeddingRequest:
+    """One input, already tokenized, to embed: the model's final hidden states (after its
+    last norm) pooled over the input's tokens, in fp32, scaled to unit length when
+    ``normalize``."""
+
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    pooling: Pooling = "mean"
+    normalize: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingOutput:
+    """The embedding of one `EmbeddingRequest`."""
+
+    request_id: str
+    embedding: tuple[float, ...]
+    prompt_tokens: int
+    #: Seconds from submission until the engine first scheduled the request (None if unknown).
+    queue_time_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TokenLogprob:
     """Log-probability of a sampled token, with the top alternatives at its position."""
 
@@ -135,6 +165,8 @@ class GenerationOutput:
     logprobs: tuple[TokenLogprob, ...] | None = None
     usage: Usage | None = None
     error: str | None = None
+    #: The pooled hidden state, on the one output of an embedding request (not normalized).
+    embedding: tuple[float, ...] | None = None
 
     @property
     def finished(self) -> bool:

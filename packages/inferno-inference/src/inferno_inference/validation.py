@@ -3,9 +3,44 @@
 from __future__ import annotations
 
 from inferno_inference.errors import InvalidRequestError, PromptTooLongError
-from inferno_inference.types import GenerationRequest
+from inferno_inference.types import EmbeddingRequest, GenerationRequest
 
-__all__ = ["validate_request"]
+__all__ = ["validate_embedding", "validate_request"]
+
+
+def _check_prompt(request_id: str, prompt: tuple[int, ...], vocab_size: int) -> None:
+    if not request_id:
+        raise InvalidRequestError("request_id must not be empty", param="request_id")
+    if not prompt:
+        raise InvalidRequestError("the prompt must contain at least one token", param="prompt")
+    bad = next((t for t in prompt if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise InvalidRequestError(
+            f"prompt token id {bad} is outside the vocabulary (0..{vocab_size - 1})",
+            param="prompt",
+        )
+
+
+def validate_embedding(request: EmbeddingRequest, *, max_model_len: int, vocab_size: int) -> None:
+    """Raise a typed error naming the problem if ``request`` cannot be embedded.
+
+    Raises:
+        InvalidRequestError: empty id or input, a token id outside the vocabulary, or an
+            unknown pooling.
+        PromptTooLongError: the input is longer than the context.
+    """
+    _check_prompt(request.request_id, request.prompt_token_ids, vocab_size)
+    if request.pooling not in ("mean", "last"):
+        raise InvalidRequestError(
+            f"pooling must be 'mean' or 'last', not {request.pooling!r}", param="pooling"
+        )
+    n = len(request.prompt_token_ids)
+    if n > max_model_len:
+        raise PromptTooLongError(
+            f"the input has {n} tokens but the context holds {max_model_len}; "
+            f"shorten it to at most {max_model_len} tokens",
+            param="input",
+        )
 
 
 def validate_request(request: GenerationRequest, *, max_model_len: int, vocab_size: int) -> None:
@@ -16,17 +51,8 @@ def validate_request(request: GenerationRequest, *, max_model_len: int, vocab_si
             outside the vocabulary, or a JSON Schema that JSON mode cannot enforce.
         PromptTooLongError: the prompt leaves no room for a single new token in the context.
     """
-    if not request.request_id:
-        raise InvalidRequestError("request_id must not be empty", param="request_id")
     prompt = request.prompt_token_ids
-    if not prompt:
-        raise InvalidRequestError("the prompt must contain at least one token", param="prompt")
-    bad = next((t for t in prompt if not 0 <= t < vocab_size), None)
-    if bad is not None:
-        raise InvalidRequestError(
-            f"prompt token id {bad} is outside the vocabulary (0..{vocab_size - 1})",
-            param="prompt",
-        )
+    _check_prompt(request.request_id, prompt, vocab_size)
     if len(prompt) >= max_model_len:
         raise PromptTooLongError(
             f"the prompt has {len(prompt)} tokens but the context holds {max_model_len}; "
