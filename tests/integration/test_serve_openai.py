@@ -299,6 +299,34 @@ def test_tokenize_counts_what_chat_uses(server: ServeProcess, client: openai.Ope
     assert "Name a color." in text["prompt"]
 
 
+def test_embeddings_of_the_real_model(client: openai.OpenAI) -> None:
+    texts = [
+        "The cat sat on the mat.",
+        "A cat was sitting on a mat.",
+        "Quarterly revenue rose five percent on strong bond sales.",
+    ]
+    # The openai client asks for base64 and decodes it; floats must say the same.
+    packed = client.embeddings.create(model="default", input=texts)
+    plain = client.embeddings.create(model="default", input=texts, encoding_format="float")
+    vectors = [d.embedding for d in packed.data]
+    assert [d.index for d in packed.data] == [0, 1, 2]
+    assert all(len(v) == 576 for v in vectors)  # SmolLM2-135M's hidden size
+    for a, b in zip(vectors, (d.embedding for d in plain.data), strict=True):
+        assert a == pytest.approx(b, abs=1e-6)
+    assert packed.usage.prompt_tokens == packed.usage.total_tokens > 12
+
+    def cos(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True))  # unit vectors
+
+    assert all(cos(v, v) == pytest.approx(1.0, abs=1e-5) for v in vectors)
+    # Paraphrases sit closer than unrelated text.
+    assert cos(vectors[0], vectors[1]) > cos(vectors[0], vectors[2])
+    short = client.embeddings.create(model="default", input=texts[0], dimensions=64)
+    assert len(short.data[0].embedding) == 64
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="default", input="")
+
+
 def test_raw_malformed_bodies(server: ServeProcess) -> None:
     for body in (b"{", b"[]", b'{"model": 3}', b"\xff\xfe"):
         req = urllib.request.Request(

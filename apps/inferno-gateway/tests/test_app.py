@@ -99,6 +99,29 @@ async def test_tokenize_and_detokenize_reach_a_worker(
     assert [b["model"] for b in cluster.workers["a"].bodies] == ["m1", "m1"]
 
 
+async def test_embeddings_reach_a_worker_serving_the_model(make_cluster: ClusterFactory) -> None:
+    cluster = await make_cluster()
+    await cluster.add_worker("a", models=["m1"])
+    await cluster.add_worker("b", models=["m2"])
+    client = _client(cluster.url)
+    try:
+        resp = await client.embeddings.with_raw_response.create(
+            model="m2", input=["hi", "you"], encoding_format="float"
+        )
+        assert resp.headers[WORKER_HEADER] == "b"
+        body = resp.parse()
+        assert [d.embedding for d in body.data] == [[2.0, 0.0], [3.0, 1.0]]
+        assert body.usage.prompt_tokens == 5
+        with pytest.raises(openai.NotFoundError):
+            await client.embeddings.create(model="m3", input="x")
+    finally:
+        await client.close()
+    assert cluster.workers["a"].bodies == []
+    assert cluster.workers["b"].bodies == [
+        {"model": "m2", "input": ["hi", "you"], "encoding_format": "float"}
+    ]
+
+
 async def test_unknown_model_is_a_404_openai_error(make_cluster: ClusterFactory) -> None:
     cluster = await make_cluster()
     await cluster.add_worker("a", models=["m1"])

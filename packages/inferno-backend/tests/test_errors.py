@@ -167,6 +167,9 @@ async def test_token_ids_outside_vocab_are_400(client: TestClient[Any, Any]) -> 
         await client.post("/v1/completions", json={"model": "default", "prompt": [10**6]}), 400
     )
     assert err["param"] == "prompt"
+    batch = {"model": "default", "prompt": [[5], [10**6]]}
+    err = await _error(await client.post("/v1/completions", json=batch), 400)
+    assert err["param"] == "prompt.1"  # the engine's "prompt", named as the request has it
     biased = {"model": "default", "prompt": "x", "logit_bias": {str(10**6): 5}}
     err = await _error(await client.post("/v1/completions", json=biased), 400)
     assert err["param"] == "logit_bias"

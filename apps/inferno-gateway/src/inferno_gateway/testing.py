@@ -82,6 +82,7 @@ class FakeWorker:
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._generate)
         app.router.add_post("/v1/completions", self._generate)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_post("/detokenize", self._tokenize)
         app.router.add_get("/health/ready", self._ready)
@@ -127,6 +128,28 @@ class FakeWorker:
             )
         ids = [ord(c) for c in str(body.get("prompt", ""))]
         return web.json_response({"count": len(ids), "tokens": ids, "worker": self.id})
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        """``/v1/embeddings``: one vector ``[len(input), index]`` per input (floats only), with
+        ``worker`` naming who answered."""
+        body = await request.json()
+        self.bodies.append(body)
+        raw = body.get("input", "")
+        inputs = raw if isinstance(raw, list) and raw and not isinstance(raw[0], int) else [raw]
+        data = [
+            {"object": "embedding", "index": i, "embedding": [float(len(x)), float(i)]}
+            for i, x in enumerate(inputs)
+        ]
+        tokens = sum(len(x) for x in inputs)
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": body["model"],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                "worker": self.id,
+            }
+        )
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()

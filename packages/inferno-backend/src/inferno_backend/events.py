@@ -93,7 +93,11 @@ class ModelUnloaded(InfernoEvent):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestFinished(InfernoEvent):
-    """A generation request ended (whatever the outcome). Carries no prompt text."""
+    """A generation or embedding request ended (whatever the outcome). Carries no prompt text.
+
+    An embedding request (id ``embd-...``) has no completion tokens; its finish reason is
+    ``stop`` when it was answered, ``error`` when the engine failed it, ``abort`` otherwise.
+    """
 
     request_id: str
     model: str

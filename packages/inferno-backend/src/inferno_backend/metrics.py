@@ -130,6 +130,11 @@ class Metrics:
             "Requests whose output is constrained, by kind: json_object, json_schema, tools.",
             ["model", "kind"], registry=reg,
         )  # fmt: skip
+        self.embedding_requests = Counter(
+            "inferno:embedding_requests",
+            "Embedding requests by outcome: success, invalid, unavailable, error, abort.",
+            ["model", "outcome"], registry=reg,
+        )  # fmt: skip
         self.tool_calls = Counter(
             "inferno:tool_calls", "Tool calls returned to clients.", ["model"], registry=reg
         )

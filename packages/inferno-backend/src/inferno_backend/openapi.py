@@ -16,6 +16,7 @@ from inferno_backend.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
+    EmbeddingsRequest,
     TokenizeRequest,
 )
 
@@ -96,6 +97,7 @@ def build_openapi(server_url: str | None = None) -> dict[str, Any]:
     models: list[type[BaseModel]] = [
         ChatCompletionRequest,
         CompletionRequest,
+        EmbeddingsRequest,
         TokenizeRequest,
         DetokenizeRequest,
         LoadModelRequest,
@@ -120,6 +122,9 @@ def build_openapi(server_url: str | None = None) -> dict[str, Any]:
                 "Create a chat completion.", ChatCompletionRequest, stream=True
             ),
             "/v1/completions": _post("Create a text completion.", CompletionRequest, stream=True),
+            "/v1/embeddings": _post(
+                "Create embeddings of text or token ids.", EmbeddingsRequest, stream=False
+            ),
             "/tokenize": _post(
                 "Token ids of a prompt or of chat messages.", TokenizeRequest, stream=False
             ),

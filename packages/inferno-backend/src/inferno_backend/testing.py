@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inferno_health import HealthChecker
-from inferno_inference import EngineStats, GenerationRequest
+from inferno_inference import EmbeddingOutput, EmbeddingRequest, EngineStats, GenerationRequest
 from inferno_inference.testing import FakeEngine
 from inferno_memory import Allocation, HostMemoryResource, StatisticsAdaptor
 from inferno_models import ChatTemplate, ModelConfig, ModelNotFoundError
@@ -112,6 +112,10 @@ class MemoryBackedEngine:
     def generate(self, request: GenerationRequest) -> Any:
         """Delegate to the fake engine."""
         return self.inner.generate(request)
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingOutput:
+        """Delegate to the fake engine."""
+        return await self.inner.embed(request)
 
     def abort(self, request_id: str) -> None:
         """Delegate to the fake engine."""

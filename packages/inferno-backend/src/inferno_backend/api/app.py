@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from inferno_backend.api import admin, health_routes, openai_routes, token_routes
+from inferno_backend.api import admin, embedding_routes, health_routes, openai_routes, token_routes
 from inferno_backend.api.keys import CONFIG, METRICS, ORCHESTRATOR
 from inferno_backend.api.middleware import build_middlewares
 from inferno_backend.metrics import Metrics
@@ -34,6 +34,7 @@ def build_app(
     app[ORCHESTRATOR] = orchestrator
     app.add_routes(openai_routes.routes)
     app.add_routes(token_routes.routes)
+    app.add_routes(embedding_routes.routes)
     app.add_routes(health_routes.routes)
     app.add_routes(admin.routes)
     # Imported here: the description reads the request models of this package, whose import

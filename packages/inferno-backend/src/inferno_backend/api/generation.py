@@ -35,7 +35,7 @@ from inferno_backend.events import EventBus, RequestFinished
 from inferno_backend.metrics import Metrics
 from inferno_backend.orchestrator import ServedModel
 
-__all__ = ["Generation", "PromptOutput", "build_sampling", "check_context"]
+__all__ = ["Generation", "PromptOutput", "build_sampling", "check_context", "engine_errors"]
 
 
 def build_sampling(
@@ -204,7 +204,7 @@ class Generation:
         if len(self.prompts) == 1:
             # The common case needs no tasks: iterate the engine stream directly.
             async with _closing(engine.generate(self._request(0))) as stream:
-                with _engine_errors(self.prompt_param, self.tool_plan):
+                with engine_errors(self.prompt_param, self.tool_plan):
                     async for out in stream:
                         yield PromptOutput(0, out)
             return
@@ -214,7 +214,7 @@ class Generation:
             try:
                 stream = engine.generate(self._request(index))
                 async with _closing(stream):
-                    with _engine_errors(f"{self.prompt_param}.{index}", self.tool_plan):
+                    with engine_errors(f"{self.prompt_param}.{index}", self.tool_plan):
                         async for out in stream:
                             await queue.put(PromptOutput(index, out))
             except Exception as exc:
@@ -252,9 +252,14 @@ async def _closing(
             await aclose()
 
 
+#: The engine's names for a request's tokens, reported under the API field that carried them.
+_ENGINE_INPUT_PARAMS = frozenset({"prompt", "input"})
+
+
 @contextlib.contextmanager
-def _engine_errors(param: str, tool_plan: ToolPlan | None = None) -> Iterator[None]:
-    """Re-raise the engine's typed errors as API errors."""
+def engine_errors(param: str, tool_plan: ToolPlan | None = None) -> Iterator[None]:
+    """Re-raise the engine's typed errors as API errors; ``param`` is the API field (``prompt.1``,
+    ``input.3``) whose tokens the engine was given. Other engine errors (a failed step) pass."""
     try:
         yield
     except PromptTooLongError as exc:
@@ -264,6 +269,7 @@ def _engine_errors(param: str, tool_plan: ToolPlan | None = None) -> Iterator[No
             raise BadRequestError(
                 tool_plan.explain(str(exc)), param="tools", code="invalid_value"
             ) from None
-        raise BadRequestError(str(exc), param=exc.param, code="invalid_value") from None
+        name = param if exc.param in _ENGINE_INPUT_PARAMS else exc.param
+        raise BadRequestError(str(exc), param=name, code="invalid_value") from None
     except EngineStoppedError as exc:
         raise ServiceUnavailableError(f"the model is not serving: {exc}") from None

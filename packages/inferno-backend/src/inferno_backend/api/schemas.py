@@ -21,6 +21,7 @@ __all__ = [
     "ChatMessage",
     "CompletionRequest",
     "DetokenizeRequest",
+    "EmbeddingsRequest",
     "FunctionDefinition",
     "JsonSchemaFormat",
     "NamedToolChoice",
@@ -36,6 +37,8 @@ __all__ = [
 
 #: Most tools one request may describe (OpenAI's limit).
 MAX_TOOLS = 128
+#: Most inputs one embeddings request may carry (OpenAI's limit).
+MAX_EMBEDDING_INPUTS = 2048
 
 _STRICT = ConfigDict(strict=True, extra="ignore", frozen=True)
 
@@ -475,3 +478,95 @@ class DetokenizeRequest(BaseModel):
     skip_special_tokens: bool = Field(default=False, description="Leave special tokens out.")
 
     _integral_tokens = field_validator("tokens", mode="before")(_integral)
+
+
+_TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
+def _is_token_id(value: object) -> bool:
+    return type(value) is int and value >= 0  # bool is an int subclass, not a token id
+
+
+def _embedding_input(value: object) -> object:
+    """Check that ``input`` has one of its four forms, naming the offending item: pydantic's
+    own message, from a union of four forms, would report every form's failure."""
+    value = _integral(value)
+    if isinstance(value, str):
+        if not value:
+            raise ValueError("must not be an empty string")
+        return value
+    if not isinstance(value, list):
+        raise ValueError(
+            "must be a string, a list of strings, a list of token ids or a list of lists of "
+            "token ids"
+        )
+    if not value:
+        raise ValueError("must not be an empty list")
+    if all(isinstance(v, str) for v in value) or all(isinstance(v, list) for v in value):
+        if len(value) > MAX_EMBEDDING_INPUTS:
+            raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs, got {len(value)}")
+        for i, item in enumerate(value):
+            if item in ("", []):
+                raise ValueError(f"item {i} is empty")
+            if isinstance(item, list) and not all(_is_token_id(t) for t in item):
+                raise ValueError(f"item {i}: token ids are integers >= 0")
+        return value
+    if any(isinstance(v, str | list) for v in value):
+        raise ValueError("mixes strings, token ids and lists; use one form for every item")
+    if not all(_is_token_id(t) for t in value):
+        raise ValueError("token ids are integers >= 0")
+    return value
+
+
+class EmbeddingsRequest(BaseModel):
+    """Body of ``POST /v1/embeddings``."""
+
+    model_config = _STRICT
+
+    model: str = Field(min_length=1, description="Name of a model listed by GET /v1/models.")
+    input: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[
+            list[Annotated[str, Field(min_length=1)]],
+            Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS),
+        ]
+        | _TokenIds
+        | Annotated[list[_TokenIds], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+    ) = Field(
+        description="Text or token ids to embed, or a batch of either (at most "
+        f"{MAX_EMBEDDING_INPUTS}); each input must fit the model's context."
+    )
+    encoding_format: Literal["float", "base64"] = Field(
+        default="float",
+        description="float: a list of numbers; base64: the little-endian float32 bytes.",
+    )
+    dimensions: int | None = Field(
+        default=None,
+        ge=1,
+        description="Keep the first dimensions values, scaled back to unit length (at most the "
+        "model's hidden size).",
+    )
+    user: str | None = Field(default=None, description="Accepted and ignored.")
+    pooling: Literal["mean", "last"] = Field(
+        default="mean",
+        description="How the final hidden states of the tokens become one vector: their mean, "
+        "or the last token's. An Inferno extension.",
+    )
+
+    _check_input = field_validator("input", mode="before")(_embedding_input)
+    _integral_dimensions = field_validator("dimensions", mode="before")(_integral)
+
+    @property
+    def is_batch(self) -> bool:
+        """``input`` is a list of inputs (a list of strings or of token-id lists)."""
+        return isinstance(self.input, list) and not isinstance(self.input[0], int)
+
+    @property
+    def inputs(self) -> list[str | list[int]]:
+        """The batch of inputs: each a string or a list of token ids."""
+        x = self.input
+        if isinstance(x, str):
+            return [x]
+        if all(isinstance(t, int) for t in x):
+            return [[t for t in x if isinstance(t, int)]]
+        return [t for t in x if isinstance(t, str | list)]
