@@ -269,39 +269,27 @@ static inline __m256 i8_codes8(const int8_t* w) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)w)));
 }
 
+/* One register tile of fp32 or int8 weights: LOAD widens eight rows of a column to fp32. */
+#define DEFINE_BLOCK_KIND(NAME, W_T, LOAD, MB)                                                 \
+    static void NAME##_##MB(const W_T* w, const float* x, int64_t K, float* out) {             \
+        __m256 lo[MB], hi[MB];                                                               \
+        _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) lo[b] = hi[b] = _mm256_setzero_ps(); \
+        for (int64_t k = 0; k < K; k++) {                                                    \
+            __m256 w0 = LOAD(w + k * ROWS), w1 = LOAD(w + k * ROWS + 8);                     \
+            _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) {                           \
+                __m256 xb = _mm256_broadcast_ss(x + b * K + k);                              \
+                lo[b] = _mm256_fmadd_ps(w0, xb, lo[b]);                                      \
+                hi[b] = _mm256_fmadd_ps(w1, xb, hi[b]);                                      \
+            }                                                                                \
+        }                                                                                    \
+        _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) {                               \
+            _mm256_storeu_ps(out + b * PAIR, lo[b]);                                         \
+            _mm256_storeu_ps(out + b * PAIR + 8, hi[b]);                                     \
+        }                                                                                    \
+    }
 #define DEFINE_BLOCK(MB)                                                                       \
-    static void block_f32_##MB(const float* w, const float* x, int64_t K, float* out) {       \
-        __m256 lo[MB], hi[MB];                                                               \
-        _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) lo[b] = hi[b] = _mm256_setzero_ps(); \
-        for (int64_t k = 0; k < K; k++) {                                                    \
-            __m256 w0 = _mm256_loadu_ps(w + k * ROWS), w1 = _mm256_loadu_ps(w + k * ROWS + 8); \
-            _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) {                           \
-                __m256 xb = _mm256_broadcast_ss(x + b * K + k);                              \
-                lo[b] = _mm256_fmadd_ps(w0, xb, lo[b]);                                      \
-                hi[b] = _mm256_fmadd_ps(w1, xb, hi[b]);                                      \
-            }                                                                                \
-        }                                                                                    \
-        _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) {                               \
-            _mm256_storeu_ps(out + b * PAIR, lo[b]);                                         \
-            _mm256_storeu_ps(out + b * PAIR + 8, hi[b]);                                     \
-        }                                                                                    \
-    }                                                                                        \
-    static void block_i8_##MB(const int8_t* w, const float* x, int64_t K, float* out) {      \
-        __m256 lo[MB], hi[MB];                                                               \
-        _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) lo[b] = hi[b] = _mm256_setzero_ps(); \
-        for (int64_t k = 0; k < K; k++) {                                                    \
-            __m256 w0 = i8_codes8(w + k * ROWS), w1 = i8_codes8(w + k * ROWS + 8);           \
-            _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) {                           \
-                __m256 xb = _mm256_broadcast_ss(x + b * K + k);                              \
-                lo[b] = _mm256_fmadd_ps(w0, xb, lo[b]);                                      \
-                hi[b] = _mm256_fmadd_ps(w1, xb, hi[b]);                                      \
-            }                                                                                \
-        }                                                                                    \
-        _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) {                               \
-            _mm256_storeu_ps(out + b * PAIR, lo[b]);                                         \
-            _mm256_storeu_ps(out + b * PAIR + 8, hi[b]);                                     \
-        }                                                                                    \
-    }                                                                                        \
+    DEFINE_BLOCK_KIND(block_f32, float, _mm256_loadu_ps, MB)                                  \
+    DEFINE_BLOCK_KIND(block_i8, int8_t, i8_codes8, MB)                                        \
     static void block_bf16_##MB(const uint16_t* w, const uint16_t* x, int64_t K, float* out) { \
         __m256 lo[MB], hi[MB];                                                               \
         _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) lo[b] = hi[b] = _mm256_setzero_ps(); \
