@@ -194,11 +194,16 @@ class ModelRunner:
     def _execute_pooled(self, inputs: StepInputs) -> torch.Tensor:
         # In torch, whole: the C decode path and the CUDA graphs produce logits only.
         rows: list[int] = []
+        shares: list[tuple[Sequence, int]] = []  # each sequence's run of the hidden rows
         for seq, start, end in inputs.pooled:
             if seq.pooling == "mean":
-                rows.extend(range(start, end))
+                take = range(start, end)
             elif seq.num_computed + (end - start) == seq.num_tokens:
-                rows.append(end - 1)  # "last": only the final chunk's last token counts
+                take = range(end - 1, end)  # "last": only the final chunk's last token counts
+            else:
+                take = range(0)
+            rows.extend(take)
+            shares.append((seq, len(take)))
         dev = self.device
         meta = inputs.meta if dev.type == "cpu" else _to_device(inputs.meta, dev)
         with torch.inference_mode():
@@ -211,15 +216,13 @@ class ModelRunner:
         assert hidden is not None
         hidden = hidden.float()
         at = 0
-        for seq, start, end in inputs.pooled:
+        for seq, n in shares:
             if seq.num_computed == 0 or seq.pooled is None:  # a first chunk, or recomputing
                 seq.pooled = torch.zeros(hidden.shape[1], device=hidden.device)
-            if seq.pooling == "mean":
-                seq.pooled += hidden[at : at + end - start].sum(0)
-                at += end - start
-            elif seq.num_computed + (end - start) == seq.num_tokens:
-                seq.pooled = hidden[at].clone()
-                at += 1
+            if n:
+                part = hidden[at : at + n]
+                seq.pooled = seq.pooled + part.sum(0) if seq.pooling == "mean" else part[0].clone()
+                at += n
         return logits
 
 
