@@ -165,7 +165,8 @@ class GenerationOutput:
     logprobs: tuple[TokenLogprob, ...] | None = None
     usage: Usage | None = None
     error: str | None = None
-    #: The pooled hidden state, on the one output of an embedding request (not normalized).
+    #: The pooled hidden state, on the one output of an embedding request (unit length when
+    #: the request asked for it).
     embedding: tuple[float, ...] | None = None
 
     @property
