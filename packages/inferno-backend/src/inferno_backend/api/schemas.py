@@ -8,6 +8,7 @@ JSON's: ``2.0`` is the integer 2 (as JSON Schema, and so the OpenAPI description
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
@@ -392,6 +393,16 @@ class ChatCompletionRequest(SamplingFields, ToolFields):
         return self.max_completion_tokens or self.max_tokens
 
 
+def _as_batch(value: str | Sequence[object]) -> list[str | list[int]]:
+    """One of OpenAI's four prompt forms (a string, strings, token ids, lists of token ids) as
+    a batch: each item a string or a list of token ids."""
+    if isinstance(value, str):
+        return [value]
+    if all(isinstance(x, int) for x in value):
+        return [[int(x) for x in value if isinstance(x, int)]]
+    return [x for x in value if isinstance(x, str | list)]
+
+
 class CompletionRequest(SamplingFields):
     """Body of ``POST /v1/completions``."""
 
@@ -428,12 +439,7 @@ class CompletionRequest(SamplingFields):
     @property
     def prompts(self) -> list[str | list[int]]:
         """The batch of prompts: each a string or a list of token ids."""
-        p = self.prompt
-        if isinstance(p, str):
-            return [p]
-        if all(isinstance(x, int) for x in p):
-            return [[int(x) for x in p if isinstance(x, int)]]
-        return [x for x in p if isinstance(x, str | list)]
+        return _as_batch(self.prompt)
 
 
 class TokenizeRequest(ToolFields):
@@ -564,9 +570,4 @@ class EmbeddingsRequest(BaseModel):
     @property
     def inputs(self) -> list[str | list[int]]:
         """The batch of inputs: each a string or a list of token ids."""
-        x = self.input
-        if isinstance(x, str):
-            return [x]
-        if all(isinstance(t, int) for t in x):
-            return [[t for t in x if isinstance(t, int)]]
-        return [t for t in x if isinstance(t, str | list)]
+        return _as_batch(self.input)
