@@ -239,8 +239,13 @@ def _check_matmul(library: NativeLibrary, rows: int) -> None:
 
 
 #: Each vector path of decode.c, forced with $INFERNO_NATIVE_CFLAGS on an x86 machine that has
-#: a wider one, so all of them stay correct whichever CPU runs the tests.
-_FORCED = {"avx2": "-mno-avx512f", "portable": "-mno-avx512f -mno-avx2 -mno-fma"}
+#: a wider one, so all of them stay correct whichever CPU runs the tests ("avx2-unbuffered":
+#: the AVX2 bf16 fallback for when the buffer of widened inputs cannot be allocated).
+_FORCED = {
+    "avx2": "-mno-avx512f",
+    "avx2-unbuffered": "-mno-avx512f -DINFERNO_NO_WIDEN_BUFFER",
+    "portable": "-mno-avx512f -mno-avx2 -mno-fma",
+}
 
 
 @pytest.fixture(scope="module")
@@ -260,10 +265,11 @@ def test_the_build_reports_its_vector_path(forced_builds: dict[str, NativeLibrar
     assert _NATIVE.isa in ("avx512-bf16", "avx512", "avx2", "portable")
     assert forced_builds["portable"].isa == "portable"
     # A CPU without AVX2 builds the portable loops even when asked for no more than AVX2.
-    assert forced_builds["avx2"].isa == ("portable" if _NATIVE.isa == "portable" else "avx2")
+    for isa in ("avx2", "avx2-unbuffered"):
+        assert forced_builds[isa].isa == ("portable" if _NATIVE.isa == "portable" else "avx2")
     paths = {lib.path for lib in forced_builds.values()}
-    # The flags are part of the cache key: three builds, three libraries.
-    assert len(paths) == 2
+    # The flags are part of the cache key: a library per build.
+    assert len(paths) == len(_FORCED)
     assert _NATIVE.path not in paths
 
 
@@ -274,7 +280,7 @@ def test_every_vector_path_computes_the_same_products_and_steps(
 ) -> None:
     library = forced_builds[isa]
     assert library.lib is not None, library.reason
-    for rows in (1, 7, 70):
+    for rows in (1, 7, 12, 70):
         _check_matmul(library, rows)
     for rows in (1, 5, 9):
         ours, want, _ = _decode_both_ways(torch.float32, rows, library=library)

@@ -162,6 +162,7 @@ static inline void store_tile(const float* acc, const float* scale, int64_t mb, 
 }
 
 #if defined(__AVX512F__)
+#define TILE_M 8 /* input rows per register tile */
 #if defined(__AVX512BF16__)
 #define BF16_FMA(acc, w, xpair) _mm512_dpbf16_ps((acc), (__m512bh)(w), (__m512bh)(xpair))
 #else
@@ -254,11 +255,13 @@ static void tile(const void* w, int wt, const void* x, int64_t mb, int64_t K, fl
 /*
  * AVX2 (eight lanes, sixteen vector registers): a 16-row block is two vectors per column, so a
  * 32-row tile by eight input rows would need 32 accumulators. Here a register tile is one block
- * by up to four input rows (eight independent accumulator chains, enough to hide the multiply-add
- * latency) and `tile` walks the 32-row tile's two blocks in turn; with more than four input rows
- * a block is read again, from cache.
+ * by up to six input rows: twelve accumulator chains, two weight vectors and one broadcast fill
+ * the sixteen registers, and twelve chains keep both multiply-add pipes busy where eight left
+ * them waiting on latency. `tile` walks the 32-row tile's two blocks in turn, and `project`
+ * hands it six input rows at a time.
  */
-#define MB_AVX2 4
+#define MB_AVX2 6
+#define TILE_M MB_AVX2
 
 /* The (even, odd) bf16 columns of each 32-bit lane, widened to fp32. */
 static inline __m256 bf16_even(__m256i w) { return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)); }
@@ -269,77 +272,125 @@ static inline __m256 i8_codes8(const int8_t* w) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)w)));
 }
 
-/* One register tile of fp32 or int8 weights: LOAD widens eight rows of a column to fp32. */
-#define DEFINE_BLOCK_KIND(NAME, W_T, LOAD, MB)                                                 \
-    static void NAME##_##MB(const W_T* w, const float* x, int64_t K, float* out) {             \
-        __m256 lo[MB], hi[MB];                                                               \
-        _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) lo[b] = hi[b] = _mm256_setzero_ps(); \
-        for (int64_t k = 0; k < K; k++) {                                                    \
-            __m256 w0 = LOAD(w + k * ROWS), w1 = LOAD(w + k * ROWS + 8);                     \
-            _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) {                           \
-                __m256 xb = _mm256_broadcast_ss(x + b * K + k);                              \
-                lo[b] = _mm256_fmadd_ps(w0, xb, lo[b]);                                      \
-                hi[b] = _mm256_fmadd_ps(w1, xb, hi[b]);                                      \
-            }                                                                                \
-        }                                                                                    \
-        _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) {                               \
-            _mm256_storeu_ps(out + b * PAIR, lo[b]);                                         \
-            _mm256_storeu_ps(out + b * PAIR + 8, hi[b]);                                     \
-        }                                                                                    \
+/*
+ * One register tile: sums of MB input rows against one 16-row block. COLUMNS walks the block,
+ * handing each column k (two vectors of eight rows, widened to fp32) to COLUMN, which
+ * broadcasts input k of each row with BC.
+ */
+#define BCAST_F32(p) _mm256_broadcast_ss(p)
+#define BCAST_BF16(p) _mm256_set1_ps(bf16_to_f32(*(p)))
+#define COLUMN(BC, w0, w1, k)                                                                  \
+    do {                                                                                       \
+        __m256 w0_ = (w0), w1_ = (w1);                                                         \
+        _Pragma("GCC unroll 6") for (int b = 0; b < MB; b++) {                                 \
+            __m256 xb = BC(x + b * K + (k));                                                   \
+            lo[b] = _mm256_fmadd_ps(w0_, xb, lo[b]);                                           \
+            hi[b] = _mm256_fmadd_ps(w1_, xb, hi[b]);                                           \
+        }                                                                                      \
+    } while (0)
+/* fp32 and int8 blocks hold column k's 16 rows side by side. */
+#define COLUMNS_F32(w, BC)                                                                     \
+    for (int64_t k = 0; k < K; k++)                                                            \
+        COLUMN(BC, _mm256_loadu_ps(w + k * ROWS), _mm256_loadu_ps(w + k * ROWS + 8), k)
+#define COLUMNS_I8(w, BC)                                                                      \
+    for (int64_t k = 0; k < K; k++)                                                            \
+        COLUMN(BC, i8_codes8(w + k * ROWS), i8_codes8(w + k * ROWS + 8), k)
+/* bf16 blocks hold column pairs (k, k+1) of each row: the even and odd halves of each lane. */
+#define COLUMNS_BF16(w, BC)                                                                    \
+    for (int64_t s = 0; s < K / 2; s++) {                                                      \
+        const __m256i* p = (const __m256i*)(w + s * 2 * ROWS);                                 \
+        COLUMN(BC, bf16_even(_mm256_loadu_si256(p)), bf16_even(_mm256_loadu_si256(p + 1)),     \
+               2 * s);                                                                         \
+        COLUMN(BC, bf16_odd(_mm256_loadu_si256(p)), bf16_odd(_mm256_loadu_si256(p + 1)),       \
+               2 * s + 1);                                                                     \
     }
+#define DEFINE_BLOCK_KIND(NAME, W_T, X_T, COLUMNS, BC, MB_)                                    \
+    static void NAME##_##MB_(const W_T* w, const X_T* x, int64_t K, float* out) {              \
+        enum { MB = MB_ };                                                                     \
+        __m256 lo[MB], hi[MB];                                                                 \
+        _Pragma("GCC unroll 6") for (int b = 0; b < MB; b++) lo[b] = hi[b] = _mm256_setzero_ps(); \
+        COLUMNS(w, BC);                                                                        \
+        _Pragma("GCC unroll 6") for (int b = 0; b < MB; b++) {                                 \
+            _mm256_storeu_ps(out + b * PAIR, lo[b]);                                           \
+            _mm256_storeu_ps(out + b * PAIR + 8, hi[b]);                                       \
+        }                                                                                      \
+    }
+/* block_bf16 takes the bf16 inputs widened to fp32 beforehand; block_bf16x widens each one
+ * where it is broadcast. */
 #define DEFINE_BLOCK(MB)                                                                       \
-    DEFINE_BLOCK_KIND(block_f32, float, _mm256_loadu_ps, MB)                                  \
-    DEFINE_BLOCK_KIND(block_i8, int8_t, i8_codes8, MB)                                        \
-    static void block_bf16_##MB(const uint16_t* w, const uint16_t* x, int64_t K, float* out) { \
-        __m256 lo[MB], hi[MB];                                                               \
-        _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) lo[b] = hi[b] = _mm256_setzero_ps(); \
-        for (int64_t s = 0; s < K / 2; s++) {                                                \
-            __m256i v0 = _mm256_loadu_si256((const __m256i*)(w + s * 2 * ROWS));             \
-            __m256i v1 = _mm256_loadu_si256((const __m256i*)(w + s * 2 * ROWS + ROWS));      \
-            __m256 e0 = bf16_even(v0), o0 = bf16_odd(v0), e1 = bf16_even(v1), o1 = bf16_odd(v1); \
-            _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) {                           \
-                __m256 x0 = _mm256_set1_ps(bf16_to_f32(x[b * K + 2 * s]));                   \
-                __m256 x1 = _mm256_set1_ps(bf16_to_f32(x[b * K + 2 * s + 1]));               \
-                lo[b] = _mm256_fmadd_ps(o0, x1, _mm256_fmadd_ps(e0, x0, lo[b]));             \
-                hi[b] = _mm256_fmadd_ps(o1, x1, _mm256_fmadd_ps(e1, x0, hi[b]));             \
-            }                                                                                \
-        }                                                                                    \
-        _Pragma("GCC unroll 4") for (int b = 0; b < MB; b++) {                               \
-            _mm256_storeu_ps(out + b * PAIR, lo[b]);                                         \
-            _mm256_storeu_ps(out + b * PAIR + 8, hi[b]);                                     \
-        }                                                                                    \
-    }
+    DEFINE_BLOCK_KIND(block_f32, float, float, COLUMNS_F32, BCAST_F32, MB)                     \
+    DEFINE_BLOCK_KIND(block_i8, int8_t, float, COLUMNS_I8, BCAST_F32, MB)                      \
+    DEFINE_BLOCK_KIND(block_bf16, uint16_t, float, COLUMNS_BF16, BCAST_F32, MB)                \
+    DEFINE_BLOCK_KIND(block_bf16x, uint16_t, uint16_t, COLUMNS_BF16, BCAST_BF16, MB)
 DEFINE_BLOCK(1)
 DEFINE_BLOCK(2)
 DEFINE_BLOCK(3)
 DEFINE_BLOCK(4)
+DEFINE_BLOCK(5)
+DEFINE_BLOCK(6)
 
 typedef void (*block_f32_fn)(const float*, const float*, int64_t, float*);
-typedef void (*block_bf16_fn)(const uint16_t*, const uint16_t*, int64_t, float*);
+typedef void (*block_bf16_fn)(const uint16_t*, const float*, int64_t, float*);
+typedef void (*block_bf16x_fn)(const uint16_t*, const uint16_t*, int64_t, float*);
 typedef void (*block_i8_fn)(const int8_t*, const float*, int64_t, float*);
-static const block_f32_fn BLOCKS_F32[MB_AVX2 + 1] = {0, block_f32_1, block_f32_2, block_f32_3,
-                                                     block_f32_4};
-static const block_bf16_fn BLOCKS_BF16[MB_AVX2 + 1] = {0, block_bf16_1, block_bf16_2,
-                                                       block_bf16_3, block_bf16_4};
-static const block_i8_fn BLOCKS_I8[MB_AVX2 + 1] = {0, block_i8_1, block_i8_2, block_i8_3,
-                                                   block_i8_4};
+#define BLOCK_TABLE(NAME) {0, NAME##_1, NAME##_2, NAME##_3, NAME##_4, NAME##_5, NAME##_6}
+static const block_f32_fn BLOCKS_F32[MB_AVX2 + 1] = BLOCK_TABLE(block_f32);
+static const block_bf16_fn BLOCKS_BF16[MB_AVX2 + 1] = BLOCK_TABLE(block_bf16);
+static const block_bf16x_fn BLOCKS_BF16X[MB_AVX2 + 1] = BLOCK_TABLE(block_bf16x);
+static const block_i8_fn BLOCKS_I8[MB_AVX2 + 1] = BLOCK_TABLE(block_i8);
+
+/*
+ * With five or six input rows, bf16 inputs are widened to fp32 once per tile, into a buffer of
+ * the calling thread (kept for the thread's life, a tile's inputs at most): widening them
+ * where they are broadcast costs scalar work per row and column that competes with the
+ * multiply-adds, about 5% of a prefill. With fewer rows the weights' memory traffic hides that
+ * work and the widening pass costs more than it saves. NULL when the buffer cannot grow: the
+ * caller then widens in the loop.
+ */
+#define WIDEN_MIN_ROWS 5
+static const float* widen_rows(const uint16_t* x, int64_t n) {
+#ifdef INFERNO_NO_WIDEN_BUFFER /* test builds: take the caller's fallback */
+    (void)x;
+    (void)n;
+    return NULL;
+#else
+    static _Thread_local float* buf = NULL;
+    static _Thread_local int64_t cap = 0;
+    if (n > cap) {
+        float* grown = (float*)realloc(buf, (size_t)n * sizeof(float));
+        if (grown == NULL) return NULL;
+        buf = grown;
+        cap = n;
+    }
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m128i h = _mm_loadu_si128((const __m128i*)(x + i));
+        _mm256_storeu_ps(buf + i,
+                         _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+    }
+    for (; i < n; i++) buf[i] = bf16_to_f32(x[i]);
+    return buf;
+#endif
+}
 
 static void tile(const void* w, int wt, const void* x, int64_t mb, int64_t K, float* out) {
-    for (int64_t half = 0; half < 2; half++)
-        for (int64_t b0 = 0; b0 < mb; b0 += MB_AVX2) {
-            int64_t n = mb - b0 < MB_AVX2 ? mb - b0 : MB_AVX2;
-            float* o = out + b0 * PAIR + half * ROWS;
-            if (wt == W_BF16)
-                BLOCKS_BF16[n]((const uint16_t*)w + half * K * ROWS, (const uint16_t*)x + b0 * K,
-                               K, o);
-            else if (wt == W_I8)
-                BLOCKS_I8[n]((const int8_t*)w + half * K * ROWS, (const float*)x + b0 * K, K, o);
-            else
-                BLOCKS_F32[n]((const float*)w + half * K * ROWS, (const float*)x + b0 * K, K, o);
-        }
+    const float* xf = (const float*)x;
+    if (wt == W_BF16) xf = mb >= WIDEN_MIN_ROWS ? widen_rows((const uint16_t*)x, mb * K) : NULL;
+    for (int64_t half = 0; half < 2; half++) {
+        float* o = out + half * ROWS;
+        if (wt == W_BF16 && xf == NULL)
+            BLOCKS_BF16X[mb]((const uint16_t*)w + half * K * ROWS, (const uint16_t*)x, K, o);
+        else if (wt == W_BF16)
+            BLOCKS_BF16[mb]((const uint16_t*)w + half * K * ROWS, xf, K, o);
+        else if (wt == W_I8)
+            BLOCKS_I8[mb]((const int8_t*)w + half * K * ROWS, xf, K, o);
+        else
+            BLOCKS_F32[mb]((const float*)w + half * K * ROWS, xf, K, o);
+    }
 }
 #else
 /* Portable tile: the same packed walk in plain loops, which compilers vectorize over r. */
+#define TILE_M 8
 static void tile(const void* w, int wt, const void* x, int64_t mb, int64_t K, float* out) {
     for (int64_t i = 0; i < mb * PAIR; i++) out[i] = 0.0f;
     for (int64_t half = 0; half < 2; half++) {
@@ -440,11 +491,11 @@ static void project(const par_t* par, const void* w, int wt, const float* scale,
     int64_t lo, hi;
     share(padded_rows(N) / PAIR, par, &lo, &hi);
     for (int64_t t = lo; t < hi; t++) {
-        float acc[8 * PAIR];
+        float acc[TILE_M * PAIR];
         const void* wtile = (const char*)w + (size_t)(t * PAIR * K) * wsz;
         int64_t n0 = t * PAIR, nvalid = N - n0 < PAIR ? N - n0 : PAIR;
-        for (int64_t m0 = 0; m0 < M; m0 += 8) {
-            int64_t mb = M - m0 < 8 ? M - m0 : 8;
+        for (int64_t m0 = 0; m0 < M; m0 += TILE_M) {
+            int64_t mb = M - m0 < TILE_M ? M - m0 : TILE_M;
             tile(wtile, wt, (const char*)x + (size_t)(m0 * K) * xsz, mb, K, acc);
             store_tile(acc, scale ? scale + n0 : NULL, mb, nvalid, y + m0 * ldy + n0, ldy,
                        accumulate);
