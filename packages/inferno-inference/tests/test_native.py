@@ -1,4 +1,4 @@
-"""The C decode path: same logits and KV writes as the PyTorch path, and a clean fallback."""
+"""The C step path: same logits and KV writes as the PyTorch path, and a clean fallback."""
 
 from __future__ import annotations
 
@@ -290,6 +290,12 @@ def test_every_vector_path_computes_the_same_products_and_steps(
     exact, _, _ = _decode_both_ways(torch.float32, 5)
     # Sums in another order than the default build's, over the same bf16 operands.
     assert float((ours - exact).abs().max()) <= 1.25 * float((best - exact).abs().max()) + 1e-3
+    mixed, want, _, _ = _mixed_both_ways(torch.float32, library)
+    torch.testing.assert_close(mixed, want, atol=1e-4, rtol=1e-4)
+    mixed_bf16, want_bf16, _, _ = _mixed_both_ways(torch.bfloat16, library)
+    mixed_exact, _, _, _ = _mixed_both_ways(torch.float32)
+    err = float((mixed_bf16 - mixed_exact).abs().max())
+    assert err <= 1.25 * float((want_bf16 - mixed_exact).abs().max()) + 1e-3
 
 
 def test_with_native_matmuls_the_packed_copy_is_the_only_one() -> None:
@@ -316,7 +322,7 @@ def test_greedy_tokens_are_the_same_with_native_or_onednn_prefill() -> None:
     assert native == _greedy({"cpu_native_decode": False}, staggered=True)
 
 
-def test_native_takes_only_pure_decode_steps_within_max_rows() -> None:
+def test_native_takes_steps_within_max_rows_and_the_prefill_context() -> None:
     config = tiny_config()
     model = LlamaModel(
         config,
@@ -326,14 +332,117 @@ def test_native_takes_only_pure_decode_steps_within_max_rows() -> None:
         max_len=32,
         native_layout=pack_weight,
     )
-    native = NativeDecoder(model, max_rows=2)
+    native = NativeDecoder(model, max_rows=2, max_prefill_context=6)
     assert native.can_run(_decode_meta([3, 4], width=16))
     assert not native.can_run(_decode_meta([3, 4, 5], width=16))
     mixed = _decode_meta([3], width=16)
-    mixed.prefills = [PrefillSegment(1, 3, 2, None)]
+    mixed.prefills = [PrefillSegment(1, 3, 6, torch.arange(6) + 16)]
+    assert native.can_run(mixed)
+    mixed.prefills.append(PrefillSegment(3, 10, 7, None))  # one token past the limit
     assert not native.can_run(mixed)
-    with pytest.raises(EngineError, match="not a native decode step"):
+    with pytest.raises(EngineError, match="not a step the native path takes"):
         native.run(torch.tensor([1, 2, 3]), _decode_meta([3, 4, 5], width=16), [])
+
+
+def _mixed_both_ways(
+    dtype: torch.dtype, library: NativeLibrary | None = None
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, ...]], torch.Tensor]:
+    """One step of two decodes, a prompt's second chunk (its first chunk cached), a one-token
+    chunk from the middle of a prompt and a whole fresh prompt, natively and in torch: the
+    logits of the sampled rows, the caches each wrote, and the logits of a step that samples
+    nothing (native)."""
+    config = _odd_config()
+    model = LlamaModel(
+        config,
+        random_weights(config, seed=13),
+        dtype=dtype,
+        device=CPU,
+        max_len=96,
+        native_layout=pack_weight,
+    )
+    native = NativeDecoder(model, max_rows=16, library=library)
+    width = 32
+    vocab = config.vocab_size
+    prompts = [[(5 * j + i) % vocab for j in range(n)] for i, n in enumerate((5, 14, 6, 9))]
+    caches = _prefilled(model, prompts, width)
+    decodes = _decode_meta([5, 14], width)
+    # Sequence 2 continues with 5 tokens after its 6 cached ones; sequence 3 computes its
+    # 10th token (a one-token chunk, unsampled); sequence 4 is a fresh 7-token prompt.
+    chunk = [(11 * j + 1) % vocab for j in range(5)]
+    fresh = [(13 * j + 2) % vocab for j in range(7)]
+    ids = torch.tensor([3, 4, *chunk, 17, *fresh])
+    positions = torch.cat(
+        [decodes.positions, torch.arange(6, 11), torch.tensor([9]), torch.arange(7)]
+    )
+    slot_mapping = torch.cat(
+        [
+            decodes.slot_mapping,
+            torch.arange(6, 11) + 2 * width,
+            torch.tensor([9 + 3 * width]),
+            torch.arange(7) + 4 * width,
+        ]
+    )
+    # The one-token chunk attends like a decode row; sequence 4 has a region of its own.
+    caches = [
+        (
+            torch.cat([k, torch.zeros(width, *k.shape[1:], dtype=dtype)]),
+            torch.cat([v, torch.zeros(width, *v.shape[1:], dtype=dtype)]),
+        )
+        for k, v in caches
+    ]
+    assert decodes.decode_slots is not None
+    assert decodes.decode_context_lens is not None
+    row3 = torch.zeros(1, decodes.decode_slots.shape[1], dtype=torch.long)
+    row3[0, :10] = torch.arange(10) + 3 * width
+    meta = AttentionMetadata(
+        positions=positions,
+        slot_mapping=slot_mapping,
+        num_decodes=3,
+        decode_slots=torch.cat([decodes.decode_slots, row3]),
+        decode_context_lens=torch.cat([decodes.decode_context_lens, torch.tensor([10])]),
+        prefills=[
+            PrefillSegment(3, 8, 11, torch.arange(11) + 2 * width),
+            PrefillSegment(8, 15, 7, None),
+        ],
+        logits_indices=torch.tensor([0, 1, 7, 14]),
+    )
+    theirs = [(k.clone(), v.clone()) for k, v in caches]
+    assert native.can_run(meta)
+    ours = native.run(ids, meta, caches)
+    with torch.inference_mode():
+        want = model.forward(ids, meta, theirs)
+    pairs = [(k, v, k2, v2) for (k, v), (k2, v2) in zip(caches, theirs, strict=True)]
+    silent = AttentionMetadata(
+        positions=torch.arange(4),
+        slot_mapping=torch.arange(4) + 4 * width + 8,
+        num_decodes=0,
+        decode_slots=None,
+        decode_context_lens=None,
+        prefills=[PrefillSegment(0, 4, 4, None)],
+        logits_indices=torch.tensor([], dtype=torch.long),
+    )
+    none = native.run(
+        torch.tensor([1, 2, 3, 4]), silent, [(k.clone(), v.clone()) for k, v in caches]
+    )
+    return ours, want, pairs, none
+
+
+@pytest.mark.usefixtures("two_threads")
+def test_native_mixed_prefill_and_decode_step_matches_the_torch_path() -> None:
+    ours, want, pairs, none = _mixed_both_ways(torch.float32)
+    assert ours.shape == want.shape == (4, _odd_config().vocab_size)
+    torch.testing.assert_close(ours, want, atol=1e-4, rtol=1e-4)
+    for k, v, k2, v2 in pairs:
+        torch.testing.assert_close(k, k2, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(v, v2, atol=1e-5, rtol=1e-5)
+    assert none.shape == (0, _odd_config().vocab_size)
+
+
+@pytest.mark.usefixtures("two_threads")
+def test_native_bf16_mixed_step_is_as_close_to_fp32_as_the_torch_bf16_path() -> None:
+    ours, want, _, _ = _mixed_both_ways(torch.bfloat16)
+    exact, _, _, _ = _mixed_both_ways(torch.float32)
+    assert float((ours - exact).abs().max()) <= 1.25 * float((want - exact).abs().max()) + 1e-3
 
 
 def test_native_needs_packed_weights_and_a_supported_dtype() -> None:
@@ -385,25 +494,49 @@ def test_engine_greedy_tokens_are_the_same_with_and_without_native_decode() -> N
 
 
 @pytest.mark.usefixtures("two_threads")
-def test_mixed_steps_run_decodes_natively_and_keep_the_tokens(
+def test_mixed_steps_run_natively_in_one_pass_and_keep_the_tokens(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import inferno_inference.runner as runner
 
     splits = 0
-    real = runner._split_decodes
+    native_prefills = 0
+    real_split = runner._split_decodes
+    real_run = NativeDecoder.run
 
-    def counting(meta: AttentionMetadata) -> tuple[AttentionMetadata, AttentionMetadata] | None:
+    def counting_split(
+        meta: AttentionMetadata,
+    ) -> tuple[AttentionMetadata, AttentionMetadata] | None:
         nonlocal splits
-        out = real(meta)
+        out = real_split(meta)
         splits += out is not None
         return out
 
-    monkeypatch.setattr(runner, "_split_decodes", counting)
+    def counting_run(
+        self: NativeDecoder,
+        ids: torch.Tensor,
+        meta: AttentionMetadata,
+        kv: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> torch.Tensor:
+        nonlocal native_prefills
+        native_prefills += bool(meta.prefills and meta.num_decodes)
+        return real_run(self, ids, meta, kv)
+
+    monkeypatch.setattr(runner, "_split_decodes", counting_split)
+    monkeypatch.setattr(NativeDecoder, "run", counting_run)
     with_native = _greedy({"cpu_native_decode": True}, staggered=True)
-    assert splits > 0
+    assert native_prefills > 0
+    assert splits == 0
     assert with_native == _greedy({"cpu_native_decode": False}, staggered=True)
     assert with_native == _greedy({"cpu_native_decode": True})  # batching does not matter
+    # With prefill kept out of the C path, mixed steps split: decodes in C, chunks in torch.
+    native_prefills = 0
+    split = _greedy(
+        {"cpu_native_decode": True, "cpu_native_max_prefill_context": 0}, staggered=True
+    )
+    assert splits > 0
+    assert native_prefills == 0
+    assert split == with_native
 
 
 def test_the_engine_falls_back_to_torch_without_native_kernels(

@@ -130,7 +130,12 @@ def build_llm_engine(
         )
     native = None
     if use_native:
-        native = NativeDecoder(model, max_rows=ec.cpu_native_max_rows, library=library)
+        native = NativeDecoder(
+            model,
+            max_rows=ec.cpu_native_max_rows,
+            max_prefill_context=ec.cpu_native_max_prefill_context,
+            library=library,
+        )
     runner = ModelRunner(model, cache, graphs=graphs, native=native)
     if detokenizer_factory is None and tokenizer is not None:
         tok = tokenizer

@@ -1,12 +1,13 @@
 /*
- * Decode steps of a Llama model on the CPU, one call per step.
+ * Steps of a Llama model on the CPU, one call per step.
  *
- * A decode step runs one new token for each of M sequences through every layer. In PyTorch a
- * layer is about twenty small operator calls, each costing a few microseconds of dispatch, and
- * torch's single-row matmuls read the weights at well under the machine's memory bandwidth. Here
- * the whole step is one parallel region: the projections split their output rows across the
- * threads (each thread streams a contiguous run of weight rows once for all M tokens), and the
- * small per-token work (norms, rotary embedding, attention) runs between barriers.
+ * A step runs M tokens through every layer: one new token of each decoding sequence, and the
+ * tokens of prefill chunks. In PyTorch a layer is about twenty small operator calls, each
+ * costing a few microseconds of dispatch, and torch's single-row matmuls read the weights at
+ * well under the machine's memory bandwidth. Here the whole step is one parallel region: the
+ * projections split their output rows across the threads (each thread streams a contiguous run
+ * of weight rows once for all M tokens), and the per-token work (norms, rotary embedding,
+ * attention) runs between barriers.
  *
  * Numerics: activations and the residual stream stay in fp32; in bf16 mode the weights and the
  * KV cache are bf16 and each projection's input is rounded to bf16 before the dot products,
@@ -29,7 +30,7 @@
 #include <immintrin.h>
 #endif
 
-#define INFERNO_DECODE_ABI 3
+#define INFERNO_DECODE_ABI 4
 
 enum { DT_F32 = 0, DT_BF16 = 1 };
 /* Projection weight types: fp32 and bf16 as the model; int8 codes with one fp32 scale per row. */
@@ -135,6 +136,102 @@ static inline float dot_f32_bf16(const float* restrict a, const uint16_t* restri
 #pragma omp simd reduction(+ : acc)
     for (int64_t i = 0; i < n; i++) acc += a[i] * bf16_to_f32(b[i]);
     return acc;
+}
+
+/*
+ * Attention of one query head over its sequence's cached keys and values (kv head g of the
+ * slots listed). The scores take four keys per pass over the query, so four sums build up
+ * independently instead of one chain of multiply-adds waiting on the last; the weighted sum of
+ * values keeps 64 outputs in vector registers across all the keys instead of reloading and
+ * storing them for every key.
+ */
+static float attn_scores(const float* restrict q, const void* kc, int dt, const int64_t* slots,
+                         int64_t len, int64_t nkv, int64_t g, int64_t hd, float scale,
+                         float* restrict sc) {
+    float mx = -INFINITY;
+    int64_t j = 0;
+    for (; j + 4 <= len; j += 4) {
+        int64_t o0 = (slots[j] * nkv + g) * hd, o1 = (slots[j + 1] * nkv + g) * hd;
+        int64_t o2 = (slots[j + 2] * nkv + g) * hd, o3 = (slots[j + 3] * nkv + g) * hd;
+        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+        if (dt == DT_BF16) {
+            const uint16_t* k = (const uint16_t*)kc;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+            for (int64_t i = 0; i < hd; i++) {
+                a0 += q[i] * bf16_to_f32(k[o0 + i]);
+                a1 += q[i] * bf16_to_f32(k[o1 + i]);
+                a2 += q[i] * bf16_to_f32(k[o2 + i]);
+                a3 += q[i] * bf16_to_f32(k[o3 + i]);
+            }
+        } else {
+            const float* k = (const float*)kc;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+            for (int64_t i = 0; i < hd; i++) {
+                a0 += q[i] * k[o0 + i];
+                a1 += q[i] * k[o1 + i];
+                a2 += q[i] * k[o2 + i];
+                a3 += q[i] * k[o3 + i];
+            }
+        }
+        float a[4] = {a0 * scale, a1 * scale, a2 * scale, a3 * scale};
+        for (int t = 0; t < 4; t++) {
+            sc[j + t] = a[t];
+            mx = a[t] > mx ? a[t] : mx;
+        }
+    }
+    for (; j < len; j++) {
+        int64_t off = (slots[j] * nkv + g) * hd;
+        float v = dt == DT_BF16 ? dot_f32_bf16(q, (const uint16_t*)kc + off, hd)
+                                : dot_f32(q, (const float*)kc + off, hd);
+        sc[j] = v * scale;
+        mx = sc[j] > mx ? sc[j] : mx;
+    }
+    return mx;
+}
+
+typedef float vf8 __attribute__((vector_size(32)));
+typedef uint16_t vu16x8 __attribute__((vector_size(16)));
+typedef uint32_t vu32x8 __attribute__((vector_size(32)));
+
+static inline vf8 load8(const void* vc, int dt, int64_t off) {
+    vf8 v;
+    if (dt == DT_BF16) {
+        vu16x8 h;
+        memcpy(&h, (const uint16_t*)vc + off, sizeof h);
+        vu32x8 wide = __builtin_convertvector(h, vu32x8) << 16;
+        memcpy(&v, &wide, sizeof v);
+    } else {
+        memcpy(&v, (const float*)vc + off, sizeof v);
+    }
+    return v;
+}
+
+/* o[i] = sum_j p[j] * v_j[i] over the len values at slots (kv head g). */
+static void attn_values(const void* vc, int dt, const int64_t* slots, int64_t len, int64_t nkv,
+                        int64_t g, int64_t hd, const float* restrict p, float* restrict o) {
+    int64_t c = 0;
+    for (; c + 64 <= hd; c += 64) {
+        vf8 acc[8];
+        _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++) acc[r] = (vf8){0};
+        for (int64_t j = 0; j < len; j++) {
+            int64_t off = (slots[j] * nkv + g) * hd + c;
+            vf8 pj = (vf8){0} + p[j];
+            _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++) acc[r] += pj * load8(vc, dt, off + 8 * r);
+        }
+        memcpy(o + c, acc, sizeof acc);
+    }
+    if (c == hd) return;
+    for (int64_t i = c; i < hd; i++) o[i] = 0.0f;
+    for (int64_t j = 0; j < len; j++) {
+        int64_t off = (slots[j] * nkv + g) * hd;
+        if (dt == DT_BF16) {
+            const uint16_t* v = (const uint16_t*)vc + off;
+            for (int64_t i = c; i < hd; i++) o[i] += p[j] * bf16_to_f32(v[i]);
+        } else {
+            const float* v = (const float*)vc + off;
+            for (int64_t i = c; i < hd; i++) o[i] += p[j] * v[i];
+        }
+    }
 }
 
 /*
@@ -504,13 +601,15 @@ static void project(const par_t* par, const void* w, int wt, const float* scale,
     sync_all(par);
 }
 
-/* out[m] = x[m] / rms(x[m]) * weight (weight in dt), as bf16 when xbf16, else fp32. */
-static void rms_norm_rows(const par_t* par, const float* x, const void* weight, int dt,
-                          float eps, int64_t M, int64_t H, void* out, int xbf16) {
+/* out[m] = x[r] / rms(x[r]) * weight (weight in dt) for r = rows[m] (rows NULL: r = m), as
+ * bf16 when xbf16, else fp32. */
+static void rms_norm_rows(const par_t* par, const float* x, const int64_t* rows,
+                          const void* weight, int dt, float eps, int64_t M, int64_t H, void* out,
+                          int xbf16) {
     int64_t lo, hi;
     share(M, par, &lo, &hi);
     for (int64_t m = lo; m < hi; m++) {
-        const float* row = x + m * H;
+        const float* row = x + (rows ? rows[m] : m) * H;
         float ss = dot_f32(row, row, H);
         float inv = 1.0f / sqrtf(ss / (float)H + eps);
         for (int64_t i = 0; i < H; i++) {
@@ -544,14 +643,15 @@ static void store_row(void* dst, int dt, const float* src, int64_t n) {
 
 typedef struct {
     const model_t* mdl;
-    int64_t M, span, max_len;
-    const int64_t *token_ids, *positions, *slot_mapping, *ctx_slots, *ctx_lens;
+    int64_t M, max_len, n_out;
+    const int64_t *token_ids, *positions, *slot_mapping, *ctx_slots, *ctx_start, *ctx_lens;
+    const int64_t* out_rows;
     float* logits;
     float *x, *qkv, *attn, *gu, *scores; /* residual stream, projections' outputs */
     void* in;                            /* a projection's input */
 } step_t;
 
-/* The body of a decode step, run by each thread of the team. */
+/* The body of a step, run by each thread of the team. */
 static void decode_job(const step_t* st, int tid, int nth, barrier_t* barrier) {
     const model_t* mdl = st->mdl;
     const par_t par_ = {tid, nth, barrier}, *par = &par_;
@@ -574,7 +674,7 @@ static void decode_job(const step_t* st, int tid, int nth, barrier_t* barrier) {
 
     for (int64_t l = 0; l < mdl->n_layers; l++) {
         const layer_t* L = &mdl->layers[l];
-        rms_norm_rows(par, x, L->input_norm, dt, mdl->eps, M, H, in, xbf16);
+        rms_norm_rows(par, x, NULL, L->input_norm, dt, mdl->eps, M, H, in, xbf16);
         project(par, L->qkv, wt, L->qkv_scale, in, M, qkv_n, H, qkv, qkv_n, 0);
 
         /* Rotate q and k, then write this step's k and v into the cache. */
@@ -590,39 +690,24 @@ static void decode_job(const step_t* st, int tid, int nth, barrier_t* barrier) {
         }
         sync_all(par);
 
-        share(M * nh, par, &lo, &hi);
-        for (int64_t mh = lo; mh < hi; mh++) {
+        /* Heads dealt out in turn, not in runs: a prefill chunk's later tokens attend to
+         * more of the context, and a run of them would load one thread with most of it. */
+        for (int64_t mh = par->tid; mh < M * nh; mh += par->nth) {
             int64_t m = mh / nh, h = mh % nh, g = h / group, len = st->ctx_lens[m];
             const float* q = qkv + m * qkv_n + h * hd;
-            const int64_t* slots = st->ctx_slots + m * st->span;
-            float mx = -INFINITY;
-            for (int64_t j = 0; j < len; j++) {
-                int64_t off = (slots[j] * nkv + g) * hd;
-                float s = dt == DT_BF16 ? dot_f32_bf16(q, (const uint16_t*)L->k_cache + off, hd)
-                                        : dot_f32(q, (const float*)L->k_cache + off, hd);
-                s *= scale;
-                sc[j] = s;
-                mx = s > mx ? s : mx;
-            }
+            const int64_t* slots = st->ctx_slots + st->ctx_start[m];
+            float mx = attn_scores(q, L->k_cache, dt, slots, len, nkv, g, hd, scale, sc);
             float total = 0.0f;
 #pragma omp simd reduction(+ : total)
             for (int64_t j = 0; j < len; j++) {
                 sc[j] = exp_f32(sc[j] - mx);
                 total += sc[j];
             }
+            const float inv = 1.0f / total;
+#pragma omp simd
+            for (int64_t j = 0; j < len; j++) sc[j] *= inv;
             float* o = attn + m * nh * hd + h * hd;
-            for (int64_t i = 0; i < hd; i++) o[i] = 0.0f;
-            for (int64_t j = 0; j < len; j++) {
-                float p = sc[j] / total;
-                int64_t off = (slots[j] * nkv + g) * hd;
-                if (dt == DT_BF16) {
-                    const uint16_t* v = (const uint16_t*)L->v_cache + off;
-                    for (int64_t i = 0; i < hd; i++) o[i] += p * bf16_to_f32(v[i]);
-                } else {
-                    const float* v = (const float*)L->v_cache + off;
-                    for (int64_t i = 0; i < hd; i++) o[i] += p * v[i];
-                }
-            }
+            attn_values(L->v_cache, dt, slots, len, nkv, g, hd, sc, o);
             if (xbf16) {
                 uint16_t* dst = (uint16_t*)in + m * nh * hd + h * hd;
                 for (int64_t i = 0; i < hd; i++) dst[i] = f32_to_bf16(o[i]);
@@ -633,7 +718,7 @@ static void decode_job(const step_t* st, int tid, int nth, barrier_t* barrier) {
         sync_all(par);
         project(par, L->o, wt, L->o_scale, in, M, H, nh * hd, x, H, 1);
 
-        rms_norm_rows(par, x, L->post_norm, dt, mdl->eps, M, H, in, xbf16);
+        rms_norm_rows(par, x, NULL, L->post_norm, dt, mdl->eps, M, H, in, xbf16);
         project(par, L->gate_up, wt, L->gate_up_scale, in, M, 2 * I, H, gu, 2 * I, 0);
         /* SwiGLU over all M * I activations, so one row still uses every thread. */
         share(M * I, par, &lo, &hi);
@@ -654,20 +739,24 @@ static void decode_job(const step_t* st, int tid, int nth, barrier_t* barrier) {
         sync_all(par);
         project(par, L->down, wt, L->down_scale, in, M, H, I, x, H, 1);
     }
-    rms_norm_rows(par, x, mdl->final_norm, dt, mdl->eps, M, H, in, xbf16);
-    project(par, mdl->lm_head, wt, mdl->lm_head_scale, in, M, mdl->vocab, H, st->logits,
+    if (st->n_out == 0) return;
+    rms_norm_rows(par, x, st->out_rows, mdl->final_norm, dt, mdl->eps, st->n_out, H, in, xbf16);
+    project(par, mdl->lm_head, wt, mdl->lm_head_scale, in, st->n_out, mdl->vocab, H, st->logits,
             mdl->vocab, 0);
 }
 
 /*
- * One decode step. For token m: token_ids[m] at positions[m], its K/V written to cache slot
- * slot_mapping[m]; it attends to ctx_slots[m * span + j] for j < ctx_lens[m] (its own slot
- * included). Writes fp32 logits [M, vocab], working on nthreads OpenMP threads. Returns 0, or
- * -1 when memory runs out.
+ * One step of M tokens: decodes, prefill chunks, or both. For token m: token_ids[m] at
+ * positions[m], its K/V written to cache slot slot_mapping[m]; it attends to
+ * ctx_slots[ctx_start[m] + j] for j < ctx_lens[m] (its own slot included, and slots this step
+ * writes: every token's K/V of a layer is in the cache before any token of it attends). Writes
+ * fp32 logits [n_out, vocab] of the tokens out_rows[0..n_out), working on nthreads OpenMP
+ * threads. Returns 0, or -1 when memory runs out.
  */
 int inferno_decode_step(const model_t* mdl, int64_t M, const int64_t* token_ids,
                         const int64_t* positions, const int64_t* slot_mapping,
-                        const int64_t* ctx_slots, const int64_t* ctx_lens, int64_t span,
+                        const int64_t* ctx_slots, const int64_t* ctx_start,
+                        const int64_t* ctx_lens, int64_t n_out, const int64_t* out_rows,
                         float* logits, int32_t nthreads) {
     const int64_t H = mdl->hidden, I = mdl->inter, hd = mdl->head_dim, nh = mdl->heads;
     const int64_t qkv_n = (nh + 2 * mdl->kv_heads) * hd;
@@ -678,8 +767,18 @@ int inferno_decode_step(const model_t* mdl, int64_t M, const int64_t* token_ids,
     nthreads = 1;
 #endif
     if (nthreads < 1) nthreads = 1;
-    step_t st = {mdl, M, span, 1, token_ids, positions, slot_mapping, ctx_slots, ctx_lens,
-                 logits, NULL, NULL, NULL, NULL, NULL, NULL};
+    step_t st = {.mdl = mdl,
+                 .M = M,
+                 .max_len = 1,
+                 .n_out = n_out,
+                 .token_ids = token_ids,
+                 .positions = positions,
+                 .slot_mapping = slot_mapping,
+                 .ctx_slots = ctx_slots,
+                 .ctx_start = ctx_start,
+                 .ctx_lens = ctx_lens,
+                 .out_rows = out_rows,
+                 .logits = logits};
     for (int64_t m = 0; m < M; m++) st.max_len = ctx_lens[m] > st.max_len ? ctx_lens[m] : st.max_len;
     st.x = malloc((size_t)(M * H) * sizeof(float));
     st.qkv = malloc((size_t)(M * qkv_n) * sizeof(float));

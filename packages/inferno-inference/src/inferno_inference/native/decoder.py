@@ -1,10 +1,11 @@
-"""`NativeDecoder`: runs a `LlamaModel`'s pure decode steps through ``decode.c``, one call each.
+"""`NativeDecoder`: runs a `LlamaModel`'s steps through ``decode.c``, one call each.
 
 The decoder points the C code at the model's own tensors (each `Projection`'s copy laid out by
 `pack_weight`, the norms, the embedding table) and at the KV cache; it copies nothing.
-It takes steps in which every token is a decode (no prefill chunk) and at most ``max_rows``
-sequences take part; the engine runs every other step on the PyTorch path. Both paths read and
-write the same KV cache, so a sequence can move between them from one step to the next.
+It takes steps of at most ``max_rows`` decoding sequences and of prefill chunks whose sequences
+reach at most ``max_prefill_context`` tokens, alone or together; the engine runs every other
+step on the PyTorch path. Both paths read and write the same KV cache, so a sequence can move
+between them from one step to the next.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ __all__ = ["NATIVE_DTYPES", "NativeDecoder", "NativeMatmul", "native_unsupported
 
 #: Model dtypes the C decode path runs (fp16 has no fast CPU dot product to use).
 NATIVE_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
-_ABI = 3
+_ABI = 4
 _W_INT8 = 2  # decode.c's weight type for int8 codes with per-row scales
 _p = ctypes.c_void_p
 _i64 = ctypes.c_int64
@@ -119,9 +120,9 @@ def _bind(library: NativeLibrary | None) -> ctypes.CDLL:
 
 
 class NativeMatmul:
-    """``x @ W.T`` over a `pack_weight` layout, in ``decode.c``: the matmuls the decode call
-    does not take (prefill chunks, steps of more than ``max_rows`` sequences), so a model's
-    packed copy can be its only one (`Projection(native_matmul=...)`)."""
+    """``x @ W.T`` over a `pack_weight` layout, in ``decode.c``: the matmuls of the steps the
+    step call does not take (long prefills, steps of more than ``max_rows`` sequences), so a
+    model's packed copy can be its only one (`Projection(native_matmul=...)`)."""
 
     def __init__(self, library: NativeLibrary | None = None, threads: int | None = None) -> None:
         self._matmul = _bind(library).inferno_matmul
@@ -181,12 +182,17 @@ class NativeDecoder:
         model: LlamaModel,
         *,
         max_rows: int = 64,
+        max_prefill_context: int = 256,
         library: NativeLibrary | None = None,
         threads: int | None = None,
     ) -> None:
         """Bind ``model``; raises `EngineError` when it cannot run natively (the message says
         why: device, dtype, missing packed weights or no compiled library). Steps run on
-        ``threads`` threads (default: torch's intra-op thread count at each step)."""
+        ``threads`` threads (default: torch's intra-op thread count at each step).
+
+        The C attention loops over each query's keys, which beats torch's operator overheads
+        on short contexts and loses to its flash attention on long ones: ``max_prefill_context``
+        is where prefill chunks stop being taken."""
         if model.device.type != "cpu":
             raise EngineError(f"native decode runs on the CPU, not {model.device}")
         unsupported = native_unsupported(model.config, model.dtype)
@@ -196,18 +202,21 @@ class NativeDecoder:
         self._step.restype = ctypes.c_int
         self._step.argtypes = [
             ctypes.POINTER(_Model),
-            _i64,
-            _p,
-            _p,
-            _p,
-            _p,
-            _p,
-            _i64,
-            _p,
+            _i64,  # tokens
+            _p,  # token ids
+            _p,  # positions
+            _p,  # slot mapping
+            _p,  # context slots, all tokens' lists end to end
+            _p,  # where each token's list starts
+            _p,  # its length
+            _i64,  # tokens to compute logits for
+            _p,  # their rows
+            _p,  # logits
             ctypes.c_int32,
         ]
         self.model = model
         self.max_rows = max_rows
+        self.max_prefill_context = max_prefill_context
         self.threads = threads
         cfg = model.config
         # fp32 rope tables whatever the model dtype: the C code rotates in fp32.
@@ -249,12 +258,14 @@ class NativeDecoder:
         self._bound_cache: tuple[int, ...] = ()
 
     def can_run(self, meta: AttentionMetadata) -> bool:
-        """Whether this step is one the C path takes: decodes only, at most ``max_rows``."""
-        return (
-            not meta.prefills
-            and 0 < meta.num_decodes <= self.max_rows
-            and meta.decode_slots is not None
-        )
+        """Whether this step is one the C path takes: at most ``max_rows`` decodes, and
+        prefill chunks whose context is at most ``max_prefill_context`` tokens."""
+        nd = meta.num_decodes
+        if nd > self.max_rows or (nd and meta.decode_slots is None):
+            return False
+        if not meta.prefills:
+            return nd > 0
+        return all(seg.context_len <= self.max_prefill_context for seg in meta.prefills)
 
     def _bind_cache(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         ptrs = tuple(_ptr(t) for pair in kv_caches for t in pair)
@@ -273,33 +284,67 @@ class NativeDecoder:
         meta: AttentionMetadata,
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
     ) -> torch.Tensor:
-        """Run one decode step; fp32 logits ``[num_decodes, vocab]`` in row order."""
-        slots = meta.decode_slots
-        if slots is None or not self.can_run(meta):
-            raise EngineError("not a native decode step")
+        """Run one step; fp32 logits ``[len(meta.logits_indices), vocab]`` of the tokens
+        ``meta.logits_indices`` lists, in that order."""
+        if not self.can_run(meta):
+            raise EngineError("not a step the native path takes")
         self._bind_cache(kv_caches)
-        m = meta.num_decodes
         ids = input_ids.to(torch.int64).contiguous()
         positions = meta.positions.to(torch.int64).contiguous()
         slot_mapping = meta.slot_mapping.to(torch.int64).contiguous()
-        ctx = slots.to(torch.int64).contiguous()
-        lens = meta.decode_context_lens
-        if lens is None:
-            lens = torch.full((m,), ctx.shape[1], dtype=torch.int64)
-        lens = lens.to(torch.int64).contiguous()
-        logits = torch.empty(m, self.model.config.vocab_size, dtype=torch.float32)
+        ctx, starts, lens = _contexts(meta, slot_mapping)
+        out_rows = meta.logits_indices.to(torch.int64).contiguous()
+        n_out = out_rows.numel()
+        logits = torch.empty(n_out, self.model.config.vocab_size, dtype=torch.float32)
         rc = self._step(
             ctypes.byref(self._struct),
-            m,
+            ids.numel(),
             _ptr(ids),
             _ptr(positions),
             _ptr(slot_mapping),
             _ptr(ctx),
+            _ptr(starts),
             _ptr(lens),
-            ctx.shape[1],
+            n_out,
+            _ptr(out_rows),
             _ptr(logits),
             self.threads or torch.get_num_threads(),
         )
         if rc != 0:
-            raise EngineError("native decode step ran out of memory")
-        return logits[meta.logits_indices] if meta.logits_indices.numel() != m else logits
+            raise EngineError("native step ran out of memory")
+        return logits
+
+
+def _contexts(
+    meta: AttentionMetadata, slot_mapping: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The cache slots each token of the step attends to, as one flat list with each token's
+    start and length in it: a decode row's own list; for a prefill chunk, its sequence's
+    slots (earlier tokens first), of which each token takes the prefix up to itself."""
+    lists: list[torch.Tensor] = []
+    starts: list[torch.Tensor] = []
+    lens: list[torch.Tensor] = []
+    nd = meta.num_decodes
+    if nd:
+        assert meta.decode_slots is not None
+        span = meta.decode_slots.shape[1]
+        lists.append(meta.decode_slots.reshape(-1))
+        starts.append(torch.arange(nd, dtype=torch.int64) * span)
+        lens.append(
+            torch.full((nd,), span, dtype=torch.int64)
+            if meta.decode_context_lens is None
+            else meta.decode_context_lens.to(torch.int64)
+        )
+    offset = nd * span if nd else 0
+    for seg in meta.prefills:
+        n_q = seg.end - seg.start
+        slots = slot_mapping[seg.start : seg.end] if seg.slots is None else seg.slots
+        lists.append(slots)
+        starts.append(torch.full((n_q,), offset, dtype=torch.int64))
+        lens.append(torch.arange(seg.context_len - n_q + 1, seg.context_len + 1))
+        offset += slots.numel()
+    return (
+        torch.cat(lists).to(torch.int64).contiguous(),
+        torch.cat(starts).contiguous(),
+        torch.cat(lens).contiguous(),
+    )
