@@ -86,7 +86,7 @@ class EngineConfig(BaseModel):
         default=64, ge=1, description="Most sequences in a decode step the C kernels take."
     )
     cpu_native_max_prefill_context: int = Field(
-        default=256,
+        default=192,
         ge=0,
         description="The C kernels also take steps with prefill chunks (alone or beside "
         "decodes: one pass over the weights) when no chunk's sequence reaches more than this "

@@ -182,7 +182,7 @@ class NativeDecoder:
         model: LlamaModel,
         *,
         max_rows: int = 64,
-        max_prefill_context: int = 256,
+        max_prefill_context: int = 192,
         library: NativeLibrary | None = None,
         threads: int | None = None,
     ) -> None:
