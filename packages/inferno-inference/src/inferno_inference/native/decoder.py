@@ -325,6 +325,7 @@ def _contexts(
     starts: list[torch.Tensor] = []
     lens: list[torch.Tensor] = []
     nd = meta.num_decodes
+    offset = 0
     if nd:
         assert meta.decode_slots is not None
         span = meta.decode_slots.shape[1]
@@ -335,7 +336,7 @@ def _contexts(
             if meta.decode_context_lens is None
             else meta.decode_context_lens.to(torch.int64)
         )
-    offset = nd * span if nd else 0
+        offset = nd * span
     for seg in meta.prefills:
         n_q = seg.end - seg.start
         slots = slot_mapping[seg.start : seg.end] if seg.slots is None else seg.slots
@@ -343,6 +344,8 @@ def _contexts(
         starts.append(torch.full((n_q,), offset, dtype=torch.int64))
         lens.append(torch.arange(seg.context_len - n_q + 1, seg.context_len + 1))
         offset += slots.numel()
+    if len(lists) == 1:  # the common step, decodes alone: no copies
+        return lists[0].to(torch.int64).contiguous(), starts[0], lens[0].contiguous()
     return (
         torch.cat(lists).to(torch.int64).contiguous(),
         torch.cat(starts).contiguous(),
