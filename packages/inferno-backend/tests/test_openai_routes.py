@@ -6,6 +6,7 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 from inferno_backend.config import ServeConfig
 from inferno_backend.events import RequestFinished
@@ -170,6 +171,29 @@ async def test_completion_token_ids_logprobs_and_stream(client: TestClient[Any, 
         events[0]["choices"][0]["logprobs"]["tokens"][0]
     ]
     assert events[0]["object"] == "text_completion"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "problem"),
+    [
+        ({"text": "hi"}, "must be a string, a list of strings, a list of token ids"),
+        ("", "must not be an empty string"),
+        ([], "must not be an empty list"),
+        ([1, "a"], "mixes strings, token ids and lists"),
+        ([5, -1], "token ids are integers >= 0"),
+        ([[5], []], "item 1 is empty"),
+        (["a"] * 65, "at most 64 prompts, got 65"),
+    ],
+)
+async def test_a_malformed_prompt_is_a_400_naming_the_problem(
+    client: TestClient[Any, Any], prompt: object, problem: str
+) -> None:
+    resp = await client.post("/v1/completions", json={"model": "default", "prompt": prompt})
+    body = await resp.json()
+    assert resp.status == 400, body
+    assert body["error"]["param"] == "prompt"
+    assert body["error"]["message"].startswith(f"prompt: {problem}")
+    assert "more problem" not in body["error"]["message"]  # one problem, not four forms'
 
 
 async def test_default_completion_budget_is_16_tokens(make_client: MakeClient) -> None:

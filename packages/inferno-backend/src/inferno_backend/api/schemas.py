@@ -8,7 +8,7 @@ JSON's: ``2.0`` is the integer 2 (as JSON Schema, and so the OpenAPI description
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
@@ -403,6 +403,42 @@ def _as_batch(value: str | Sequence[object]) -> list[str | list[int]]:
     return [x for x in value if isinstance(x, str | list)]
 
 
+def _prompt_forms(max_batch: int, noun: str) -> Callable[[object], object]:
+    """A ``before`` validator checking that a prompt (or an embedding input) has one of
+    OpenAI's four forms, naming the offending item: pydantic's own message, from a union of the
+    four forms, would report every form's failure under internal names."""
+
+    def check(value: object) -> object:
+        value = _integral(value)
+        if isinstance(value, str):
+            if not value:
+                raise ValueError("must not be an empty string")
+            return value
+        if not isinstance(value, list):
+            raise ValueError(
+                "must be a string, a list of strings, a list of token ids or a list of lists "
+                "of token ids"
+            )
+        if not value:
+            raise ValueError("must not be an empty list")
+        if all(isinstance(v, str) for v in value) or all(isinstance(v, list) for v in value):
+            if len(value) > max_batch:
+                raise ValueError(f"at most {max_batch} {noun}, got {len(value)}")
+            for i, item in enumerate(value):
+                if item in ("", []):
+                    raise ValueError(f"item {i} is empty")
+                if isinstance(item, list) and not all(_is_token_id(t) for t in item):
+                    raise ValueError(f"item {i}: token ids are integers >= 0")
+            return value
+        if any(isinstance(v, str | list) for v in value):
+            raise ValueError("mixes strings, token ids and lists; use one form for every item")
+        if not all(_is_token_id(t) for t in value):
+            raise ValueError("token ids are integers >= 0")
+        return value
+
+    return check
+
+
 class CompletionRequest(SamplingFields):
     """Body of ``POST /v1/completions``."""
 
@@ -424,9 +460,8 @@ class CompletionRequest(SamplingFields):
     )
     best_of: int | None = Field(default=None, ge=1, le=16, description="Must equal n if set.")
 
-    _integral_completion = field_validator("prompt", "logprobs", "best_of", mode="before")(
-        _integral
-    )
+    _check_prompt = field_validator("prompt", mode="before")(_prompt_forms(64, "prompts"))
+    _integral_completion = field_validator("logprobs", "best_of", mode="before")(_integral)
 
     @model_validator(mode="after")
     def _check_completion(self) -> CompletionRequest:
@@ -493,37 +528,6 @@ def _is_token_id(value: object) -> bool:
     return type(value) is int and value >= 0  # bool is an int subclass, not a token id
 
 
-def _embedding_input(value: object) -> object:
-    """Check that ``input`` has one of its four forms, naming the offending item: pydantic's
-    own message, from a union of four forms, would report every form's failure."""
-    value = _integral(value)
-    if isinstance(value, str):
-        if not value:
-            raise ValueError("must not be an empty string")
-        return value
-    if not isinstance(value, list):
-        raise ValueError(
-            "must be a string, a list of strings, a list of token ids or a list of lists of "
-            "token ids"
-        )
-    if not value:
-        raise ValueError("must not be an empty list")
-    if all(isinstance(v, str) for v in value) or all(isinstance(v, list) for v in value):
-        if len(value) > MAX_EMBEDDING_INPUTS:
-            raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs, got {len(value)}")
-        for i, item in enumerate(value):
-            if item in ("", []):
-                raise ValueError(f"item {i} is empty")
-            if isinstance(item, list) and not all(_is_token_id(t) for t in item):
-                raise ValueError(f"item {i}: token ids are integers >= 0")
-        return value
-    if any(isinstance(v, str | list) for v in value):
-        raise ValueError("mixes strings, token ids and lists; use one form for every item")
-    if not all(_is_token_id(t) for t in value):
-        raise ValueError("token ids are integers >= 0")
-    return value
-
-
 class EmbeddingsRequest(BaseModel):
     """Body of ``POST /v1/embeddings``."""
 
@@ -559,7 +563,9 @@ class EmbeddingsRequest(BaseModel):
         "or the last token's. An Inferno extension.",
     )
 
-    _check_input = field_validator("input", mode="before")(_embedding_input)
+    _check_input = field_validator("input", mode="before")(
+        _prompt_forms(MAX_EMBEDDING_INPUTS, "inputs")
+    )
     _integral_dimensions = field_validator("dimensions", mode="before")(_integral)
 
     @property
