@@ -270,6 +270,8 @@ async def test_metrics_and_request_finished(make_client: MakeClient) -> None:
     assert 'inferno:embedding_requests_total{model="default",outcome="success"} 1.0' in text
     assert 'inferno:embedding_requests_total{model="default",outcome="invalid"} 1.0' in text
     assert 'inferno:prompt_tokens_total{model="default"} 10.0' in text
+    # The latency of the one success only; the rejected request is not a latency sample.
+    assert 'inferno:embedding_request_latency_seconds_count{model="default"} 1.0' in text
     assert "inferno:request_success_total{" not in text  # no generation was counted
     assert 'inferno:http_requests_total{route="/v1/embeddings",status="200"} 1.0' in text
 

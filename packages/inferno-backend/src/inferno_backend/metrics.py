@@ -135,6 +135,12 @@ class Metrics:
             "Embedding requests by outcome: success, invalid, unavailable, error, abort.",
             ["model", "outcome"], registry=reg,
         )  # fmt: skip
+        self.embedding_latency = Histogram(
+            "inferno:embedding_request_latency_seconds",
+            "Seconds from arrival to the response of a successful embedding request (all its "
+            "inputs).",
+            ["model"], registry=reg, buckets=_LATENCY_BUCKETS,
+        )  # fmt: skip
         self.tool_calls = Counter(
             "inferno:tool_calls", "Tool calls returned to clients.", ["model"], registry=reg
         )

@@ -149,6 +149,8 @@ def _observe(
     prompt_tokens = sum(len(ids) for ids in inputs)
     metrics = request.app[METRICS]
     metrics.embedding_requests.labels(served.name, outcome).inc()
+    if outcome == "success":
+        metrics.embedding_latency.labels(served.name).observe(seconds)
     metrics.prompt_tokens.labels(served.name).inc(prompt_tokens)
     reason = {"success": "stop", "error": "error"}.get(outcome, "abort")
     request.app[ORCHESTRATOR].bus.publish(
