@@ -6,7 +6,7 @@ so they never share the CPU: llama.cpp's Python server (``--llama-cpp-python PYT
 interpreter with ``llama-cpp-python[server]`` installed; it serves one request at a time),
 llama.cpp's C++ server (``--llama-server PATH``, started with 16 parallel slots), or any running
 OpenAI-compatible server (``--peer-url``). Prints tables and a summary, writes
-``benchmarks/results/serve.json``.
+``benchmarks/results/serve.json`` (``--out`` elsewhere).
 
     uv run python benchmarks/serve_bench.py [--inferno float32 --inferno bfloat16+int8] \
         [--llama-cpp-python /opt/peers/bin/python] [--llama-server /path/to/llama-server]
@@ -154,6 +154,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--requests-c1", type=int, default=8)
     parser.add_argument("--requests-c16", type=int, default=48)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args()
     args.inferno = args.inferno or ["float32"]
     runs: dict[str, list[dict[str, Any]]] = {}
@@ -172,8 +173,9 @@ def main() -> int:
         "peer_url": args.peer_url,
         "runs": runs,
     }
-    RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {args.out}")
     return 0
 
 
