@@ -290,12 +290,13 @@ def test_every_vector_path_computes_the_same_products_and_steps(
     exact, _, _ = _decode_both_ways(torch.float32, 5)
     # Sums in another order than the default build's, over the same bf16 operands.
     assert float((ours - exact).abs().max()) <= 1.25 * float((best - exact).abs().max()) + 1e-3
-    mixed, want, _, _ = _mixed_both_ways(torch.float32, library)
-    torch.testing.assert_close(mixed, want, atol=1e-4, rtol=1e-4)
-    mixed_bf16, want_bf16, _, _ = _mixed_both_ways(torch.bfloat16, library)
-    mixed_exact, _, _, _ = _mixed_both_ways(torch.float32)
-    err = float((mixed_bf16 - mixed_exact).abs().max())
-    assert err <= 1.25 * float((want_bf16 - mixed_exact).abs().max()) + 1e-3
+    for config in (_odd_config(), _wide_head_config()):
+        mixed, want, _, _ = _mixed_both_ways(torch.float32, library, config)
+        torch.testing.assert_close(mixed, want, atol=1e-4, rtol=1e-4)
+        mixed_bf16, want_bf16, _, _ = _mixed_both_ways(torch.bfloat16, library, config)
+        mixed_exact, _, _, _ = _mixed_both_ways(torch.float32, config=config)
+        err = float((mixed_bf16 - mixed_exact).abs().max())
+        assert err <= 1.25 * float((want_bf16 - mixed_exact).abs().max()) + 1e-3
 
 
 def test_with_native_matmuls_the_packed_copy_is_the_only_one() -> None:
@@ -344,14 +345,28 @@ def test_native_takes_steps_within_max_rows_and_the_prefill_context() -> None:
         native.run(torch.tensor([1, 2, 3]), _decode_meta([3, 4, 5], width=16), [])
 
 
+def _wide_head_config() -> ModelConfig:
+    # Heads of 72: one 64-wide register block of the C attention's weighted sum, and a tail.
+    return tiny_config(
+        hidden_size=144,
+        intermediate_size=100,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=321,
+        num_hidden_layers=2,
+    )
+
+
 def _mixed_both_ways(
-    dtype: torch.dtype, library: NativeLibrary | None = None
+    dtype: torch.dtype,
+    library: NativeLibrary | None = None,
+    config: ModelConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, ...]], torch.Tensor]:
     """One step of two decodes, a prompt's second chunk (its first chunk cached), a one-token
     chunk from the middle of a prompt and a whole fresh prompt, natively and in torch: the
     logits of the sampled rows, the caches each wrote, and the logits of a step that samples
-    nothing (native)."""
-    config = _odd_config()
+    nothing (native). ``config`` defaults to `_odd_config`."""
+    config = config or _odd_config()
     model = LlamaModel(
         config,
         random_weights(config, seed=13),
@@ -428,20 +443,24 @@ def _mixed_both_ways(
 
 
 @pytest.mark.usefixtures("two_threads")
-def test_native_mixed_prefill_and_decode_step_matches_the_torch_path() -> None:
-    ours, want, pairs, none = _mixed_both_ways(torch.float32)
-    assert ours.shape == want.shape == (4, _odd_config().vocab_size)
+@pytest.mark.parametrize("config", [_odd_config(), _wide_head_config()], ids=["odd", "wide-heads"])
+def test_native_mixed_prefill_and_decode_step_matches_the_torch_path(config: ModelConfig) -> None:
+    ours, want, pairs, none = _mixed_both_ways(torch.float32, config=config)
+    assert ours.shape == want.shape == (4, config.vocab_size)
     torch.testing.assert_close(ours, want, atol=1e-4, rtol=1e-4)
     for k, v, k2, v2 in pairs:
         torch.testing.assert_close(k, k2, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(v, v2, atol=1e-5, rtol=1e-5)
-    assert none.shape == (0, _odd_config().vocab_size)
+    assert none.shape == (0, config.vocab_size)
 
 
 @pytest.mark.usefixtures("two_threads")
-def test_native_bf16_mixed_step_is_as_close_to_fp32_as_the_torch_bf16_path() -> None:
-    ours, want, _, _ = _mixed_both_ways(torch.bfloat16)
-    exact, _, _, _ = _mixed_both_ways(torch.float32)
+@pytest.mark.parametrize("config", [_odd_config(), _wide_head_config()], ids=["odd", "wide-heads"])
+def test_native_bf16_mixed_step_is_as_close_to_fp32_as_the_torch_bf16_path(
+    config: ModelConfig,
+) -> None:
+    ours, want, _, _ = _mixed_both_ways(torch.bfloat16, config=config)
+    exact, _, _, _ = _mixed_both_ways(torch.float32, config=config)
     assert float((ours - exact).abs().max()) <= 1.25 * float((want - exact).abs().max()) + 1e-3
 
 
