@@ -170,8 +170,9 @@ class ModelRunner:
                 return native.run(inputs.input_ids, meta, self.kv_cache.layers)
             split = _split_decodes(meta)
             if split is not None and native.can_run(split[0]):
-                # Decodes in C, prefill chunks in torch: two passes over the weights, but the
-                # running decodes keep the C path's speed while new requests join.
+                # Chunks too long for the C step: decodes in C, chunks in torch. Two passes
+                # over the weights, but the running decodes keep the C path's speed while a
+                # long prompt joins.
                 decodes, prefills = split
                 nd = meta.num_decodes
                 first = native.run(inputs.input_ids[:nd], decodes, self.kv_cache.layers)
