@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from inferno_memory._lock import ResourceLock
 from inferno_memory.allocation import Allocation
 from inferno_memory.errors import DoubleFreeError, LimitExceededError
 from inferno_memory.host import check_request
@@ -28,7 +28,7 @@ class LimitingAdaptor:
     def __init__(self, upstream: MemoryResource, limit: Size) -> None:
         self._upstream = upstream
         self._limit = parse_size(limit, field="limit")
-        self._lock = threading.Lock()
+        self._lock = ResourceLock()
         self._allocated = 0
 
     def allocate(self, nbytes: int) -> Allocation:
@@ -53,6 +53,8 @@ class LimitingAdaptor:
 
     def deallocate(self, allocation: Allocation) -> None:
         """Free upstream (which checks ownership), then return the bytes to the budget."""
+        if self._lock.defer_if_busy(self, allocation):
+            return  # a finalizer during a collection: freed when the lock is released
         self._upstream.deallocate(allocation)
         with self._lock:
             self._allocated -= allocation.size
@@ -85,7 +87,7 @@ class StatisticsAdaptor:
     def __init__(self, upstream: MemoryResource, *, limit: Size | None = None) -> None:
         self._upstream = upstream
         self._limit = None if limit is None else parse_size(limit, field="limit")
-        self._lock = threading.Lock()
+        self._lock = ResourceLock()
         self._counter = StatsCounter()
         self._observers = Observers()
 
@@ -100,6 +102,8 @@ class StatisticsAdaptor:
 
     def deallocate(self, allocation: Allocation) -> None:
         """Free upstream and count it (nothing is counted when the upstream refuses)."""
+        if self._lock.defer_if_busy(self, allocation):
+            return  # a finalizer during a collection: freed when the lock is released
         self._upstream.deallocate(allocation)
         with self._lock:
             self._counter.on_deallocate(allocation.size)
@@ -153,7 +157,7 @@ class TrackingAdaptor:
     def __init__(self, upstream: MemoryResource, *, capture_stacks: bool = False) -> None:
         self._upstream = upstream
         self._capture_stacks = capture_stacks
-        self._lock = threading.Lock()
+        self._lock = ResourceLock()
         self._live: dict[int, TrackedAllocation] = {}
 
     def allocate(self, nbytes: int, *, tag: str | None = None) -> Allocation:
@@ -166,6 +170,8 @@ class TrackingAdaptor:
 
     def deallocate(self, allocation: Allocation) -> None:
         """Forget ``allocation`` and free it upstream."""
+        if self._lock.defer_if_busy(self, allocation):
+            return  # a finalizer during a collection: freed when the lock is released
         with self._lock:
             tracked = self._live.get(allocation.ptr)
             if tracked is not None and tracked.allocation != allocation:

@@ -7,10 +7,10 @@ installed ``cupy-cuda13x`` both work.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
+from inferno_memory._lock import ResourceLock
 from inferno_memory.allocation import Allocation, Device, DeviceKind, new_owner_token, next_serial
 from inferno_memory.errors import (
     BackendUnavailableError,
@@ -21,6 +21,9 @@ from inferno_memory.errors import (
 from inferno_memory.host import check_request
 from inferno_memory.pool import CoreChoice, PoolMemoryResource
 from inferno_memory.sizes import Size, format_size
+
+if TYPE_CHECKING:
+    from inferno_memory.protocols import MemoryResource
 
 __all__ = ["CudaMemoryPool", "CudaMemoryResource", "PinnedHostMemoryResource", "import_cupy"]
 
@@ -62,7 +65,7 @@ class _CupyResource:
             )
         self._device = device
         self._token = new_owner_token()
-        self._lock = threading.Lock()
+        self._lock = ResourceLock()
         self._live: dict[int, Allocation] = {}
 
     @property
@@ -95,6 +98,9 @@ class _CupyResource:
             raise ForeignAllocationError(
                 f"{allocation!r} was not made by this {self._name} resource"
             )
+        # Queue the subclass's deallocate, which is what called this.
+        if self._lock.defer_if_busy(cast("MemoryResource", self), allocation):
+            return  # a finalizer during a collection: freed when the lock is released
         with self._lock:
             if self._live.get(allocation.ptr) != allocation:
                 raise DoubleFreeError(f"{allocation!r} was already freed")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import numpy.typing as npt
 
+from inferno_memory._lock import ResourceLock
 from inferno_memory.allocation import CPU, Allocation, new_owner_token, next_serial
 from inferno_memory.errors import (
     DoubleFreeError,
@@ -38,7 +37,7 @@ class HostMemoryResource:
             )
         self._alignment = alignment
         self._token = new_owner_token()
-        self._lock = threading.Lock()
+        self._lock = ResourceLock()
         # ptr -> (the buffer that owns the bytes, the allocation handed out)
         self._live: dict[int, tuple[npt.NDArray[np.uint8], Allocation]] = {}
 
@@ -65,6 +64,8 @@ class HostMemoryResource:
         """Drop the buffer behind ``allocation``; typed errors for double and foreign frees."""
         if allocation.owner != self._token:
             raise ForeignAllocationError(f"{allocation!r} was not made by this HostMemoryResource")
+        if self._lock.defer_if_busy(self, allocation):
+            return  # a finalizer during a collection: freed when the lock is released
         with self._lock:
             entry = self._live.get(allocation.ptr)
             if entry is None or entry[1] != allocation:
