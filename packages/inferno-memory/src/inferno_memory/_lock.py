@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from inferno_memory.allocation import Allocation
 
-__all__ = ["ResourceLock", "collecting_thread"]
+__all__ = ["ResourceLock"]
 
 _log = logging.getLogger(__name__)
 _get_ident = threading.get_ident
@@ -47,11 +47,6 @@ def _on_gc(phase: str, info: dict[str, Any]) -> None:
 
 
 gc.callbacks.append(_on_gc)
-
-
-def collecting_thread() -> int:
-    """The identifier of the thread running a garbage collection now, 0 when none is."""
-    return _collecting
 
 
 class _Deallocates(Protocol):
