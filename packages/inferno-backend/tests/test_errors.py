@@ -79,6 +79,51 @@ async def test_model_level_rules_name_the_field(client: TestClient[Any, Any]) ->
     assert err["param"] == "stop"
 
 
+IMAGE_PART = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "words"),
+    [
+        # Each field takes several shapes; the message is about the shape that was sent.
+        ({"stop": ["end", ""]}, "stop.1", "at least 1 character"),
+        ({"tool_choice": {"type": "function"}}, "tool_choice.function", "Field required"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "a"}, IMAGE_PART]}
+                ]
+            },
+            "messages.0.content.1",
+            "'image_url' are not supported",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text"}]}]},
+            "messages.0.content.0.text",
+            "Field required",
+        ),
+        ({"tool_choice": "sometimes"}, "tool_choice", "'none', 'auto' or 'required'"),
+    ],
+)
+async def test_fields_with_several_shapes_report_the_sent_one(
+    client: TestClient[Any, Any], fields: dict[str, Any], param: str, words: str
+) -> None:
+    err = await _error(await client.post("/v1/chat/completions", json={**CHAT, **fields}), 400)
+    assert err["param"] == param
+    assert words in err["message"]
+    assert "valid string" not in err["message"]
+
+
+async def test_cross_field_messages_name_the_field_once(client: TestClient[Any, Any]) -> None:
+    err = await _error(
+        await client.post(
+            "/v1/chat/completions", json={**CHAT, "response_format": {"type": "json_schema"}}
+        ),
+        400,
+    )
+    assert err["message"].count("response_format:") == 1
+
+
 UNENFORCEABLE = {"type": "object", "properties": {"a": {"type": "string", "pattern": "(?=x)"}}}
 
 

@@ -105,22 +105,49 @@ def error_response(exc: APIError) -> web.Response:
     return web.json_response(body, status=exc.status, headers=exc.headers)
 
 
+_SCALAR_TAGS = frozenset({"str", "int", "float", "bool", "none", "bytes", "dict", "list"})
+
+
+def _is_union_tag(segment: object) -> bool:
+    """Whether a location segment names a union member (``str``, ``list[...]``, a model)."""
+    if not isinstance(segment, str) or not segment:
+        return False
+    # API field names are lower snake case; pydantic names union members by their type.
+    return segment in _SCALAR_TAGS or "[" in segment or segment[0].isupper()
+
+
+def _is_branch_mismatch(err: Any) -> bool:
+    """A union member that failed as a whole: the input has another member's shape."""
+    loc = err["loc"]
+    return bool(loc) and _is_union_tag(loc[-1])
+
+
 def from_validation_error(exc: ValidationError) -> BadRequestError:
-    """A 400 naming the first invalid field of a pydantic validation failure."""
-    err = exc.errors(include_url=False)[0]
+    """A 400 naming the first invalid field of a pydantic validation failure.
+
+    For a field that accepts several shapes (``stop``: a string or a list of strings), the
+    members the input does not have the shape of are passed over, so the message names the
+    real problem (an empty string inside the list) instead of "should be a valid string".
+    """
+    errors = exc.errors(include_url=False)
+    err = errors[0]
     if err["type"] == "json_invalid":
         return BadRequestError(f"the body is not valid JSON: {err['msg']}", code="invalid_json")
     if err["type"] == "model_type" and not err["loc"]:
         return BadRequestError("the body must be a JSON object", code="invalid_body")
-    param = ".".join(str(p) for p in err["loc"]) or None
+    relevant = [e for e in errors if not _is_branch_mismatch(e)] or errors
+    err = relevant[0]
+    param = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p)) or None
     msg = str(err["msg"]).removeprefix("Value error, ")
     if param is None and ": " in msg:
         # Cross-field rules raise "field: problem"; report that field as the param.
         param = msg.split(": ", 1)[0]
         message = msg
+    elif param and not msg.startswith(f"{param}: "):
+        message = f"{param}: {msg}"
     else:
-        message = f"{param}: {msg}" if param else msg
-    extra = len(exc.errors()) - 1
+        message = msg
+    extra = len(relevant) - 1
     if extra:
         message += f" (and {extra} more problem{'s' if extra > 1 else ''})"
     return BadRequestError(message, param=param, code="invalid_value")

@@ -213,6 +213,16 @@ class TextContentPart(BaseModel):
     type: Literal["text"]
     text: str
 
+    @model_validator(mode="before")
+    @classmethod
+    def _only_text(cls, data: Any) -> Any:
+        kind = data.get("type") if isinstance(data, dict) else None
+        if isinstance(kind, str) and kind != "text":
+            raise ValueError(
+                f"content parts of type {kind!r} are not supported: this model reads text only"
+            )
+        return data
+
 
 _FUNCTION_NAME = r"^[A-Za-z0-9_-]{1,64}$"
 
