@@ -673,3 +673,92 @@ def test_mixed_steps_with_an_unsampled_single_token_chunk_keep_the_tokens() -> N
     native = run(True)
     assert native == run(False)
     assert [len(native[f"r{i}"]) for i in range(3)] == [5, 5, 5]
+
+
+def _grouped_config(heads: int, kv_heads: int, head_dim: int) -> ModelConfig:
+    return tiny_config(
+        hidden_size=heads * head_dim,
+        intermediate_size=96,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        vocab_size=321,
+        num_hidden_layers=2,
+    )
+
+
+def _long_chunks_both_ways(
+    config: ModelConfig, dtype: torch.dtype, threads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A step of a 150-token chunk after 100 cached tokens (slots scattered as paging leaves
+    them), a fresh 70-token prompt and a decode, natively and in torch: the logits of every
+    chunk token and the decode. Their contexts span several 64-key blocks and several tiles."""
+    model = LlamaModel(
+        config,
+        random_weights(config, seed=21),
+        dtype=dtype,
+        device=CPU,
+        max_len=320,
+        native_layout=pack_weight,
+    )
+    native = NativeDecoder(model, max_rows=16, max_prefill_context=1 << 20, threads=threads)
+    vocab, n_slots = config.vocab_size, 640
+    shape = (n_slots, config.num_key_value_heads, config.head_dim)
+    caches = [
+        (torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype))
+        for _ in range(config.num_hidden_layers)
+    ]
+    order = torch.randperm(n_slots, generator=torch.Generator().manual_seed(5))
+    long_slots, fresh_slots, dec_slots = order[:250], order[250:320], order[320:352]
+    long_ids = [(7 * j + 3) % vocab for j in range(250)]
+    dec_ids = [(5 * j + 1) % vocab for j in range(32)]
+    for ids, slots in ((long_ids[:100], long_slots[:100]), (dec_ids[:31], dec_slots[:31])):
+        n = len(ids)
+        meta = AttentionMetadata(
+            positions=torch.arange(n),
+            slot_mapping=slots,
+            num_decodes=0,
+            decode_slots=None,
+            decode_context_lens=None,
+            prefills=[PrefillSegment(0, n, n, None)],
+            logits_indices=torch.tensor([n - 1]),
+        )
+        with torch.inference_mode():
+            model.forward(torch.tensor(ids), meta, caches)
+    fresh_ids = [(11 * j + 2) % vocab for j in range(70)]
+    ids = torch.tensor([dec_ids[31], *long_ids[100:], *fresh_ids])
+    meta = AttentionMetadata(
+        positions=torch.cat([torch.tensor([31]), torch.arange(100, 250), torch.arange(70)]),
+        slot_mapping=torch.cat([dec_slots[31:], long_slots[100:], fresh_slots]),
+        num_decodes=1,
+        decode_slots=dec_slots[None, :],
+        decode_context_lens=None,
+        prefills=[PrefillSegment(1, 151, 250, long_slots), PrefillSegment(151, 221, 70, None)],
+        logits_indices=torch.arange(221),
+    )
+    theirs = [(k.clone(), v.clone()) for k, v in caches]
+    assert native.can_run(meta)
+    ours = native.run(ids, meta, caches)
+    with torch.inference_mode():
+        want = model.forward(ids, meta, theirs)
+    return ours, want
+
+
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "head_dim"),
+    [(4, 2, 16), (9, 3, 16), (2, 1, 72), (4, 4, 32), (8, 1, 16)],
+    ids=["group2", "group3", "wide-heads", "no-grouping", "group8"],
+)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_long_prefill_chunks_in_tiles_match_the_torch_path(
+    heads: int, kv_heads: int, head_dim: int, threads: int
+) -> None:
+    config = _grouped_config(heads, kv_heads, head_dim)
+    ours, want = _long_chunks_both_ways(config, torch.float32, threads)
+    torch.testing.assert_close(ours, want, atol=1e-4, rtol=1e-4)
+
+
+def test_long_bf16_prefill_chunks_are_as_close_to_fp32_as_the_torch_bf16_path() -> None:
+    config = _grouped_config(9, 3, 16)
+    ours, want = _long_chunks_both_ways(config, torch.bfloat16, 2)
+    exact, _ = _long_chunks_both_ways(config, torch.float32, 2)
+    assert float((ours - exact).abs().max()) <= 1.25 * float((want - exact).abs().max()) + 1e-3

@@ -235,6 +235,199 @@ static void attn_values(const void* vc, int dt, const int64_t* slots, int64_t le
 }
 
 /*
+ * Prefill attention in tiles. The tokens of a prefill chunk share their sequence's slot list,
+ * token t attending to its first len_t entries, so a tile of consecutive tokens times the query
+ * heads of one KV head ("rows") can read each key and value once for all its rows instead of
+ * once per query and head. Keys come in blocks of ATT_BK, gathered from the cache into fp32
+ * buffers (keys transposed, so one vector holds a query's scores for several keys); the scores
+ * and the weighted values are register-blocked products; the softmax is online: a block that
+ * raises a row's maximum rescales that row's running sum and output by exp(old - new).
+ */
+#define ATT_BK 64   /* keys per block */
+#define ATT_ROWS 66 /* rows per tile (fewer when a chunk is short) */
+#define ATT_RT 6    /* rows per register tile */
+#if defined(__AVX512F__)
+#define ATT_VW 16
+#define ATT_NT 4
+#else
+#define ATT_VW 8
+#define ATT_NT 2
+#endif
+#define ATT_CW (ATT_VW * ATT_NT) /* columns per register tile; ATT_BK is a multiple */
+typedef float vfa __attribute__((vector_size(ATT_VW * sizeof(float))));
+
+static inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+/*
+ * c[r, n] = (accumulate ? c[r, n] : 0) + sum_k a[r * lda + k] * b[k * ldb + n] for r < R and
+ * n < N, both multiples of the register tile (the callers pad their buffers with zeros).
+ */
+static void att_gemm(const float* restrict a, int64_t lda, const float* restrict b, int64_t ldb,
+                     float* restrict c, int64_t ldc, int64_t R, int64_t N, int64_t K,
+                     int accumulate) {
+    for (int64_t n = 0; n < N; n += ATT_CW) {
+        for (int64_t r = 0; r < R; r += ATT_RT) {
+            vfa acc[ATT_RT][ATT_NT];
+            _Pragma("GCC unroll 6") for (int i = 0; i < ATT_RT; i++) {
+                _Pragma("GCC unroll 4") for (int j = 0; j < ATT_NT; j++) {
+                    if (accumulate)
+                        memcpy(&acc[i][j], c + (r + i) * ldc + n + j * ATT_VW, sizeof(vfa));
+                    else
+                        acc[i][j] = (vfa){0};
+                }
+            }
+            for (int64_t k = 0; k < K; k++) {
+                vfa bv[ATT_NT];
+                _Pragma("GCC unroll 4") for (int j = 0; j < ATT_NT; j++) {
+                    memcpy(&bv[j], b + k * ldb + n + j * ATT_VW, sizeof(vfa));
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+                    /* Keep the row in a register: folded into each multiply-add as a memory
+                     * operand, it would be loaded again for every one of the ATT_RT rows. */
+                    __asm__("" : "+x"(bv[j]));
+#endif
+                }
+                _Pragma("GCC unroll 6") for (int i = 0; i < ATT_RT; i++) {
+                    /* x - 0 is x (0 + x is not, for x = -0): one broadcast, no add. */
+                    vfa av = a[(r + i) * lda + k] - (vfa){0};
+                    _Pragma("GCC unroll 4") for (int j = 0; j < ATT_NT; j++) acc[i][j] += av * bv[j];
+                }
+            }
+            _Pragma("GCC unroll 6") for (int i = 0; i < ATT_RT; i++) {
+                _Pragma("GCC unroll 4") for (int j = 0; j < ATT_NT; j++)
+                    memcpy(c + (r + i) * ldc + n + j * ATT_VW, &acc[i][j], sizeof(vfa));
+            }
+        }
+    }
+}
+
+/* A thread's buffers for `attn_tile`, carved from one allocation of att_scratch_floats(). */
+typedef struct {
+    float *q, *s, *o, *mx, *sum;
+} att_scratch_t;
+
+static inline int64_t att_rows_cap(int64_t group) {
+    return round_up(group > ATT_ROWS ? group : ATT_ROWS, ATT_RT);
+}
+
+static int64_t att_scratch_floats(int64_t hd, int64_t group) {
+    int64_t rows = att_rows_cap(group), hdp = round_up(hd, ATT_CW);
+    return rows * hd + rows * ATT_BK + rows * hdp + 2 * rows;
+}
+
+static att_scratch_t att_scratch(float* base, int64_t hd, int64_t group) {
+    int64_t rows = att_rows_cap(group), hdp = round_up(hd, ATT_CW);
+    att_scratch_t w;
+    w.q = base;
+    w.s = w.q + rows * hd;
+    w.o = w.s + rows * ATT_BK;
+    w.mx = w.o + rows * hdp;
+    w.sum = w.mx + rows;
+    return w;
+}
+
+/*
+ * A chunk's keys and values for one KV head, staged once per layer for all its tiles: keys
+ * transposed (kt[d * lp + j]) and values as rows of hdp (v[j * hdp + d]), fp32, zero past the
+ * chunk's len keys (lp = len rounded up to ATT_BK) and past hd columns.
+ */
+static void att_stage_block(const void* kc, const void* vc, int dt, const int64_t* slots,
+                            int64_t len, int64_t lp, int64_t j0, int64_t nkv, int64_t g,
+                            int64_t hd, float* kt, float* v) {
+    const int64_t hdp = round_up(hd, ATT_CW);
+    for (int64_t j = j0; j < j0 + ATT_BK; j++) {
+        float* vrow = v + j * hdp;
+        if (j < len) {
+            const int64_t off = (slots[j] * nkv + g) * hd;
+            if (dt == DT_BF16) {
+                const uint16_t *k16 = (const uint16_t*)kc + off, *v16 = (const uint16_t*)vc + off;
+                for (int64_t d = 0; d < hd; d++) kt[d * lp + j] = bf16_to_f32(k16[d]);
+#pragma omp simd
+                for (int64_t d = 0; d < hd; d++) vrow[d] = bf16_to_f32(v16[d]);
+            } else {
+                const float *k32 = (const float*)kc + off, *v32 = (const float*)vc + off;
+                for (int64_t d = 0; d < hd; d++) kt[d * lp + j] = k32[d];
+                memcpy(vrow, v32, (size_t)hd * sizeof(float));
+            }
+            for (int64_t d = hd; d < hdp; d++) vrow[d] = 0.0f;
+        } else {
+            for (int64_t d = 0; d < hd; d++) kt[d * lp + j] = 0.0f;
+            memset(vrow, 0, (size_t)hdp * sizeof(float));
+        }
+    }
+}
+
+/*
+ * Attention of tokens m0 .. m0 + nt - 1 (one chunk's, in order: token t attends to the first
+ * lens[m0 + t] keys) for the query heads of KV head g, over the keys and values staged in kt
+ * and v (`att_stage_block`). Writes each row's output to out_f32 (fp32) and to the next
+ * projection's input (bf16 if in_bf16).
+ */
+static void attn_tile(const float* qkv, int64_t qkv_n, const float* kt, int64_t lp,
+                      const float* v, const int64_t* lens, int64_t m0, int64_t nt, int64_t nkv,
+                      int64_t g, int64_t group, int64_t hd, float scale, const att_scratch_t* w,
+                      float* out_f32, void* out_in, int in_bf16) {
+    const int64_t R = nt * group, Rp = round_up(R, ATT_RT), hdp = round_up(hd, ATT_CW);
+    const int64_t nh = nkv * group, maxlen = lens[m0 + nt - 1];
+    for (int64_t r = 0; r < Rp; r++) {
+        float* qr = w->q + r * hd;
+        if (r < R) {
+            const float* src = qkv + (m0 + r / group) * qkv_n + (g * group + r % group) * hd;
+            for (int64_t d = 0; d < hd; d++) qr[d] = src[d] * scale;
+        } else {
+            memset(qr, 0, (size_t)hd * sizeof(float));
+        }
+        memset(w->o + r * hdp, 0, (size_t)hdp * sizeof(float));
+        w->mx[r] = -INFINITY;
+        w->sum[r] = 0.0f;
+    }
+    for (int64_t j0 = 0; j0 < maxlen; j0 += ATT_BK) {
+        const int64_t nb = maxlen - j0 < ATT_BK ? maxlen - j0 : ATT_BK;
+        att_gemm(w->q, hd, kt + j0, lp, w->s, ATT_BK, Rp, ATT_BK, hd, 0);
+        for (int64_t r = 0; r < Rp; r++) {
+            float* sr = w->s + r * ATT_BK;
+            int64_t valid = r < R ? lens[m0 + r / group] - j0 : 0;
+            valid = valid < 0 ? 0 : (valid > nb ? nb : valid);
+            if (valid == 0) {
+                memset(sr, 0, ATT_BK * sizeof(float));
+                continue;
+            }
+            float mx = w->mx[r];
+#pragma omp simd reduction(max : mx)
+            for (int64_t j = 0; j < valid; j++) mx = sr[j] > mx ? sr[j] : mx;
+            const float alpha = w->mx[r] == -INFINITY ? 0.0f : exp_f32(w->mx[r] - mx);
+            float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+            for (int64_t j = 0; j < valid; j++) {
+                sr[j] = exp_f32(sr[j] - mx);
+                total += sr[j];
+            }
+            for (int64_t j = valid; j < ATT_BK; j++) sr[j] = 0.0f;
+            w->sum[r] = w->sum[r] * alpha + total;
+            w->mx[r] = mx;
+            if (alpha != 1.0f) {
+                float* orow = w->o + r * hdp;
+#pragma omp simd
+                for (int64_t d = 0; d < hd; d++) orow[d] *= alpha;
+            }
+        }
+        att_gemm(w->s, ATT_BK, v + j0 * hdp, hdp, w->o, hdp, Rp, hdp, ATT_BK, 1);
+    }
+    for (int64_t r = 0; r < R; r++) {
+        const int64_t m = m0 + r / group, h = g * group + r % group;
+        const float inv = 1.0f / w->sum[r];
+        float* o = out_f32 + m * nh * hd + h * hd;
+        const float* orow = w->o + r * hdp;
+        for (int64_t d = 0; d < hd; d++) o[d] = orow[d] * inv;
+        if (in_bf16) {
+            uint16_t* dst = (uint16_t*)out_in + m * nh * hd + h * hd;
+            for (int64_t d = 0; d < hd; d++) dst[d] = f32_to_bf16(o[d]);
+        } else {
+            memcpy((float*)out_in + m * nh * hd + h * hd, o, (size_t)hd * sizeof(float));
+        }
+    }
+}
+
+/*
  * Projections read weights packed by `pack_weight` (decoder.py): output rows in blocks of 16
  * (zero rows pad the last block), and inside a block, for each input column (fp32) or pair of
  * columns (bf16), the 16 rows' values side by side, 64 bytes in all. One vector load then holds
@@ -641,6 +834,24 @@ static void store_row(void* dst, int dt, const float* src, int64_t n) {
     }
 }
 
+/* A prefill chunk whose attention runs in tiles: tokens m0 .. m0 + n - 1, the last attending
+ * to len keys; its staged keys and values start at float `stage` of the step's buffer. */
+typedef struct {
+    int64_t m0, n, len, stage;
+} att_run_t;
+
+/* A tile of attention work: tokens m0 .. m0 + nt - 1 of chunk `run`, the query heads of KV
+ * head g; cost is its rows' key count, for dealing the largest out first. */
+typedef struct {
+    int64_t run, m0, nt, g, cost;
+} att_item_t;
+
+/* Where run r's staged keys (then values) of KV head g start in the stage buffer. */
+static inline int64_t att_stage_offset(const att_run_t* run, int64_t g, int64_t hd) {
+    const int64_t lp = round_up(run->len, ATT_BK), hdp = round_up(hd, ATT_CW);
+    return run->stage + g * lp * (hd + hdp);
+}
+
 typedef struct {
     const model_t* mdl;
     int64_t M, max_len, n_out;
@@ -649,6 +860,13 @@ typedef struct {
     float* logits;
     float *x, *qkv, *attn, *gu, *scores; /* residual stream, projections' outputs */
     void* in;                            /* a projection's input */
+    const int64_t* singles;              /* tokens attending alone (decodes), n_singles */
+    const att_item_t* tiles;             /* tiles of prefill tokens, largest first */
+    const att_run_t* runs;               /* the chunks they belong to */
+    int64_t n_singles, n_tiles, n_runs, n_stage_blocks;
+    float* stage; /* the runs' keys and values, restaged each layer */
+    atomic_llong* tile_next; /* per layer: the next tile to take */
+    float* att_ws;           /* per thread: att_scratch_floats() */
 } step_t;
 
 /* The body of a step, run by each thread of the team. */
@@ -690,10 +908,11 @@ static void decode_job(const step_t* st, int tid, int nth, barrier_t* barrier) {
         }
         sync_all(par);
 
-        /* Heads dealt out in turn, not in runs: a prefill chunk's later tokens attend to
-         * more of the context, and a run of them would load one thread with most of it. */
-        for (int64_t mh = par->tid; mh < M * nh; mh += par->nth) {
-            int64_t m = mh / nh, h = mh % nh, g = h / group, len = st->ctx_lens[m];
+        /* Single tokens' heads dealt out in turn; then the tiles, each thread taking the next
+         * one as it finishes (a chunk's later tokens attend to more of the context, so tiles
+         * differ in cost; the largest go first). */
+        for (int64_t mh = par->tid; mh < st->n_singles * nh; mh += par->nth) {
+            int64_t m = st->singles[mh / nh], h = mh % nh, g = h / group, len = st->ctx_lens[m];
             const float* q = qkv + m * qkv_n + h * hd;
             const int64_t* slots = st->ctx_slots + st->ctx_start[m];
             float mx = attn_scores(q, L->k_cache, dt, slots, len, nkv, g, hd, scale, sc);
@@ -713,6 +932,39 @@ static void decode_job(const step_t* st, int tid, int nth, barrier_t* barrier) {
                 for (int64_t i = 0; i < hd; i++) dst[i] = f32_to_bf16(o[i]);
             } else {
                 memcpy((float*)in + m * nh * hd + h * hd, o, (size_t)hd * sizeof(float));
+            }
+        }
+        if (st->n_tiles) {
+            /* Stage each chunk's keys and values (ATT_BK keys of one KV head per item), then
+             * take tiles. */
+            share(st->n_stage_blocks, par, &lo, &hi);
+            for (int64_t b = 0, r = 0, first = 0; b < hi; b++) {
+                int64_t per = round_up(st->runs[r].len, ATT_BK) / ATT_BK * nkv;
+                while (b - first >= per) {
+                    first += per;
+                    r++;
+                    per = round_up(st->runs[r].len, ATT_BK) / ATT_BK * nkv;
+                }
+                if (b < lo) continue;
+                const att_run_t* run = &st->runs[r];
+                const int64_t lp = round_up(run->len, ATT_BK), g = (b - first) % nkv;
+                const int64_t j0 = (b - first) / nkv * ATT_BK;
+                float* kt = st->stage + att_stage_offset(run, g, hd);
+                att_stage_block(L->k_cache, L->v_cache, dt, st->ctx_slots + st->ctx_start[run->m0],
+                                run->len, lp, j0, nkv, g, hd, kt, kt + lp * hd);
+            }
+            sync_all(par);
+            const att_scratch_t ws =
+                att_scratch(st->att_ws + tid * att_scratch_floats(hd, group), hd, group);
+            for (;;) {
+                int64_t i = atomic_fetch_add_explicit(&st->tile_next[l], 1, memory_order_relaxed);
+                if (i >= st->n_tiles) break;
+                const att_item_t* it = &st->tiles[i];
+                const att_run_t* run = &st->runs[it->run];
+                const int64_t lp = round_up(run->len, ATT_BK);
+                const float* kt = st->stage + att_stage_offset(run, it->g, hd);
+                attn_tile(qkv, qkv_n, kt, lp, kt + lp * hd, st->ctx_lens, it->m0, it->nt, nkv,
+                          it->g, group, hd, scale, &ws, attn, in, xbf16);
             }
         }
         sync_all(par);
@@ -743,6 +995,61 @@ static void decode_job(const step_t* st, int tid, int nth, barrier_t* barrier) {
     rms_norm_rows(par, x, st->out_rows, mdl->final_norm, dt, mdl->eps, st->n_out, H, in, xbf16);
     project(par, mdl->lm_head, wt, mdl->lm_head_scale, in, st->n_out, mdl->vocab, H, st->logits,
             mdl->vocab, 0);
+}
+
+static int by_cost_desc(const void* a, const void* b) {
+    int64_t ca = ((const att_item_t*)a)->cost, cb = ((const att_item_t*)b)->cost;
+    return (ca < cb) - (ca > cb);
+}
+
+typedef struct {
+    int64_t* singles;
+    att_run_t* runs;
+    att_item_t* tiles;
+    int64_t n_singles, n_runs, n_tiles, n_stage_blocks, stage_floats;
+} att_plan_t;
+
+static void att_plan_free(att_plan_t* p) { free(p->singles), free(p->runs), free(p->tiles); }
+
+/*
+ * Sort the step's tokens into those that attend alone (decodes, one-token chunks) and runs: two
+ * or more consecutive tokens sharing one slot list, each attending to one more slot than the
+ * last (a prefill chunk), cut into tiles of at most att_rows_cap() rows per KV head. Returns
+ * -1 when memory runs out (the plan is then freed).
+ */
+static int plan_attention(int64_t M, const int64_t* ctx_start, const int64_t* ctx_lens,
+                          int64_t nkv, int64_t group, int64_t hd, att_plan_t* p) {
+    const int64_t per_tile = att_rows_cap(group) / group, hdp = round_up(hd, ATT_CW);
+    /* Each run has two tokens or more and at most n / per_tile + 1 tiles per KV head. */
+    const int64_t n_tiles_max = (M / per_tile + M / 2 + 1) * nkv;
+    *p = (att_plan_t){0};
+    p->singles = malloc((size_t)(M > 0 ? M : 1) * sizeof(int64_t));
+    p->runs = malloc((size_t)(M > 0 ? M : 1) * sizeof(att_run_t));
+    p->tiles = malloc((size_t)n_tiles_max * sizeof(att_item_t));
+    if (!p->singles || !p->runs || !p->tiles) {
+        att_plan_free(p);
+        return -1;
+    }
+    for (int64_t m = 0; m < M;) {
+        int64_t e = m + 1;
+        while (e < M && ctx_start[e] == ctx_start[m] && ctx_lens[e] == ctx_lens[e - 1] + 1) e++;
+        if (e - m < 2) {
+            p->singles[p->n_singles++] = m++;
+            continue;
+        }
+        const int64_t r = p->n_runs++, len = ctx_lens[e - 1], lp = round_up(len, ATT_BK);
+        p->runs[r] = (att_run_t){m, e - m, len, p->stage_floats};
+        p->stage_floats += nkv * lp * (hd + hdp);
+        p->n_stage_blocks += nkv * (lp / ATT_BK);
+        for (int64_t t0 = m; t0 < e; t0 += per_tile) {
+            int64_t nt = e - t0 < per_tile ? e - t0 : per_tile;
+            for (int64_t g = 0; g < nkv; g++)
+                p->tiles[p->n_tiles++] = (att_item_t){r, t0, nt, g, nt * ctx_lens[t0 + nt - 1]};
+        }
+        m = e;
+    }
+    if (p->n_tiles) qsort(p->tiles, (size_t)p->n_tiles, sizeof *p->tiles, by_cost_desc);
+    return 0;
 }
 
 /*
@@ -780,13 +1087,29 @@ int inferno_decode_step(const model_t* mdl, int64_t M, const int64_t* token_ids,
                  .out_rows = out_rows,
                  .logits = logits};
     for (int64_t m = 0; m < M; m++) st.max_len = ctx_lens[m] > st.max_len ? ctx_lens[m] : st.max_len;
+    const int64_t nkv = mdl->kv_heads, group = nh / nkv;
+    att_plan_t plan;
+    const int planned = plan_attention(M, ctx_start, ctx_lens, nkv, group, hd, &plan) == 0;
+    st.singles = plan.singles;
+    st.n_singles = plan.n_singles;
+    st.tiles = plan.tiles;
+    st.n_tiles = plan.n_tiles;
+    st.runs = plan.runs;
+    st.n_runs = plan.n_runs;
+    st.n_stage_blocks = plan.n_stage_blocks;
+    st.tile_next = calloc((size_t)mdl->n_layers, sizeof(atomic_llong));
+    st.stage = planned && plan.n_tiles ? malloc((size_t)plan.stage_floats * sizeof(float)) : NULL;
+    st.att_ws = planned && plan.n_tiles
+                    ? malloc((size_t)(nthreads * att_scratch_floats(hd, group)) * sizeof(float))
+                    : NULL;
     st.x = malloc((size_t)(M * H) * sizeof(float));
     st.qkv = malloc((size_t)(M * qkv_n) * sizeof(float));
     st.attn = malloc((size_t)(M * nh * hd) * sizeof(float));
     st.gu = malloc((size_t)(M * 2 * I) * sizeof(float));
     st.in = malloc((size_t)(M * in_w) * xsz);
     st.scores = malloc((size_t)nthreads * (size_t)st.max_len * sizeof(float));
-    int ok = st.x && st.qkv && st.attn && st.gu && st.in && st.scores;
+    int ok = st.x && st.qkv && st.attn && st.gu && st.in && st.scores && planned &&
+             st.tile_next && (plan.n_tiles == 0 || (st.att_ws && st.stage));
     if (ok) {
         barrier_t barrier = {0, 0};
 #pragma omp parallel num_threads(nthreads)
@@ -800,6 +1123,8 @@ int inferno_decode_step(const model_t* mdl, int64_t M, const int64_t* token_ids,
         }
     }
     free(st.x), free(st.qkv), free(st.attn), free(st.gu), free(st.in), free(st.scores);
+    free(st.tile_next), free(st.att_ws), free(st.stage);
+    if (planned) att_plan_free(&plan);
     return ok ? 0 : -1;
 }
 
