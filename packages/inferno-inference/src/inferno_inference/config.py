@@ -69,7 +69,7 @@ class EngineConfig(BaseModel):
     cpu_native_decode: bool = Field(
         default=True,
         description="CPU, float32/bfloat16: run decode steps of up to cpu_native_max_rows "
-        "sequences (and short prefills, see cpu_native_max_prefill_context) in the package's C "
+        "sequences (and prefill chunks, see cpu_native_max_prefill_context) in the package's C "
         "kernels (compiled on first use with the system C "
         "compiler and cached; the PyTorch path is used where none is found), on a packed "
         "copy of the weights (see cpu_native_matmuls).",
@@ -86,12 +86,13 @@ class EngineConfig(BaseModel):
         default=64, ge=1, description="Most sequences in a decode step the C kernels take."
     )
     cpu_native_max_prefill_context: int = Field(
-        default=192,
+        default=32768,
         ge=0,
         description="The C kernels also take steps with prefill chunks (alone or beside "
         "decodes: one pass over the weights) when no chunk's sequence reaches more than this "
-        "many tokens with it; longer ones go to PyTorch, whose flash attention is faster at "
-        "long contexts than the C kernels' per-query loops. 0: prefill always in PyTorch.",
+        "many tokens with it; longer ones go to PyTorch. The C attention stages each chunk's "
+        "context in fp32 (kv_heads x tokens x 2 x head_dim floats per chunk, for the step), "
+        "which this bounds. 0: prefill always in PyTorch.",
     )
     weight_quantization: Literal["none", "int8"] = Field(
         default="none",

@@ -255,6 +255,35 @@ static void attn_values(const void* vc, int dt, const int64_t* slots, int64_t le
 #endif
 #define ATT_CW (ATT_VW * ATT_NT) /* columns per register tile; ATT_BK is a multiple */
 typedef float vfa __attribute__((vector_size(ATT_VW * sizeof(float))));
+typedef int32_t via __attribute__((vector_size(ATT_VW * sizeof(int32_t))));
+
+static inline vfa splat(float x) { return x - (vfa){0}; /* x - 0 is x; 0 + x is not for -0 */ }
+static inline vfa select_vfa(via mask, vfa a, vfa b) {
+    return (vfa)(((via)a & mask) | ((via)b & ~mask));
+}
+static inline vfa max_vfa(vfa a, vfa b) { return select_vfa(a > b, a, b); }
+
+/*
+ * exp_f32 on a vector, written with vector types: compilers vectorize the scalar one through
+ * `omp declare simd` for some targets only (not for AVX2 with gcc 12, whose clone calls rintf
+ * per lane). Rounds to nearest with the 1.5 * 2^23 trick, exact for the clamped range.
+ */
+static inline vfa exp_vfa(vfa x) {
+    x = max_vfa(x, splat(-87.3f));
+    x = select_vfa(x > splat(88.7f), splat(88.7f), x);
+    const vfa shift = splat(12582912.0f);
+    vfa n = (x * 1.44269504088896341f + shift) - shift;
+    vfa r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    vfa p = splat(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    via bits = (__builtin_convertvector(n, via) + 127) << 23;
+    return p * (vfa)bits;
+}
 
 static inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
@@ -287,8 +316,7 @@ static void att_gemm(const float* restrict a, int64_t lda, const float* restrict
 #endif
                 }
                 _Pragma("GCC unroll 6") for (int i = 0; i < ATT_RT; i++) {
-                    /* x - 0 is x (0 + x is not, for x = -0): one broadcast, no add. */
-                    vfa av = a[(r + i) * lda + k] - (vfa){0};
+                    vfa av = splat(a[(r + i) * lda + k]);
                     _Pragma("GCC unroll 4") for (int j = 0; j < ATT_NT; j++) acc[i][j] += av * bv[j];
                 }
             }
@@ -327,30 +355,34 @@ static att_scratch_t att_scratch(float* base, int64_t hd, int64_t group) {
 
 /*
  * A chunk's keys and values for one KV head, staged once per layer for all its tiles: keys
- * transposed (kt[d * lp + j]) and values as rows of hdp (v[j * hdp + d]), fp32, zero past the
- * chunk's len keys (lp = len rounded up to ATT_BK) and past hd columns.
+ * transposed in blocks of ATT_BK (key j0 + i of block j0 / ATT_BK at kt[d * ATT_BK + i] of the
+ * block's hd * ATT_BK floats: a product then walks rows 256 bytes apart, not len * 4, which
+ * would map them all to a few cache sets) and values as rows of hdp (v[j * hdp + d]), fp32,
+ * zero past the chunk's len keys (lp = len rounded up to ATT_BK) and past hd columns.
  */
 static void att_stage_block(const void* kc, const void* vc, int dt, const int64_t* slots,
-                            int64_t len, int64_t lp, int64_t j0, int64_t nkv, int64_t g,
-                            int64_t hd, float* kt, float* v) {
+                            int64_t len, int64_t j0, int64_t nkv, int64_t g, int64_t hd,
+                            float* kt, float* v) {
     const int64_t hdp = round_up(hd, ATT_CW);
+    kt += j0 * hd; /* this block's hd * ATT_BK floats */
     for (int64_t j = j0; j < j0 + ATT_BK; j++) {
+        const int64_t i = j - j0;
         float* vrow = v + j * hdp;
         if (j < len) {
             const int64_t off = (slots[j] * nkv + g) * hd;
             if (dt == DT_BF16) {
                 const uint16_t *k16 = (const uint16_t*)kc + off, *v16 = (const uint16_t*)vc + off;
-                for (int64_t d = 0; d < hd; d++) kt[d * lp + j] = bf16_to_f32(k16[d]);
+                for (int64_t d = 0; d < hd; d++) kt[d * ATT_BK + i] = bf16_to_f32(k16[d]);
 #pragma omp simd
                 for (int64_t d = 0; d < hd; d++) vrow[d] = bf16_to_f32(v16[d]);
             } else {
                 const float *k32 = (const float*)kc + off, *v32 = (const float*)vc + off;
-                for (int64_t d = 0; d < hd; d++) kt[d * lp + j] = k32[d];
+                for (int64_t d = 0; d < hd; d++) kt[d * ATT_BK + i] = k32[d];
                 memcpy(vrow, v32, (size_t)hd * sizeof(float));
             }
             for (int64_t d = hd; d < hdp; d++) vrow[d] = 0.0f;
         } else {
-            for (int64_t d = 0; d < hd; d++) kt[d * lp + j] = 0.0f;
+            for (int64_t d = 0; d < hd; d++) kt[d * ATT_BK + i] = 0.0f;
             memset(vrow, 0, (size_t)hdp * sizeof(float));
         }
     }
@@ -362,8 +394,7 @@ static void att_stage_block(const void* kc, const void* vc, int dt, const int64_
  * and v (`att_stage_block`). Writes each row's output to out_f32 (fp32) and to the next
  * projection's input (bf16 if in_bf16).
  */
-static void attn_tile(const float* qkv, int64_t qkv_n, const float* kt, int64_t lp,
-                      const float* v, const int64_t* lens, int64_t m0, int64_t nt, int64_t nkv,
+static void attn_tile(const float* qkv, int64_t qkv_n, const float* kt, const float* v, const int64_t* lens, int64_t m0, int64_t nt, int64_t nkv,
                       int64_t g, int64_t group, int64_t hd, float scale, const att_scratch_t* w,
                       float* out_f32, void* out_in, int in_bf16) {
     const int64_t R = nt * group, Rp = round_up(R, ATT_RT), hdp = round_up(hd, ATT_CW);
@@ -382,7 +413,7 @@ static void attn_tile(const float* qkv, int64_t qkv_n, const float* kt, int64_t 
     }
     for (int64_t j0 = 0; j0 < maxlen; j0 += ATT_BK) {
         const int64_t nb = maxlen - j0 < ATT_BK ? maxlen - j0 : ATT_BK;
-        att_gemm(w->q, hd, kt + j0, lp, w->s, ATT_BK, Rp, ATT_BK, hd, 0);
+        att_gemm(w->q, hd, kt + j0 * hd, ATT_BK, w->s, ATT_BK, Rp, ATT_BK, hd, 0);
         for (int64_t r = 0; r < Rp; r++) {
             float* sr = w->s + r * ATT_BK;
             int64_t valid = r < R ? lens[m0 + r / group] - j0 : 0;
@@ -391,17 +422,36 @@ static void attn_tile(const float* qkv, int64_t qkv_n, const float* kt, int64_t 
                 memset(sr, 0, ATT_BK * sizeof(float));
                 continue;
             }
-            float mx = w->mx[r];
-#pragma omp simd reduction(max : mx)
-            for (int64_t j = 0; j < valid; j++) mx = sr[j] > mx ? sr[j] : mx;
-            const float alpha = w->mx[r] == -INFINITY ? 0.0f : exp_f32(w->mx[r] - mx);
-            float total = 0.0f;
-#pragma omp simd reduction(+ : total)
-            for (int64_t j = 0; j < valid; j++) {
-                sr[j] = exp_f32(sr[j] - mx);
-                total += sr[j];
+            /* Whole vectors over the block; lanes past `valid` are masked out. */
+            vfa vmx = splat(w->mx[r]);
+            for (int64_t j = 0; j < ATT_BK; j += ATT_VW) {
+                vfa x;
+                memcpy(&x, sr + j, sizeof x);
+                if (j + ATT_VW > valid) {
+                    via lane;
+                    for (int i = 0; i < ATT_VW; i++) lane[i] = (int32_t)(j + i);
+                    x = select_vfa(lane < (int32_t)valid, x, splat(-INFINITY));
+                }
+                vmx = max_vfa(vmx, x);
             }
-            for (int64_t j = valid; j < ATT_BK; j++) sr[j] = 0.0f;
+            float mx = vmx[0];
+            for (int i = 1; i < ATT_VW; i++) mx = vmx[i] > mx ? vmx[i] : mx;
+            const float alpha = w->mx[r] == -INFINITY ? 0.0f : exp_f32(w->mx[r] - mx);
+            vfa vsum = (vfa){0};
+            for (int64_t j = 0; j < ATT_BK; j += ATT_VW) {
+                vfa x;
+                memcpy(&x, sr + j, sizeof x);
+                x = exp_vfa(x - mx);
+                if (j + ATT_VW > valid) {
+                    via lane;
+                    for (int i = 0; i < ATT_VW; i++) lane[i] = (int32_t)(j + i);
+                    x = select_vfa(lane < (int32_t)valid, x, (vfa){0});
+                }
+                vsum += x;
+                memcpy(sr + j, &x, sizeof x);
+            }
+            float total = 0.0f;
+            for (int i = 0; i < ATT_VW; i++) total += vsum[i];
             w->sum[r] = w->sum[r] * alpha + total;
             w->mx[r] = mx;
             if (alpha != 1.0f) {
@@ -951,7 +1001,7 @@ static void decode_job(const step_t* st, int tid, int nth, barrier_t* barrier) {
                 const int64_t j0 = (b - first) / nkv * ATT_BK;
                 float* kt = st->stage + att_stage_offset(run, g, hd);
                 att_stage_block(L->k_cache, L->v_cache, dt, st->ctx_slots + st->ctx_start[run->m0],
-                                run->len, lp, j0, nkv, g, hd, kt, kt + lp * hd);
+                                run->len, j0, nkv, g, hd, kt, kt + lp * hd);
             }
             sync_all(par);
             const att_scratch_t ws =
@@ -963,7 +1013,7 @@ static void decode_job(const step_t* st, int tid, int nth, barrier_t* barrier) {
                 const att_run_t* run = &st->runs[it->run];
                 const int64_t lp = round_up(run->len, ATT_BK);
                 const float* kt = st->stage + att_stage_offset(run, it->g, hd);
-                attn_tile(qkv, qkv_n, kt, lp, kt + lp * hd, st->ctx_lens, it->m0, it->nt, nkv,
+                attn_tile(qkv, qkv_n, kt, kt + lp * hd, st->ctx_lens, it->m0, it->nt, nkv,
                           it->g, group, hd, scale, &ws, attn, in, xbf16);
             }
         }

@@ -182,7 +182,7 @@ class NativeDecoder:
         model: LlamaModel,
         *,
         max_rows: int = 64,
-        max_prefill_context: int = 192,
+        max_prefill_context: int = 32768,
         library: NativeLibrary | None = None,
         threads: int | None = None,
     ) -> None:
@@ -190,9 +190,8 @@ class NativeDecoder:
         why: device, dtype, missing packed weights or no compiled library). Steps run on
         ``threads`` threads (default: torch's intra-op thread count at each step).
 
-        The C attention loops over each query's keys, which beats torch's operator overheads
-        on short contexts and loses to its flash attention on long ones: ``max_prefill_context``
-        is where prefill chunks stop being taken."""
+        ``max_prefill_context`` is where prefill chunks stop being taken: the C attention
+        stages a chunk's whole context in fp32 for the step, so this bounds that buffer."""
         if model.device.type != "cpu":
             raise EngineError(f"native decode runs on the CPU, not {model.device}")
         unsupported = native_unsupported(model.config, model.dtype)
