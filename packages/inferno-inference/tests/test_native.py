@@ -762,3 +762,78 @@ def test_long_bf16_prefill_chunks_are_as_close_to_fp32_as_the_torch_bf16_path() 
     ours, want = _long_chunks_both_ways(config, torch.bfloat16, 2)
     exact, _ = _long_chunks_both_ways(config, torch.float32, 2)
     assert float((ours - exact).abs().max()) <= 1.25 * float((want - exact).abs().max()) + 1e-3
+
+
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "head_dim"),
+    [(9, 3, 16), (4, 4, 32), (8, 1, 16), (2, 1, 72)],
+    ids=["group3", "no-grouping", "group8", "wide-heads"],
+)
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_decode_rows_over_long_contexts_match_the_torch_path(
+    heads: int, kv_heads: int, head_dim: int, threads: int, dtype: torch.dtype
+) -> None:
+    # Contexts of several 256-key ranges (merged after the threads take them apart), of one
+    # range plus a partial block, and of one key; slots scattered as paging leaves them.
+    config = _grouped_config(heads, kv_heads, head_dim)
+    model = LlamaModel(
+        config,
+        random_weights(config, seed=23),
+        dtype=dtype,
+        device=CPU,
+        max_len=1024,
+        native_layout=pack_weight,
+    )
+    native = NativeDecoder(model, max_rows=8, threads=threads)
+    lengths = [700, 257, 33, 0]
+    n_slots = 1100
+    shape = (n_slots, config.num_key_value_heads, config.head_dim)
+    caches = [
+        (torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype))
+        for _ in range(config.num_hidden_layers)
+    ]
+    order = torch.randperm(n_slots, generator=torch.Generator().manual_seed(9))
+    slot_lists, start = [], 0
+    for i, n in enumerate(lengths):
+        slots = order[start : start + n + 1]
+        start += n + 1
+        slot_lists.append(slots)
+        if n:
+            ids = [(5 * j + 3 * i + 1) % config.vocab_size for j in range(n)]
+            meta = AttentionMetadata(
+                positions=torch.arange(n),
+                slot_mapping=slots[:n],
+                num_decodes=0,
+                decode_slots=None,
+                decode_context_lens=None,
+                prefills=[PrefillSegment(0, n, n, None)],
+                logits_indices=torch.tensor([n - 1]),
+            )
+            with torch.inference_mode():
+                model.forward(torch.tensor(ids), meta, caches)
+    span = max(lengths) + 1
+    decode_slots = torch.zeros(len(lengths), span, dtype=torch.long)
+    for i, slots in enumerate(slot_lists):
+        decode_slots[i, : slots.numel()] = slots
+    meta = AttentionMetadata(
+        positions=torch.tensor(lengths),
+        slot_mapping=torch.stack([slots[-1] for slots in slot_lists]),
+        num_decodes=len(lengths),
+        decode_slots=decode_slots,
+        decode_context_lens=torch.tensor([n + 1 for n in lengths]),
+        prefills=[],
+        logits_indices=torch.arange(len(lengths)),
+    )
+    ids = torch.tensor([7, 8, 9, 10])
+    theirs = [(k.clone(), v.clone()) for k, v in caches]
+    assert native.can_run(meta)
+    ours = native.run(ids, meta, caches)
+    with torch.inference_mode():
+        want = model.forward(ids, meta, theirs)
+    if dtype == torch.float32:
+        torch.testing.assert_close(ours, want, atol=1e-4, rtol=1e-4)
+    else:
+        # Both sides round to bf16 at different points; the logits stay within its precision.
+        scale = float(want.abs().max())
+        assert float((ours - want).abs().max()) <= 0.05 * scale

@@ -480,6 +480,177 @@ static void attn_tile(const float* qkv, int64_t qkv_n, const float* kt, const fl
 }
 
 /*
+ * Decode attention: one query token, the query heads of one KV head, over a range of its keys
+ * (a long context is split into ranges that threads take separately, then merged). Keys and
+ * values come in blocks of ATT_VW, widened to fp32 once for all the group's heads; a head's
+ * scores for the block are ATT_VW dot products whose lane sums are folded into one vector
+ * (`hsum_lanes`), so the softmax and the weighted sum work on whole vectors. The range's
+ * running maximum, sum and unnormalized output go to `part` for the merge.
+ */
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#define DEC_FAST 1
+#define DEC_SPLIT 256    /* keys per work item */
+#define DEC_MIN_RANGE 64 /* and at least this many, a multiple of ATT_VW: a range costs a merge */
+
+/* Lane j of the result: the sum of a[j]'s lanes, for ATT_VW vectors a[0 .. ATT_VW). */
+static inline vfa hsum_lanes(const vfa* a) {
+#if defined(__AVX512F__)
+    __m512 t[8], u[4], v[2];
+    for (int i = 0; i < 8; i++) {
+        __m512 x = (__m512)a[2 * i], y = (__m512)a[2 * i + 1];
+        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y));
+    }
+    for (int i = 0; i < 4; i++) {
+        __m512d x = _mm512_castps_pd(t[2 * i]), y = _mm512_castps_pd(t[2 * i + 1]);
+        u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    }
+    /* u[i]'s 128-bit lane L holds keys 4i .. 4i + 3 summed over that lane. */
+    for (int i = 0; i < 2; i++)
+        v[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0xDD));
+    return (vfa)_mm512_add_ps(_mm512_shuffle_f32x4(v[0], v[1], 0x88),
+                              _mm512_shuffle_f32x4(v[0], v[1], 0xDD));
+#else
+    __m256 t[4], u[2];
+    for (int i = 0; i < 4; i++) {
+        __m256 x = (__m256)a[2 * i], y = (__m256)a[2 * i + 1];
+        t[i] = _mm256_add_ps(_mm256_unpacklo_ps(x, y), _mm256_unpackhi_ps(x, y));
+    }
+    for (int i = 0; i < 2; i++) {
+        __m256d x = _mm256_castps_pd(t[2 * i]), y = _mm256_castps_pd(t[2 * i + 1]);
+        u[i] = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(x, y)),
+                             _mm256_castpd_ps(_mm256_unpackhi_pd(x, y)));
+    }
+    return (vfa)_mm256_add_ps(_mm256_permute2f128_ps(u[0], u[1], 0x20),
+                              _mm256_permute2f128_ps(u[0], u[1], 0x31));
+#endif
+}
+
+/* ATT_VW cache values from element off, as fp32 (bf16 widened in one instruction: gcc splits
+ * a generic 16-lane widening into two halves). */
+static inline vfa load_kv(const void* base, int dt, int64_t off) {
+    vfa v;
+    if (dt == DT_BF16) {
+        const void* p = (const uint16_t*)base + off;
+#if defined(__AVX512F__)
+        v = (vfa)_mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p)), 16));
+#else
+        v = (vfa)_mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(p)), 16));
+#endif
+    } else {
+        memcpy(&v, (const float*)base + off, sizeof v);
+    }
+    return v;
+}
+
+static inline float hmax_vfa(vfa v) {
+#if defined(__AVX512F__)
+    return _mm512_reduce_max_ps((__m512)v);
+#else
+    __m128 x = _mm_max_ps(_mm256_castps256_ps128((__m256)v), _mm256_extractf128_ps((__m256)v, 1));
+    x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_max_ss(x, _mm_movehdup_ps(x)));
+#endif
+}
+
+static inline float hadd_vfa(vfa v) {
+#if defined(__AVX512F__)
+    return _mm512_reduce_add_ps((__m512)v);
+#else
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128((__m256)v), _mm256_extractf128_ps((__m256)v, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
+#endif
+}
+
+static void attn_decode_part(const float* q, const void* kc, const void* vc, int dt,
+                             const int64_t* slots, int64_t jb, int64_t je, int64_t nkv,
+                             int64_t group, int64_t hd, float scale, float* ws, float* part) {
+    const int64_t nc = hd / ATT_VW, row = nkv * hd, nh = nkv * group;
+    const size_t esz = dt == DT_BF16 ? 2 : 4;
+    float *kb = ws, *vb = ws + ATT_VW * row;
+    for (int64_t h = 0; h < nh; h++) {
+        float* ph = part + h * (hd + 2);
+        memset(ph, 0, (size_t)hd * sizeof(float));
+        ph[hd] = -INFINITY;
+        ph[hd + 1] = 0.0f;
+    }
+    via lane;
+    for (int i = 0; i < ATT_VW; i++) lane[i] = i;
+    for (int64_t j0 = jb; j0 < je; j0 += ATT_VW) {
+        const int64_t nb = je - j0 < ATT_VW ? je - j0 : ATT_VW;
+        /* Whole cache rows (every KV head of a slot, contiguous), widened once. */
+        for (int64_t jj = 0; jj < ATT_VW; jj++) {
+            float *kr = kb + jj * row, *vr = vb + jj * row;
+            if (jj < nb) {
+                const int64_t off = slots[j0 + jj] * row;
+                if (j0 + ATT_VW + jj < je) {
+                    /* The next block's rows: the cache is read from memory, in scattered
+                     * blocks of slots, and the loads would otherwise wait on each miss. */
+                    const int64_t next = slots[j0 + ATT_VW + jj] * row;
+                    for (int64_t b = 0; b < row * (int64_t)esz; b += 64) {
+                        __builtin_prefetch((const char*)kc + (size_t)next * esz + b);
+                        __builtin_prefetch((const char*)vc + (size_t)next * esz + b);
+                    }
+                }
+                for (int64_t c = 0; c < row; c += ATT_VW) {
+                    vfa kv = load_kv(kc, dt, off + c), vv = load_kv(vc, dt, off + c);
+                    memcpy(kr + c, &kv, sizeof kv);
+                    memcpy(vr + c, &vv, sizeof vv);
+                }
+            } else {
+                memset(kr, 0, (size_t)row * sizeof(float));
+                memset(vr, 0, (size_t)row * sizeof(float));
+            }
+        }
+        const via live = lane < (int32_t)nb;
+        for (int64_t h = 0; h < nh; h++) {
+            const int64_t col = (h / group) * hd; /* this head's KV head in a row */
+            const float* qh = q + h * hd;
+            float* ph = part + h * (hd + 2);
+            vfa acc[ATT_VW];
+            for (int jj = 0; jj < ATT_VW; jj++) acc[jj] = (vfa){0};
+            for (int64_t c = 0; c < nc; c++) {
+                vfa qc;
+                memcpy(&qc, qh + c * ATT_VW, sizeof qc);
+                _Pragma("GCC unroll 16") for (int jj = 0; jj < ATT_VW; jj++) {
+                    vfa kv;
+                    memcpy(&kv, kb + jj * row + col + c * ATT_VW, sizeof kv);
+                    acc[jj] += qc * kv;
+                }
+            }
+            vfa sv = select_vfa(live, hsum_lanes(acc) * scale, splat(-INFINITY));
+            const float mb = hmax_vfa(sv);
+            const float mold = ph[hd], mnew = mb > mold ? mb : mold;
+            const float alpha =
+                mold == mnew ? 1.0f : (mold == -INFINITY ? 0.0f : exp_f32(mold - mnew));
+            vfa pv = select_vfa(live, exp_vfa(sv - mnew), (vfa){0});
+            const float psum = hadd_vfa(pv);
+            float pj[ATT_VW];
+            memcpy(pj, &pv, sizeof pj);
+            ph[hd + 1] = ph[hd + 1] * alpha + psum;
+            ph[hd] = mnew;
+            for (int64_t c = 0; c < nc; c++) {
+                vfa o;
+                memcpy(&o, ph + c * ATT_VW, sizeof o);
+                o *= alpha;
+                /* All ATT_VW keys, a fixed count: past nb the weights and values are zero. */
+                _Pragma("GCC unroll 16") for (int jj = 0; jj < ATT_VW; jj++) {
+                    vfa vv;
+                    memcpy(&vv, vb + jj * row + col + c * ATT_VW, sizeof vv);
+                    o += vv * pj[jj];
+                }
+                memcpy(ph + c * ATT_VW, &o, sizeof o);
+            }
+        }
+    }
+}
+#endif
+
+/*
  * Projections read weights packed by `pack_weight` (decoder.py): output rows in blocks of 16
  * (zero rows pad the last block), and inside a block, for each input column (fp32) or pair of
  * columns (bf16), the 16 rows' values side by side, 64 bytes in all. One vector load then holds
@@ -898,6 +1069,32 @@ typedef struct {
     int64_t run, m0, nt, g, cost;
 } att_item_t;
 
+/* Per query head, part holds hd output sums, then the running maximum and sum. */
+static inline int64_t dec_part_floats(int64_t nh, int64_t hd) { return nh * (hd + 2); }
+
+/* The fp32 buffer a thread needs: one block of cache rows for the keys, one for the values. */
+static inline int64_t dec_scratch_floats(int64_t row) { return 2 * ATT_VW * row; }
+
+/* How many key ranges a single token's attention is split into: DEC_SPLIT keys each, and
+ * when there are few singles, enough ranges (of whole ATT_VW blocks) for every thread. */
+static inline int64_t dec_ranges(int64_t len, int64_t n_singles, int64_t nthreads) {
+#ifdef DEC_FAST
+    int64_t nr = (len + DEC_SPLIT - 1) / DEC_SPLIT;
+    const int64_t want = (2 * nthreads + n_singles - 1) / n_singles;
+    const int64_t most = (len + DEC_MIN_RANGE - 1) / DEC_MIN_RANGE;
+    nr = nr > want ? nr : want;
+    return nr < most ? nr : most;
+#else
+    (void)len, (void)n_singles, (void)nthreads;
+    return 1;
+#endif
+}
+
+/* A range of one single token's keys, for all its heads (see attn_decode_part). */
+typedef struct {
+    int64_t m, jb, je;
+} dec_item_t;
+
 /* Where run r's staged keys (then values) of KV head g start in the stage buffer. */
 static inline int64_t att_stage_offset(const att_run_t* run, int64_t g, int64_t hd) {
     const int64_t lp = round_up(run->len, ATT_BK), hdp = round_up(hd, ATT_CW);
@@ -917,6 +1114,11 @@ typedef struct {
     const att_run_t* runs;               /* the chunks they belong to */
     int64_t n_singles, n_tiles, n_runs, n_stage_blocks;
     float* stage; /* the runs' keys and values, restaged each layer */
+    const dec_item_t* dec;    /* the singles' key ranges (fast decode attention) */
+    const int64_t* dec_first; /* [single]: its first range; [n_singles]: their count */
+    int64_t n_dec;
+    int dec_fast;          /* whether singles take attn_decode_part (else the loop per head) */
+    float *dec_parts, *dec_ws; /* per range: dec_part_floats(); per thread: dec_scratch_floats() */
     atomic_llong* tile_next; /* per layer: the next tile to take */
     float* att_ws;           /* per thread: att_scratch_floats() */
 } step_t;
@@ -963,7 +1165,18 @@ static void decode_job(const step_t* st, int tid, int nth, barrier_t* barrier) {
         /* Single tokens' heads dealt out in turn; then the tiles, each thread taking the next
          * one as it finishes (a chunk's later tokens attend to more of the context, so tiles
          * differ in cost; the largest go first). */
-        for (int64_t mh = par->tid; mh < st->n_singles * nh; mh += par->nth) {
+#ifdef DEC_FAST
+        if (st->dec_fast) {
+            float* dws = st->dec_ws + tid * dec_scratch_floats(kv_w);
+            for (int64_t i = par->tid; i < st->n_dec; i += par->nth) {
+                const dec_item_t* it = &st->dec[i];
+                attn_decode_part(qkv + it->m * qkv_n, L->k_cache, L->v_cache, dt,
+                                 st->ctx_slots + st->ctx_start[it->m], it->jb, it->je, nkv,
+                                 group, hd, scale, dws, st->dec_parts + i * dec_part_floats(nh, hd));
+            }
+        }
+#endif
+        for (int64_t mh = par->tid; !st->dec_fast && mh < st->n_singles * nh; mh += par->nth) {
             int64_t m = st->singles[mh / nh], h = mh % nh, g = h / group, len = st->ctx_lens[m];
             const float* q = qkv + m * qkv_n + h * hd;
             const int64_t* slots = st->ctx_slots + st->ctx_start[m];
@@ -1020,6 +1233,38 @@ static void decode_job(const step_t* st, int tid, int nth, barrier_t* barrier) {
             }
         }
         sync_all(par);
+        if (st->dec_fast && st->n_singles) {
+            /* Merge each single's ranges: rescale each by exp(its max - the overall max). */
+            share(st->n_singles * nh, par, &lo, &hi);
+            for (int64_t ih = lo; ih < hi; ih++) {
+                const int64_t i = ih / nh, h = ih % nh, m = st->singles[i];
+                const int64_t first = st->dec_first[i], nr = st->dec_first[i + 1] - first;
+                const int64_t pf = dec_part_floats(nh, hd);
+                float mx = -INFINITY, total = 0.0f;
+                for (int64_t r = 0; r < nr; r++) {
+                    const float* ph = st->dec_parts + (first + r) * pf + h * (hd + 2);
+                    mx = ph[hd] > mx ? ph[hd] : mx;
+                }
+                float* o = attn + m * nh * hd + h * hd;
+                for (int64_t d = 0; d < hd; d++) o[d] = 0.0f;
+                for (int64_t r = 0; r < nr; r++) {
+                    const float* ph = st->dec_parts + (first + r) * pf + h * (hd + 2);
+                    const float w = exp_f32(ph[hd] - mx);
+                    total += w * ph[hd + 1];
+#pragma omp simd
+                    for (int64_t d = 0; d < hd; d++) o[d] += w * ph[d];
+                }
+                const float inv = 1.0f / total;
+                for (int64_t d = 0; d < hd; d++) o[d] *= inv;
+                if (xbf16) {
+                    uint16_t* dst = (uint16_t*)in + m * nh * hd + h * hd;
+                    for (int64_t d = 0; d < hd; d++) dst[d] = f32_to_bf16(o[d]);
+                } else {
+                    memcpy((float*)in + m * nh * hd + h * hd, o, (size_t)hd * sizeof(float));
+                }
+            }
+            sync_all(par);
+        }
         project(par, L->o, wt, L->o_scale, in, M, H, nh * hd, x, H, 1);
 
         rms_norm_rows(par, x, NULL, L->post_norm, dt, mdl->eps, M, H, in, xbf16);
@@ -1058,10 +1303,16 @@ typedef struct {
     int64_t* singles;
     att_run_t* runs;
     att_item_t* tiles;
-    int64_t n_singles, n_runs, n_tiles, n_stage_blocks, stage_floats;
+    dec_item_t* dec;    /* the singles' key ranges, by single, then range */
+    int64_t* dec_first; /* [single]: its first range in dec, and one past the last at the end */
+    int64_t n_singles, n_runs, n_tiles, n_stage_blocks, stage_floats, n_dec;
 } att_plan_t;
 
-static void att_plan_free(att_plan_t* p) { free(p->singles), free(p->runs), free(p->tiles); }
+static void att_plan_free(att_plan_t* p) {
+    free(p->singles), free(p->runs), free(p->tiles), free(p->dec), free(p->dec_first);
+}
+
+
 
 /*
  * Sort the step's tokens into those that attend alone (decodes, one-token chunks) and runs: two
@@ -1070,7 +1321,8 @@ static void att_plan_free(att_plan_t* p) { free(p->singles), free(p->runs), free
  * -1 when memory runs out (the plan is then freed).
  */
 static int plan_attention(int64_t M, const int64_t* ctx_start, const int64_t* ctx_lens,
-                          int64_t nkv, int64_t group, int64_t hd, att_plan_t* p) {
+                          int64_t nkv, int64_t group, int64_t hd, int64_t nthreads,
+                          att_plan_t* p) {
     const int64_t per_tile = att_rows_cap(group) / group, hdp = round_up(hd, ATT_CW);
     /* Each run has two tokens or more and at most n / per_tile + 1 tiles per KV head. */
     const int64_t n_tiles_max = (M / per_tile + M / 2 + 1) * nkv;
@@ -1101,6 +1353,26 @@ static int plan_attention(int64_t M, const int64_t* ctx_start, const int64_t* ct
         m = e;
     }
     if (p->n_tiles) qsort(p->tiles, (size_t)p->n_tiles, sizeof *p->tiles, by_cost_desc);
+    int64_t n_dec = 0;
+    for (int64_t i = 0; i < p->n_singles; i++)
+        n_dec += dec_ranges(ctx_lens[p->singles[i]], p->n_singles, nthreads);
+    p->dec = malloc((size_t)(n_dec > 0 ? n_dec : 1) * sizeof(dec_item_t));
+    p->dec_first = malloc((size_t)(p->n_singles + 1) * sizeof(int64_t));
+    if (!p->dec || !p->dec_first) {
+        att_plan_free(p);
+        return -1;
+    }
+    for (int64_t i = 0; i < p->n_singles; i++) {
+        const int64_t m = p->singles[i], len = ctx_lens[m];
+        const int64_t nr = dec_ranges(len, p->n_singles, nthreads);
+        const int64_t blocks = (len + ATT_VW - 1) / ATT_VW;
+        p->dec_first[i] = p->n_dec;
+        for (int64_t r = 0; r < nr; r++) {
+            int64_t jb = blocks * r / nr * ATT_VW, je = blocks * (r + 1) / nr * ATT_VW;
+            p->dec[p->n_dec++] = (dec_item_t){m, jb, je < len ? je : len};
+        }
+    }
+    p->dec_first[p->n_singles] = p->n_dec;
     return 0;
 }
 
@@ -1141,7 +1413,7 @@ int inferno_decode_step(const model_t* mdl, int64_t M, const int64_t* token_ids,
     for (int64_t m = 0; m < M; m++) st.max_len = ctx_lens[m] > st.max_len ? ctx_lens[m] : st.max_len;
     const int64_t nkv = mdl->kv_heads, group = nh / nkv;
     att_plan_t plan;
-    const int planned = plan_attention(M, ctx_start, ctx_lens, nkv, group, hd, &plan) == 0;
+    const int planned = plan_attention(M, ctx_start, ctx_lens, nkv, group, hd, nthreads, &plan) == 0;
     st.singles = plan.singles;
     st.n_singles = plan.n_singles;
     st.tiles = plan.tiles;
@@ -1151,6 +1423,16 @@ int inferno_decode_step(const model_t* mdl, int64_t M, const int64_t* token_ids,
     st.n_stage_blocks = plan.n_stage_blocks;
     st.tile_next = calloc((size_t)mdl->n_layers, sizeof(atomic_llong));
     st.stage = planned && plan.n_tiles ? malloc((size_t)plan.stage_floats * sizeof(float)) : NULL;
+    st.dec = plan.dec;
+    st.dec_first = plan.dec_first;
+    st.n_dec = plan.n_dec;
+#ifdef DEC_FAST
+    st.dec_fast = planned && plan.n_singles > 0 && hd % ATT_VW == 0;
+    if (st.dec_fast) {
+        st.dec_parts = malloc((size_t)(plan.n_dec * dec_part_floats(nh, hd)) * sizeof(float));
+        st.dec_ws = malloc((size_t)(nthreads * dec_scratch_floats(nkv * hd)) * sizeof(float));
+    }
+#endif
     st.att_ws = planned && plan.n_tiles
                     ? malloc((size_t)(nthreads * att_scratch_floats(hd, group)) * sizeof(float))
                     : NULL;
@@ -1161,7 +1443,8 @@ int inferno_decode_step(const model_t* mdl, int64_t M, const int64_t* token_ids,
     st.in = malloc((size_t)(M * in_w) * xsz);
     st.scores = malloc((size_t)nthreads * (size_t)st.max_len * sizeof(float));
     int ok = st.x && st.qkv && st.attn && st.gu && st.in && st.scores && planned &&
-             st.tile_next && (plan.n_tiles == 0 || (st.att_ws && st.stage));
+             st.tile_next && (plan.n_tiles == 0 || (st.att_ws && st.stage)) &&
+             (!st.dec_fast || (st.dec_parts && st.dec_ws));
     if (ok) {
         barrier_t barrier = {0, 0};
 #pragma omp parallel num_threads(nthreads)
@@ -1175,7 +1458,7 @@ int inferno_decode_step(const model_t* mdl, int64_t M, const int64_t* token_ids,
         }
     }
     free(st.x), free(st.qkv), free(st.attn), free(st.gu), free(st.in), free(st.scores);
-    free(st.tile_next), free(st.att_ws), free(st.stage);
+    free(st.tile_next), free(st.att_ws), free(st.stage), free(st.dec_parts), free(st.dec_ws);
     if (planned) att_plan_free(&plan);
     return ok ? 0 : -1;
 }
