@@ -108,8 +108,8 @@ static inline float load(const void* p, int dt, int64_t i) {
 #pragma omp declare simd notinbranch
 static inline float exp_f32(float x) {
     x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
-    /* Round to nearest by adding and taking away 1.5 * 2^23 rather than rintf, which gcc
-     * vectorizes for AVX-512 but not for AVX2 (a scalar exp per lane there). */
+    /* Round to nearest by adding and taking away 1.5 * 2^23: plain arithmetic, where rintf
+     * is vectorized for some targets only. */
     float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     float r = x - n * 0.693359375f + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
@@ -240,10 +240,11 @@ static void attn_values(const void* vc, int dt, const int64_t* slots, int64_t le
  * Prefill attention in tiles. The tokens of a prefill chunk share their sequence's slot list,
  * token t attending to its first len_t entries, so a tile of consecutive tokens times the query
  * heads of one KV head ("rows") can read each key and value once for all its rows instead of
- * once per query and head. Keys come in blocks of ATT_BK, gathered from the cache into fp32
- * buffers (keys transposed, so one vector holds a query's scores for several keys); the scores
- * and the weighted values are register-blocked products; the softmax is online: a block that
- * raises a row's maximum rescales that row's running sum and output by exp(old - new).
+ * once per query and head. The chunk's keys and values are staged once per layer in fp32
+ * blocks of ATT_BK (keys transposed, so one vector holds a query's scores for several keys);
+ * the scores and the weighted values are register-blocked products; the softmax is online: a
+ * block that raises a row's maximum rescales that row's running sum and output by
+ * exp(old - new).
  */
 #define ATT_BK 64   /* keys per block */
 #define ATT_ROWS 66 /* rows per tile (fewer when a chunk is short) */
@@ -266,9 +267,9 @@ static inline vfa select_vfa(via mask, vfa a, vfa b) {
 static inline vfa max_vfa(vfa a, vfa b) { return select_vfa(a > b, a, b); }
 
 /*
- * exp_f32 on a vector, written with vector types: compilers vectorize the scalar one through
- * `omp declare simd` for some targets only (not for AVX2 with gcc 12, whose clone calls rintf
- * per lane). Rounds to nearest with the 1.5 * 2^23 trick, exact for the clamped range.
+ * exp_f32 on a vector, written with vector types so that it does not hang on the vectorizer
+ * (gcc 12 left the scalar one's loops scalar on AVX2 until -fno-trapping-math). Rounds to
+ * nearest with the same 1.5 * 2^23 trick, exact for the clamped range.
  */
 static inline vfa exp_vfa(vfa x) {
     x = max_vfa(x, splat(-87.3f));
@@ -319,7 +320,8 @@ static void att_gemm(const float* restrict a, int64_t lda, const float* restrict
                 }
                 _Pragma("GCC unroll 6") for (int i = 0; i < ATT_RT; i++) {
                     vfa av = splat(a[(r + i) * lda + k]);
-                    _Pragma("GCC unroll 4") for (int j = 0; j < ATT_NT; j++) acc[i][j] += av * bv[j];
+                    _Pragma("GCC unroll 4") for (int j = 0; j < ATT_NT; j++) acc[i][j] +=
+                        av * bv[j];
                 }
             }
             _Pragma("GCC unroll 6") for (int i = 0; i < ATT_RT; i++) {
@@ -396,8 +398,9 @@ static void att_stage_block(const void* kc, const void* vc, int dt, const int64_
  * and v (`att_stage_block`). Writes each row's output to out_f32 (fp32) and to the next
  * projection's input (bf16 if in_bf16).
  */
-static void attn_tile(const float* qkv, int64_t qkv_n, const float* kt, const float* v, const int64_t* lens, int64_t m0, int64_t nt, int64_t nkv,
-                      int64_t g, int64_t group, int64_t hd, float scale, const att_scratch_t* w,
+static void attn_tile(const float* qkv, int64_t qkv_n, const float* kt, const float* v,
+                      const int64_t* lens, int64_t m0, int64_t nt, int64_t nkv, int64_t g,
+                      int64_t group, int64_t hd, float scale, const att_scratch_t* w,
                       float* out_f32, void* out_in, int in_bf16) {
     const int64_t R = nt * group, Rp = round_up(R, ATT_RT), hdp = round_up(hd, ATT_CW);
     const int64_t nh = nkv * group, maxlen = lens[m0 + nt - 1];
@@ -480,12 +483,12 @@ static void attn_tile(const float* qkv, int64_t qkv_n, const float* kt, const fl
 }
 
 /*
- * Decode attention: one query token, the query heads of one KV head, over a range of its keys
- * (a long context is split into ranges that threads take separately, then merged). Keys and
- * values come in blocks of ATT_VW, widened to fp32 once for all the group's heads; a head's
- * scores for the block are ATT_VW dot products whose lane sums are folded into one vector
+ * Decode attention: one query token, all its heads, over a range of its keys (a long context
+ * is split into ranges that threads take separately, then merged). Cache rows (every KV head
+ * of a slot) come in blocks of ATT_VW, widened to fp32 once for all the heads; a head's scores
+ * for the block are ATT_VW dot products whose lane sums are folded into one vector
  * (`hsum_lanes`), so the softmax and the weighted sum work on whole vectors. The range's
- * running maximum, sum and unnormalized output go to `part` for the merge.
+ * running maximum, sum and unnormalized output per head go to `part` for the merge.
  */
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #define DEC_FAST 1
@@ -1172,7 +1175,8 @@ static void decode_job(const step_t* st, int tid, int nth, barrier_t* barrier) {
                 const dec_item_t* it = &st->dec[i];
                 attn_decode_part(qkv + it->m * qkv_n, L->k_cache, L->v_cache, dt,
                                  st->ctx_slots + st->ctx_start[it->m], it->jb, it->je, nkv,
-                                 group, hd, scale, dws, st->dec_parts + i * dec_part_floats(nh, hd));
+                                 group, hd, scale, dws,
+                                 st->dec_parts + i * dec_part_floats(nh, hd));
             }
         }
 #endif
@@ -1413,7 +1417,8 @@ int inferno_decode_step(const model_t* mdl, int64_t M, const int64_t* token_ids,
     for (int64_t m = 0; m < M; m++) st.max_len = ctx_lens[m] > st.max_len ? ctx_lens[m] : st.max_len;
     const int64_t nkv = mdl->kv_heads, group = nh / nkv;
     att_plan_t plan;
-    const int planned = plan_attention(M, ctx_start, ctx_lens, nkv, group, hd, nthreads, &plan) == 0;
+    const int planned =
+        plan_attention(M, ctx_start, ctx_lens, nkv, group, hd, nthreads, &plan) == 0;
     st.singles = plan.singles;
     st.n_singles = plan.n_singles;
     st.tiles = plan.tiles;
