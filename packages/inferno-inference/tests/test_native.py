@@ -686,44 +686,67 @@ def _grouped_config(heads: int, kv_heads: int, head_dim: int) -> ModelConfig:
     )
 
 
+def _packed_model(config: ModelConfig, dtype: torch.dtype, seed: int, max_len: int) -> LlamaModel:
+    return LlamaModel(
+        config,
+        random_weights(config, seed=seed),
+        dtype=dtype,
+        device=CPU,
+        max_len=max_len,
+        native_layout=pack_weight,
+    )
+
+
+def _scattered_caches(
+    model: LlamaModel, n_slots: int
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """Empty KV caches of ``n_slots`` slots, and the slots in a shuffled order, as paging
+    hands them out."""
+    cfg = model.config
+    shape = (n_slots, cfg.num_key_value_heads, cfg.head_dim)
+    caches = [
+        (torch.zeros(shape, dtype=model.dtype), torch.zeros(shape, dtype=model.dtype))
+        for _ in range(cfg.num_hidden_layers)
+    ]
+    return caches, torch.randperm(n_slots, generator=torch.Generator().manual_seed(5))
+
+
+def _prefill(
+    model: LlamaModel,
+    ids: list[int],
+    slots: torch.Tensor,
+    caches: list[tuple[torch.Tensor, torch.Tensor]],
+) -> None:
+    """Write a prompt's keys and values into ``slots`` of ``caches`` (the torch path)."""
+    n = len(ids)
+    meta = AttentionMetadata(
+        positions=torch.arange(n),
+        slot_mapping=slots,
+        num_decodes=0,
+        decode_slots=None,
+        decode_context_lens=None,
+        prefills=[PrefillSegment(0, n, n, None)],
+        logits_indices=torch.tensor([n - 1]),
+    )
+    with torch.inference_mode():
+        model.forward(torch.tensor(ids), meta, caches)
+
+
 def _long_chunks_both_ways(
     config: ModelConfig, dtype: torch.dtype, threads: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A step of a 150-token chunk after 100 cached tokens (slots scattered as paging leaves
     them), a fresh 70-token prompt and a decode, natively and in torch: the logits of every
     chunk token and the decode. Their contexts span several 64-key blocks and several tiles."""
-    model = LlamaModel(
-        config,
-        random_weights(config, seed=21),
-        dtype=dtype,
-        device=CPU,
-        max_len=320,
-        native_layout=pack_weight,
-    )
+    model = _packed_model(config, dtype, seed=21, max_len=320)
     native = NativeDecoder(model, max_rows=16, max_prefill_context=1 << 20, threads=threads)
-    vocab, n_slots = config.vocab_size, 640
-    shape = (n_slots, config.num_key_value_heads, config.head_dim)
-    caches = [
-        (torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype))
-        for _ in range(config.num_hidden_layers)
-    ]
-    order = torch.randperm(n_slots, generator=torch.Generator().manual_seed(5))
+    vocab = config.vocab_size
+    caches, order = _scattered_caches(model, 640)
     long_slots, fresh_slots, dec_slots = order[:250], order[250:320], order[320:352]
     long_ids = [(7 * j + 3) % vocab for j in range(250)]
     dec_ids = [(5 * j + 1) % vocab for j in range(32)]
-    for ids, slots in ((long_ids[:100], long_slots[:100]), (dec_ids[:31], dec_slots[:31])):
-        n = len(ids)
-        meta = AttentionMetadata(
-            positions=torch.arange(n),
-            slot_mapping=slots,
-            num_decodes=0,
-            decode_slots=None,
-            decode_context_lens=None,
-            prefills=[PrefillSegment(0, n, n, None)],
-            logits_indices=torch.tensor([n - 1]),
-        )
-        with torch.inference_mode():
-            model.forward(torch.tensor(ids), meta, caches)
+    _prefill(model, long_ids[:100], long_slots[:100], caches)
+    _prefill(model, dec_ids[:31], dec_slots[:31], caches)
     fresh_ids = [(11 * j + 2) % vocab for j in range(70)]
     ids = torch.tensor([dec_ids[31], *long_ids[100:], *fresh_ids])
     meta = AttentionMetadata(
@@ -777,41 +800,22 @@ def test_decode_rows_over_long_contexts_match_the_torch_path(
     # Contexts of several 256-key ranges (merged after the threads take them apart), of one
     # range plus a partial block, and of one key; slots scattered as paging leaves them.
     config = _grouped_config(heads, kv_heads, head_dim)
-    model = LlamaModel(
-        config,
-        random_weights(config, seed=23),
-        dtype=dtype,
-        device=CPU,
-        max_len=1024,
-        native_layout=pack_weight,
-    )
+    model = _packed_model(config, dtype, seed=23, max_len=1024)
     native = NativeDecoder(model, max_rows=8, threads=threads)
     lengths = [700, 257, 33, 0]
-    n_slots = 1100
-    shape = (n_slots, config.num_key_value_heads, config.head_dim)
-    caches = [
-        (torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype))
-        for _ in range(config.num_hidden_layers)
-    ]
-    order = torch.randperm(n_slots, generator=torch.Generator().manual_seed(9))
+    caches, order = _scattered_caches(model, 1100)
     slot_lists, start = [], 0
     for i, n in enumerate(lengths):
         slots = order[start : start + n + 1]
         start += n + 1
         slot_lists.append(slots)
         if n:
-            ids = [(5 * j + 3 * i + 1) % config.vocab_size for j in range(n)]
-            meta = AttentionMetadata(
-                positions=torch.arange(n),
-                slot_mapping=slots[:n],
-                num_decodes=0,
-                decode_slots=None,
-                decode_context_lens=None,
-                prefills=[PrefillSegment(0, n, n, None)],
-                logits_indices=torch.tensor([n - 1]),
+            _prefill(
+                model,
+                [(5 * j + 3 * i + 1) % config.vocab_size for j in range(n)],
+                slots[:n],
+                caches,
             )
-            with torch.inference_mode():
-                model.forward(torch.tensor(ids), meta, caches)
     span = max(lengths) + 1
     decode_slots = torch.zeros(len(lengths), span, dtype=torch.long)
     for i, slots in enumerate(slot_lists):
