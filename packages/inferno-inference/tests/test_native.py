@@ -66,26 +66,40 @@ def _prefilled(
     model: LlamaModel, prompts: list[list[int]], width: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """KV caches holding each prompt, sequence ``i`` in slots ``[i * width, ...)``."""
+    caches = _empty_caches(model, len(prompts) * width)
+    for i, ids in enumerate(prompts):
+        _prefill(model, ids, torch.arange(len(ids)) + i * width, caches)
+    return caches
+
+
+def _empty_caches(model: LlamaModel, n_slots: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     cfg = model.config
-    shape = (len(prompts) * width, cfg.num_key_value_heads, cfg.head_dim)
-    caches = [
+    shape = (n_slots, cfg.num_key_value_heads, cfg.head_dim)
+    return [
         (torch.zeros(shape, dtype=model.dtype), torch.zeros(shape, dtype=model.dtype))
         for _ in range(cfg.num_hidden_layers)
     ]
-    for i, ids in enumerate(prompts):
-        n = len(ids)
-        meta = AttentionMetadata(
-            positions=torch.arange(n),
-            slot_mapping=torch.arange(n) + i * width,
-            num_decodes=0,
-            decode_slots=None,
-            decode_context_lens=None,
-            prefills=[PrefillSegment(0, n, n, None)],
-            logits_indices=torch.tensor([n - 1]),
-        )
-        with torch.inference_mode():
-            model.forward(torch.tensor(ids), meta, caches)
-    return caches
+
+
+def _prefill(
+    model: LlamaModel,
+    ids: list[int],
+    slots: torch.Tensor,
+    caches: list[tuple[torch.Tensor, torch.Tensor]],
+) -> None:
+    """Write a prompt's keys and values into ``slots`` of ``caches`` (the torch path)."""
+    n = len(ids)
+    meta = AttentionMetadata(
+        positions=torch.arange(n),
+        slot_mapping=slots,
+        num_decodes=0,
+        decode_slots=None,
+        decode_context_lens=None,
+        prefills=[PrefillSegment(0, n, n, None)],
+        logits_indices=torch.tensor([n - 1]),
+    )
+    with torch.inference_mode():
+        model.forward(torch.tensor(ids), meta, caches)
 
 
 def _decode_meta(lengths: list[int], width: int) -> AttentionMetadata:
@@ -702,34 +716,8 @@ def _scattered_caches(
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
     """Empty KV caches of ``n_slots`` slots, and the slots in a shuffled order, as paging
     hands them out."""
-    cfg = model.config
-    shape = (n_slots, cfg.num_key_value_heads, cfg.head_dim)
-    caches = [
-        (torch.zeros(shape, dtype=model.dtype), torch.zeros(shape, dtype=model.dtype))
-        for _ in range(cfg.num_hidden_layers)
-    ]
-    return caches, torch.randperm(n_slots, generator=torch.Generator().manual_seed(5))
-
-
-def _prefill(
-    model: LlamaModel,
-    ids: list[int],
-    slots: torch.Tensor,
-    caches: list[tuple[torch.Tensor, torch.Tensor]],
-) -> None:
-    """Write a prompt's keys and values into ``slots`` of ``caches`` (the torch path)."""
-    n = len(ids)
-    meta = AttentionMetadata(
-        positions=torch.arange(n),
-        slot_mapping=slots,
-        num_decodes=0,
-        decode_slots=None,
-        decode_context_lens=None,
-        prefills=[PrefillSegment(0, n, n, None)],
-        logits_indices=torch.tensor([n - 1]),
-    )
-    with torch.inference_mode():
-        model.forward(torch.tensor(ids), meta, caches)
+    order = torch.randperm(n_slots, generator=torch.Generator().manual_seed(5))
+    return _empty_caches(model, n_slots), order
 
 
 def _long_chunks_both_ways(
