@@ -143,3 +143,26 @@ def test_embeddings_match_transformers_pooled_hidden_states(
             torch.testing.assert_close(got[key], want, atol=2e-4, rtol=1e-3)
             # As a user sees it: the same direction.
             assert float(got[key] @ want) > 0.99999
+
+
+def test_a_long_prompt_in_the_c_step_matches_transformers(
+    loaded: LoadedModel, hf_model: Any
+) -> None:
+    # About 770 tokens: two prefill chunks, each attending in the C step's tiles to a context
+    # of many 64-key blocks, then decode rows over ranges of it merged across threads.
+    text = " ".join(TEXTS * 9)
+    prompt = loaded.tokenizer.encode(text)
+    assert 700 < len(prompt) < 1000
+    with torch.inference_mode():
+        ids = hf_model.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            max_new_tokens=32,
+            do_sample=False,
+            top_k=None,
+            top_p=None,
+        )
+    expected = ids[0, len(prompt) :].tolist()
+    engine = _engine(loaded, max_num_batched_tokens=512)
+    assert engine.runner.native is not None
+    assert greedy_tokens(engine, [prompt], 32) == [expected]
