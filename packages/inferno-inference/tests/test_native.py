@@ -311,6 +311,11 @@ def test_every_vector_path_computes_the_same_products_and_steps(
         mixed_exact, _, _, _ = _mixed_both_ways(torch.float32, config=config)
         err = float((mixed_bf16 - mixed_exact).abs().max())
         assert err <= 1.25 * float((want_bf16 - mixed_exact).abs().max()) + 1e-3
+    # Long contexts: the prefill tiles and the decode ranges of this build's vector width.
+    long_config = _grouped_config(9, 3, 16)
+    for both_ways in (_long_chunks_both_ways, _long_decodes_both_ways):
+        ours, want = both_ways(long_config, torch.float32, 2, library)
+        torch.testing.assert_close(ours, want, atol=1e-4, rtol=1e-4)
 
 
 def test_with_native_matmuls_the_packed_copy_is_the_only_one() -> None:
@@ -721,13 +726,15 @@ def _scattered_caches(
 
 
 def _long_chunks_both_ways(
-    config: ModelConfig, dtype: torch.dtype, threads: int
+    config: ModelConfig, dtype: torch.dtype, threads: int, library: NativeLibrary | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A step of a 150-token chunk after 100 cached tokens (slots scattered as paging leaves
     them), a fresh 70-token prompt and a decode, natively and in torch: the logits of every
     chunk token and the decode. Their contexts span several 64-key blocks and several tiles."""
     model = _packed_model(config, dtype, seed=21, max_len=320)
-    native = NativeDecoder(model, max_rows=16, max_prefill_context=1 << 20, threads=threads)
+    native = NativeDecoder(
+        model, max_rows=16, max_prefill_context=1 << 20, threads=threads, library=library
+    )
     vocab = config.vocab_size
     caches, order = _scattered_caches(model, 640)
     long_slots, fresh_slots, dec_slots = order[:250], order[250:320], order[320:352]
@@ -775,21 +782,14 @@ def test_long_bf16_prefill_chunks_are_as_close_to_fp32_as_the_torch_bf16_path() 
     assert float((ours - exact).abs().max()) <= 1.25 * float((want - exact).abs().max()) + 1e-3
 
 
-@pytest.mark.parametrize(
-    ("heads", "kv_heads", "head_dim"),
-    [(9, 3, 16), (4, 4, 32), (8, 1, 16), (2, 1, 72)],
-    ids=["group3", "no-grouping", "group8", "wide-heads"],
-)
-@pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_decode_rows_over_long_contexts_match_the_torch_path(
-    heads: int, kv_heads: int, head_dim: int, threads: int, dtype: torch.dtype
-) -> None:
+def _long_decodes_both_ways(
+    config: ModelConfig, dtype: torch.dtype, threads: int, library: NativeLibrary | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode step of four sequences natively and in torch (their logits)."""
     # Contexts of several 256-key ranges (merged after the threads take them apart), of one
     # range plus a partial block, and of one key; slots scattered as paging leaves them.
-    config = _grouped_config(heads, kv_heads, head_dim)
     model = _packed_model(config, dtype, seed=23, max_len=1024)
-    native = NativeDecoder(model, max_rows=8, threads=threads)
+    native = NativeDecoder(model, max_rows=8, threads=threads, library=library)
     lengths = [700, 257, 33, 0]
     caches, order = _scattered_caches(model, 1100)
     slot_lists, start = [], 0
@@ -823,6 +823,21 @@ def test_decode_rows_over_long_contexts_match_the_torch_path(
     ours = native.run(ids, meta, caches)
     with torch.inference_mode():
         want = model.forward(ids, meta, theirs)
+    return ours, want
+
+
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "head_dim"),
+    [(9, 3, 16), (4, 4, 32), (8, 1, 16), (2, 1, 72)],
+    ids=["group3", "no-grouping", "group8", "wide-heads"],
+)
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_decode_rows_over_long_contexts_match_the_torch_path(
+    heads: int, kv_heads: int, head_dim: int, threads: int, dtype: torch.dtype
+) -> None:
+    config = _grouped_config(heads, kv_heads, head_dim)
+    ours, want = _long_decodes_both_ways(config, dtype, threads)
     if dtype == torch.float32:
         torch.testing.assert_close(ours, want, atol=1e-4, rtol=1e-4)
     else:
