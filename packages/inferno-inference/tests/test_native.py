@@ -841,6 +841,8 @@ def test_decode_rows_over_long_contexts_match_the_torch_path(
     if dtype == torch.float32:
         torch.testing.assert_close(ours, want, atol=1e-4, rtol=1e-4)
     else:
-        # Both sides round to bf16 at different points; the logits stay within its precision.
-        scale = float(want.abs().max())
-        assert float((ours - want).abs().max()) <= 0.05 * scale
+        # bf16 rounds at other points in each path (the C scores multiply bf16 pairs): as
+        # close to the fp32 logits as torch's bf16 path is.
+        exact, _ = _long_decodes_both_ways(config, torch.float32, threads)
+        err, theirs = (float((x - exact).abs().max()) for x in (ours, want))
+        assert err <= 1.25 * theirs + 1e-3
