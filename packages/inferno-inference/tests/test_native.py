@@ -725,6 +725,21 @@ def _scattered_caches(
     return _empty_caches(model, n_slots), order
 
 
+def _both_ways(
+    native: NativeDecoder,
+    ids: torch.Tensor,
+    meta: AttentionMetadata,
+    caches: list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's logits from the C path and from torch, each on its own copy of ``caches``."""
+    theirs = [(k.clone(), v.clone()) for k, v in caches]
+    assert native.can_run(meta)
+    ours = native.run(ids, meta, caches)
+    with torch.inference_mode():
+        want = native.model.forward(ids, meta, theirs)
+    return ours, want
+
+
 def _long_chunks_both_ways(
     config: ModelConfig, dtype: torch.dtype, threads: int, library: NativeLibrary | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -753,12 +768,7 @@ def _long_chunks_both_ways(
         prefills=[PrefillSegment(1, 151, 250, long_slots), PrefillSegment(151, 221, 70, None)],
         logits_indices=torch.arange(221),
     )
-    theirs = [(k.clone(), v.clone()) for k, v in caches]
-    assert native.can_run(meta)
-    ours = native.run(ids, meta, caches)
-    with torch.inference_mode():
-        want = model.forward(ids, meta, theirs)
-    return ours, want
+    return _both_ways(native, ids, meta, caches)
 
 
 @pytest.mark.parametrize(
@@ -818,12 +828,7 @@ def _long_decodes_both_ways(
         logits_indices=torch.arange(len(lengths)),
     )
     ids = torch.tensor([7, 8, 9, 10])
-    theirs = [(k.clone(), v.clone()) for k, v in caches]
-    assert native.can_run(meta)
-    ours = native.run(ids, meta, caches)
-    with torch.inference_mode():
-        want = model.forward(ids, meta, theirs)
-    return ours, want
+    return _both_ways(native, ids, meta, caches)
 
 
 @pytest.mark.parametrize(
