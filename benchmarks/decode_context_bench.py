@@ -12,8 +12,6 @@ table and writes JSON. Runs alternate between the two engines.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ from inferno_inference.config import EngineConfig
 from inferno_inference.factory import build_llm_engine
 from inferno_memory import HostMemoryResource
 from inferno_models import LlamaLoader, default_model_path
+from prefill_bench import write_results
 
 
 def decode_ms(engine: object, prompt: tuple[int, ...], steps: int, rid: str) -> float:
@@ -95,11 +94,7 @@ def main() -> None:
             f"{r['dtype']:9} {r['context']:>8} {r['c_step_ms']:>10.2f} {r['torch_ms']:>9.2f}"
             f" {r['torch_ms'] / r['c_step_ms']:>7.2f}x"
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"platform": platform.platform(), "threads": args.threads, "torch": torch.__version__}
-    out.write_text(json.dumps({"machine": machine, "results": rows}, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    write_results(Path(args.out), args.threads, rows)
 
 
 if __name__ == "__main__":

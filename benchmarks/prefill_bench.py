@@ -36,6 +36,14 @@ def prefill_seconds(engine: object, prompt: tuple[int, ...], rid: str) -> float:
     return time.perf_counter() - t
 
 
+def write_results(out: Path, threads: int, rows: list[dict[str, object]]) -> None:
+    """Write ``rows`` and the machine they ran on to ``out`` as JSON, and say so."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    machine = {"platform": platform.platform(), "threads": threads, "torch": torch.__version__}
+    out.write_text(json.dumps({"machine": machine, "results": rows}, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--lengths", default="64,128,256,512,1024")
@@ -84,11 +92,7 @@ def main() -> None:
             f"{r['dtype']:9} {r['prompt_tokens']:>7} {r['c_step_ms']:>10.0f} {r['torch_ms']:>9.0f}"
             f" {r['c_step_ms'] / r['torch_ms']:>10.2f}"
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"platform": platform.platform(), "threads": args.threads, "torch": torch.__version__}
-    out.write_text(json.dumps({"machine": machine, "results": rows}, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    write_results(Path(args.out), args.threads, rows)
 
 
 if __name__ == "__main__":
