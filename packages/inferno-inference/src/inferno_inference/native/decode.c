@@ -500,6 +500,8 @@ static void attn_tile(const float* qkv, int64_t qkv_n, const float* kt, const fl
             for (int64_t d = 0; d < hd; d++) w->q2[r * hd + d] = f32_to_bf16(qr[d]);
 #endif
     }
+    via lane0;
+    for (int i = 0; i < ATT_VW; i++) lane0[i] = i;
     for (int64_t j0 = 0; j0 < maxlen; j0 += ATT_BK) {
         const int64_t nb = maxlen - j0 < ATT_BK ? maxlen - j0 : ATT_BK;
 #ifdef ATT_DPBF16
@@ -522,11 +524,8 @@ static void attn_tile(const float* qkv, int64_t qkv_n, const float* kt, const fl
             for (int64_t j = 0; j < ATT_BK; j += ATT_VW) {
                 vfa x;
                 memcpy(&x, sr + j, sizeof x);
-                if (j + ATT_VW > valid) {
-                    via lane;
-                    for (int i = 0; i < ATT_VW; i++) lane[i] = (int32_t)(j + i);
-                    x = select_vfa(lane < (int32_t)valid, x, splat(-INFINITY));
-                }
+                if (j + ATT_VW > valid)
+                    x = select_vfa(lane0 + (int32_t)j < (int32_t)valid, x, splat(-INFINITY));
                 vmx = max_vfa(vmx, x);
             }
             float mx = vmx[0];
@@ -537,11 +536,8 @@ static void attn_tile(const float* qkv, int64_t qkv_n, const float* kt, const fl
                 vfa x;
                 memcpy(&x, sr + j, sizeof x);
                 x = exp_vfa(x - mx);
-                if (j + ATT_VW > valid) {
-                    via lane;
-                    for (int i = 0; i < ATT_VW; i++) lane[i] = (int32_t)(j + i);
-                    x = select_vfa(lane < (int32_t)valid, x, (vfa){0});
-                }
+                if (j + ATT_VW > valid)
+                    x = select_vfa(lane0 + (int32_t)j < (int32_t)valid, x, (vfa){0});
                 vsum += x;
                 memcpy(sr + j, &x, sizeof x);
             }
@@ -1236,7 +1232,7 @@ static void decode_job(const step_t* st, int tid, int nth, barrier_t* barrier) {
     const float scale = 1.0f / sqrtf((float)hd);
     float *x = st->x, *qkv = st->qkv, *attn = st->attn, *gu = st->gu;
     void* in = st->in;
-    float* sc = st->scores + (size_t)tid * (size_t)st->max_len;
+    float* sc = st->scores ? st->scores + (size_t)tid * (size_t)st->max_len : NULL;
     int64_t lo, hi;
 
     share(M, par, &lo, &hi);
@@ -1511,7 +1507,6 @@ int inferno_decode_step(const model_t* mdl, int64_t M, const int64_t* token_ids,
                  .ctx_lens = ctx_lens,
                  .out_rows = out_rows,
                  .logits = logits};
-    for (int64_t m = 0; m < M; m++) st.max_len = ctx_lens[m] > st.max_len ? ctx_lens[m] : st.max_len;
     const int64_t nkv = mdl->kv_heads, group = nh / nkv;
     att_plan_t plan;
     const int planned =
@@ -1543,8 +1538,14 @@ int inferno_decode_step(const model_t* mdl, int64_t M, const int64_t* token_ids,
     st.attn = malloc((size_t)(M * nh * hd) * sizeof(float));
     st.gu = malloc((size_t)(M * 2 * I) * sizeof(float));
     st.in = malloc((size_t)(M * in_w) * xsz);
-    st.scores = malloc((size_t)nthreads * (size_t)st.max_len * sizeof(float));
-    int ok = st.x && st.qkv && st.attn && st.gu && st.in && st.scores && planned &&
+    /* Scores of whole contexts: only the loop per query head (no vector decode path) needs them. */
+    const int per_head = planned && !st.dec_fast && plan.n_singles > 0;
+    for (int64_t i = 0; per_head && i < plan.n_singles; i++) {
+        const int64_t len = ctx_lens[plan.singles[i]];
+        st.max_len = len > st.max_len ? len : st.max_len;
+    }
+    st.scores = per_head ? malloc((size_t)nthreads * (size_t)st.max_len * sizeof(float)) : NULL;
+    int ok = st.x && st.qkv && st.attn && st.gu && st.in && (!per_head || st.scores) && planned &&
              st.tile_next && (plan.n_tiles == 0 || (st.att_ws && st.stage)) &&
              (!st.dec_fast || (st.dec_parts && st.dec_ws));
     if (ok) {
