@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from inferno_models.generation import GenerationDefaults
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 __all__ = ["ENV_PREFIX", "ConfigError", "ServeConfig", "load_config"]
@@ -65,6 +66,18 @@ class ServeConfig(BaseModel):
     memory_limit_bytes: int = Field(
         default=2**30, ge=2**20, description="Budget of the memory pool (alerts and health)."
     )
+    model_sampling_defaults: bool = Field(
+        default=True,
+        description="Fill the sampling fields a request leaves out (temperature, top_p, top_k, "
+        "min_p, repetition_penalty, max_tokens) with what the model recommends: its "
+        "generation_config.json, its GGUF general.sampling.* keys, or for the default model "
+        "its card (temperature 0.2, top_p 0.9). False: OpenAI's defaults (temperature 1).",
+    )
+    sampling_defaults: dict[str, float] = Field(
+        default_factory=dict,
+        description="Sampling defaults of this daemon, over the model's: a table, or "
+        "'key=value' pairs separated by commas (keys as in model_sampling_defaults).",
+    )
     warmup: bool = Field(default=True, description="Run one forward pass before turning ready.")
     api_keys: tuple[str, ...] = Field(
         default=(), description="Accepted Bearer keys; empty means no authentication."
@@ -105,6 +118,22 @@ class ServeConfig(BaseModel):
         default="info", description="Lowest level logged."
     )
 
+    @field_validator("sampling_defaults", mode="before")
+    @classmethod
+    def _parse_sampling_defaults(cls, value: Any) -> Any:
+        return _pairs(value)
+
+    @field_validator("sampling_defaults")
+    @classmethod
+    def _check_sampling_defaults(cls, value: dict[str, float]) -> dict[str, float]:
+        GenerationDefaults.from_mapping(value)  # raises ValueError naming the bad key
+        return value
+
+    @property
+    def daemon_sampling_defaults(self) -> GenerationDefaults:
+        """``sampling_defaults`` as settings (validated when the config was built)."""
+        return GenerationDefaults.from_mapping(self.sampling_defaults)
+
     @field_validator("discovery")
     @classmethod
     def _check_discovery(cls, value: str) -> str:
@@ -116,6 +145,28 @@ class ServeConfig(BaseModel):
     def public_model_name(self) -> str:
         """The name of the startup model as clients see it."""
         return self.served_model_name or self.model
+
+
+def _pairs(value: Any) -> Any:
+    """``"a=1,b=2"`` or ``["a=1", "b=2"]`` as ``{"a": 1.0, "b": 2.0}``; anything else as is."""
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple):
+        return value
+    pairs: dict[str, Any] = {}
+    for item in value:
+        key, sep, raw = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected key=value, got {item!r}")
+        try:
+            pairs[key.strip()] = float(raw)
+        except ValueError:
+            raise ValueError(f"{key.strip()}: not a number: {raw.strip()!r}") from None
+    return pairs
+
+
+#: Fields whose layers merge key by key (a flag adds to a file's table instead of replacing it).
+_MERGED_FIELDS = ("sampling_defaults",)
 
 
 def _env_values(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -152,12 +203,14 @@ def load_config(
     """
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    file_values: dict[str, Any] = {}
     if path is not None:
         try:
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
         data = data.get("serve", data) if isinstance(data.get("serve"), dict) else data
+        file_values = data
         values.update(data)
         sources.update(dict.fromkeys(data, str(path)))
     env_values, env_sources = _env_values(os.environ if env is None else env)
@@ -167,6 +220,26 @@ def load_config(
         if value is not None:
             values[key] = value
             sources[key] = "command line"
+    for key in _MERGED_FIELDS:
+        layers = (
+            (file_values.get(key), str(path)),
+            (env_values.get(key), ENV_PREFIX + key.upper()),
+            ((overrides or {}).get(key), "command line"),
+        )
+        merged: dict[str, Any] = {}
+        for layer, origin in layers:
+            if layer is None:
+                continue
+            try:
+                parsed = _pairs(layer)
+            except ValueError as exc:
+                raise ConfigError(f"invalid configuration: {key} (from {origin}): {exc}") from None
+            if not isinstance(parsed, dict):
+                break  # not a table: the value as given, for validation to name the problem
+            merged.update(parsed)
+        else:
+            if key in values:
+                values[key] = merged
     try:
         return ServeConfig.model_validate(values)
     except ValidationError as exc:

@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 from inferno_inference import InferenceEngine
 from inferno_memory.protocols import MemoryResource, StatisticsSource
 from inferno_models.config import ModelConfig
+from inferno_models.generation import GenerationDefaults
 
 __all__ = [
     "ChatTemplateLike",
@@ -75,6 +76,11 @@ class ServableModel(Protocol):
     @property
     def chat_template(self) -> ChatTemplateLike | None:
         """Its chat template, or None for a base model."""
+        ...
+
+    @property
+    def generation(self) -> GenerationDefaults:
+        """The sampling settings it recommends for requests that leave them out."""
         ...
 
     def nbytes(self) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import structlog
 from inferno_inference import GenerationRequest, InferenceEngine, SamplingParams
+from inferno_models.generation import GenerationDefaults
 
 from inferno_backend.config import ServeConfig
 from inferno_backend.events import EngineFailed, EventBus, ModelLoaded, ModelUnloaded
@@ -38,6 +39,8 @@ class ServedModel:
     max_model_len: int
     created: int
     memory_baseline: int | None = None
+    #: What fills the sampling fields a request leaves out (the model's and the daemon's).
+    sampling_defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
     inflight: int = 0
     unloading: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -119,13 +122,25 @@ class ServedModels:
                 or self.config.max_model_len
                 or model.config.max_position_embeddings
             )
-            served = ServedModel(public, model, engine, max_len, int(time.time()), baseline)
+            defaults = model.generation if self.config.model_sampling_defaults else None
+            sampling = (defaults or GenerationDefaults()).merged(
+                self.config.daemon_sampling_defaults
+            )
+            served = ServedModel(
+                public, model, engine, max_len, int(time.time()), baseline, sampling
+            )
             served.idle.set()
             if self.config.warmup:
                 await self._warm_up(served)
             self.by_name[public] = served
         seconds = time.perf_counter() - started
-        log.info("model loaded", model=public, seconds=round(seconds, 3), nbytes=model.nbytes())
+        log.info(
+            "model loaded",
+            model=public,
+            seconds=round(seconds, 3),
+            nbytes=model.nbytes(),
+            sampling_defaults=served.sampling_defaults.to_dict(),
+        )
         self.bus.publish(
             ModelLoaded(name=public, source=name, nbytes=model.nbytes(), load_seconds=seconds)
         )

@@ -13,7 +13,7 @@ from inferno_health import HealthChecker
 from inferno_inference import EmbeddingOutput, EmbeddingRequest, EngineStats, GenerationRequest
 from inferno_inference.testing import FakeEngine
 from inferno_memory import Allocation, HostMemoryResource, StatisticsAdaptor
-from inferno_models import ChatTemplate, ModelConfig, ModelNotFoundError
+from inferno_models import ChatTemplate, GenerationDefaults, ModelConfig, ModelNotFoundError
 from inferno_models.testing import tiny_config
 
 from inferno_backend.config import ServeConfig
@@ -68,6 +68,7 @@ class FakeModel:
     config: ModelConfig
     tokenizer: ByteTokenizer = field(default_factory=ByteTokenizer)
     chat_template: ChatTemplate | None = field(default_factory=lambda: ChatTemplate(CHAT_TEMPLATE))
+    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
 
     def nbytes(self) -> int:
         """No weights."""
@@ -75,11 +76,19 @@ class FakeModel:
 
 
 class FakeModelSource:
-    """Knows ``names``; loads a `FakeModel` with ``max_model_len`` context for each."""
+    """Knows ``names``; loads a `FakeModel` with ``max_model_len`` context and the sampling
+    settings ``generation`` for each."""
 
-    def __init__(self, names: Sequence[str] = ("default",), *, max_model_len: int = 2048) -> None:
+    def __init__(
+        self,
+        names: Sequence[str] = ("default",),
+        *,
+        max_model_len: int = 2048,
+        generation: GenerationDefaults | None = None,
+    ) -> None:
         self.names = list(names)
         self.max_model_len = max_model_len
+        self.generation = generation or GenerationDefaults()
         self.loads: list[str] = []
 
     def available(self) -> Sequence[str]:
@@ -92,7 +101,7 @@ class FakeModelSource:
             raise ModelNotFoundError(f"no model named {name!r}")
         self.loads.append(name)
         config = tiny_config(vocab_size=259, max_position_embeddings=self.max_model_len)
-        return FakeModel(name, config)
+        return FakeModel(name, config, generation=self.generation)
 
 
 class MemoryBackedEngine:

@@ -10,6 +10,7 @@ from inferno_models.errors import (
     ModelNotFoundError,
     UnsupportedModelError,
 )
+from inferno_models.generation import DEFAULT_MODEL_GENERATION, GenerationDefaults
 from inferno_models.gguf_loader import GGUFFile
 from inferno_models.loader import DEFAULT_MODEL_FILE, LlamaLoader, default_model_path
 from inferno_models.protocols import LoadedModel, ModelLoader
@@ -23,10 +24,12 @@ from inferno_models.tokenizer import IncrementalDetokenizer, Tokenizer
 
 __all__ = [
     "DEFAULT_MODEL_FILE",
+    "DEFAULT_MODEL_GENERATION",
     "DEFAULT_MODEL_NAME",
     "ChatTemplate",
     "ChatTemplateError",
     "GGUFFile",
+    "GenerationDefaults",
     "IncrementalDetokenizer",
     "LlamaLoader",
     "LoadedModel",

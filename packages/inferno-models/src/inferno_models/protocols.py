@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import torch
 
 from inferno_models.config import ModelConfig
+from inferno_models.generation import GenerationDefaults
 
 if TYPE_CHECKING:
     from inferno_models.chat import ChatTemplate
@@ -19,8 +20,8 @@ __all__ = ["LoadedModel", "ModelLoader"]
 
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
-    """A model ready for an engine: its config, weights under canonical names, tokenizer, and
-    chat template (``None`` when the model has none)."""
+    """A model ready for an engine: its config, weights under canonical names, tokenizer,
+    chat template (``None`` when the model has none), and the sampling settings it recommends."""
 
     config: ModelConfig
     weights: dict[str, torch.Tensor] = field(repr=False)
@@ -28,6 +29,7 @@ class LoadedModel:
     chat_template: ChatTemplate | None = field(repr=False)
     source: Path
     name: str
+    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
 
     def nbytes(self) -> int:
         """Bytes held by the weights."""

@@ -16,8 +16,9 @@ import torch
 
 from inferno_models.config import ModelConfig
 from inferno_models.errors import ModelError, ModelNotFoundError
+from inferno_models.generation import GenerationDefaults
 from inferno_models.gguf_summary import scan_gguf
-from inferno_models.loader import LlamaLoader, default_model_path
+from inferno_models.loader import LlamaLoader, default_model_path, gguf_generation_defaults
 from inferno_models.protocols import LoadedModel
 
 __all__ = [
@@ -60,6 +61,8 @@ class ModelEntry:
     size_bytes: int
     context_length: int | None = None
     aliases: tuple[str, ...] = field(default=())
+    #: The sampling settings the model recommends (`GenerationDefaults.to_dict`).
+    sampling_defaults: dict[str, float | int] = field(default_factory=dict, hash=False)
 
     def sha256(self) -> str:
         """SHA-256 of the model's weights (all files of a directory, in name order)."""
@@ -98,6 +101,9 @@ def describe(path: Path, name: str | None = None) -> ModelEntry:
             quantization="none",
             size_bytes=size,
             context_length=config.max_position_embeddings,
+            sampling_defaults=GenerationDefaults.from_hf_generation_config(
+                path / "generation_config.json"
+            ).to_dict(),
         )
     summary = scan_gguf(path)
     arch = str(summary.metadata.get("general.architecture", "unknown"))
@@ -111,6 +117,7 @@ def describe(path: Path, name: str | None = None) -> ModelEntry:
         quantization=summary.quantization,
         size_bytes=path.stat().st_size,
         context_length=int(context) if context is not None else None,
+        sampling_defaults=gguf_generation_defaults(path, summary.metadata).to_dict(),
     )
 
 

@@ -150,12 +150,14 @@ def write_tiny_gguf(
     chat_template: str | None = TINY_CHAT_TEMPLATE,
     rope_freqs: bool = False,
     extra_tensors: dict[str, np.ndarray[Any, Any]] | None = None,
+    metadata: dict[str, int | float | str] | None = None,
 ) -> Path:
     """Write a Llama GGUF as llama.cpp's converter does (Q/K rows permuted for its rotary
     layout); 2-D weights are stored as ``quantization`` (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
     Q5_0, Q5_1). Rope scaling is written as scaling keys, or with ``rope_freqs`` as the
     converter writes Llama 3.1's: a ``rope_freqs.weight`` tensor of divisors and no keys.
-    ``extra_tensors`` are written as they are (to build inconsistent files)."""
+    ``extra_tensors`` are written as they are (to build inconsistent files); ``metadata``
+    adds keys (ints as int32, floats as float32, strings), e.g. ``general.sampling.temp``."""
     import gguf
     from gguf.quants import quantize
 
@@ -196,6 +198,13 @@ def write_tiny_gguf(
     writer.add_add_bos_token(False)
     if chat_template is not None:
         writer.add_chat_template(chat_template)
+    for key, value in (metadata or {}).items():
+        if isinstance(value, str):
+            writer.add_string(key, value)
+        elif isinstance(value, int):
+            writer.add_int32(key, value)
+        else:
+            writer.add_float32(key, value)
     for name, array in (extra_tensors or {}).items():
         writer.add_tensor(name, array)
     qtype = getattr(gguf.GGMLQuantizationType, quantization)

@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from inferno_inference import (
     EngineStoppedError,
@@ -22,6 +23,7 @@ from inferno_inference import (
     SamplingParams,
     Usage,
 )
+from inferno_models.generation import GenerationDefaults
 from pydantic import ValidationError
 
 from inferno_backend.api.errors import (
@@ -39,15 +41,21 @@ __all__ = ["Generation", "PromptOutput", "build_sampling", "check_context", "eng
 
 
 def build_sampling(
-    body: SamplingFields, *, max_tokens: int, logprobs: int | None
+    body: SamplingFields,
+    *,
+    max_tokens: int,
+    logprobs: int | None,
+    defaults: GenerationDefaults | None = None,
 ) -> SamplingParams:
     """Engine sampling parameters for an API request.
 
-    ``top_p=0`` (allowed by OpenAI, not by the engine) means "only the likeliest token", i.e.
-    greedy sampling.
+    A field the request leaves out comes from ``defaults`` (the served model's), then from
+    OpenAI's defaults. ``top_p=0`` (allowed by OpenAI, not by the engine) means "only the
+    likeliest token", i.e. greedy sampling.
     """
-    temperature = 1.0 if body.temperature is None else body.temperature
-    top_p = 1.0 if body.top_p is None else body.top_p
+    d = defaults or GenerationDefaults()
+    temperature = _first(body.temperature, d.temperature, 1.0)
+    top_p = _first(body.top_p, d.top_p, 1.0)
     if top_p == 0:
         temperature, top_p = 0.0, 1.0
     response_format, json_schema = body.output_format  # encodes the schema once
@@ -56,9 +64,9 @@ def build_sampling(
             max_tokens=max_tokens,
             temperature=temperature,
             top_p=top_p,
-            top_k=body.top_k or 0,
-            min_p=body.min_p or 0.0,
-            repetition_penalty=body.repetition_penalty or 1.0,
+            top_k=_first(body.top_k, d.top_k, 0),
+            min_p=_first(body.min_p, d.min_p, 0.0),
+            repetition_penalty=_first(body.repetition_penalty, d.repetition_penalty, 1.0),
             presence_penalty=body.presence_penalty or 0.0,
             frequency_penalty=body.frequency_penalty or 0.0,
             # The engine seeds torch generators, which take non-negative 64-bit seeds.
@@ -74,6 +82,15 @@ def build_sampling(
         )
     except ValidationError as exc:
         raise from_validation_error(exc) from None
+
+
+_Number = TypeVar("_Number", int, float)
+
+
+def _first(requested: _Number | None, default: _Number | None, fallback: _Number) -> _Number:
+    if requested is not None:
+        return requested
+    return default if default is not None else fallback
 
 
 def check_context(prompt_len: int, requested: int | None, max_model_len: int, param: str) -> int:

@@ -149,8 +149,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         text = render_chat(served, body.messages, plan, add_generation_prompt=True)
         ids = await encode(served, text, special=False)
         budget = check_context(len(ids), body.token_limit, served.max_model_len, "messages")
+        if body.token_limit is None and served.sampling_defaults.max_tokens is not None:
+            budget = min(budget, served.sampling_defaults.max_tokens)
         top = body.top_logprobs or 0
-        sampling = build_sampling(body, max_tokens=budget, logprobs=top if body.logprobs else None)
+        sampling = build_sampling(
+            body,
+            max_tokens=budget,
+            logprobs=top if body.logprobs else None,
+            defaults=served.sampling_defaults,
+        )
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         gen = _generation(
             request,
@@ -258,10 +265,14 @@ async def completions(request: web.Request) -> web.StreamResponse:
             check_context(len(ids), body.max_tokens, served.max_model_len, "prompt")
             for ids in prompts
         ]
-        # One budget for the batch: the default (16) or what was asked, which fits every prompt.
-        max_tokens = body.max_tokens or min(16, *budgets)
+        # One budget for the batch: what was asked, which fits every prompt, or the default
+        # (the model's, else OpenAI's 16) as far as every prompt has room.
+        default_budget = served.sampling_defaults.max_tokens or 16
+        max_tokens = body.max_tokens or min(default_budget, *budgets)
         top = body.logprobs or 0
-        sampling = build_sampling(body, max_tokens=max_tokens, logprobs=body.logprobs)
+        sampling = build_sampling(
+            body, max_tokens=max_tokens, logprobs=body.logprobs, defaults=served.sampling_defaults
+        )
         rid = f"cmpl-{uuid.uuid4().hex}"
         gen = _generation(request, served, rid, prompts=prompts, sampling=sampling)
         head = {"id": rid, "created": int(time.time()), "model": served.name}

@@ -50,6 +50,20 @@ def register(subparsers: Any) -> None:
     p.add_argument("--drain-timeout", type=float, dest="drain_timeout_s", help="seconds")
     p.add_argument("--log-format", choices=["json", "console"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--sampling-default",
+        action="append",
+        dest="sampling_defaults",
+        metavar="KEY=VALUE",
+        help="a sampling default over the model's, e.g. temperature=0.7 (repeatable)",
+    )
+    p.add_argument(
+        "--no-model-sampling-defaults",
+        action="store_const",
+        const=False,
+        dest="model_sampling_defaults",
+        help="ignore the model's recommended sampling settings (OpenAI's defaults instead)",
+    )
     p.add_argument("--no-warmup", action="store_const", const=False, dest="warmup")
     p.add_argument(
         "--no-native-decode",
@@ -71,6 +85,7 @@ _FLAG_FIELDS = (
     "api_keys", "admin_key",
     "discovery", "discovery_ttl", "max_num_seqs", "max_model_len", "kv_cache_bytes",
     "drain_timeout_s", "log_format", "log_level", "warmup", "native_decode", "kernel_backend",
+    "sampling_defaults", "model_sampling_defaults",
 )  # fmt: skip
 
 
