@@ -232,6 +232,8 @@ def load_config(
                 continue
             try:
                 parsed = _pairs(layer)
+                if isinstance(parsed, dict):
+                    GenerationDefaults.from_mapping(parsed)  # names a bad key of this layer
             except ValueError as exc:
                 raise ConfigError(f"invalid configuration: {key} (from {origin}): {exc}") from None
             if not isinstance(parsed, dict):
