@@ -122,7 +122,13 @@ class SamplingFields(BaseModel):
 
     model: str = Field(min_length=1, description="Name of a model listed by GET /v1/models.")
     max_tokens: int | None = Field(default=None, ge=1, description="Most new tokens per choice.")
-    temperature: float | None = Field(default=None, ge=0, le=2, description="0 is greedy.")
+    temperature: float | None = Field(
+        default=None,
+        ge=0,
+        le=2,
+        description="0 is greedy. Left out: the model's recommendation, else 1 (as for every "
+        "sampling field: the served model's setting, then OpenAI's default).",
+    )
     top_p: float | None = Field(default=None, ge=0, le=1, description="Nucleus mass kept.")
     top_k: int | None = Field(default=None, ge=0, description="Keep the k likeliest; 0 is off.")
     min_p: float | None = Field(default=None, ge=0, le=1, description="Relative floor.")
