@@ -85,6 +85,7 @@ class Projection:
     """``x @ weight.T`` for a weight of ``[out, in]``; call it with ``x`` of ``[rows, in]``."""
 
     __slots__ = (
+        "bias",
         "gemv",
         "int8",
         "matmul",
@@ -103,8 +104,10 @@ class Projection:
         int8: bool = False,
         native_layout: Callable[[torch.Tensor], NativeWeight] | None = None,
         native_matmul: NativeMatmulFn | None = None,
+        bias: torch.Tensor | None = None,
     ) -> None:
-        """Lay ``weight`` out for its matmuls.
+        """Lay ``weight`` out for its matmuls; ``bias`` (``[out]``, in the weight's dtype) is
+        added to every output row.
 
         ``nbytes`` counts the weight bytes one single-row call reads. With ``int8`` (CPU only;
         weight in bf16 or fp32) single rows run on an int8 copy; raises `EngineError` where
@@ -117,6 +120,9 @@ class Projection:
         """
         cpu = weight.device.type == "cpu"
         self.out_features = weight.shape[0]
+        if bias is not None and bias.shape != (self.out_features,):
+            raise EngineError(f"bias of shape {list(bias.shape)} for {self.out_features} outputs")
+        self.bias = None if bias is None else bias.to(weight.dtype).contiguous()
         self.matmul = native_matmul
         if native_matmul is not None:
             if native_layout is None:
@@ -171,22 +177,30 @@ class Projection:
             )
         return q, scales_bf16
 
+    def bias_f32(self) -> torch.Tensor | None:
+        """The bias in fp32 (what the native decode step adds), or None."""
+        return None if self.bias is None else self.bias.float().contiguous()
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.shape[0]
+        bias = self.bias
         if rows == 0:
             return x.new_empty(0, self.out_features)
         if self.matmul is not None and self.native is not None:
-            return self.matmul(self.native, x, self.out_features)
+            y = self.matmul(self.native, x, self.out_features)
+            return y if bias is None else y.add_(bias)
         if rows == 1 and self.int8 is not None:
             q, scales = self.int8
-            y: torch.Tensor = torch._weight_int8pack_mm(x.to(torch.bfloat16), q, scales)
-            return y.to(x.dtype)
+            y = torch._weight_int8pack_mm(x.to(torch.bfloat16), q, scales).to(x.dtype)
+            return y if bias is None else y.add_(bias)
         if self.packed is not None and (rows > 1 or self.gemv is None):
             out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
-                x, self.packed, None, "none", [], ""
+                x, self.packed, bias, "none", [], ""
             )
             return out
         gemv = self.gemv
         if gemv is None:  # unreachable: a projection always has gemv or packed
             raise RuntimeError("projection has no weight layout")
-        return torch.mm(x, gemv) if self.transposed else F.linear(x, gemv)
+        if self.transposed:
+            return torch.mm(x, gemv) if bias is None else torch.addmm(bias, x, gemv)
+        return F.linear(x, gemv, bias)

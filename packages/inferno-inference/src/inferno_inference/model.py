@@ -1,4 +1,5 @@
-"""The Llama forward pass over a flattened batch of tokens and a paged KV cache.
+"""The Llama forward pass over a flattened batch of tokens and a paged KV cache (Qwen2 too: it
+is Llama with biases on Q, K and V, which the projections add).
 
 One step runs the tokens of every scheduled sequence at once: decode tokens first (one per
 sequence, attended together in a single batched call), then the prefill chunks (each attended
@@ -141,14 +142,19 @@ class LlamaModel:
         def get(name: str) -> torch.Tensor:
             return weights[name].to(device=device, dtype=dtype).contiguous()
 
-        def proj(*names: str) -> Projection:
+        def proj(*names: str, bias: bool = False) -> Projection:
             fused = torch.cat([weights[n].to(device=device, dtype=dtype) for n in names])
+            fused_bias = None
+            if bias:
+                parts = [n.removesuffix(".weight") + ".bias" for n in names]
+                fused_bias = torch.cat([weights[n].to(device=device, dtype=dtype) for n in parts])
             return Projection(
                 fused,
                 prepack=prepack,
                 int8=int8,
                 native_layout=native_layout,
                 native_matmul=native_matmul,
+                bias=fused_bias,
             )
 
         self.embed = get(EMBED)
@@ -157,8 +163,11 @@ class LlamaModel:
         self.layers = [
             LayerWeights(
                 input_norm=get(layer_name(i, "input_layernorm.weight")),
-                qkv=proj(*(layer_name(i, f"self_attn.{p}_proj.weight") for p in "qkv")),
-                o=proj(layer_name(i, "self_attn.o_proj.weight")),
+                qkv=proj(
+                    *(layer_name(i, f"self_attn.{p}_proj.weight") for p in "qkv"),
+                    bias=config.qkv_bias,
+                ),
+                o=proj(layer_name(i, "self_attn.o_proj.weight"), bias=config.o_bias),
                 post_norm=get(layer_name(i, "post_attention_layernorm.weight")),
                 gate_up=proj(
                     layer_name(i, "mlp.gate_proj.weight"), layer_name(i, "mlp.up_proj.weight")

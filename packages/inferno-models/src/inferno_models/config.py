@@ -1,7 +1,7 @@
 """Validated configuration of a Llama-family model.
 
-One `ModelConfig` describes Llama 2, Llama 3 (with its "llama3" rope scaling), SmolLM and other
-models of the same shape. It is built from a Hugging Face ``config.json`` or from GGUF metadata,
+One `ModelConfig` describes Llama 2, Llama 3 (with its "llama3" rope scaling), SmolLM, Qwen2 and
+Qwen2.5 (Llama with biases on Q, K and V) and other models of the same shape. It is built from a Hugging Face ``config.json`` or from GGUF metadata,
 and written back as ``config.json`` by the converter.
 """
 
@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from inferno_models.errors import ModelFormatError
+from inferno_models.errors import ModelFormatError, UnsupportedModelError
 
 __all__ = ["ModelConfig", "RopeScaling"]
 
@@ -41,7 +41,10 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    architecture: Literal["llama"] = Field(default="llama", description="Model family.")
+    architecture: Literal["llama", "qwen2"] = Field(
+        default="llama",
+        description="Model family: Llama, or Qwen2 (Llama with biases on Q, K and V).",
+    )
     vocab_size: int = Field(gt=0, description="Rows of the embedding matrix.")
     hidden_size: int = Field(gt=0, description="Width of the residual stream.")
     intermediate_size: int = Field(gt=0, description="Width of the SwiGLU MLP.")
@@ -54,6 +57,8 @@ class ModelConfig(BaseModel):
     rope_theta: float = Field(gt=0, description="Base of the rotary frequencies.")
     rope_scaling: RopeScaling | None = Field(default=None, description="Rotary scaling, if any.")
     tie_word_embeddings: bool = Field(description="The LM head reuses the embedding matrix.")
+    qkv_bias: bool = Field(default=False, description="Q, K and V projections have biases.")
+    o_bias: bool = Field(default=False, description="The attention output has a bias.")
     bos_token_id: int | None = Field(default=None, ge=0, description="Beginning-of-sequence id.")
     eos_token_ids: tuple[int, ...] = Field(default=(), description="Ids that end a generation.")
 
@@ -70,6 +75,11 @@ class ModelConfig(BaseModel):
         ):
             if tid is not None and tid >= self.vocab_size:
                 raise ValueError(f"{name} {tid} is outside the vocabulary ({self.vocab_size})")
+        # The combinations each family's config.json can express.
+        if self.architecture == "qwen2" and (not self.qkv_bias or self.o_bias):
+            raise ValueError("qwen2 has biases on Q, K and V and none on the attention output")
+        if self.architecture == "llama" and self.qkv_bias != self.o_bias:
+            raise ValueError("llama's attention_bias covers Q, K, V and the output together")
         return self
 
     @property
@@ -83,6 +93,7 @@ class ModelConfig(BaseModel):
         q = self.num_attention_heads * self.head_dim
         kv = self.num_key_value_heads * self.head_dim
         per_layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h
+        per_layer += (q + 2 * kv if self.qkv_bias else 0) + (h if self.o_bias else 0)
         head = 0 if self.tie_word_embeddings else v * h
         return v * h + self.num_hidden_layers * per_layer + h + head
 
@@ -97,8 +108,14 @@ class ModelConfig(BaseModel):
         """
         archs = data.get("architectures") or []
         model_type = data.get("model_type", "llama")
-        if model_type not in ("llama", "mistral") and "LlamaForCausalLM" not in archs:
-            raise ModelFormatError(source, f"unsupported architecture {model_type!r} {archs}")
+        qwen2 = model_type == "qwen2" or "Qwen2ForCausalLM" in archs
+        if not qwen2 and model_type not in ("llama", "mistral") and "LlamaForCausalLM" not in archs:
+            raise UnsupportedModelError(source, f"unsupported architecture {model_type!r} {archs}")
+        if data.get("mlp_bias"):
+            raise UnsupportedModelError(source, "MLP biases (mlp_bias) are not supported")
+        if qwen2 and data.get("use_sliding_window"):
+            raise UnsupportedModelError(source, "sliding-window attention is not supported")
+        attention_bias = bool(data.get("attention_bias", False))
         try:
             heads = int(data["num_attention_heads"])
             hidden = int(data["hidden_size"])
@@ -129,6 +146,9 @@ class ModelConfig(BaseModel):
                 tie_word_embeddings=bool(data.get("tie_word_embeddings", False)),
                 bos_token_id=data.get("bos_token_id"),
                 eos_token_ids=eos_ids,
+                architecture="qwen2" if qwen2 else "llama",
+                qkv_bias=qwen2 or attention_bias,
+                o_bias=not qwen2 and attention_bias,
             )
         except KeyError as exc:
             raise ModelFormatError(source, f"missing field {exc.args[0]!r}") from None
@@ -157,9 +177,19 @@ class ModelConfig(BaseModel):
         if self.rope_scaling is not None:
             scaling = self.rope_scaling.model_dump()
             scaling["rope_type"] = scaling["type"]
+        qwen2 = self.architecture == "qwen2"
+        family: dict[str, Any] = (
+            {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"}
+            if qwen2
+            else {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
+        )
+        if qwen2:
+            family["use_sliding_window"] = False
+        else:
+            family["attention_bias"] = self.o_bias
+            family["mlp_bias"] = False
         return {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+            **family,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
@@ -175,7 +205,5 @@ class ModelConfig(BaseModel):
             "bos_token_id": self.bos_token_id,
             "eos_token_id": eos,
             "hidden_act": "silu",
-            "attention_bias": False,
-            "mlp_bias": False,
             "torch_dtype": "float32",
         }

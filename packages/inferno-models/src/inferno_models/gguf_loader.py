@@ -32,6 +32,10 @@ _LAYER_MAP = {
     "attn_k.weight": "self_attn.k_proj.weight",
     "attn_v.weight": "self_attn.v_proj.weight",
     "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_output.bias": "self_attn.o_proj.bias",
     "ffn_norm.weight": "post_attention_layernorm.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
@@ -213,8 +217,11 @@ class GGUFFile:
             ModelFormatError: a required key is missing or a value is invalid.
         """
         arch = self.architecture
-        if arch != "llama":
+        if arch not in ("llama", "qwen2"):
             raise UnsupportedModelError(self.path, f"unsupported architecture {arch!r}")
+        # Qwen2 always has Q/K/V biases; llama.cpp's llama files may carry optional ones.
+        qkv_bias = arch == "qwen2" or layer_name(0, "self_attn.q_proj.bias") in self._tensors
+        o_bias = layer_name(0, "self_attn.o_proj.bias") in self._tensors
 
         def req(key: str) -> Any:
             full = f"{arch}.{key}"
@@ -253,6 +260,9 @@ class GGUFFile:
                 tie_word_embeddings=LM_HEAD not in self._tensors,
                 bos_token_id=self.metadata.get("tokenizer.ggml.bos_token_id"),
                 eos_token_ids=eos_ids,
+                architecture=arch,
+                qkv_bias=qkv_bias,
+                o_bias=o_bias,
             )
         except (ValueError, TypeError) as exc:
             raise ModelFormatError(self.path, f"invalid model metadata: {exc}") from None
@@ -379,9 +389,12 @@ class GGUFFile:
                     f"tensor {info.name} has shape {list(info.shape)}, expected {list(shape)}",
                 )
             tensor = self._decode(info)
-            if name.endswith("self_attn.q_proj.weight"):
+            # llama.cpp rotates Qwen2 in the Hugging Face layout ("NEOX"), so only Llama's
+            # rows (and biases) were permuted.
+            permuted = config.architecture == "llama"
+            if permuted and name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
                 tensor = unpermute_rope(tensor, config.num_attention_heads)
-            elif name.endswith("self_attn.k_proj.weight"):
+            elif permuted and name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
                 tensor = unpermute_rope(tensor, config.num_key_value_heads)
             yield name, tensor.to(device=device, dtype=dtype)
             if progress is not None:

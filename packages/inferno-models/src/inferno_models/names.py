@@ -1,4 +1,5 @@
-"""Canonical tensor names: the Hugging Face Llama naming, used for every loaded model.
+"""Canonical tensor names: the Hugging Face Llama naming, used for every loaded model (Qwen2's
+is the same, plus attention biases).
 
 Loaders map their own names (GGUF ``blk.N.attn_q.weight``) onto these, so the engine and the
 converter see one naming whatever the source format.
@@ -36,7 +37,8 @@ def layer_name(layer: int, suffix: str) -> str:
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor a model with ``config`` must have, with its shape (``[out, in]`` for linears).
 
-    ``lm_head.weight`` is absent when the embeddings are tied.
+    ``lm_head.weight`` is absent when the embeddings are tied; attention biases are present
+    when the config has them (``self_attn.{q,k,v,o}_proj.bias``).
     """
     h, i = config.hidden_size, config.intermediate_size
     q = config.num_attention_heads * config.head_dim
@@ -52,6 +54,16 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         "mlp.up_proj.weight": (i, h),
         "mlp.down_proj.weight": (h, i),
     }
+    if config.qkv_bias:
+        per_layer.update(
+            {
+                "self_attn.q_proj.bias": (q,),
+                "self_attn.k_proj.bias": (kv,),
+                "self_attn.v_proj.bias": (kv,),
+            }
+        )
+    if config.o_bias:
+        per_layer["self_attn.o_proj.bias"] = (h,)
     shapes: dict[str, tuple[int, ...]] = {EMBED: (config.vocab_size, h), FINAL_NORM: (h,)}
     for layer in range(config.num_hidden_layers):
         for suffix, shape in per_layer.items():

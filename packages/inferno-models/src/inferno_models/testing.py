@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -44,8 +44,10 @@ def tiny_config(
     max_position_embeddings: int = 512,
     tie_word_embeddings: bool = False,
     llama3_rope: bool = True,
+    architecture: Literal["llama", "qwen2"] = "llama",
 ) -> ModelConfig:
-    """A small Llama config with GQA and (by default) llama3 rope scaling."""
+    """A small Llama config with GQA and (by default) llama3 rope scaling; with
+    ``architecture="qwen2"`` a Qwen2 one (biases on Q, K and V)."""
     scaling = (
         RopeScaling(type="llama3", factor=8.0, original_max_position_embeddings=64)
         if llama3_rope
@@ -66,6 +68,8 @@ def tiny_config(
         tie_word_embeddings=tie_word_embeddings,
         bos_token_id=1,
         eos_token_ids=(2,),
+        architecture=architecture,
+        qkv_bias=architecture == "qwen2",
     )
 
 
@@ -76,7 +80,9 @@ def random_weights(
     gen = torch.Generator().manual_seed(seed)
     weights: dict[str, torch.Tensor] = {}
     for name, shape in expected_shapes(config).items():
-        if len(shape) == 1:
+        if name.endswith(".bias"):
+            t = 0.5 * torch.randn(shape, generator=gen)
+        elif len(shape) == 1:
             t = 1.0 + 0.1 * torch.randn(shape, generator=gen)
         else:
             t = torch.randn(shape, generator=gen) / shape[-1] ** 0.5
@@ -123,6 +129,10 @@ _GGUF_NAMES = {
     "self_attn.k_proj.weight": "attn_k.weight",
     "self_attn.v_proj.weight": "attn_v.weight",
     "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.o_proj.bias": "attn_output.bias",
     "post_attention_layernorm.weight": "ffn_norm.weight",
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",
@@ -164,7 +174,8 @@ def write_tiny_gguf(
     from inferno_models.gguf_loader import ROPE_FREQS, permute_rope, rope_divisors
 
     path = Path(path)
-    writer = gguf.GGUFWriter(str(path), "llama")
+    arch = config.architecture
+    writer = gguf.GGUFWriter(str(path), arch)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -180,16 +191,16 @@ def write_tiny_gguf(
         writer.add_tensor(ROPE_FREQS, divisors.astype(np.float32))
     elif config.rope_scaling is not None:
         rs = config.rope_scaling
-        writer.add_string("llama.rope.scaling.type", rs.type)
-        writer.add_float32("llama.rope.scaling.factor", rs.factor)
+        writer.add_string(f"{arch}.rope.scaling.type", rs.type)
+        writer.add_float32(f"{arch}.rope.scaling.factor", rs.factor)
         writer.add_uint32(
-            "llama.rope.scaling.original_context_length", rs.original_max_position_embeddings
+            f"{arch}.rope.scaling.original_context_length", rs.original_max_position_embeddings
         )
-        writer.add_float32("llama.rope.scaling.low_freq_factor", rs.low_freq_factor)
-        writer.add_float32("llama.rope.scaling.high_freq_factor", rs.high_freq_factor)
+        writer.add_float32(f"{arch}.rope.scaling.low_freq_factor", rs.low_freq_factor)
+        writer.add_float32(f"{arch}.rope.scaling.high_freq_factor", rs.high_freq_factor)
     meta = tiny_gguf_metadata()
     writer.add_tokenizer_model(meta["tokenizer.ggml.model"])
-    writer.add_tokenizer_pre(meta["tokenizer.ggml.pre"])
+    writer.add_tokenizer_pre("qwen2" if arch == "qwen2" else meta["tokenizer.ggml.pre"])
     writer.add_token_list(meta["tokenizer.ggml.tokens"])
     writer.add_token_types(meta["tokenizer.ggml.token_type"])
     writer.add_token_merges(meta["tokenizer.ggml.merges"])
@@ -210,9 +221,10 @@ def write_tiny_gguf(
     qtype = getattr(gguf.GGMLQuantizationType, quantization)
     for name, tensor in weights.items():
         t = tensor.detach().to(torch.float32)
-        if name.endswith("q_proj.weight"):
+        # llama.cpp's converter permutes Llama's Q/K rows (and biases), not Qwen2's.
+        if arch == "llama" and name.endswith(("q_proj.weight", "q_proj.bias")):
             t = permute_rope(t, config.num_attention_heads)
-        elif name.endswith("k_proj.weight"):
+        elif arch == "llama" and name.endswith(("k_proj.weight", "k_proj.bias")):
             t = permute_rope(t, config.num_key_value_heads)
         array = t.numpy()
         if array.ndim == 1 or quantization == "F32":

@@ -9,7 +9,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as Backend
 
 from inferno_models.errors import ModelFormatError, UnsupportedModelError
@@ -27,7 +27,12 @@ _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+#: Qwen2's: digits one at a time.
+_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 _SPLITS = dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "smaug-bpe"), _LLAMA3_SPLIT)
+_SPLITS["qwen2"] = _QWEN2_SPLIT
+#: Vocabularies learned on NFC-normalized text (Qwen2's tokenizer.json normalizes to NFC).
+_NFC_PRES = frozenset({"qwen2"})
 
 
 @cache
@@ -267,7 +272,10 @@ def _byte_level_bpe(tokens: list[str], metadata: dict[str, Any], types: list[int
         vocab.setdefault(tok, index)
     merges = [tuple(m.split(" ", 1)) for m in metadata.get("tokenizer.ggml.merges") or []]
     backend = Backend(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
-    split = _SPLITS.get(str(metadata.get("tokenizer.ggml.pre")))
+    pre = str(metadata.get("tokenizer.ggml.pre"))
+    split = _SPLITS.get(pre)
+    if pre in _NFC_PRES:
+        backend.normalizer = normalizers.NFC()
     if split is None:
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     else:

@@ -30,7 +30,7 @@
 #include <immintrin.h>
 #endif
 
-#define INFERNO_DECODE_ABI 4
+#define INFERNO_DECODE_ABI 5
 
 enum { DT_F32 = 0, DT_BF16 = 1 };
 /* Projection weight types: fp32 and bf16 as the model; int8 codes with one fp32 scale per row. */
@@ -49,6 +49,8 @@ typedef struct {
     const float* o_scale;
     const float* gate_up_scale;
     const float* down_scale;
+    const float* qkv_bias;  /* [(heads + 2 * kv_heads) * head_dim] fp32, or NULL (Qwen2) */
+    const float* o_bias;    /* [hidden] fp32, or NULL */
 } layer_t;
 
 typedef struct {
@@ -1249,6 +1251,8 @@ static void decode_job(const step_t* st, int tid, int nth, barrier_t* barrier) {
         share(M, par, &lo, &hi);
         for (int64_t m = lo; m < hi; m++) {
             float* row = qkv + m * qkv_n;
+            if (L->qkv_bias)
+                for (int64_t i = 0; i < qkv_n; i++) row[i] += L->qkv_bias[i];
             const float* c = mdl->cos + st->positions[m] * hd;
             const float* s = mdl->sin + st->positions[m] * hd;
             for (int64_t h = 0; h < nh + nkv; h++) rope(row + h * hd, c, s, hd);
@@ -1363,6 +1367,12 @@ static void decode_job(const step_t* st, int tid, int nth, barrier_t* barrier) {
             sync_all(par);
         }
         project(par, L->o, wt, L->o_scale, in, M, H, nh * hd, x, H, 1);
+        if (L->o_bias) {
+            share(M, par, &lo, &hi);
+            for (int64_t m = lo; m < hi; m++)
+                for (int64_t i = 0; i < H; i++) x[m * H + i] += L->o_bias[i];
+            sync_all(par);
+        }
 
         rms_norm_rows(par, x, NULL, L->post_norm, dt, mdl->eps, M, H, in, xbf16);
         project(par, L->gate_up, wt, L->gate_up_scale, in, M, 2 * I, H, gu, 2 * I, 0);

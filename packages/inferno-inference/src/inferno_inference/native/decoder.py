@@ -25,7 +25,7 @@ __all__ = ["NATIVE_DTYPES", "NativeDecoder", "NativeMatmul", "native_unsupported
 
 #: Model dtypes the C decode path runs (fp16 has no fast CPU dot product to use).
 NATIVE_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
-_ABI = 4
+_ABI = 5
 _W_INT8 = 2  # decode.c's weight type for int8 codes with per-row scales
 _p = ctypes.c_void_p
 _i64 = ctypes.c_int64
@@ -45,6 +45,8 @@ class _Layer(ctypes.Structure):
         ("o_scale", _p),
         ("gate_up_scale", _p),
         ("down_scale", _p),
+        ("qkv_bias", _p),
+        ("o_bias", _p),
     ]
 
 
@@ -226,6 +228,7 @@ class NativeDecoder:
         #: Whether the projections are int8 codes with per-row scales.
         self.int8 = lm_scale is not None
         self._layers = (_Layer * cfg.num_hidden_layers)()
+        self._biases: list[torch.Tensor] = []
         for dst, layer in zip(self._layers, model.layers, strict=True):
             dst.input_norm = _ptr(layer.input_norm)
             dst.post_norm = _ptr(layer.post_norm)
@@ -235,6 +238,11 @@ class NativeDecoder:
                     raise EngineError("projections must be all int8 or all unquantized")
                 setattr(dst, name, _ptr(weight))
                 setattr(dst, f"{name}_scale", None if scales is None else _ptr(scales))
+            for name in ("qkv", "o"):
+                bias = getattr(layer, name).bias_f32()
+                if bias is not None:
+                    self._biases.append(bias)  # the C struct holds only its address
+                    setattr(dst, f"{name}_bias", _ptr(bias))
         self._struct = _Model(
             hidden=cfg.hidden_size,
             inter=cfg.intermediate_size,

@@ -1,0 +1,146 @@
+"""Models with attention biases (Qwen2: on Q, K and V; Llama with ``attention_bias``: on the
+output too) match transformers: logits, and greedy tokens on every CPU path of the engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from inferno_inference.engine import LLMEngine
+from inferno_inference.native import NativeDecoder
+from inferno_inference.tiny import tiny_llm_engine
+from inferno_inference.types import GenerationRequest, SamplingParams
+from inferno_models.config import ModelConfig
+from inferno_models.testing import random_weights, tiny_config
+
+NEW_TOKENS = 32
+
+
+def _qwen2() -> ModelConfig:
+    return tiny_config(architecture="qwen2", llama3_rope=False, tie_word_embeddings=True)
+
+
+def _llama_with_bias() -> ModelConfig:
+    return tiny_config().model_copy(update={"qkv_bias": True, "o_bias": True})
+
+
+CONFIGS = {"qwen2": _qwen2, "llama-attention-bias": _llama_with_bias}
+
+
+def _hf_model(config: ModelConfig, weights: dict[str, torch.Tensor]) -> Any:
+    if config.architecture == "qwen2":
+        from transformers import Qwen2Config as Config
+        from transformers import Qwen2ForCausalLM as Model
+    else:
+        from transformers import LlamaConfig as Config
+        from transformers import LlamaForCausalLM as Model
+    hf: Any = Model(Config(**config.to_hf_dict()))
+    hf.eval()
+    missing, unexpected = hf.load_state_dict(weights, strict=False)
+    assert not unexpected
+    assert set(missing) <= {"lm_head.weight"}
+    # The biases are real parameters of the reference, so a test without them would fail.
+    layer = hf.model.layers[0].self_attn
+    assert layer.q_proj.bias is not None
+    assert (layer.o_proj.bias is not None) == config.o_bias
+    return hf
+
+
+def _hf_greedy(hf: Any, prompts: list[list[int]]) -> list[list[int]]:
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.pad_token_id = 0
+    out = []
+    with torch.inference_mode():
+        for p in prompts:
+            ids = hf.generate(
+                torch.tensor([p]),
+                attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                max_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                top_k=None,
+            )
+            out.append(ids[0, len(p) :].tolist())
+    return out
+
+
+def _run(engine: LLMEngine, prompts: list[list[int]]) -> list[list[int]]:
+    sp = SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
+    for i, p in enumerate(prompts):
+        engine.add_request(GenerationRequest(f"r{i}", tuple(p), sp))
+    tokens: dict[str, list[int]] = {f"r{i}": [] for i in range(len(prompts))}
+    while engine.has_work():
+        for out in engine.step():
+            tokens[out.request_id].extend(out.token_ids)
+    return [tokens[f"r{i}"] for i in range(len(prompts))]
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def reference(
+    request: pytest.FixtureRequest,
+) -> tuple[ModelConfig, dict[str, torch.Tensor], list[list[int]], list[list[int]]]:
+    config = CONFIGS[request.param]()
+    weights = random_weights(config, seed=5)
+    vocab = config.vocab_size
+    prompts = [
+        [(i * 37 + k * k * 5 + 3) % vocab for k in range(n)] for i, n in enumerate((1, 9, 30, 75))
+    ]
+    return config, weights, prompts, _hf_greedy(_hf_model(config, weights), prompts)
+
+
+Ref = tuple[ModelConfig, dict[str, torch.Tensor], list[list[int]], list[list[int]]]
+
+
+def test_logits_match_transformers(reference: Ref) -> None:
+    config, weights, prompts, _ = reference
+    hf = _hf_model(config, weights)
+    engine = tiny_llm_engine(config=config, weights=weights, cpu_native_decode=False)
+    model = engine.runner.model
+    ids = prompts[-1]
+    from inferno_inference.model import AttentionMetadata, PrefillSegment
+
+    shape = (len(ids), config.num_key_value_heads, config.head_dim)
+    caches = [(torch.zeros(shape), torch.zeros(shape)) for _ in range(config.num_hidden_layers)]
+    pos = torch.arange(len(ids))
+    meta = AttentionMetadata(
+        positions=pos,
+        slot_mapping=pos,
+        num_decodes=0,
+        decode_slots=None,
+        decode_context_lens=None,
+        prefills=[PrefillSegment(0, len(ids), len(ids), None)],
+        logits_indices=pos,
+    )
+    with torch.inference_mode():
+        ours = model.forward(torch.tensor(ids), meta, caches)
+        want = hf(torch.tensor([ids])).logits[0]
+    torch.testing.assert_close(ours, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"cpu_native_decode": False},
+        {"cpu_native_decode": True},
+        {"cpu_native_decode": True, "cpu_native_matmuls": False},
+    ],
+    ids=["torch", "native", "native-step-onednn-matmuls"],
+)
+def test_greedy_tokens_match_transformers(
+    reference: Ref, options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, weights, prompts, expected = reference
+    native_steps = 0
+    real_run = NativeDecoder.run
+
+    def counting_run(self: NativeDecoder, *args: Any) -> torch.Tensor:
+        nonlocal native_steps
+        native_steps += 1
+        return real_run(self, *args)
+
+    monkeypatch.setattr(NativeDecoder, "run", counting_run)
+    engine = tiny_llm_engine(config=config, weights=weights, max_num_batched_tokens=48, **options)
+    assert _run(engine, prompts) == expected
+    # The C step (biases added in C) took the steps whenever it was asked for.
+    assert (native_steps > 0) == bool(options["cpu_native_decode"])
+    assert engine.stats().kv_blocks_used == 0
