@@ -1,8 +1,9 @@
 """Validated configuration of a Llama-family model.
 
 One `ModelConfig` describes Llama 2, Llama 3 (with its "llama3" rope scaling), SmolLM, Qwen2 and
-Qwen2.5 (Llama with biases on Q, K and V) and other models of the same shape. It is built from a Hugging Face ``config.json`` or from GGUF metadata,
-and written back as ``config.json`` by the converter.
+Qwen2.5 (Llama with biases on Q, K and V) and other models of the same shape. It is built from
+a Hugging Face ``config.json`` or from GGUF metadata, and written back as ``config.json`` by the
+converter.
 """
 
 from __future__ import annotations

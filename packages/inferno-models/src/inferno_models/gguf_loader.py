@@ -260,7 +260,7 @@ class GGUFFile:
                 tie_word_embeddings=LM_HEAD not in self._tensors,
                 bos_token_id=self.metadata.get("tokenizer.ggml.bos_token_id"),
                 eos_token_ids=eos_ids,
-                architecture=arch,
+                architecture="qwen2" if arch == "qwen2" else "llama",
                 qkv_bias=qkv_bias,
                 o_bias=o_bias,
             )
