@@ -58,18 +58,24 @@ def test_parameter_count_includes_the_biases(qwen2: ModelConfig) -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("fields", "match"),
-    [
-        ({"use_sliding_window": True, "sliding_window": 64}, "sliding-window"),
-        ({"mlp_bias": True}, "mlp_bias"),
-    ],
-)
-def test_unsupported_variants_are_refused(
-    qwen2: ModelConfig, fields: dict[str, Any], match: str
-) -> None:
-    with pytest.raises(UnsupportedModelError, match=match):
-        ModelConfig.from_hf_dict({**qwen2.to_hf_dict(), **fields})
+def test_mlp_biases_are_refused(qwen2: ModelConfig) -> None:
+    with pytest.raises(UnsupportedModelError, match="mlp_bias"):
+        ModelConfig.from_hf_dict({**qwen2.to_hf_dict(), "mlp_bias": True})
+
+
+def test_a_sliding_window_becomes_the_context(qwen2: ModelConfig) -> None:
+    hf = qwen2.to_hf_dict()
+    assert hf["max_position_embeddings"] == 512
+    windowed = {**hf, "use_sliding_window": True, "sliding_window": 64}
+    assert ModelConfig.from_hf_dict(windowed).max_position_embeddings == 64
+    # Qwen2 configs name a window they do not use: only use_sliding_window turns it on.
+    unused = {**hf, "use_sliding_window": False, "sliding_window": 64}
+    assert ModelConfig.from_hf_dict(unused).max_position_embeddings == 512
+    mistral = {**tiny_config().to_hf_dict(), "model_type": "mistral", "sliding_window": 128}
+    assert ModelConfig.from_hf_dict(mistral).max_position_embeddings == 128
+    assert (
+        ModelConfig.from_hf_dict({**mistral, "sliding_window": None}).max_position_embeddings == 512
+    )
 
 
 def test_invalid_bias_combinations_are_rejected(qwen2: ModelConfig) -> None:

@@ -114,8 +114,13 @@ class ModelConfig(BaseModel):
             raise UnsupportedModelError(source, f"unsupported architecture {model_type!r} {archs}")
         if data.get("mlp_bias"):
             raise UnsupportedModelError(source, "MLP biases (mlp_bias) are not supported")
-        if qwen2 and data.get("use_sliding_window"):
-            raise UnsupportedModelError(source, "sliding-window attention is not supported")
+        # Within its window, sliding-window attention is full attention: such a model gets
+        # the window as its context rather than wrong attention past it.
+        window = data.get("sliding_window")
+        windowed = model_type == "mistral" or (qwen2 and data.get("use_sliding_window"))
+        context = data.get("max_position_embeddings", 2048)
+        if windowed and isinstance(window, int) and 0 < window < context:
+            context = window
         attention_bias = bool(data.get("attention_bias", False))
         try:
             heads = int(data["num_attention_heads"])
@@ -140,7 +145,7 @@ class ModelConfig(BaseModel):
                 num_attention_heads=heads,
                 num_key_value_heads=data.get("num_key_value_heads") or heads,
                 head_dim=data.get("head_dim") or hidden // heads,
-                max_position_embeddings=data.get("max_position_embeddings", 2048),
+                max_position_embeddings=context,
                 rms_norm_eps=data.get("rms_norm_eps", 1e-6),
                 rope_theta=rope_theta,
                 rope_scaling=scaling,
