@@ -155,3 +155,19 @@ def test_generate_in_json_mode(
     assert "cannot read" in capsys.readouterr().err
     assert main([*argv, "--json-schema", '{"type": "string"}']) == 1
     assert "root must be an object" in capsys.readouterr().err
+
+
+def test_a_qwen2_gguf_is_listed_inspected_and_generates(
+    models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tiny_config(architecture="qwen2", llama3_rope=False)
+    sampling = {"general.sampling.temp": 0.5, "general.sampling.top_k": 20}
+    write_tiny_gguf(models_dir / "qwen.gguf", config, random_weights(config), metadata=sampling)
+    assert main(["models", "inspect", "qwen", "--json", "--models-dir", str(models_dir)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["architecture"] == "qwen2"
+    assert info["config"]["qkv_bias"] is True
+    assert info["sampling_defaults"] == {"temperature": 0.5, "top_k": 20}
+    argv = ["generate", "--model", str(models_dir / "qwen.gguf"), "--prompt", "the"]
+    assert main([*argv, "--max-tokens", "8"]) == 0
+    assert capsys.readouterr().out.strip()
