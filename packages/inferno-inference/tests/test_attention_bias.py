@@ -7,10 +7,13 @@ from typing import Any
 
 import pytest
 import torch
-from inferno_inference.engine import LLMEngine
 from inferno_inference.native import NativeDecoder
-from inferno_inference.tiny import tiny_llm_engine
-from inferno_inference.types import GenerationRequest, SamplingParams
+from inferno_inference.tiny import (
+    greedy_tokens,
+    prefill_metadata,
+    reference_greedy_tokens,
+    tiny_llm_engine,
+)
 from inferno_models.config import ModelConfig
 from inferno_models.testing import random_weights, tiny_config
 
@@ -47,34 +50,6 @@ def _hf_model(config: ModelConfig, weights: dict[str, torch.Tensor]) -> Any:
     return hf
 
 
-def _hf_greedy(hf: Any, prompts: list[list[int]]) -> list[list[int]]:
-    hf.generation_config.eos_token_id = None
-    hf.generation_config.pad_token_id = 0
-    out = []
-    with torch.inference_mode():
-        for p in prompts:
-            ids = hf.generate(
-                torch.tensor([p]),
-                attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                max_new_tokens=NEW_TOKENS,
-                do_sample=False,
-                top_k=None,
-            )
-            out.append(ids[0, len(p) :].tolist())
-    return out
-
-
-def _run(engine: LLMEngine, prompts: list[list[int]]) -> list[list[int]]:
-    sp = SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
-    for i, p in enumerate(prompts):
-        engine.add_request(GenerationRequest(f"r{i}", tuple(p), sp))
-    tokens: dict[str, list[int]] = {f"r{i}": [] for i in range(len(prompts))}
-    while engine.has_work():
-        for out in engine.step():
-            tokens[out.request_id].extend(out.token_ids)
-    return [tokens[f"r{i}"] for i in range(len(prompts))]
-
-
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def reference(
     request: pytest.FixtureRequest,
@@ -85,7 +60,8 @@ def reference(
     prompts = [
         [(i * 37 + k * k * 5 + 3) % vocab for k in range(n)] for i, n in enumerate((1, 9, 30, 75))
     ]
-    return config, weights, prompts, _hf_greedy(_hf_model(config, weights), prompts)
+    expected = reference_greedy_tokens(_hf_model(config, weights), prompts, NEW_TOKENS)
+    return config, weights, prompts, expected
 
 
 Ref = tuple[ModelConfig, dict[str, torch.Tensor], list[list[int]], list[list[int]]]
@@ -97,20 +73,9 @@ def test_logits_match_transformers(reference: Ref) -> None:
     engine = tiny_llm_engine(config=config, weights=weights, cpu_native_decode=False)
     model = engine.runner.model
     ids = prompts[-1]
-    from inferno_inference.model import AttentionMetadata, PrefillSegment
-
     shape = (len(ids), config.num_key_value_heads, config.head_dim)
     caches = [(torch.zeros(shape), torch.zeros(shape)) for _ in range(config.num_hidden_layers)]
-    pos = torch.arange(len(ids))
-    meta = AttentionMetadata(
-        positions=pos,
-        slot_mapping=pos,
-        num_decodes=0,
-        decode_slots=None,
-        decode_context_lens=None,
-        prefills=[PrefillSegment(0, len(ids), len(ids), None)],
-        logits_indices=pos,
-    )
+    meta = prefill_metadata(len(ids))
     with torch.inference_mode():
         ours = model.forward(torch.tensor(ids), meta, caches)
         want = hf(torch.tensor([ids])).logits[0]
@@ -140,7 +105,7 @@ def test_greedy_tokens_match_transformers(
 
     monkeypatch.setattr(NativeDecoder, "run", counting_run)
     engine = tiny_llm_engine(config=config, weights=weights, max_num_batched_tokens=48, **options)
-    assert _run(engine, prompts) == expected
+    assert greedy_tokens(engine, prompts, NEW_TOKENS) == expected
     # The C step (biases added in C) took the steps whenever it was asked for.
     assert (native_steps > 0) == bool(options["cpu_native_decode"])
     assert engine.stats().kv_blocks_used == 0

@@ -15,7 +15,7 @@ from inferno_inference.config import EngineConfig
 from inferno_inference.engine import LLMEngine
 from inferno_inference.factory import build_llm_engine
 from inferno_inference.model import AttentionMetadata, PrefillSegment
-from inferno_inference.tiny import greedy_tokens
+from inferno_inference.tiny import greedy_tokens, reference_greedy_tokens
 from inferno_memory import HostMemoryResource
 from inferno_models import LlamaLoader, LoadedModel, default_model_path
 
@@ -50,8 +50,6 @@ def hf_model() -> Any:
         path.parent, gguf_file=path.name, torch_dtype=torch.float32
     )
     model.eval()
-    model.generation_config.pad_token_id = 0
-    model.generation_config.eos_token_id = None  # compare 64 tokens, as with ignore_eos
     return model
 
 
@@ -90,18 +88,7 @@ def _greedy(engine: LLMEngine, prompts: list[list[int]]) -> list[list[int]]:
 def test_greedy_matches_transformers_alone_and_batched(
     loaded: LoadedModel, hf_model: Any, prompts: list[list[int]]
 ) -> None:
-    expected = []
-    with torch.inference_mode():
-        for p in prompts:
-            ids = hf_model.generate(
-                torch.tensor([p]),
-                attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                max_new_tokens=NEW_TOKENS,
-                do_sample=False,
-                top_k=None,
-                top_p=None,
-            )
-            expected.append(ids[0, len(p) :].tolist())
+    expected = reference_greedy_tokens(hf_model, prompts, NEW_TOKENS)
     engine = _engine(loaded, max_num_seqs=16)
     assert [_greedy(engine, [p])[0] for p in prompts] == expected
     assert _greedy(engine, prompts) == expected
@@ -153,16 +140,7 @@ def test_a_long_prompt_in_the_c_step_matches_transformers(
     text = " ".join(TEXTS * 9)
     prompt = loaded.tokenizer.encode(text)
     assert 700 < len(prompt) < 1000
-    with torch.inference_mode():
-        ids = hf_model.generate(
-            torch.tensor([prompt]),
-            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-            max_new_tokens=32,
-            do_sample=False,
-            top_k=None,
-            top_p=None,
-        )
-    expected = ids[0, len(prompt) :].tolist()
+    [expected] = reference_greedy_tokens(hf_model, [prompt], 32)
     engine = _engine(loaded, max_num_batched_tokens=512)
     assert engine.runner.native is not None
     assert greedy_tokens(engine, [prompt], 32) == [expected]

@@ -7,8 +7,7 @@ from typing import Any
 import pytest
 import torch
 from inferno_inference.engine import LLMEngine
-from inferno_inference.tiny import tiny_llm_engine
-from inferno_inference.types import GenerationRequest, SamplingParams
+from inferno_inference.tiny import greedy_tokens, reference_greedy_tokens, tiny_llm_engine
 from inferno_models.config import ModelConfig
 from inferno_models.testing import random_weights, tiny_config
 
@@ -29,31 +28,11 @@ def _hf_greedy(
     hf: Any = LlamaForCausalLM(LlamaConfig(**config.to_hf_dict()))
     hf.eval()
     hf.load_state_dict(weights, strict=False)
-    hf.generation_config.eos_token_id = None
-    hf.generation_config.pad_token_id = 0
-    out = []
-    with torch.inference_mode():
-        for p in prompts:
-            ids = hf.generate(
-                torch.tensor([p]),
-                attention_mask=torch.ones(1, len(p), dtype=torch.long),  # token 0 is not padding
-                max_new_tokens=NEW_TOKENS,
-                do_sample=False,
-                top_k=None,
-            )
-            out.append(ids[0, len(p) :].tolist())
-    return out
+    return reference_greedy_tokens(hf, prompts, NEW_TOKENS)
 
 
 def _run(engine: LLMEngine, prompts: list[list[int]]) -> list[list[int]]:
-    sp = SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
-    for i, p in enumerate(prompts):
-        engine.add_request(GenerationRequest(f"r{i}", tuple(p), sp))
-    tokens: dict[str, list[int]] = {f"r{i}": [] for i in range(len(prompts))}
-    while engine.has_work():
-        for out in engine.step():
-            tokens[out.request_id].extend(out.token_ids)
-    return [tokens[f"r{i}"] for i in range(len(prompts))]
+    return greedy_tokens(engine, prompts, NEW_TOKENS)
 
 
 @pytest.fixture(scope="module")

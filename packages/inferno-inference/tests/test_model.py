@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import torch
 from inferno_inference.model import AttentionMetadata, LlamaModel, PrefillSegment
+from inferno_inference.tiny import prefill_metadata
 from inferno_models.config import ModelConfig
 from inferno_models.testing import random_weights, tiny_config
 
@@ -42,16 +43,7 @@ def test_prefill_then_decode_matches_transformers(tied: bool) -> None:
     )
     caches = _caches(config, 128)
     n = 60
-    pos = torch.arange(n)
-    meta = AttentionMetadata(
-        positions=pos,
-        slot_mapping=pos,
-        num_decodes=0,
-        decode_slots=None,
-        decode_context_lens=None,
-        prefills=[PrefillSegment(0, n, n, None)],
-        logits_indices=pos,
-    )
+    meta = prefill_metadata(n)
     with torch.inference_mode():
         logits = model.forward(torch.tensor(ids[:n]), meta, caches)
         torch.testing.assert_close(logits, ref[:n], atol=1e-4, rtol=1e-4)

@@ -7,6 +7,7 @@ and sampler, just on a model small enough for a CPU unit test.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from inferno_memory import HostMemoryResource, MemoryResource
@@ -17,6 +18,7 @@ from inferno_inference.config import EngineConfig
 from inferno_inference.cuda_graphs import MAX_GRAPH_SLOTS, CudaGraphDecoder
 from inferno_inference.engine import LLMEngine
 from inferno_inference.factory import build_llm_engine
+from inferno_inference.model import AttentionMetadata, PrefillSegment
 from inferno_inference.torch_memory import TorchCudaMemoryResource
 from inferno_inference.types import GenerationRequest, SamplingParams
 
@@ -25,6 +27,8 @@ __all__ = [
     "attach_eager_graphs",
     "choice_bytes",
     "greedy_tokens",
+    "prefill_metadata",
+    "reference_greedy_tokens",
     "tiny_llm_engine",
 ]
 
@@ -117,6 +121,45 @@ def greedy_tokens(
         for o in engine.step():
             out[o.request_id].extend(o.token_ids)
     return [out[rid] for rid in ids]
+
+
+def reference_greedy_tokens(
+    model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int
+) -> list[list[int]]:
+    """What a transformers model's greedy ``generate`` makes of each prompt, one at a time
+    and EOS ignored: the tokens `greedy_tokens` must equal."""
+    config = model.generation_config
+    config.eos_token_id = None
+    config.pad_token_id = 0
+    out = []
+    with torch.inference_mode():
+        for prompt in prompts:
+            ids = model.generate(
+                torch.tensor([list(prompt)]),
+                # Token 0 is a real token here, not padding.
+                attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                top_k=None,
+                top_p=None,
+            )
+            out.append(ids[0, len(prompt) :].tolist())
+    return out
+
+
+def prefill_metadata(n_tokens: int, *, slots: torch.Tensor | None = None) -> AttentionMetadata:
+    """One sequence's first prefill of ``n_tokens`` (positions 0..n-1, written to ``slots``,
+    by default slots 0..n-1), with logits for every token."""
+    positions = torch.arange(n_tokens)
+    return AttentionMetadata(
+        positions=positions,
+        slot_mapping=positions if slots is None else slots,
+        num_decodes=0,
+        decode_slots=None,
+        decode_context_lens=None,
+        prefills=[PrefillSegment(0, n_tokens, n_tokens, None)],
+        logits_indices=positions,
+    )
 
 
 def choice_bytes(
