@@ -1,0 +1,78 @@
+"""A real ``inferno serve`` on a Qwen2 GGUF (a tiny random one, with sampling keys): the same
+tokens as the engine run in-process, and the file's sampling settings as the defaults."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from inferno_inference.config import EngineConfig
+from inferno_inference.factory import build_llm_engine
+from inferno_inference.types import GenerationRequest, SamplingParams
+from inferno_memory import HostMemoryResource
+from inferno_models import LlamaLoader
+from inferno_models.testing import random_weights, tiny_config, write_tiny_gguf
+
+from .serve_daemon import ServeProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SAMPLING = {"general.sampling.temp": 0.6, "general.sampling.top_k": 12}
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = tiny_config(architecture="qwen2", llama3_rope=False, tie_word_embeddings=True)
+    path = tmp_path_factory.mktemp("qwen2") / "tiny-qwen2.gguf"
+    return write_tiny_gguf(path, config, random_weights(config, seed=9), metadata=SAMPLING)
+
+
+@pytest.fixture(scope="module")
+def server(model_path: Path) -> Iterator[ServeProcess]:
+    daemon = ServeProcess("--model", str(model_path), "--served-model-name", "qwen").start()
+    yield daemon
+    assert daemon.stop() == 0
+
+
+def test_greedy_completion_equals_the_engine_in_process(
+    server: ServeProcess, model_path: Path
+) -> None:
+    loaded = LlamaLoader().load(model_path)
+    prompt = loaded.tokenizer.encode("the theater", add_special_tokens=True)
+    engine = build_llm_engine(
+        loaded.config,
+        loaded.weights,
+        EngineConfig(dtype="float32"),
+        HostMemoryResource(),
+        tokenizer=loaded.tokenizer,
+    )
+    sp = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    engine.add_request(GenerationRequest("local", tuple(prompt), sp))
+    text = ""
+    while engine.has_work():
+        text += "".join(o.text for o in engine.step())
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0) as client:
+        assert [m.id for m in client.models.list()] == ["qwen"]
+        out = client.completions.create(
+            model="qwen",
+            prompt=prompt,
+            max_tokens=12,
+            temperature=0,
+            extra_body={"ignore_eos": True},
+        )
+    assert out.usage is not None
+    assert out.usage.completion_tokens == 12
+    assert text
+    assert out.choices[0].text == text
+
+
+def test_the_files_sampling_keys_are_the_defaults(server: ServeProcess) -> None:
+    loaded = next(
+        json.loads(line)
+        for line in server.log_tail(200_000).splitlines()
+        if line.startswith("{") and '"model loaded"' in line and "sampling_defaults" in line
+    )
+    assert loaded["sampling_defaults"] == pytest.approx({"temperature": 0.6, "top_k": 12})
