@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -165,8 +165,25 @@ def _pairs(value: Any) -> Any:
     return pairs
 
 
-#: Fields whose layers merge key by key (a flag adds to a file's table instead of replacing it).
-_MERGED_FIELDS = ("sampling_defaults",)
+def _merged_sampling_defaults(layers: Sequence[tuple[Any, str]]) -> Any:
+    """``sampling_defaults`` of every layer merged key by key (a flag adds to a file's table
+    instead of replacing it), each layer checked so that an error names where it came from.
+    A layer that is not a table is returned as it is, for validation to name the problem."""
+    merged: dict[str, Any] = {}
+    for layer, origin in layers:
+        if layer is None:
+            continue
+        try:
+            parsed = _pairs(layer)
+            if not isinstance(parsed, dict):
+                return parsed
+            GenerationDefaults.from_mapping(parsed)
+        except ValueError as exc:
+            raise ConfigError(
+                f"invalid configuration: sampling_defaults (from {origin}): {exc}"
+            ) from None
+        merged.update(parsed)
+    return merged
 
 
 def _env_values(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -220,28 +237,15 @@ def load_config(
         if value is not None:
             values[key] = value
             sources[key] = "command line"
-    for key in _MERGED_FIELDS:
-        layers = (
-            (file_values.get(key), str(path)),
-            (env_values.get(key), ENV_PREFIX + key.upper()),
-            ((overrides or {}).get(key), "command line"),
+    if "sampling_defaults" in values:
+        key = "sampling_defaults"
+        values[key] = _merged_sampling_defaults(
+            [
+                (file_values.get(key), str(path)),
+                (env_values.get(key), ENV_PREFIX + key.upper()),
+                ((overrides or {}).get(key), "command line"),
+            ]
         )
-        merged: dict[str, Any] = {}
-        for layer, origin in layers:
-            if layer is None:
-                continue
-            try:
-                parsed = _pairs(layer)
-                if isinstance(parsed, dict):
-                    GenerationDefaults.from_mapping(parsed)  # names a bad key of this layer
-            except ValueError as exc:
-                raise ConfigError(f"invalid configuration: {key} (from {origin}): {exc}") from None
-            if not isinstance(parsed, dict):
-                break  # not a table: the value as given, for validation to name the problem
-            merged.update(parsed)
-        else:
-            if key in values:
-                values[key] = merged
     try:
         return ServeConfig.model_validate(values)
     except ValidationError as exc:

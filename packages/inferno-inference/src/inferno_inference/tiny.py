@@ -147,13 +147,13 @@ def reference_greedy_tokens(
     return out
 
 
-def prefill_metadata(n_tokens: int, *, slots: torch.Tensor | None = None) -> AttentionMetadata:
-    """One sequence's first prefill of ``n_tokens`` (positions 0..n-1, written to ``slots``,
-    by default slots 0..n-1), with logits for every token."""
+def prefill_metadata(n_tokens: int) -> AttentionMetadata:
+    """One sequence's first prefill of ``n_tokens`` into cache slots 0..n-1, with logits for
+    every token."""
     positions = torch.arange(n_tokens)
     return AttentionMetadata(
         positions=positions,
-        slot_mapping=positions if slots is None else slots,
+        slot_mapping=positions,
         num_decodes=0,
         decode_slots=None,
         decode_context_lens=None,

@@ -35,14 +35,24 @@ def _integer(key: str, value: Any) -> int:
     return int(number)
 
 
-def _in_range(key: str, value: float) -> bool:
-    if key == "temperature":
-        return 0 <= value <= 2
-    if key in ("top_p", "repetition_penalty"):
-        return 0 < value <= (1 if key == "top_p" else 2)
-    if key == "min_p":
-        return 0 <= value <= 1
-    return value >= (1 if key == "max_tokens" else 0)
+#: Each setting's bounds: (lowest, whether the lowest itself is allowed, highest).
+_BOUNDS: dict[str, tuple[float, bool, float]] = {
+    "temperature": (0, True, 2),
+    "top_p": (0, False, 1),
+    "top_k": (0, True, math.inf),
+    "min_p": (0, True, 1),
+    "repetition_penalty": (0, False, 2),
+    "max_tokens": (1, True, math.inf),
+}
+
+
+def _check_bounds(key: str, value: float) -> None:
+    low, low_ok, high = _BOUNDS[key]
+    if (value > low or (low_ok and value == low)) and value <= high:
+        return
+    if high == math.inf:
+        raise ValueError(f"{key} must be at least {low:g}, got {value!r}")
+    raise ValueError(f"{key} must be in {'[' if low_ok else '('}{low:g}, {high:g}], got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,16 +72,9 @@ class GenerationDefaults:
     max_tokens: int | None = None
 
     def __post_init__(self) -> None:
-        for key, value, expected in (
-            ("temperature", self.temperature, "in [0, 2]"),
-            ("top_p", self.top_p, "in (0, 1]"),
-            ("top_k", self.top_k, "at least 0"),
-            ("min_p", self.min_p, "in [0, 1]"),
-            ("repetition_penalty", self.repetition_penalty, "in (0, 2]"),
-            ("max_tokens", self.max_tokens, "at least 1"),
-        ):
-            if value is not None and not _in_range(key, value):
-                raise ValueError(f"{key} must be {expected}, got {value!r}")
+        for key, value in asdict(self).items():
+            if value is not None:
+                _check_bounds(key, value)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> GenerationDefaults:
