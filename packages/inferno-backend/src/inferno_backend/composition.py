@@ -105,6 +105,7 @@ def engine_config_for(config: ServeConfig) -> EngineConfig:
         weight_quantization=config.weight_quantization,
         cpu_native_decode=config.native_decode,
         kernel_backend=config.kernel_backend,
+        speculative_tokens=config.speculative_tokens,
     )
 
 

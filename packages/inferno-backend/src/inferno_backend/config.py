@@ -45,6 +45,15 @@ class ServeConfig(BaseModel):
         description="int8: per-channel int8 weights for decode steps (CPU only; faster "
         "decoding, output close to but not identical with unquantized weights).",
     )
+    speculative_tokens: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="Prompt-lookup speculation: up to this many draft tokens per decode step, "
+        "copied from earlier text of the same request and verified in one forward pass; "
+        "outputs are unchanged, and text that repeats its prompt (summaries, quotes, code "
+        "edits) decodes faster on a CPU. 0 turns it off.",
+    )
     native_decode: bool = Field(
         default=True,
         description="CPU float32/bfloat16: decode steps of up to 64 sequences in the engine's "

@@ -64,6 +64,14 @@ class _SnapshotCollector(Collector):
         preempt = CounterMetricFamily(
             "inferno:num_preemptions", "Sequences preempted by the scheduler.", labels=["model"]
         )
+        drafted = CounterMetricFamily(
+            "inferno:spec_decode_draft_tokens", "Draft tokens computed by speculation.",
+            labels=["model"],
+        )  # fmt: skip
+        accepted = CounterMetricFamily(
+            "inferno:spec_decode_accepted_tokens", "Draft tokens kept (sampled as drafted).",
+            labels=["model"],
+        )  # fmt: skip
         pool = GaugeMetricFamily(
             "inferno:memory_pool_bytes", "Bytes of the memory pool by kind (current, peak, "
             "reserved).", labels=["model", "kind"],
@@ -77,6 +85,8 @@ class _SnapshotCollector(Collector):
             queries.add_metric(m, s.prefix_cache_queries)
             hits.add_metric(m, s.prefix_cache_hits)
             preempt.add_metric(m, s.preemptions_total)
+            drafted.add_metric(m, s.draft_tokens_total)
+            accepted.add_metric(m, s.accepted_draft_tokens_total)
             for kind, value in (
                 ("current", snap.memory_current_bytes),
                 ("peak", snap.memory_peak_bytes),
@@ -84,7 +94,7 @@ class _SnapshotCollector(Collector):
             ):
                 if value is not None:
                     pool.add_metric([snap.model, kind], value)
-        yield from (running, waiting, kv, kv_free, queries, hits, preempt, pool)
+        yield from (running, waiting, kv, kv_free, queries, hits, preempt, drafted, accepted, pool)
 
 
 class Metrics:

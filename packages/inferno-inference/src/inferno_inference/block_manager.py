@@ -109,6 +109,22 @@ class BlockManager:
         self._register(seq, computed + n)
         return n
 
+    def allocate_drafts(self, seq: Sequence, token_budget: int) -> int:
+        """Reserve blocks for the draft tokens of ``seq`` (``seq.draft_ids``), computed after
+        its last real token, which `allocate` has reserved this step. Keeps the drafts that
+        the budget and the free blocks allow, drops the rest, and returns how many it kept.
+
+        Drafts are never registered in the prefix cache: they may be rejected and their
+        slots written again.
+        """
+        held = len(seq.block_table)
+        capacity = (held + len(self._free)) * self.block_size - seq.num_tokens
+        keep = max(0, min(len(seq.draft_ids), token_budget, capacity))
+        del seq.draft_ids[keep:]
+        for _ in range(self.blocks_needed(seq.num_tokens + keep) - held):
+            seq.block_table.append(self._take_free())
+        return keep
+
     def _take_free(self) -> int:
         block, _ = self._free.popitem(last=False)
         old = self._hash_of[block]

@@ -108,6 +108,23 @@ class EngineConfig(BaseModel):
     num_threads: int | None = Field(
         default=None, ge=1, description="torch intra-op threads on the CPU; default: unchanged."
     )
+    speculative_tokens: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="Prompt-lookup speculation: up to this many draft tokens per decode step, "
+        "copied from where the sequence's last tokens occurred before in its prompt or "
+        "output, and verified in the same forward pass. Outputs are unchanged (every kept "
+        "token is one the request would have produced); a step that drafts computes more "
+        "rows, which pays on a CPU when text repeats its context (summaries, quotes, code "
+        "edits). Such steps run outside CUDA graphs. 0 turns it off.",
+    )
+    prompt_lookup_min: int = Field(
+        default=2, ge=1, le=16, description="Shortest suffix (tokens) matched for a draft."
+    )
+    prompt_lookup_max: int = Field(
+        default=4, ge=1, le=16, description="Longest suffix (tokens) matched for a draft."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EngineConfig:
@@ -115,6 +132,11 @@ class EngineConfig(BaseModel):
             raise ValueError(
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be at least "
                 f"max_num_seqs ({self.max_num_seqs}) so every running sequence can decode"
+            )
+        if self.prompt_lookup_min > self.prompt_lookup_max:
+            raise ValueError(
+                f"prompt_lookup_min ({self.prompt_lookup_min}) must not exceed "
+                f"prompt_lookup_max ({self.prompt_lookup_max})"
             )
         if self.weight_quantization == "int8":
             if not self.device.startswith("cpu"):

@@ -27,6 +27,7 @@ from inferno_inference.runner import ModelRunner
 from inferno_inference.sampler import Sampler
 from inferno_inference.scheduler import Scheduler
 from inferno_inference.sequence import Sequence
+from inferno_inference.speculative import NgramProposer
 from inferno_inference.stops import StopMatcher
 from inferno_inference.types import (
     EmbeddingRequest,
@@ -111,7 +112,10 @@ class LLMEngine:
         eos_token_ids: Seq[int] = (),
         detokenizer_factory: DetokenizerFactory | None = None,
         token_bytes: Callable[[], Seq[bytes]] | None = None,
+        proposer: NgramProposer | None = None,
     ) -> None:
+        """``proposer`` turns on speculation: decoding sequences get its draft tokens
+        verified in their steps (see `inferno_inference.speculative`)."""
         self.scheduler = scheduler
         self.runner = runner
         self.sampler = sampler
@@ -128,6 +132,10 @@ class LLMEngine:
         self._throughput = _Throughput()
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
+        self.proposer = proposer
+        #: Draft tokens computed, and how many of them were kept.
+        self.draft_tokens_total = 0
+        self.accepted_draft_tokens_total = 0
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -252,6 +260,8 @@ class LLMEngine:
 
     def step(self) -> list[GenerationOutput]:
         """Run one scheduling step and return the outputs it produced."""
+        if self.proposer is not None:
+            self._propose(self.proposer)
         batch = self.scheduler.schedule()
         if not batch:
             return []
@@ -259,9 +269,14 @@ class LLMEngine:
             inputs = self.runner.prepare(batch)
             logits = self.runner.execute(inputs)
             for seq, n in zip(batch.seqs, batch.num_tokens, strict=True):
-                seq.num_computed += n
+                seq.num_computed += n - len(seq.draft_ids)  # drafts count once kept
                 self.scheduler.block_manager.commit(seq)
-            result = self.sampler(logits, inputs.sampled) if inputs.sampled else None
+            result = None
+            first_rows: list[int] = []
+            if inputs.sampled:
+                first_rows = _first_rows(inputs.sampled)
+                firsts = logits if len(first_rows) == logits.shape[0] else logits[first_rows]
+                result = self.sampler(firsts, inputs.sampled)
             outputs = [
                 self._pooled(self._requests[seq.request_id], seq)
                 for seq, _, _ in inputs.pooled
@@ -271,13 +286,91 @@ class LLMEngine:
             log.exception("engine step failed", requests=sorted({s.request_id for s in batch.seqs}))
             return self._fail(batch.seqs, f"{type(exc).__name__}: {exc}")
         if result is not None:
-            self._throughput.add(len(inputs.sampled))
-            self.generation_tokens_total += len(inputs.sampled)
-            for seq, token, lp in zip(
-                inputs.sampled, result.token_ids, result.logprobs, strict=True
+            verifying: list[tuple[Sequence, int]] = []
+            for seq, row, token, lp in zip(
+                inputs.sampled, first_rows, result.token_ids, result.logprobs, strict=True
             ):
                 outputs.append(self._append(seq, token, lp))
+                if seq.draft_ids:
+                    verifying.append((seq, row))
+            appended = len(inputs.sampled)
+            if verifying:
+                appended += self._verify(logits, verifying, outputs)
+            self._throughput.add(appended)
+            self.generation_tokens_total += appended
         return outputs
+
+    def _propose(self, proposer: NgramProposer) -> None:
+        """Give each decoding sequence its draft tokens for this step."""
+        for seq in self.scheduler.running:
+            seq.draft_ids = []
+            if seq.num_computed + 1 != seq.num_tokens or seq.pooling is not None:
+                continue
+            if seq.ngram_index is None:
+                seq.ngram_index = proposer.new_index()
+                seq.draft_len = proposer.num_tokens
+            # Drafts past max_tokens would be discarded, and past the context have no slot.
+            limit = min(
+                seq.draft_len,
+                seq.sampling.max_tokens - seq.output_len - 1,
+                self.max_model_len - seq.num_tokens,
+            )
+            seq.draft_ids = proposer.propose(seq.token_ids, seq.ngram_index, limit)
+
+    def _verify(
+        self,
+        logits: torch.Tensor,
+        verifying: list[tuple[Sequence, int]],
+        outputs: list[GenerationOutput],
+    ) -> int:
+        """Sample the drafted positions of ``verifying`` (each sequence with its first logits
+        row, already sampled and appended), one depth at a time across the sequences, while
+        each sampled token equals the draft before it. Appends the outputs; returns how many
+        tokens were added."""
+        added = 0
+        drafts = {id(seq): list(seq.draft_ids) for seq, _ in verifying}
+        kept = dict.fromkeys(drafts, 0)
+        live = verifying
+        depth = 0
+        try:
+            while live:
+                # A draft is kept when the token sampled at its position is the draft itself:
+                # then its K/V (computed from it) is the sequence's, and the next row's logits
+                # are the ones a plain step would have given.
+                live = [
+                    (seq, row)
+                    for seq, row in live
+                    if not seq.finished
+                    and depth < len(drafts[id(seq)])
+                    and seq.token_ids[-1] == drafts[id(seq)][depth]
+                ]
+                if not live:
+                    break
+                for seq, _ in live:
+                    seq.num_computed += 1
+                    kept[id(seq)] += 1
+                depth += 1
+                rows = [row + depth for _, row in live]
+                seqs = [seq for seq, _ in live]
+                result = self.sampler(logits[rows], seqs)
+                for seq, token, lp in zip(seqs, result.token_ids, result.logprobs, strict=True):
+                    outputs.append(self._append(seq, token, lp))
+                added += len(seqs)
+        except Exception as exc:  # as in step: only the sequences still verifying fail
+            log.exception("draft verification failed")
+            outputs.extend(self._fail([s for s, _ in live], f"{type(exc).__name__}: {exc}"))
+        bm = self.scheduler.block_manager
+        k = self.proposer.num_tokens if self.proposer is not None else 0
+        for seq, _ in verifying:
+            n, hit = len(drafts[id(seq)]), kept[id(seq)]
+            self.draft_tokens_total += n
+            self.accepted_draft_tokens_total += hit
+            # Fewer drafts after a miss, more after a full hit: a wrong draft costs rows.
+            seq.draft_len = max(1, seq.draft_len // 2) if hit < n else min(k, seq.draft_len * 2)
+            seq.draft_ids = []
+            if not seq.finished:
+                bm.commit(seq)
+        return added
 
     def _append(self, seq: Sequence, token: int, lp: TokenLogprob | None) -> GenerationOutput:
         req = self._requests[seq.request_id]
@@ -373,4 +466,17 @@ class LLMEngine:
             generation_tokens_total=self.generation_tokens_total,
             preemptions_total=sched.num_preemptions,
             max_num_seqs=sched.max_num_seqs,
+            draft_tokens_total=self.draft_tokens_total,
+            accepted_draft_tokens_total=self.accepted_draft_tokens_total,
         )
+
+
+def _first_rows(sampled: list[Sequence]) -> list[int]:
+    """The logits row of each sampled sequence's next token: one row per sequence, plus one
+    per draft token of those speculating (see `ModelRunner.prepare`)."""
+    rows: list[int] = []
+    at = 0
+    for seq in sampled:
+        rows.append(at)
+        at += 1 + len(seq.draft_ids)
+    return rows

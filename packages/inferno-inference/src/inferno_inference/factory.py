@@ -33,6 +33,7 @@ from inferno_inference.native import (
 from inferno_inference.runner import ModelRunner
 from inferno_inference.sampler import Sampler
 from inferno_inference.scheduler import Scheduler
+from inferno_inference.speculative import NgramProposer
 
 __all__ = ["build_async_engine", "build_llm_engine"]
 
@@ -155,6 +156,7 @@ def build_llm_engine(
         native_decode=use_native,
         native_isa=library.isa if use_native and library is not None else None,
         triton_kernels=model.ops is not None,
+        speculative_tokens=ec.speculative_tokens,
         device=str(device),
     )
     return LLMEngine(
@@ -166,6 +168,11 @@ def build_llm_engine(
         eos_token_ids=eos,
         detokenizer_factory=detokenizer_factory,
         token_bytes=token_bytes or (tokenizer.token_bytes if tokenizer is not None else None),
+        proposer=NgramProposer(
+            ec.speculative_tokens, min_n=ec.prompt_lookup_min, max_n=ec.prompt_lookup_max
+        )
+        if ec.speculative_tokens
+        else None,
     )
 
 

@@ -57,7 +57,12 @@ class ModelRunner:
         self._block_offsets = torch.arange(self.block_size)
 
     def prepare(self, batch: ScheduledBatch) -> StepInputs:
-        """Lay out the batch: single-token steps first (batched attention), then prefills."""
+        """Lay out the batch: single-token steps first (batched attention), then prefills.
+
+        A decode with draft tokens runs as a chunk of its last token and its drafts, and
+        gets ``1 + len(draft_ids)`` logits rows (its drafted positions in order) where any
+        other sampled sequence gets one.
+        """
         bs = self.block_size
         pairs = sorted(zip(batch.seqs, batch.num_tokens, strict=True), key=lambda p: p[1] > 1)
         decodes = [s for s, n in pairs if n == 1]
@@ -80,6 +85,7 @@ class ModelRunner:
         for s, n in pairs[len(decodes) :]:
             p = s.num_computed
             ids.extend(s.token_ids[p : p + n])
+            ids.extend(s.draft_ids)  # a decode's drafts follow its last real token
             positions.extend(range(p, p + n))
             slots = None if p == 0 else self._slots(s.block_table, p + n)
             prefills.append(PrefillSegment(start, start + n, p + n, slots))
@@ -90,8 +96,9 @@ class ModelRunner:
             offset += n
             if s.pooling is not None:
                 pooled.append((s, offset - n, offset))
-            elif s.num_computed + n == s.num_tokens:
-                logits_idx.append(offset - 1)
+            elif s.num_computed + n == s.num_tokens + len(s.draft_ids):
+                # A decode with drafts needs every row: each drafted position is sampled.
+                logits_idx.extend(range(offset - 1 - len(s.draft_ids), offset))
                 sampled.append(s)
         pos = torch.tensor(positions, dtype=torch.long)
         table_of_token = torch.tensor(

@@ -5,6 +5,8 @@ one token, an unfinished prefill takes the next chunk that fits. Waiting sequenc
 in arrival order while the budget, ``max_num_seqs`` and the free blocks allow; a head that does
 not fit blocks those behind it (FIFO). When a running sequence needs a block and none is free,
 the youngest running sequence is preempted: its blocks are freed and it is recomputed later.
+Draft tokens of decoding sequences (speculation) come last: they take the budget and blocks
+left after everything else, and are dropped in a step that had to preempt.
 """
 
 from __future__ import annotations
@@ -81,10 +83,19 @@ class Scheduler:
             counts.append(n)
             budget -= n
         if not preempted:
-            self._admit(chosen, counts, budget)
+            budget = self._admit(chosen, counts, budget)
+        for i, seq in enumerate(chosen):
+            if not seq.draft_ids:
+                continue
+            if preempted or budget <= 0 or seq.num_computed + counts[i] != seq.num_tokens:
+                seq.draft_ids.clear()
+                continue
+            kept = self.block_manager.allocate_drafts(seq, budget)
+            counts[i] += kept
+            budget -= kept
         return ScheduledBatch(tuple(chosen), tuple(counts), tuple(preempted))
 
-    def _admit(self, chosen: list[Sequence], counts: list[int], budget: int) -> None:
+    def _admit(self, chosen: list[Sequence], counts: list[int], budget: int) -> int:
         skipped: list[Sequence] = []
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
@@ -105,8 +116,10 @@ class Scheduler:
             counts.append(n)
             budget -= n
         self.waiting.extendleft(reversed(skipped))
+        return budget
 
     def _preempt(self, seq: Sequence) -> None:
+        seq.draft_ids.clear()
         self.block_manager.free(seq)
         self.running.remove(seq)
         seq.status = SequenceStatus.WAITING

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from inferno_inference.json_mode import JsonConstraint
+from inferno_inference.speculative import NgramIndex
 from inferno_inference.stops import StopMatcher
 from inferno_inference.types import FinishReason, Pooling, SamplingParams, TokenLogprob
 
@@ -61,6 +62,11 @@ class Sequence:
     constraint: JsonConstraint | None = None  # JSON mode: which tokens may come next
     pooling: Pooling | None = None
     pooled: torch.Tensor | None = None  # fp32 [hidden]: a sum (mean pooling) or the last row
+    # Speculation: this step's draft tokens (computed after the last real token, not part of
+    # ``token_ids``), the n-gram index they come from, and how many to propose next.
+    draft_ids: list[int] = field(default_factory=list)
+    ngram_index: NgramIndex | None = None
+    draft_len: int = 0
 
     @property
     def num_tokens(self) -> int:

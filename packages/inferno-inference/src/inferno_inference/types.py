@@ -190,6 +190,8 @@ class EngineStats:
     generation_tokens_total: int = 0
     preemptions_total: int = 0
     max_num_seqs: int = 0
+    draft_tokens_total: int = 0
+    accepted_draft_tokens_total: int = 0
 
     @property
     def kv_usage(self) -> float:

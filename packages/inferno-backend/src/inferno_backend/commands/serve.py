@@ -38,6 +38,12 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--weight-quantization", choices=["none", "int8"], help="int8 weights for decode (CPU)"
     )
+    p.add_argument(
+        "--speculative-tokens",
+        type=int,
+        metavar="N",
+        help="draft up to N tokens per decode step from the request's own text (default 0: off)",
+    )
     p.add_argument("--api-key", action="append", dest="api_keys", help="accepted API key")
     p.add_argument("--admin-key", help="key of the /v1/admin routes")
     p.add_argument("--discovery", help="memory:// (default) or etcd://HOST:PORT")
@@ -85,7 +91,7 @@ _FLAG_FIELDS = (
     "api_keys", "admin_key",
     "discovery", "discovery_ttl", "max_num_seqs", "max_model_len", "kv_cache_bytes",
     "drain_timeout_s", "log_format", "log_level", "warmup", "native_decode", "kernel_backend",
-    "sampling_defaults", "model_sampling_defaults",
+    "sampling_defaults", "model_sampling_defaults", "speculative_tokens",
 )  # fmt: skip
 
 
