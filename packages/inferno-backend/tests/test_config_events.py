@@ -192,3 +192,18 @@ def test_a_cuda_daemon_watches_its_gpu_through_nvml() -> None:
     assert nvml_index(1, " 3, 2 ") == 2
     assert nvml_index(0, "GPU-8f6a2c1e-0000") is None
     assert nvml_index(2, "0,1") is None
+
+
+def test_speculative_tokens_reach_the_engine_config() -> None:
+    from inferno_backend.cli import build_parser
+    from inferno_backend.commands.serve import _FLAG_FIELDS
+    from inferno_backend.composition import engine_config_for
+
+    args = build_parser().parse_args(["serve", "--speculative-tokens", "4"])
+    overrides = {name: getattr(args, name, None) for name in _FLAG_FIELDS}
+    assert engine_config_for(load_config(env={}, overrides=overrides)).speculative_tokens == 4
+    assert engine_config_for(load_config(env={})).speculative_tokens == 0
+    env = {"INFERNO_SPECULATIVE_TOKENS": "6"}
+    assert engine_config_for(load_config(env=env)).speculative_tokens == 6
+    with pytest.raises(ConfigError, match="speculative_tokens"):
+        load_config(env={"INFERNO_SPECULATIVE_TOKENS": "99"})

@@ -218,6 +218,8 @@ async def test_request_finished_event_and_metrics(make_client: MakeClient) -> No
     assert 'inferno:time_to_first_token_seconds_count{model="default"} 1.0' in text
     assert 'inferno:e2e_request_latency_seconds_count{model="default"} 1.0' in text
     assert 'inferno:num_requests_running{model="default"} 0.0' in text
+    assert 'inferno:spec_decode_draft_tokens_total{model="default"} 0.0' in text
+    assert 'inferno:spec_decode_accepted_tokens_total{model="default"} 0.0' in text
     assert 'inferno:memory_pool_bytes{kind="current",model="default"}' in text
     assert "inferno:structured_requests_total{" not in text  # plain text was asked for
     await client.post(

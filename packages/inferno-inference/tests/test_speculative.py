@@ -154,6 +154,22 @@ def test_drafts_come_after_admission_and_go_in_a_step_that_preempts() -> None:
     assert young.draft_ids == []
 
 
+def test_drafts_only_fill_a_step_up_to_its_draft_limit() -> None:
+    bm = BlockManager(64, 4)
+    sched = Scheduler(bm, max_num_seqs=4, max_num_batched_tokens=64, max_draft_step_tokens=4)
+    seqs = [Sequence(i, f"r{i}", 0, [i] * 3, 3, SamplingParams(), float(i)) for i in range(2)]
+    for seq in seqs:
+        sched.add(seq)
+    sched.schedule()
+    for seq in seqs:
+        seq.num_computed = 3
+        seq.token_ids.append(9)
+        seq.draft_ids = [1, 2, 3]
+    batch = sched.schedule()
+    assert batch.num_tokens == (3, 1)  # the oldest takes the two draft slots left
+    assert seqs[1].draft_ids == []
+
+
 def _run(engine: LLMEngine, requests: Seq[GenerationRequest]) -> dict[tuple[str, int], dict]:
     """Every output of every choice, stepped to the end: tokens, text, finish, logprobs."""
     for request in requests:
@@ -211,7 +227,12 @@ SAMPLINGS = {
 def test_outputs_equal_plain_decoding(name: str, native: bool) -> None:
     sp = SAMPLINGS[name]
     plain = tiny_llm_engine(cpu_native_decode=native)
-    spec = tiny_llm_engine(cpu_native_decode=native, speculative_tokens=4, prompt_lookup_min=1)
+    spec = tiny_llm_engine(
+        cpu_native_decode=native,
+        speculative_tokens=4,
+        prompt_lookup_min=1,
+        speculative_step_tokens=64,  # drafts for every sequence of the batch
+    )
     _assert_same(_run(plain, _requests(sp, name)), _run(spec, _requests(sp, name)))
     stats = spec.stats()
     assert stats.draft_tokens_total > 0

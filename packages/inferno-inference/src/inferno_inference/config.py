@@ -119,6 +119,14 @@ class EngineConfig(BaseModel):
         "rows, which pays on a CPU when text repeats its context (summaries, quotes, code "
         "edits). Such steps run outside CUDA graphs. 0 turns it off.",
     )
+    speculative_step_tokens: int = Field(
+        default=8,
+        ge=2,
+        description="Drafts fill a step up to this many tokens in all, real ones included: "
+        "none join a step that is already this large. On a CPU every row of a step costs "
+        "compute, and past about 8 rows a draft (kept about half the time) costs more than "
+        "it saves; a GPU, where rows are nearly free until the batch is large, can take more.",
+    )
     prompt_lookup_min: int = Field(
         default=2, ge=1, le=16, description="Shortest suffix (tokens) matched for a draft."
     )

@@ -111,6 +111,7 @@ def build_llm_engine(
         block_manager,
         max_num_seqs=ec.max_num_seqs,
         max_num_batched_tokens=ec.max_num_batched_tokens,
+        max_draft_step_tokens=ec.speculative_step_tokens,
     )
     graphs = None
     if device.type == "cuda" and ec.cuda_graphs:

@@ -6,7 +6,8 @@ in arrival order while the budget, ``max_num_seqs`` and the free blocks allow; a
 not fit blocks those behind it (FIFO). When a running sequence needs a block and none is free,
 the youngest running sequence is preempted: its blocks are freed and it is recomputed later.
 Draft tokens of decoding sequences (speculation) come last: they take the budget and blocks
-left after everything else, and are dropped in a step that had to preempt.
+left after everything else (and at most what fills the step to ``max_draft_step_tokens``),
+and are dropped in a step that had to preempt.
 """
 
 from __future__ import annotations
@@ -42,11 +43,19 @@ class Scheduler:
     """Decides which sequences run each step; owned by the stepping thread."""
 
     def __init__(
-        self, block_manager: BlockManager, *, max_num_seqs: int, max_num_batched_tokens: int
+        self,
+        block_manager: BlockManager,
+        *,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        max_draft_step_tokens: int | None = None,
     ) -> None:
+        """``max_draft_step_tokens``: drafts only fill a step up to this many tokens in all
+        (``None``: up to the token budget)."""
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_draft_step_tokens = max_draft_step_tokens
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -84,6 +93,8 @@ class Scheduler:
             budget -= n
         if not preempted:
             budget = self._admit(chosen, counts, budget)
+        if self.max_draft_step_tokens is not None:
+            budget = min(budget, self.max_draft_step_tokens - sum(counts))
         for i, seq in enumerate(chosen):
             if not seq.draft_ids:
                 continue
