@@ -94,6 +94,11 @@ def test_generate_prints_only_text(models_dir: Path, capsys: pytest.CaptureFixtu
     assert capsys.readouterr().out == first  # seeded: reproducible
     assert main([*argv, "--chat"]) == 0
     assert capsys.readouterr().out.endswith("\n")
+    # Speculation changes nothing in the text, sampled or greedy.
+    assert main([*argv, "--temperature", "0.8", "--speculative-tokens", "4"]) == 0
+    assert capsys.readouterr().out == first
+    assert main([*argv, "--speculative-tokens", "99"]) == 1
+    assert "speculative_tokens" in capsys.readouterr().err
 
 
 def test_generate_rejects_bad_input(models_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

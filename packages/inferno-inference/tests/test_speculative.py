@@ -16,8 +16,9 @@ from inferno_inference.engine import LLMEngine
 from inferno_inference.scheduler import Scheduler
 from inferno_inference.sequence import Sequence
 from inferno_inference.speculative import NgramProposer
-from inferno_inference.tiny import tiny_llm_engine
+from inferno_inference.tiny import choice_bytes, tiny_llm_engine
 from inferno_inference.types import GenerationOutput, GenerationRequest, SamplingParams
+from inferno_models.testing import tiny_config
 from pydantic import ValidationError
 
 # Prompts with repeats in them (drafts from the prompt) and without; a random tiny model's
@@ -328,3 +329,32 @@ def test_streaming_through_the_async_engine_gives_every_token_in_order() -> None
         return got
 
     _assert_same(plain, asyncio.run(stream()))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_json_mode_choices_equal_plain_decoding(temperature: float) -> None:
+    # The automaton advances with every kept token, so each drafted position is masked with
+    # the state a plain step would have had.
+    vocab = [
+        *(bytes([b]) for b in range(32, 127)),
+        b'{"',
+        b'": ',
+        b", ",
+        b"}",
+        b"",  # end of sequence
+    ]
+    eos = len(vocab) - 1
+    vocab += [b"x"] * (tiny_config().vocab_size - len(vocab))
+    sampling = SamplingParams(
+        max_tokens=120, temperature=temperature, seed=1, n=2, response_format="json_object"
+    )
+    runs = []
+    for k in (0, 4):
+        engine = tiny_llm_engine(
+            seed=3, token_bytes=vocab, speculative_tokens=k, prompt_lookup_min=1
+        )
+        engine.eos_token_ids = frozenset({eos})
+        runs.append(choice_bytes(engine, GenerationRequest("j", (5, 6, 7, 5, 6), sampling), vocab))
+        assert engine.stats().kv_blocks_used == 0
+    assert runs[1] == runs[0]
+    assert engine.stats().accepted_draft_tokens_total > 0

@@ -1,5 +1,6 @@
-"""Frees from finalizers that a garbage collection runs inside a resource's own critical
-section: they are queued and run when the section ends, instead of deadlocking."""
+"""Finalizers that a garbage collection runs inside a resource's own critical section: their
+frees are queued and run when the section ends, and their allocations fail with
+`ResourceBusyError`, instead of deadlocking."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from inferno_memory import (
     LimitingAdaptor,
     MemoryResource,
     PoolMemoryResource,
+    ResourceBusyError,
     StatisticsAdaptor,
     TrackingAdaptor,
 )
@@ -301,3 +303,86 @@ def test_thousands_of_queued_frees_drain_in_a_loop_not_a_recursion(
     assert not pool._lock.pending
     assert pool.stats().current_count == 0
     assert pool.free_block_count == pool.slab_count
+
+
+def _cyclic_garbage_allocating(resource: MemoryResource, seen: list[object]) -> None:
+    """Garbage whose finalizer allocates from ``resource`` and records what it got: the
+    allocation, or the exception."""
+    holder = _Cycle()
+    holder.me = holder
+
+    def allocate() -> None:
+        try:
+            seen.append(resource.allocate(256))
+        except Exception as exc:
+            seen.append(exc)
+
+    weakref.finalize(holder, allocate)
+
+
+@pytest.mark.usefixtures("no_automatic_gc")
+def test_a_finalizer_allocating_inside_the_pools_section_fails_instead_of_hanging(
+    core: CoreChoice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lock_module, "REENTRY_WAIT_S", 0.05)
+    upstream = _CollectingUpstream()
+    pool = PoolMemoryResource(upstream, "4KiB", slab_size="4KiB", core=core)
+    seen: list[object] = []
+    _cyclic_garbage_allocating(pool, seen)
+
+    def grow() -> None:
+        pool.deallocate(pool.allocate(8192))  # grows under the lock: the finalizer runs there
+
+    _finishes(grow)
+    assert len(seen) == 1
+    assert isinstance(seen[0], ResourceBusyError)
+    assert "finalizer" in str(seen[0])
+    # The interrupted section finished cleanly, and the pool serves as before.
+    assert pool.stats().current_count == 0
+    pool.deallocate(pool.allocate(100))
+    assert pool.free_block_count == pool.slab_count
+
+
+@pytest.mark.usefixtures("no_automatic_gc")
+def test_a_finalizer_allocating_from_an_adaptor_in_its_section_fails_instead_of_hanging(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(lock_module, "REENTRY_WAIT_S", 0.05)
+    limiting = LimitingAdaptor(HostMemoryResource(), "1MiB")
+    seen: list[object] = []
+    _cyclic_garbage_allocating(limiting, seen)
+
+    def collect_inside() -> None:
+        with limiting._lock:  # the adaptor's own section, as its allocate holds it
+            gc.collect()
+
+    _finishes(collect_inside)
+    assert len(seen) == 1
+    assert isinstance(seen[0], ResourceBusyError)
+    assert limiting.allocated_bytes == 0
+
+
+@pytest.mark.usefixtures("no_automatic_gc")
+def test_a_finalizer_allocating_while_another_thread_holds_the_lock_waits_for_it() -> None:
+    # The holder is not the collecting thread: the finalizer waits, then gets its memory.
+    pool = PoolMemoryResource(HostMemoryResource(), "64KiB")
+    seen: list[object] = []
+    _cyclic_garbage_allocating(pool, seen)
+    held = threading.Event()
+    release = threading.Event()
+
+    def holder() -> None:
+        with pool._lock:
+            held.set()
+            release.wait(10)
+
+    other = threading.Thread(target=holder, daemon=True)
+    other.start()
+    assert held.wait(10)
+    threading.Timer(0.2, release.set).start()
+    _finishes(gc.collect)  # type: ignore[arg-type]
+    other.join(10)
+    assert len(seen) == 1
+    assert isinstance(seen[0], Allocation)
+    pool.deallocate(seen[0])
+    assert pool.stats().current_count == 0

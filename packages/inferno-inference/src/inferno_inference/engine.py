@@ -302,8 +302,13 @@ class LLMEngine:
 
     def _propose(self, proposer: NgramProposer) -> None:
         """Give each decoding sequence its draft tokens for this step."""
-        for seq in self.scheduler.running:
+        running = self.scheduler.running
+        for seq in running:
             seq.draft_ids = []
+        cap = self.scheduler.max_draft_step_tokens
+        if cap is not None and len(running) >= cap:
+            return  # the real tokens alone fill the step
+        for seq in running:
             if seq.num_computed + 1 != seq.num_tokens or seq.pooling is not None:
                 continue
             if seq.ngram_index is None:

@@ -28,6 +28,7 @@ from inferno_memory.errors import (
     LimitExceededError,
     MemoryConfigError,
     OutOfMemoryError,
+    ResourceBusyError,
 )
 from inferno_memory.host import HostMemoryResource
 from inferno_memory.pool import BlockInfo, CoreChoice, PoolMemoryResource
@@ -63,6 +64,7 @@ __all__ = [
     "OutOfMemoryError",
     "PinnedHostMemoryResource",
     "PoolMemoryResource",
+    "ResourceBusyError",
     "Size",
     "StatisticsAdaptor",
     "StatisticsSource",

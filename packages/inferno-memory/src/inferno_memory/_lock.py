@@ -17,6 +17,13 @@ critical section and nothing else. Knowing that a collection is running costs on
 Outside a collection nothing is deferred: a thread that finds the lock taken waits as usual.
 Only a collection can run a finalizer inside these sections, because their code never drops
 the last reference to anything a caller made.
+
+A finalizer that allocates (or reads statistics) cannot be queued: it needs the answer now.
+If the lock is taken while its thread runs a collection, the holder may be another thread,
+which will release it within microseconds, or this one, which never will. Entering the lock
+then waits a bounded time (`REENTRY_WAIT_S`) and raises `ResourceBusyError` instead of
+hanging; the exception surfaces in the finalizer (Python reports it as ignored there) and
+the interrupted section goes on.
 """
 
 from __future__ import annotations
@@ -30,11 +37,17 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from inferno_memory.allocation import Allocation
+from inferno_memory.errors import ResourceBusyError
 
-__all__ = ["ResourceLock"]
+__all__ = ["REENTRY_WAIT_S", "ResourceLock"]
 
 _log = logging.getLogger(__name__)
 _get_ident = threading.get_ident
+
+#: How long entering a lock taken during a collection on this thread waits before deciding
+#: that this thread holds it itself. Other holders' sections last microseconds (a slab from
+#: cudaMalloc: milliseconds).
+REENTRY_WAIT_S = 2.0
 
 # The identifier of the thread running a garbage collection, 0 when none runs. Collections
 # never overlap (CPython runs one at a time), so one value is enough.
@@ -119,8 +132,24 @@ class ResourceLock:
         if self.pending:
             self.run_pending()
 
-    def __enter__(self) -> ResourceLock:
+    def wait(self) -> None:
+        """Take the lock after a failed non-blocking ``acquire``: blocking, except during a
+        collection on this thread, where it waits `REENTRY_WAIT_S` at most and then raises
+        `ResourceBusyError` (the holder is presumably the section the collection
+        interrupted)."""
+        if _collecting and _collecting == _get_ident():
+            if not self._acquire(True, REENTRY_WAIT_S):
+                raise ResourceBusyError(
+                    "a finalizer used this memory resource during a garbage collection that "
+                    "interrupted the resource's own critical section on the same thread; "
+                    "only frees may run there (they are queued)"
+                )
+            return
         self._acquire()
+
+    def __enter__(self) -> ResourceLock:
+        if not self._acquire(False):
+            self.wait()
         return self
 
     def __exit__(

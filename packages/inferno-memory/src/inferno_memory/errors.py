@@ -16,6 +16,7 @@ __all__ = [
     "LimitExceededError",
     "MemoryConfigError",
     "OutOfMemoryError",
+    "ResourceBusyError",
 ]
 
 
@@ -58,6 +59,13 @@ class DoubleFreeError(InfernoMemoryError):
 
 class ForeignAllocationError(InfernoMemoryError):
     """An allocation was handed to a resource that did not make it."""
+
+
+class ResourceBusyError(InfernoMemoryError, RuntimeError):
+    """A finalizer run by a garbage collection asked a resource for memory (or its
+    statistics) while the collection had interrupted that resource's own critical section
+    on the same thread: waiting would hang the thread for good, so the call fails instead.
+    Frees from finalizers never see this: they are queued."""
 
 
 class BackendUnavailableError(InfernoMemoryError, ImportError):

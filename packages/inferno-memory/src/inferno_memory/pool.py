@@ -151,7 +151,8 @@ class PoolMemoryResource:
         """Best-fit ``nbytes`` from the free blocks, growing by a slab when none fits."""
         if type(nbytes) is not int or nbytes < 0:  # exact-int fast path; validate the rest
             nbytes = check_request(nbytes)
-        self._acquire()
+        if not self._acquire(False):
+            self._lock.wait()  # raises rather than hang a finalizer inside this pool
         try:
             allocation = self._take(nbytes)
             if allocation is None:
@@ -169,7 +170,7 @@ class PoolMemoryResource:
         if not self._acquire(False):
             if self._lock.defer_if_busy(self, allocation):
                 return  # a finalizer during a collection: freed when the lock is released
-            self._acquire()
+            self._lock.wait()
         try:
             refused = self._give(allocation)
         finally:
