@@ -81,3 +81,6 @@ def test_speculating_daemon_answers_as_the_plain_engine(server: ServeProcess) ->
     drafted = _counter(metrics, "inferno:spec_decode_draft_tokens")
     kept = _counter(metrics, "inferno:spec_decode_accepted_tokens")
     assert 0 < kept <= drafted
+    status = server.get_json("/v1/status")
+    rate = status["models"]["default"]["spec_decode_acceptance_rate"]  # type: ignore[index]
+    assert rate == pytest.approx(kept / drafted, abs=1e-5)

@@ -180,6 +180,7 @@ class Orchestrator:
                 "kv_blocks_free": st.kv_blocks_total - st.kv_blocks_used,
                 "free_slots": st.free_slots,
                 "prefix_cache_hit_rate": round(st.prefix_hit_rate, 6),
+                "spec_decode_acceptance_rate": round(st.draft_acceptance_rate, 6),
                 "tokens_per_second": round(st.tokens_per_second, 3),
             }
         mem = self.memory.stats()

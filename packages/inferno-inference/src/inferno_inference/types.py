@@ -206,6 +206,13 @@ class EngineStats:
         )
 
     @property
+    def draft_acceptance_rate(self) -> float:
+        """Fraction of speculation's draft tokens that were kept (0 without speculation)."""
+        if not self.draft_tokens_total:
+            return 0.0
+        return self.accepted_draft_tokens_total / self.draft_tokens_total
+
+    @property
     def free_slots(self) -> int:
         """Sequences that could still join the running batch."""
         return max(0, self.max_num_seqs - self.running)
