@@ -51,7 +51,8 @@ class ServeConfig(BaseModel):
         le=16,
         description="Prompt-lookup speculation: up to this many draft tokens per decode step, "
         "copied from earlier text of the same request and verified in one forward pass; "
-        "outputs are unchanged, and text that repeats its prompt (summaries, quotes, code "
+        "outputs are plain decoding's (in bf16 up to kernel rounding), and text that repeats "
+        "its prompt (summaries, quotes, code "
         "edits) decodes faster on a CPU. 0 turns it off.",
     )
     native_decode: bool = Field(

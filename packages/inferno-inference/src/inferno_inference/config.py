@@ -114,8 +114,9 @@ class EngineConfig(BaseModel):
         le=16,
         description="Prompt-lookup speculation: up to this many draft tokens per decode step, "
         "copied from where the sequence's last tokens occurred before in its prompt or "
-        "output, and verified in the same forward pass. Outputs are unchanged (every kept "
-        "token is one the request would have produced); a step that drafts computes more "
+        "output, and verified in the same forward pass. Every kept token is one the request "
+        "would have produced (in bf16, up to the rounding of the chunk kernels a drafted "
+        "position runs in, which a near-tie can feel); a step that drafts computes more "
         "rows, which pays on a CPU when text repeats its context (summaries, quotes, code "
         "edits). Such steps run outside CUDA graphs. 0 turns it off.",
     )

@@ -7,7 +7,10 @@ engine computes the guessed tokens in the same forward pass as the sequence's re
 token, samples each position in turn, and keeps the guesses up to the first one the sampled
 token disagrees with, plus that sampled token. Every kept token is one the sequence would
 have produced without the guess, with the same parameters and the same random draws, so the
-output is unchanged; a step only costs more rows.
+output is unchanged; a step only costs more rows. (Exactly so in fp32. In bf16 a drafted
+position's logits come from the chunk kernels, which round differently from the decode
+kernels, so a near-tie can go the other way, as it can when a prompt is chunked
+differently.)
 
 On a CPU a decode step reads every weight once whatever the row count, so a few more rows
 cost little (the SmolLM2-135M bf16 step: about 11 ms for one row, 18 ms for five).
