@@ -9,13 +9,11 @@ from pathlib import Path
 
 import openai
 import pytest
-from inferno_inference.config import EngineConfig
-from inferno_inference.factory import build_llm_engine
-from inferno_inference.types import GenerationRequest, SamplingParams
-from inferno_memory import HostMemoryResource
+from inferno_inference.types import SamplingParams
 from inferno_models import LlamaLoader
 from inferno_models.testing import random_weights, tiny_config, write_tiny_gguf
 
+from .local_engine import local_text
 from .serve_daemon import ServeProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -42,18 +40,7 @@ def test_greedy_completion_equals_the_engine_in_process(
 ) -> None:
     loaded = LlamaLoader().load(model_path)
     prompt = loaded.tokenizer.encode("the theater", add_special_tokens=True)
-    engine = build_llm_engine(
-        loaded.config,
-        loaded.weights,
-        EngineConfig(dtype="float32"),
-        HostMemoryResource(),
-        tokenizer=loaded.tokenizer,
-    )
-    sp = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
-    engine.add_request(GenerationRequest("local", tuple(prompt), sp))
-    text = ""
-    while engine.has_work():
-        text += "".join(o.text for o in engine.step())
+    text = local_text(loaded, prompt, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True))
     with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0) as client:
         assert [m.id for m in client.models.list()] == ["qwen"]
         out = client.completions.create(

@@ -10,12 +10,10 @@ from collections.abc import Iterator
 
 import openai
 import pytest
-from inferno_inference.config import EngineConfig
-from inferno_inference.factory import build_llm_engine
-from inferno_inference.types import GenerationRequest, SamplingParams
-from inferno_memory import HostMemoryResource
+from inferno_inference.types import SamplingParams
 from inferno_models import LlamaLoader, default_model_path
 
+from .local_engine import local_text
 from .serve_daemon import ServeProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -41,19 +39,7 @@ def _plain_text() -> str:
         [{"role": "user", "content": QUESTION}], add_generation_prompt=True
     )
     prompt = loaded.tokenizer.encode(rendered, add_special_tokens=False)
-    engine = build_llm_engine(
-        loaded.config,
-        loaded.weights,
-        EngineConfig(dtype="float32"),
-        HostMemoryResource(),
-        tokenizer=loaded.tokenizer,
-    )
-    sp = SamplingParams(max_tokens=MAX_TOKENS, temperature=0)
-    engine.add_request(GenerationRequest("plain", tuple(prompt), sp))
-    text = ""
-    while engine.has_work():
-        text += "".join(o.text for o in engine.step())
-    return text
+    return local_text(loaded, prompt, SamplingParams(max_tokens=MAX_TOKENS, temperature=0))
 
 
 def _counter(text: str, name: str) -> float:
