@@ -56,6 +56,50 @@ def test_chat_greedy_answers(client: openai.OpenAI) -> None:
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
 
 
+def test_responses_api_answers_like_chat(client: openai.OpenAI) -> None:
+    # The openai client's Responses API: the same greedy answer as the chat route, whole,
+    # streamed as typed events, and through the client's own stream accumulator.
+    chat = client.chat.completions.create(
+        model="default", messages=MESSAGES, max_tokens=16, temperature=0
+    )
+    expected = chat.choices[0].message.content
+    resp = client.responses.create(
+        model="default",
+        input="What is the capital of France?",
+        max_output_tokens=16,
+        temperature=0,
+    )
+    assert resp.output_text == expected
+    assert "Paris" in resp.output_text
+    assert resp.status in ("completed", "incomplete")
+    assert resp.usage is not None
+    assert resp.usage.output_tokens == chat.usage.completion_tokens  # type: ignore[union-attr]
+    events = list(
+        client.responses.create(
+            model="default",
+            input=[{"role": "user", "content": "What is the capital of France?"}],
+            max_output_tokens=16,
+            temperature=0,
+            stream=True,
+        )
+    )
+    assert events[0].type == "response.created"
+    streamed = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert streamed == expected
+    assert events[-1].type in ("response.completed", "response.incomplete")
+    with client.responses.stream(
+        model="default",
+        input="What is the capital of France?",
+        max_output_tokens=16,
+        temperature=0,
+    ) as stream:
+        final = stream.get_final_response()
+    assert final.output_text == expected
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(model="default", input="x", previous_response_id="resp_1")
+    assert "keeps no responses" in str(err.value)
+
+
 def test_chat_json_mode_gives_json_objects(client: openai.OpenAI) -> None:
     messages: list[ChatCompletionMessageParam] = [
         {

@@ -137,6 +137,7 @@ def test_every_route_is_described() -> None:
         "GET /v1/models/{model}",
         "POST /v1/chat/completions",
         "POST /v1/completions",
+        "POST /v1/responses",
         "POST /v1/embeddings",
         "POST /tokenize",
         "POST /detokenize",

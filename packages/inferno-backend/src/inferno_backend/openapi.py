@@ -17,6 +17,7 @@ from inferno_backend.api.schemas import (
     CompletionRequest,
     DetokenizeRequest,
     EmbeddingsRequest,
+    ResponsesRequest,
     TokenizeRequest,
 )
 
@@ -97,6 +98,7 @@ def build_openapi(server_url: str | None = None) -> dict[str, Any]:
     models: list[type[BaseModel]] = [
         ChatCompletionRequest,
         CompletionRequest,
+        ResponsesRequest,
         EmbeddingsRequest,
         TokenizeRequest,
         DetokenizeRequest,
@@ -122,6 +124,9 @@ def build_openapi(server_url: str | None = None) -> dict[str, Any]:
                 "Create a chat completion.", ChatCompletionRequest, stream=True
             ),
             "/v1/completions": _post("Create a text completion.", CompletionRequest, stream=True),
+            "/v1/responses": _post(
+                "Create a response (Responses API, text only).", ResponsesRequest, stream=True
+            ),
             "/v1/embeddings": _post(
                 "Create embeddings of text or token ids.", EmbeddingsRequest, stream=False
             ),

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from inferno_backend.api import admin, embedding_routes, health_routes, openai_routes, token_routes
+from inferno_backend.api import (
+    admin,
+    embedding_routes,
+    health_routes,
+    openai_routes,
+    responses_routes,
+    token_routes,
+)
 from inferno_backend.api.keys import CONFIG, METRICS, ORCHESTRATOR
 from inferno_backend.api.middleware import build_middlewares
 from inferno_backend.metrics import Metrics
@@ -33,6 +40,7 @@ def build_app(
     app[METRICS] = metrics
     app[ORCHESTRATOR] = orchestrator
     app.add_routes(openai_routes.routes)
+    app.add_routes(responses_routes.routes)
     app.add_routes(token_routes.routes)
     app.add_routes(embedding_routes.routes)
     app.add_routes(health_routes.routes)

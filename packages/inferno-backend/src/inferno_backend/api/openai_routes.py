@@ -35,7 +35,16 @@ from inferno_backend.api.schemas import ChatCompletionRequest, ChatMessage, Comp
 from inferno_backend.api.tools import ToolCallStream, ToolPlan, call_body, conversation
 from inferno_backend.orchestrator import ModelNotServedError, NotAdmittingError, ServedModel
 
-__all__ = ["routes"]
+__all__ = [
+    "admitted",
+    "collect",
+    "encode",
+    "final_usage",
+    "parse_body",
+    "render_chat",
+    "routes",
+    "start_generation",
+]
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -99,7 +108,8 @@ def render_chat(
         ) from None
 
 
-def _generation(request: web.Request, served: ServedModel, rid: str, **kw: Any) -> Generation:
+def start_generation(request: web.Request, served: ServedModel, rid: str, **kw: Any) -> Generation:
+    """A `Generation` of this request on ``served``, observed by the app's metrics and bus."""
     return Generation(
         served=served,
         request_id=rid,
@@ -159,7 +169,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             defaults=served.sampling_defaults,
         )
         rid = f"chatcmpl-{uuid.uuid4().hex}"
-        gen = _generation(
+        gen = start_generation(
             request,
             served,
             rid,
@@ -175,7 +185,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             return chat_logprobs(tokenizer, logprobs, top) if body.logprobs else None
 
         if not body.stream:
-            states = await _collect(request, gen, body.n)
+            states = await collect(request, gen, body.n)
             choices = []
             for i, s in enumerate(states):
                 text = "".join(s.text)
@@ -200,7 +210,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                     **head,
                     "object": "chat.completion",
                     "choices": choices,
-                    "usage": usage_body(_usage(gen, states)),
+                    "usage": usage_body(final_usage(gen, states)),
                 }
             )
 
@@ -274,12 +284,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
             body, max_tokens=max_tokens, logprobs=body.logprobs, defaults=served.sampling_defaults
         )
         rid = f"cmpl-{uuid.uuid4().hex}"
-        gen = _generation(request, served, rid, prompts=prompts, sampling=sampling)
+        gen = start_generation(request, served, rid, prompts=prompts, sampling=sampling)
         head = {"id": rid, "created": int(time.time()), "model": served.name}
         n = body.n
 
         if not body.stream:
-            states = await _collect(request, gen, n * len(prompts))
+            states = await collect(request, gen, n * len(prompts))
             choices = []
             for i, s in enumerate(states):
                 prefix = texts[i // n] if body.echo else ""
@@ -299,7 +309,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
                     **head,
                     "object": "text_completion",
                     "choices": choices,
-                    "usage": usage_body(_usage(gen, states)),
+                    "usage": usage_body(final_usage(gen, states)),
                 }
             )
 
@@ -333,7 +343,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         )
 
 
-async def _collect(request: web.Request, gen: Generation, choices: int) -> list[ChoiceState]:
+async def collect(request: web.Request, gen: Generation, choices: int) -> list[ChoiceState]:
     """Run a non-streamed request to the end; 500 if the engine failed it."""
     states = [ChoiceState() for _ in range(choices)]
     n = gen.sampling.n
@@ -356,7 +366,8 @@ async def _collect(request: web.Request, gen: Generation, choices: int) -> list[
     return states
 
 
-def _usage(gen: Generation, states: list[ChoiceState]) -> Usage:
+def final_usage(gen: Generation, states: list[ChoiceState]) -> Usage:
+    """The engine's usage of a finished generation, or one counted from its choices."""
     if gen.usage is not None:
         return gen.usage
     return Usage(sum(len(p) for p in gen.prompts), sum(len(s.token_ids) for s in states))

@@ -27,6 +27,11 @@ __all__ = [
     "JsonSchemaFormat",
     "NamedToolChoice",
     "ResponseFormat",
+    "ResponseInputMessage",
+    "ResponseInputText",
+    "ResponseTextConfig",
+    "ResponseTextFormat",
+    "ResponsesRequest",
     "SamplingFields",
     "StreamOptions",
     "TextContentPart",
@@ -593,3 +598,138 @@ class EmbeddingsRequest(BaseModel):
     def inputs(self) -> list[str | list[int]]:
         """The batch of inputs: each a string or a list of token ids."""
         return _as_batch(self.input)
+
+
+class ResponseInputText(BaseModel):
+    """One text part of a Responses API input message."""
+
+    model_config = _STRICT
+
+    type: Literal["input_text", "output_text", "text"] = Field(
+        description="input_text (user, system, developer) or output_text (assistant)."
+    )
+    text: str
+
+
+class ResponseInputMessage(BaseModel):
+    """One message of a Responses API ``input`` list."""
+
+    model_config = _STRICT
+
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[ResponseInputText]
+
+    @property
+    def text(self) -> str:
+        """The content as plain text."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class ResponseTextFormat(BaseModel):
+    """``text.format`` of a Responses API request: the shape of the output."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True, populate_by_name=True)
+
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = Field(default=None, min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(
+        default=None,
+        alias="schema",
+        description="The JSON Schema of json_schema; a part JSON mode cannot enforce is refused.",
+    )
+    strict: bool | None = Field(default=None, description="Accepted; the schema is always kept.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ResponseTextFormat:
+        if self.type == "json_schema" and self.schema_ is None:
+            raise ValueError("text.format: json_schema needs its schema")
+        return self
+
+
+class ResponseTextConfig(BaseModel):
+    """``text`` of a Responses API request."""
+
+    model_config = _STRICT
+
+    format: ResponseTextFormat | None = None
+
+
+class ResponsesRequest(SamplingFields):
+    """``POST /v1/responses``: one answer to an input, without stored state or tools."""
+
+    input: str | Annotated[list[ResponseInputMessage], Field(min_length=1)] = Field(
+        description="The user's text, or the conversation as messages."
+    )
+    instructions: str | None = Field(
+        default=None, description="A system message put before the input."
+    )
+    max_output_tokens: int | None = Field(default=None, ge=1, description="Most new tokens.")
+    text: ResponseTextConfig | None = None
+    store: bool | None = Field(default=None, description="Accepted; nothing is stored.")
+    previous_response_id: str | None = Field(
+        default=None, description="Not supported: the server keeps no responses."
+    )
+    tools: list[dict[str, Any]] | None = Field(
+        default=None, description="Not supported here (an empty list is accepted)."
+    )
+    metadata: dict[str, str] | None = Field(default=None, description="Echoed back.")
+
+    _integral_max_output = field_validator("max_output_tokens", mode="before")(_integral)
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _input_form(cls, value: object) -> object:
+        # One message for the two forms, rather than pydantic's for each arm of the union.
+        if isinstance(value, list) and not value:
+            raise ValueError("give at least 1 message")
+        if not isinstance(value, str | list):
+            raise ValueError("must be a string or a list of messages")
+        return value
+
+    @model_validator(mode="after")
+    def _check_responses(self) -> ResponsesRequest:
+        if self.previous_response_id is not None:
+            raise ValueError(
+                "previous_response_id: not supported, this server keeps no responses; send the "
+                "conversation in input"
+            )
+        if self.tools:
+            raise ValueError("tools: not supported on /v1/responses; use /v1/chat/completions")
+        if self.n != 1:
+            raise ValueError("n: /v1/responses gives one answer")
+        fmt = self.text.format if self.text is not None else None
+        if fmt is not None and self.response_format is not None:
+            raise ValueError("text: give the output format in text.format or response_format")
+        if fmt is not None and fmt.type != "text" and self.ignore_eos:
+            raise ValueError("text.format: JSON output cannot be combined with ignore_eos")
+        return self
+
+    @property
+    def output_format(self) -> tuple[Literal["text", "json_object", "json_schema"], str | None]:
+        """The engine's response format and JSON Schema, from ``text.format``."""
+        fmt = self.text.format if self.text is not None else None
+        if fmt is None:
+            return super().output_format
+        if fmt.type == "json_schema" and fmt.schema_ is not None:
+            return "json_schema", json.dumps(fmt.schema_)
+        return fmt.type, None
+
+    @property
+    def token_limit(self) -> int | None:
+        """The requested limit of new tokens, whichever name carried it."""
+        return self.max_output_tokens or self.max_tokens
+
+    def messages(self) -> list[ChatMessage]:
+        """The conversation as chat messages, the instructions first."""
+        out = []
+        if self.instructions is not None:
+            out.append(ChatMessage(role="system", content=self.instructions))
+        if isinstance(self.input, str):
+            out.append(ChatMessage(role="user", content=self.input))
+        else:
+            out.extend(ChatMessage(role=m.role, content=m.text) for m in self.input)
+        return out

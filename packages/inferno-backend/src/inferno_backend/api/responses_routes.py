@@ -1,0 +1,212 @@
+"""``POST /v1/responses``: OpenAI's Responses API for text (no stored state, no tools).
+
+The input (a string or messages, with ``instructions`` as a system message) goes through the
+model's chat template, as a chat completion's messages do, and the answer comes back as one
+assistant message with one ``output_text`` part, or as the Responses API's typed stream of
+server-sent events (``response.created`` ... ``response.output_text.delta`` ...
+``response.completed``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+from inferno_inference import Usage
+
+from inferno_backend.api.errors import APIError, error_body
+from inferno_backend.api.generation import Generation, build_sampling, check_context
+from inferno_backend.api.keys import ARRIVAL, ORCHESTRATOR, REQUEST_ID
+from inferno_backend.api.openai_routes import (
+    admitted,
+    collect,
+    encode,
+    final_usage,
+    parse_body,
+    render_chat,
+    start_generation,
+)
+from inferno_backend.api.schemas import ResponsesRequest
+
+__all__ = ["routes"]
+
+log = structlog.get_logger(__name__)
+routes = web.RouteTableDef()
+
+
+def _usage(usage: Usage) -> dict[str, Any]:
+    return {
+        "input_tokens": usage.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": usage.cached_prompt_tokens},
+        "output_tokens": usage.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def _part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _message(item_id: str, text: str | None, status: str) -> dict[str, Any]:
+    content = [] if text is None else [_part(text)]
+    return {
+        "id": item_id,
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": content,
+    }
+
+
+class _Response:
+    """The response object as it stands, for the final body and the stream's events."""
+
+    def __init__(self, body: ResponsesRequest, model: str, max_tokens: int) -> None:
+        self.id = f"resp_{uuid.uuid4().hex}"
+        self.item_id = f"msg_{uuid.uuid4().hex}"
+        fmt = body.text.format if body.text is not None else None
+        self.head: dict[str, Any] = {
+            "id": self.id,
+            "object": "response",
+            "created_at": int(time.time()),
+            "model": model,
+            "instructions": body.instructions,
+            "max_output_tokens": max_tokens,
+            "metadata": body.metadata or {},
+            "temperature": body.temperature,
+            "top_p": body.top_p,
+            "text": {
+                "format": {"type": "text"}
+                if fmt is None
+                else fmt.model_dump(by_alias=True, exclude_none=True)
+            },
+            "tools": [],
+            "tool_choice": "auto",
+            "parallel_tool_calls": False,
+            "previous_response_id": None,
+            "store": False,
+            "truncation": "disabled",
+            "user": body.user,
+            "error": None,
+        }
+
+    def body(
+        self, status: str, text: str | None, finish: str | None, usage: Usage | None
+    ) -> dict[str, Any]:
+        """The whole response: ``status`` in_progress, completed or incomplete."""
+        output = [] if text is None else [_message(self.item_id, text, "completed")]
+        return {
+            **self.head,
+            "status": status,
+            "incomplete_details": {"reason": "max_output_tokens"} if finish == "length" else None,
+            "output": output,
+            "usage": None if usage is None else _usage(usage),
+        }
+
+
+@routes.post("/v1/responses")
+async def responses(request: web.Request) -> web.StreamResponse:
+    """A response to ``input``, streamed as typed server-sent events when ``stream`` is true."""
+    request[ARRIVAL] = time.perf_counter()
+    body = await parse_body(request, ResponsesRequest)
+    async with admitted(request, body.model) as served:
+        text = render_chat(served, body.messages(), None, add_generation_prompt=True)
+        ids = await encode(served, text, special=False)
+        budget = check_context(len(ids), body.token_limit, served.max_model_len, "input")
+        if body.token_limit is None and served.sampling_defaults.max_tokens is not None:
+            budget = min(budget, served.sampling_defaults.max_tokens)
+        sampling = build_sampling(
+            body, max_tokens=budget, logprobs=None, defaults=served.sampling_defaults
+        )
+        response = _Response(body, served.name, budget)
+        gen = start_generation(
+            request, served, response.id, prompts=[ids], sampling=sampling, prompt_param="input"
+        )
+        if not body.stream:
+            (state,) = await collect(request, gen, 1)
+            finish = state.finish_reason
+            status = "incomplete" if finish == "length" else "completed"
+            return web.json_response(
+                response.body(status, "".join(state.text), finish, final_usage(gen, [state]))
+            )
+        return await _stream(request, gen, response)
+
+
+async def _stream(request: web.Request, gen: Generation, response: _Response) -> web.StreamResponse:
+    """The Responses API's event stream of one generation.
+
+    As for chat streams, the first output is awaited before the response starts (an invalid
+    request still gets a JSON 4xx), and a client that disconnects aborts the generation.
+    """
+    sse = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Request-Id": request.get(REQUEST_ID, ""),
+        }
+    )
+    sequence = 0
+
+    async def send(kind: str, **fields: Any) -> None:
+        nonlocal sequence
+        payload = {"type": kind, "sequence_number": sequence, **fields}
+        sequence += 1
+        data = json.dumps(payload, separators=(",", ":"))
+        await sse.write(f"event: {kind}\ndata: {data}\n\n".encode())
+
+    where = {"item_id": response.item_id, "output_index": 0, "content_index": 0}
+    async with contextlib.aclosing(gen.stream()) as stream:
+        first = await anext(stream, None)
+        await sse.prepare(request)
+        try:
+            started = response.body("in_progress", None, None, None)
+            await send("response.created", response=started)
+            await send("response.in_progress", response=started)
+            item = _message(response.item_id, None, "in_progress")
+            await send("response.output_item.added", output_index=0, item=item)
+            await send("response.content_part.added", **where, part=_part(""))
+            pieces: list[str] = []
+            finish: str | None = None
+            pending = [first] if first is not None else []
+            while True:
+                out = pending.pop() if pending else await anext(stream, None)
+                if out is None:
+                    break
+                if out.output.finish_reason == "error":
+                    message = out.output.error or "the engine failed"
+                    request.app[ORCHESTRATOR].report_engine_failure(
+                        gen.served.name, message, gen.request_id
+                    )
+                    await _error(send, f"generation failed: {message}", "engine_error")
+                    return sse
+                if out.output.text:
+                    pieces.append(out.output.text)
+                    await send("response.output_text.delta", **where, delta=out.output.text)
+                finish = out.output.finish_reason or finish
+            text = "".join(pieces)
+            await send("response.output_text.done", **where, text=text)
+            await send("response.content_part.done", **where, part=_part(text))
+            done = _message(response.item_id, text, "completed")
+            await send("response.output_item.done", output_index=0, item=done)
+            status = "incomplete" if finish == "length" else "completed"
+            usage = gen.usage or Usage(len(gen.prompts[0]), 0)
+            final = response.body(status, text, finish, usage)
+            await send(f"response.{status}", response=final)
+        except (ConnectionResetError, ConnectionError):
+            log.info("client disconnected mid-stream; aborting", engine_request=gen.request_id)
+        except APIError as exc:
+            await _error(send, exc.message, exc.code)
+    return sse
+
+
+async def _error(send: Callable[..., Awaitable[None]], message: str, code: str | None) -> None:
+    """The stream's ``error`` event (the body of an OpenAI error, flattened as the API does)."""
+    err = error_body(message, "server_error", code=code)["error"]
+    await send("error", code=err.get("code"), message=err["message"], param=err.get("param"))

@@ -1,0 +1,202 @@
+"""``POST /v1/responses`` against FakeEngine: the response object, its event stream, errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from .conftest import MakeClient
+
+ANSWER = "Hello, I am a fake engine."
+
+
+def _typed_events(raw: str) -> list[dict[str, Any]]:
+    """Each ``event: T`` / ``data: {...}`` pair of the stream, checked to agree on the type."""
+    events = []
+    for block in raw.split("\n\n"):
+        if not block.strip():
+            continue
+        head, data = block.split("\n", 1)
+        assert head.startswith("event: "), block
+        assert data.startswith("data: "), block
+        payload = json.loads(data[len("data: ") :])
+        assert payload["type"] == head[len("event: ") :]
+        events.append(payload)
+    return events
+
+
+async def test_a_string_input_gets_one_completed_message(make_client: MakeClient) -> None:
+    client, orch = await make_client()
+    resp = await client.post("/v1/responses", json={"model": "default", "input": "Hi"})
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert body["object"] == "response"
+    assert body["id"].startswith("resp_")
+    assert body["status"] == "completed"
+    assert body["incomplete_details"] is None
+    (message,) = body["output"]
+    assert message["type"] == "message"
+    assert message["role"] == "assistant"
+    assert message["content"][0]["type"] == "output_text"
+    assert message["content"][0]["text"] == ANSWER
+    usage = body["usage"]
+    assert usage["output_tokens"] == 8
+    assert usage["total_tokens"] == usage["input_tokens"] + 8
+    request = orch.engines[0].requests[-1]
+    prompt = orch.get("default").model.tokenizer.decode(request.prompt_token_ids)
+    assert prompt == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+
+
+async def test_instructions_and_messages_go_through_the_chat_template(
+    make_client: MakeClient,
+) -> None:
+    client, orch = await make_client()
+    body = {
+        "model": "default",
+        "instructions": "Be brief.",
+        "input": [
+            {"role": "user", "content": "Hi"},
+            {"type": "message", "role": "assistant", "content": [
+                {"type": "output_text", "text": "Hello."}
+            ]},
+            {"role": "user", "content": [{"type": "input_text", "text": "Again"}]},
+        ],
+        "max_output_tokens": 3,
+        "temperature": 0,
+        "metadata": {"k": "v"},
+    }  # fmt: skip
+    resp = await client.post("/v1/responses", json=body)
+    out = await resp.json()
+    assert resp.status == 200, out
+    assert out["status"] == "incomplete"
+    assert out["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert out["output"][0]["content"][0]["text"] == "Hello, I"
+    assert out["metadata"] == {"k": "v"}
+    assert out["instructions"] == "Be brief."
+    request = orch.engines[0].requests[-1]
+    prompt = orch.get("default").model.tokenizer.decode(request.prompt_token_ids)
+    assert prompt == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nAgain<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert request.sampling.max_tokens == 3
+    assert request.sampling.temperature == 0
+
+
+async def test_the_stream_is_the_typed_event_sequence(make_client: MakeClient) -> None:
+    client, _ = await make_client()
+    resp = await client.post(
+        "/v1/responses", json={"model": "default", "input": "Hi", "stream": True}
+    )
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    events = _typed_events(await resp.text())
+    kinds = [e["type"] for e in events]
+    deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
+    assert kinds[:5] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert "".join(deltas) == ANSWER
+    assert events[-4]["text"] == ANSWER
+    final = events[-1]["response"]
+    assert final["status"] == "completed"
+    assert final["output"][0]["content"][0]["text"] == ANSWER
+    assert final["usage"]["output_tokens"] == 8
+    assert events[0]["response"]["status"] == "in_progress"
+    item_ids = {e["item_id"] for e in events if "item_id" in e}
+    assert item_ids == {final["output"][0]["id"]}
+
+
+async def test_a_cut_stream_ends_incomplete(make_client: MakeClient) -> None:
+    client, _ = await make_client()
+    resp = await client.post(
+        "/v1/responses",
+        json={"model": "default", "input": "Hi", "stream": True, "max_output_tokens": 2},
+    )
+    final = _typed_events(await resp.text())[-1]
+    assert final["type"] == "response.incomplete"
+    assert final["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+
+
+async def test_json_output_through_text_format(make_client: MakeClient) -> None:
+    client, orch = await make_client()
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    fmt = {"type": "json_schema", "name": "thing", "schema": schema, "strict": True}
+    resp = await client.post(
+        "/v1/responses", json={"model": "default", "input": "Hi", "text": {"format": fmt}}
+    )
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert body["text"]["format"]["name"] == "thing"
+    sampling = orch.engines[0].requests[-1].sampling
+    assert sampling.response_format == "json_schema"
+    assert json.loads(sampling.json_schema or "") == schema
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "message"),
+    [
+        ({"model": "default"}, "input", "Field required"),
+        ({"model": "default", "input": []}, "input", "at least 1 message"),
+        ({"model": "default", "input": [{"role": "tool", "content": "x"}]}, "input.0.role", ""),
+        ({"model": "default", "input": 3}, "input", "a string or a list of messages"),
+        ({"model": "default", "input": "x", "previous_response_id": "r"}, None, "keeps no"),
+        ({"model": "default", "input": "x", "tools": [{"type": "web_search"}]}, None, "tools"),
+        ({"model": "default", "input": "x", "n": 2}, None, "one answer"),
+        ({"model": "default", "input": "x", "max_output_tokens": 0}, "max_output_tokens", ""),
+        (
+            {"model": "default", "input": "x", "text": {"format": {"type": "json_schema"}}},
+            None,
+            "needs its schema",
+        ),
+    ],
+)
+async def test_bad_bodies_are_400s_naming_the_problem(
+    make_client: MakeClient, body: dict[str, Any], param: str | None, message: str
+) -> None:
+    client, _ = await make_client()
+    resp = await client.post("/v1/responses", json=body)
+    out = await resp.json()
+    assert resp.status == 400, out
+    assert out["error"]["type"] == "invalid_request_error"
+    if param is not None:
+        assert out["error"]["param"] == param
+    assert message in out["error"]["message"]
+
+
+async def test_unknown_model_and_too_long_input(make_client: MakeClient) -> None:
+    client, _ = await make_client()
+    resp = await client.post("/v1/responses", json={"model": "nope", "input": "x"})
+    assert resp.status == 404
+    resp = await client.post("/v1/responses", json={"model": "default", "input": "x" * 100_000})
+    out = await resp.json()
+    assert resp.status == 400
+    assert out["error"]["code"] == "context_length_exceeded"
+    assert out["error"]["param"] == "input"
+
+
+async def test_an_engine_failure_mid_stream_is_an_error_event(make_client: MakeClient) -> None:
+    client, _ = await make_client(engine_options={"fail_after": 2})
+    resp = await client.post("/v1/responses", json={"model": "default", "input": "Hi"})
+    assert resp.status == 500
+    resp = await client.post(
+        "/v1/responses", json={"model": "default", "input": "Hi", "stream": True}
+    )
+    events = _typed_events(await resp.text())
+    assert events[-1]["type"] == "error"
+    assert events[-1]["code"] == "engine_error"
+    assert "response.completed" not in [e["type"] for e in events]
