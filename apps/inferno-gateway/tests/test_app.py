@@ -64,6 +64,26 @@ async def test_chat_and_completions_with_the_openai_client(make_cluster: Cluster
     assert [b.get("stream", False) for b in cluster.workers["a"].bodies] == [False, True, True]
 
 
+async def test_responses_reach_a_worker_serving_the_model(make_cluster: ClusterFactory) -> None:
+    cluster = await make_cluster()
+    await cluster.add_worker("a", models=["m1"], tokens=2)
+    await cluster.add_worker("b", models=["m2"], tokens=2)
+    client = _client(cluster.url)
+    try:
+        resp = await client.responses.with_raw_response.create(
+            model="m2", input="hi", instructions="Be brief"
+        )
+        assert resp.headers[WORKER_HEADER] == "b"
+        assert resp.parse().output_text == "b:0 b:1 "
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.create(model="m3", input="x")
+    finally:
+        await client.close()
+    assert cluster.workers["b"].bodies == [
+        {"model": "m2", "input": "hi", "instructions": "Be brief"}
+    ]
+
+
 async def test_stream_events_are_relayed_as_they_come(
     make_cluster: ClusterFactory, http: aiohttp.ClientSession
 ) -> None:

@@ -111,6 +111,15 @@ def test_a_single_candidate_never_overflows() -> None:
             "user:hi\n",
         ),
         ({"model": "m"}, None),
+        # Responses API: instructions first, then the input; embeddings: the first input.
+        ({"instructions": "Be brief", "input": "hi"}, "system:Be "),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_text", "text": "x"}]}]},
+            "user:x\n",
+        ),
+        ({"input": "Hello there, general"}, "Hello ther"),
+        ({"input": ["first input", "second"]}, "first inpu"),
+        ({"input": [5, 6]}, "5 6"),
     ],
 )
 def test_affinity_key(body: dict[str, object], key: str | None) -> None:

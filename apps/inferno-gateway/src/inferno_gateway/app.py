@@ -1,8 +1,9 @@
 """The gateway's HTTP app: the daemon's OpenAI routes, proxied, plus its own health and metrics.
 
 Routes: ``GET /v1/models`` (the union of the ready workers' models), ``GET /v1/models/{id}``,
-``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /v1/embeddings``, ``POST /tokenize``
-and ``POST /detokenize`` (forwarded to a worker serving the body's ``model``), ``GET /health/live``,
+``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /v1/responses``,
+``POST /v1/embeddings``, ``POST /tokenize`` and ``POST /detokenize`` (forwarded to a worker
+serving the body's ``model``), ``GET /health/live``,
 ``/health/ready`` and ``/health/startup``, ``GET /metrics`` and ``GET /gateway/workers`` (the
 live table, for operators).
 """
@@ -67,6 +68,7 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/v1/models/{model}", _get_model)
     app.router.add_post("/v1/chat/completions", _proxy)
     app.router.add_post("/v1/completions", _proxy)
+    app.router.add_post("/v1/responses", _proxy)
     app.router.add_post("/v1/embeddings", _proxy)
     app.router.add_post("/tokenize", _proxy)
     app.router.add_post("/detokenize", _proxy)

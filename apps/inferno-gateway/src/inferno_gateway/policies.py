@@ -143,11 +143,22 @@ def _weight(key: str, worker_id: str) -> int:
 def affinity_key(body: dict[str, Any], chars: int) -> str | None:
     """The first ``chars`` characters of a request's prompt, or None when it has none.
 
-    Chat requests use their messages in order (role and text of each); completions use the
-    prompt (the first one of a batch; token ids as their decimal text).
+    Chat requests use their messages in order (role and text of each); Responses API requests
+    their instructions, then their input (a string, or messages as chat's); completions and
+    embeddings their prompt or input (the first one of a batch; token ids as their decimal
+    text).
     """
     parts: list[str] = []
     messages = body.get("messages")
+    given = body.get("input")
+    instructions = body.get("instructions")
+    if isinstance(instructions, str) or _is_messages(given):
+        # A Responses API request: its conversation, as a chat's messages.
+        messages = [{"role": "system", "content": instructions}] if instructions else []
+        if isinstance(given, str):
+            messages.append({"role": "user", "content": given})
+        elif isinstance(given, list):
+            messages.extend(given)
     if isinstance(messages, list):
         for message in messages:
             if isinstance(message, dict):
@@ -155,12 +166,17 @@ def affinity_key(body: dict[str, Any], chars: int) -> str | None:
             if sum(map(len, parts)) >= chars:
                 break
     else:
-        prompt = body.get("prompt")
+        prompt = body.get("prompt", given)
         if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
             prompt = prompt[0]  # a batch: its first prompt
         parts.append(_text(prompt))
     key = "".join(parts)[:chars]
     return key or None
+
+
+def _is_messages(value: object) -> bool:
+    """A list of message objects (a Responses API input), not a batch of prompts."""
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
 
 
 def _text(content: object) -> str:

@@ -82,6 +82,7 @@ class FakeWorker:
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._generate)
         app.router.add_post("/v1/completions", self._generate)
+        app.router.add_post("/v1/responses", self._generate)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_post("/detokenize", self._tokenize)
@@ -177,6 +178,13 @@ class FakeWorker:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             chat = request.path.endswith("/chat/completions")
+            if request.path.endswith("/responses"):
+                if body.get("stream"):
+                    return web.json_response(
+                        {"error": {"message": "the fake streams chat and completions only"}},
+                        status=400,
+                    )
+                return web.json_response(self._response(body))
             if body.get("stream"):
                 return await self._stream(request, body, chat)
             if self.token_delay:
@@ -189,6 +197,36 @@ class FakeWorker:
 
     def _pieces(self) -> list[str]:
         return [f"{self.id}:{i} " for i in range(self.tokens)]
+
+    def _response(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A Responses API answer: one message of the worker's pieces."""
+        text = "".join(self._pieces())
+        part = {"type": "output_text", "text": text, "annotations": []}
+        return {
+            "id": f"resp_fake{len(self.bodies)}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "model": body["model"],
+            "status": "incomplete",
+            "incomplete_details": {"reason": "max_output_tokens"},
+            "output": [
+                {
+                    "id": "msg_fake",
+                    "type": "message",
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [part],
+                }
+            ],
+            "usage": {
+                "input_tokens": 1,
+                "output_tokens": self.tokens,
+                "total_tokens": 1 + self.tokens,
+            },
+            "parallel_tool_calls": False,
+            "tool_choice": "auto",
+            "tools": [],
+        }
 
     def _full(self, body: dict[str, Any], chat: bool) -> dict[str, Any]:
         text = "".join(self._pieces())
