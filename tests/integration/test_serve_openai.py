@@ -100,6 +100,51 @@ def test_responses_api_answers_like_chat(client: openai.OpenAI) -> None:
     assert "keeps no responses" in str(err.value)
 
 
+def test_responses_api_function_calls(client: openai.OpenAI) -> None:
+    weather = {
+        "type": "function",
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+        "strict": True,
+    }
+    resp = client.responses.create(
+        model="default",
+        input="What is the weather in Paris?",
+        tools=[weather],  # type: ignore[list-item]
+        tool_choice="required",
+        temperature=0,
+        max_output_tokens=64,
+    )
+    (call,) = [item for item in resp.output if item.type == "function_call"]
+    assert call.name == "get_weather"
+    assert isinstance(json.loads(call.arguments)["city"], str)
+    # The call and its output go back in; the model answers in text.
+    follow = client.responses.create(
+        model="default",
+        input=[
+            {"role": "user", "content": "What is the weather in Paris?"},
+            {
+                "type": "function_call",
+                "call_id": call.call_id,
+                "name": call.name,
+                "arguments": call.arguments,
+            },
+            {"type": "function_call_output", "call_id": call.call_id, "output": "18 C, sunny"},
+        ],
+        tools=[weather],  # type: ignore[list-item]
+        tool_choice="none",
+        temperature=0,
+        max_output_tokens=32,
+    )
+    assert follow.output_text
+
+
 def test_chat_json_mode_gives_json_objects(client: openai.OpenAI) -> None:
     messages: list[ChatCompletionMessageParam] = [
         {

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from inferno_inference import GenerationRequest
 
 from .conftest import MakeClient
 
@@ -152,10 +153,16 @@ async def test_json_output_through_text_format(make_client: MakeClient) -> None:
     [
         ({"model": "default"}, "input", "Field required"),
         ({"model": "default", "input": []}, "input", "at least 1 message"),
-        ({"model": "default", "input": [{"role": "tool", "content": "x"}]}, "input.0.role", ""),
+        (
+            {"model": "default", "input": [{"role": "tool", "content": "x"}]},
+            "input.0.message.role",
+            "",
+        ),
+        ({"model": "default", "input": [{"type": "image", "url": "x"}]}, "input.0", "tag"),
         ({"model": "default", "input": 3}, "input", "a string or a list of messages"),
         ({"model": "default", "input": "x", "previous_response_id": "r"}, None, "keeps no"),
-        ({"model": "default", "input": "x", "tools": [{"type": "web_search"}]}, None, "tools"),
+        ({"model": "default", "input": "x", "tools": [{"type": "web_search"}]}, "tools.0.type", ""),
+        ({"model": "default", "input": "x", "tool_choice": "required"}, None, "needs tools"),
         ({"model": "default", "input": "x", "n": 2}, None, "one answer"),
         ({"model": "default", "input": "x", "max_output_tokens": 0}, "max_output_tokens", ""),
         (
@@ -200,3 +207,117 @@ async def test_an_engine_failure_mid_stream_is_an_error_event(make_client: MakeC
     assert events[-1]["type"] == "error"
     assert events[-1]["code"] == "engine_error"
     assert "response.completed" not in [e["type"] for e in events]
+
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+CALL = '[{"name": "get_weather", "arguments": {"city": "Paris"}}]'
+
+
+def _scripted(answer: str) -> dict[str, Any]:
+    """Engine options: the answer streams in pieces of 7 characters."""
+
+    def script(request: GenerationRequest, index: int) -> list[str]:
+        return [answer[i : i + 7] for i in range(0, len(answer), 7)]
+
+    return {"engine_options": {"script": script}}
+
+
+async def test_a_function_call_comes_back_as_an_output_item(make_client: MakeClient) -> None:
+    client, orch = await make_client(**_scripted(CALL))
+    body = {"model": "default", "input": "Weather in Paris?", "tools": [WEATHER]}
+    resp = await client.post("/v1/responses", json=body)
+    out = await resp.json()
+    assert resp.status == 200, out
+    assert out["status"] == "completed"
+    (call,) = out["output"]
+    assert call["type"] == "function_call"
+    assert call["name"] == "get_weather"
+    assert json.loads(call["arguments"]) == {"city": "Paris"}
+    assert call["call_id"].startswith("call_")
+    assert out["tools"][0]["name"] == "get_weather"
+    request = orch.engines[0].requests[-1]
+    assert request.sampling.response_format == "json_schema"
+    assert request.sampling.json_optional  # "auto": text stays possible
+    prompt = orch.get("default").model.tokenizer.decode(request.prompt_token_ids)
+    assert prompt.startswith("<|im_start|>system\nYou can call these functions")
+    assert "get_weather" in prompt
+    metrics = await (await client.get("/metrics")).text()
+    assert 'inferno:tool_calls_total{model="default"} 1.0' in metrics
+
+
+async def test_calls_and_their_outputs_in_the_input_reach_the_template(
+    make_client: MakeClient,
+) -> None:
+    client, orch = await make_client(**_scripted("It is 18 C in Paris."))
+    body = {
+        "model": "default",
+        "tools": [WEATHER],
+        "input": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"type": "function_call", "call_id": "call_1", "name": "get_weather",
+             "arguments": '{"city": "Paris"}'},
+            {"type": "function_call_output", "call_id": "call_1", "output": "18 C"},
+        ],
+    }  # fmt: skip
+    resp = await client.post("/v1/responses", json=body)
+    out = await resp.json()
+    assert resp.status == 200, out
+    assert out["output"][0]["type"] == "message"
+    assert out["output"][0]["content"][0]["text"] == "It is 18 C in Paris."
+    request = orch.engines[0].requests[-1]
+    prompt = orch.get("default").model.tokenizer.decode(request.prompt_token_ids)
+    assert (
+        '<|im_start|>assistant\n[{"name": "get_weather", "arguments": {"city": "Paris"}}]'
+        "<|im_end|>\n<|im_start|>tool\n18 C<|im_end|>\n"
+    ) in prompt
+
+
+async def test_a_streamed_function_call_is_held_and_sent_as_call_events(
+    make_client: MakeClient,
+) -> None:
+    client, _ = await make_client(**_scripted(CALL))
+    body = {
+        "model": "default",
+        "input": "Weather?",
+        "tools": [WEATHER],
+        "tool_choice": {"type": "function", "name": "get_weather"},
+        "stream": True,
+    }
+    # A named function: the model writes only the arguments object.
+    client2, _ = await make_client(**_scripted('{"city": "Rome"}'))
+    resp = await client2.post("/v1/responses", json=body)
+    events = _typed_events(await resp.text())
+    kinds = [e["type"] for e in events]
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert events[4]["arguments"] == '{"city": "Rome"}'
+    final = events[-1]["response"]
+    assert final["output"][0]["name"] == "get_weather"
+    assert final["tool_choice"] == {"type": "function", "name": "get_weather"}
+    # Under "auto" a text answer is held too, then sent as one message.
+    resp = await client.post("/v1/responses", json={**body, "tool_choice": "auto", "input": "Hi"})
+    events = _typed_events(await resp.text())
+    assert [e["type"] for e in events][-1] == "response.completed"
+    assert events[-1]["response"]["output"][0]["type"] == "function_call"
+    client3, _ = await make_client(**_scripted("Plain words."))
+    resp = await client3.post("/v1/responses", json={**body, "tool_choice": "auto"})
+    events = _typed_events(await resp.text())
+    deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
+    assert deltas == ["Plain words."]
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == "Plain words."

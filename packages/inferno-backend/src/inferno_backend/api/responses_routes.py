@@ -1,10 +1,11 @@
-"""``POST /v1/responses``: OpenAI's Responses API for text (no stored state, no tools).
+"""``POST /v1/responses``: OpenAI's Responses API for text and function calls (stateless).
 
 The input (a string or messages, with ``instructions`` as a system message) goes through the
-model's chat template, as a chat completion's messages do, and the answer comes back as one
-assistant message with one ``output_text`` part, or as the Responses API's typed stream of
-server-sent events (``response.created`` ... ``response.output_text.delta`` ...
-``response.completed``).
+model's chat template, as a chat completion's messages do (function calls and their outputs
+as assistant calls and tool messages; the tools described as for chat). The answer comes back
+as one assistant message with one ``output_text`` part, or as ``function_call`` items, or as
+the Responses API's typed stream of server-sent events (``response.created`` ...
+``response.output_text.delta`` ... ``response.completed``).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from typing import Any
 import structlog
 from aiohttp import web
 from inferno_inference import Usage
+from pydantic import BaseModel
 
 from inferno_backend.api.errors import APIError, error_body
 from inferno_backend.api.generation import Generation, build_sampling, check_context
-from inferno_backend.api.keys import ARRIVAL, ORCHESTRATOR, REQUEST_ID
+from inferno_backend.api.keys import ARRIVAL, METRICS, ORCHESTRATOR, REQUEST_ID
 from inferno_backend.api.openai_routes import (
     admitted,
     collect,
@@ -33,6 +35,7 @@ from inferno_backend.api.openai_routes import (
     start_generation,
 )
 from inferno_backend.api.schemas import ResponsesRequest
+from inferno_backend.api.tools import ToolPlan, call_id
 
 __all__ = ["routes"]
 
@@ -87,9 +90,11 @@ class _Response:
                 if fmt is None
                 else fmt.model_dump(by_alias=True, exclude_none=True)
             },
-            "tools": [],
-            "tool_choice": "auto",
-            "parallel_tool_calls": False,
+            "tools": [t.model_dump(exclude_none=True) for t in body.tools or ()],
+            "tool_choice": body.tool_choice.model_dump()
+            if isinstance(body.tool_choice, BaseModel)
+            else (body.tool_choice or "auto"),
+            "parallel_tool_calls": body.parallel_tool_calls,
             "previous_response_id": None,
             "store": False,
             "truncation": "disabled",
@@ -97,11 +102,31 @@ class _Response:
             "error": None,
         }
 
+    def output(self, text: str, finish: str | None, plan: ToolPlan | None) -> list[dict[str, Any]]:
+        """The output items of a finished answer: its function calls, or one message."""
+        calls = plan.calls(text) if plan is not None and finish == "stop" else None
+        if calls is None:
+            return [_message(self.item_id, text, "completed")]
+        return [
+            {
+                "id": f"fc_{uuid.uuid4().hex}",
+                "type": "function_call",
+                "status": "completed",
+                "call_id": call_id(),
+                "name": name,
+                "arguments": arguments,
+            }
+            for name, arguments in calls
+        ]
+
     def body(
-        self, status: str, text: str | None, finish: str | None, usage: Usage | None
+        self,
+        status: str,
+        output: list[dict[str, Any]],
+        finish: str | None,
+        usage: Usage | None,
     ) -> dict[str, Any]:
         """The whole response: ``status`` in_progress, completed or incomplete."""
-        output = [] if text is None else [_message(self.item_id, text, "completed")]
         return {
             **self.head,
             "status": status,
@@ -117,7 +142,8 @@ async def responses(request: web.Request) -> web.StreamResponse:
     request[ARRIVAL] = time.perf_counter()
     body = await parse_body(request, ResponsesRequest)
     async with admitted(request, body.model) as served:
-        text = render_chat(served, body.messages(), None, add_generation_prompt=True)
+        plan = body.tool_plan
+        text = render_chat(served, body.messages(), plan, add_generation_prompt=True)
         ids = await encode(served, text, special=False)
         budget = check_context(len(ids), body.token_limit, served.max_model_len, "input")
         if body.token_limit is None and served.sampling_defaults.max_tokens is not None:
@@ -127,23 +153,34 @@ async def responses(request: web.Request) -> web.StreamResponse:
         )
         response = _Response(body, served.name, budget)
         gen = start_generation(
-            request, served, response.id, prompts=[ids], sampling=sampling, prompt_param="input"
+            request,
+            served,
+            response.id,
+            prompts=[ids],
+            sampling=sampling,
+            prompt_param="input",
+            tool_plan=plan,
         )
         if not body.stream:
             (state,) = await collect(request, gen, 1)
-            finish = state.finish_reason
-            status = "incomplete" if finish == "length" else "completed"
+            answer, finish = "".join(state.text), state.finish_reason
+            output = response.output(answer, finish, plan)
+            _count_calls(request, served.name, output)
             return web.json_response(
-                response.body(status, "".join(state.text), finish, final_usage(gen, [state]))
+                response.body(_status(finish), output, finish, final_usage(gen, [state]))
             )
-        return await _stream(request, gen, response)
+        return await _stream(request, gen, response, plan)
 
 
-async def _stream(request: web.Request, gen: Generation, response: _Response) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, gen: Generation, response: _Response, plan: ToolPlan | None
+) -> web.StreamResponse:
     """The Responses API's event stream of one generation.
 
     As for chat streams, the first output is awaited before the response starts (an invalid
     request still gets a JSON 4xx), and a client that disconnects aborts the generation.
+    Text streams as it comes; with tools the answer is held to its end, then sent as the
+    function calls it makes or as one message.
     """
     sse = web.StreamResponse(
         headers={
@@ -162,16 +199,21 @@ async def _stream(request: web.Request, gen: Generation, response: _Response) ->
         await sse.write(f"event: {kind}\ndata: {data}\n\n".encode())
 
     where = {"item_id": response.item_id, "output_index": 0, "content_index": 0}
+
+    async def open_message() -> None:
+        item = _message(response.item_id, None, "in_progress")
+        await send("response.output_item.added", output_index=0, item=item)
+        await send("response.content_part.added", **where, part=_part(""))
+
     async with contextlib.aclosing(gen.stream()) as stream:
         first = await anext(stream, None)
         await sse.prepare(request)
         try:
-            started = response.body("in_progress", None, None, None)
+            started = response.body("in_progress", [], None, None)
             await send("response.created", response=started)
             await send("response.in_progress", response=started)
-            item = _message(response.item_id, None, "in_progress")
-            await send("response.output_item.added", output_index=0, item=item)
-            await send("response.content_part.added", **where, part=_part(""))
+            if plan is None:
+                await open_message()
             pieces: list[str] = []
             finish: str | None = None
             pending = [first] if first is not None else []
@@ -188,22 +230,51 @@ async def _stream(request: web.Request, gen: Generation, response: _Response) ->
                     return sse
                 if out.output.text:
                     pieces.append(out.output.text)
-                    await send("response.output_text.delta", **where, delta=out.output.text)
+                    if plan is None:
+                        await send("response.output_text.delta", **where, delta=out.output.text)
                 finish = out.output.finish_reason or finish
             text = "".join(pieces)
-            await send("response.output_text.done", **where, text=text)
-            await send("response.content_part.done", **where, part=_part(text))
-            done = _message(response.item_id, text, "completed")
-            await send("response.output_item.done", output_index=0, item=done)
-            status = "incomplete" if finish == "length" else "completed"
+            output = response.output(text, finish, plan)
+            if output[0]["type"] == "message":
+                if plan is not None:  # held until now: not a call after all
+                    await open_message()
+                    if text:
+                        await send("response.output_text.delta", **where, delta=text)
+                await send("response.output_text.done", **where, text=text)
+                await send("response.content_part.done", **where, part=_part(text))
+                await send("response.output_item.done", output_index=0, item=output[0])
+            else:
+                _count_calls(request, gen.served.name, output)
+                for index, call in enumerate(output):
+                    opened = {**call, "status": "in_progress", "arguments": ""}
+                    await send("response.output_item.added", output_index=index, item=opened)
+                    at = {"item_id": call["id"], "output_index": index}
+                    await send(
+                        "response.function_call_arguments.delta", **at, delta=call["arguments"]
+                    )
+                    await send(
+                        "response.function_call_arguments.done", **at, arguments=call["arguments"]
+                    )
+                    await send("response.output_item.done", output_index=index, item=call)
             usage = gen.usage or Usage(len(gen.prompts[0]), 0)
-            final = response.body(status, text, finish, usage)
-            await send(f"response.{status}", response=final)
+            status = _status(finish)
+            await send(f"response.{status}", response=response.body(status, output, finish, usage))
         except (ConnectionResetError, ConnectionError):
             log.info("client disconnected mid-stream; aborting", engine_request=gen.request_id)
         except APIError as exc:
             await _error(send, exc.message, exc.code)
     return sse
+
+
+def _status(finish: str | None) -> str:
+    """A finished response's status: cut by the token limit, or complete."""
+    return "incomplete" if finish == "length" else "completed"
+
+
+def _count_calls(request: web.Request, model: str, output: list[dict[str, Any]]) -> None:
+    calls = sum(item["type"] == "function_call" for item in output)
+    if calls:
+        request.app[METRICS].tool_calls.labels(model).inc(calls)
 
 
 async def _error(send: Callable[..., Awaitable[None]], message: str, code: str | None) -> None:

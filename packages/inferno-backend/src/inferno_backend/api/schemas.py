@@ -13,7 +13,15 @@ from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from inferno_inference import MAX_LOGIT_BIAS
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from inferno_backend.api.tools import ToolPlan, plan_tools
 
@@ -27,8 +35,13 @@ __all__ = [
     "JsonSchemaFormat",
     "NamedToolChoice",
     "ResponseFormat",
+    "ResponseFunctionCall",
+    "ResponseFunctionCallOutput",
+    "ResponseFunctionTool",
+    "ResponseInputItem",
     "ResponseInputMessage",
     "ResponseInputText",
+    "ResponseNamedTool",
     "ResponseTextConfig",
     "ResponseTextFormat",
     "ResponsesRequest",
@@ -628,6 +641,71 @@ class ResponseInputMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
+class ResponseFunctionCall(BaseModel):
+    """An earlier function call of the model, as a Responses API ``input`` item."""
+
+    model_config = _STRICT
+
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    arguments: str = Field(description="The arguments as JSON text.")
+
+
+class ResponseFunctionCallOutput(BaseModel):
+    """The result of a function call, as a Responses API ``input`` item."""
+
+    model_config = _STRICT
+
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1)
+    output: str
+
+
+def _input_item_kind(value: Any) -> str:
+    kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", "")
+    return kind if isinstance(kind, str) else ""
+
+
+ResponseInputItem = Annotated[
+    Annotated[ResponseInputMessage, Tag("message")]
+    | Annotated[ResponseFunctionCall, Tag("function_call")]
+    | Annotated[ResponseFunctionCallOutput, Tag("function_call_output")],
+    Discriminator(_input_item_kind),
+]
+
+
+class ResponseFunctionTool(BaseModel):
+    """A function the model may call, in the Responses API's flat form."""
+
+    model_config = _STRICT
+
+    type: Literal["function"]
+    name: str = Field(pattern=_FUNCTION_NAME, description="Letters, digits, _ and -; at most 64.")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    def as_chat_tool(self) -> Tool:
+        """The same function as chat completions describe it."""
+        definition = FunctionDefinition(
+            name=self.name,
+            description=self.description,
+            parameters=self.parameters,
+            strict=self.strict,
+        )
+        return Tool(type="function", function=definition)
+
+
+class ResponseNamedTool(BaseModel):
+    """``tool_choice`` naming one function."""
+
+    model_config = _STRICT
+
+    type: Literal["function"]
+    name: str = Field(min_length=1)
+
+
 class ResponseTextFormat(BaseModel):
     """``text.format`` of a Responses API request: the shape of the output."""
 
@@ -659,10 +737,11 @@ class ResponseTextConfig(BaseModel):
 
 
 class ResponsesRequest(SamplingFields):
-    """``POST /v1/responses``: one answer to an input, without stored state or tools."""
+    """``POST /v1/responses``: one answer to an input (text or function calls), stateless."""
 
-    input: str | Annotated[list[ResponseInputMessage], Field(min_length=1)] = Field(
-        description="The user's text, or the conversation as messages."
+    input: str | Annotated[list[ResponseInputItem], Field(min_length=1)] = Field(
+        description="The user's text, or the conversation as items: messages, the model's "
+        "function calls and their outputs."
     )
     instructions: str | None = Field(
         default=None, description="A system message put before the input."
@@ -673,9 +752,14 @@ class ResponsesRequest(SamplingFields):
     previous_response_id: str | None = Field(
         default=None, description="Not supported: the server keeps no responses."
     )
-    tools: list[dict[str, Any]] | None = Field(
-        default=None, description="Not supported here (an empty list is accepted)."
+    tools: list[ResponseFunctionTool] | None = Field(
+        default=None, max_length=MAX_TOOLS, description="Functions the model may call."
     )
+    tool_choice: Literal["none", "auto", "required"] | ResponseNamedTool | None = Field(
+        default=None,
+        description='"auto" (the default with tools), "required", "none", or one function.',
+    )
+    parallel_tool_calls: bool = Field(default=True, description="Allow several calls at once.")
     metadata: dict[str, str] | None = Field(default=None, description="Echoed back.")
 
     _integral_max_output = field_validator("max_output_tokens", mode="before")(_integral)
@@ -697,8 +781,14 @@ class ResponsesRequest(SamplingFields):
                 "previous_response_id: not supported, this server keeps no responses; send the "
                 "conversation in input"
             )
-        if self.tools:
-            raise ValueError("tools: not supported on /v1/responses; use /v1/chat/completions")
+        names = [t.name for t in self.tools or ()]
+        if len(set(names)) != len(names):
+            raise ValueError("tools: two tools have the same name")
+        choice = self.tool_choice
+        if choice not in (None, "none") and not names:
+            raise ValueError("tool_choice: needs tools")
+        if isinstance(choice, ResponseNamedTool) and choice.name not in names:
+            raise ValueError(f"tool_choice: {choice.name!r} is not one of the tools")
         if self.n != 1:
             raise ValueError("n: /v1/responses gives one answer")
         fmt = self.text.format if self.text is not None else None
@@ -706,11 +796,34 @@ class ResponsesRequest(SamplingFields):
             raise ValueError("text: give the output format in text.format or response_format")
         if fmt is not None and fmt.type != "text" and self.ignore_eos:
             raise ValueError("text.format: JSON output cannot be combined with ignore_eos")
+        if self.tool_plan is not None:
+            json_output = fmt is not None and fmt.type != "text"
+            if json_output or self.response_format is not None:
+                raise ValueError("text.format: cannot be combined with tool calls")
+            if self.ignore_eos:
+                raise ValueError("ignore_eos: cannot be combined with tool calls")
         return self
+
+    @cached_property
+    def tool_plan(self) -> ToolPlan | None:
+        """How the model may call the tools; None when it may not."""
+        choice = self.tool_choice
+        name = choice.name if isinstance(choice, ResponseNamedTool) else choice
+        tools = [t.as_chat_tool() for t in self.tools or ()]
+        return plan_tools(tools, name, parallel=self.parallel_tool_calls)
+
+    @property
+    def optional_output(self) -> bool:
+        """Under ``tool_choice="auto"``, the model may answer in text instead of calling."""
+        plan = self.tool_plan
+        return plan is not None and plan.optional
 
     @property
     def output_format(self) -> tuple[Literal["text", "json_object", "json_schema"], str | None]:
         """The engine's response format and JSON Schema, from ``text.format``."""
+        plan = self.tool_plan
+        if plan is not None:
+            return "json_schema", plan.schema_json
         fmt = self.text.format if self.text is not None else None
         if fmt is None:
             return super().output_format
@@ -724,12 +837,29 @@ class ResponsesRequest(SamplingFields):
         return self.max_output_tokens or self.max_tokens
 
     def messages(self) -> list[ChatMessage]:
-        """The conversation as chat messages, the instructions first."""
-        out = []
+        """The conversation as chat messages, the instructions first. Consecutive function
+        calls become one assistant message's calls; their outputs, tool messages."""
+        out: list[ChatMessage] = []
         if self.instructions is not None:
             out.append(ChatMessage(role="system", content=self.instructions))
-        if isinstance(self.input, str):
-            out.append(ChatMessage(role="user", content=self.input))
-        else:
-            out.extend(ChatMessage(role=m.role, content=m.text) for m in self.input)
+        items = (
+            [ResponseInputMessage(role="user", content=self.input)]
+            if isinstance(self.input, str)
+            else self.input
+        )
+        calls: list[ToolCall] = []
+        for item in items:
+            if isinstance(item, ResponseFunctionCall):
+                function = ToolCallFunction(name=item.name, arguments=item.arguments)
+                calls.append(ToolCall(id=item.call_id, type="function", function=function))
+                continue
+            if calls:
+                out.append(ChatMessage(role="assistant", tool_calls=calls))
+                calls = []
+            if isinstance(item, ResponseFunctionCallOutput):
+                out.append(ChatMessage(role="tool", content=item.output, tool_call_id=item.call_id))
+            else:
+                out.append(ChatMessage(role=item.role, content=item.text))
+        if calls:
+            out.append(ChatMessage(role="assistant", tool_calls=calls))
         return out
