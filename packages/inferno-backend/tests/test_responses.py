@@ -315,9 +315,17 @@ async def test_a_streamed_function_call_is_held_and_sent_as_call_events(
     events = _typed_events(await resp.text())
     assert [e["type"] for e in events][-1] == "response.completed"
     assert events[-1]["response"]["output"][0]["type"] == "function_call"
-    client3, _ = await make_client(**_scripted("Plain words."))
+    # A text answer under "auto" streams from its first non-blank character on.
+    client3, _ = await make_client(**_scripted("  Plain words, no call."))
     resp = await client3.post("/v1/responses", json={**body, "tool_choice": "auto"})
     events = _typed_events(await resp.text())
     deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
-    assert deltas == ["Plain words."]
-    assert events[-1]["response"]["output"][0]["content"][0]["text"] == "Plain words."
+    assert deltas == ["  Plain", " words,", " no cal", "l."]
+    text = events[-1]["response"]["output"][0]["content"][0]["text"]
+    assert text == "  Plain words, no call."
+    # Under "required" text cannot be the answer's start: held to the end, then one delta.
+    client4, _ = await make_client(**_scripted("Plain words, no call."))
+    resp = await client4.post("/v1/responses", json={**body, "tool_choice": "required"})
+    events = _typed_events(await resp.text())
+    deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
+    assert deltas == ["Plain words, no call."]

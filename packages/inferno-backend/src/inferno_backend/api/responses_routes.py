@@ -179,8 +179,9 @@ async def _stream(
 
     As for chat streams, the first output is awaited before the response starts (an invalid
     request still gets a JSON 4xx), and a client that disconnects aborts the generation.
-    Text streams as it comes; with tools the answer is held to its end, then sent as the
-    function calls it makes or as one message.
+    Text streams as it comes. With tools, an answer that may still be calls is held: to its
+    end, then sent as the function calls it makes or as one message; under "auto", only
+    until its first non-blank character shows it is text.
     """
     sse = web.StreamResponse(
         headers={
@@ -212,7 +213,10 @@ async def _stream(
             started = response.body("in_progress", [], None, None)
             await send("response.created", response=started)
             await send("response.in_progress", response=started)
-            if plan is None:
+            # Text streams live; with tools it is held until it cannot be calls: under
+            # "auto", from its first non-blank character if that does not open the array.
+            live = plan is None
+            if live:
                 await open_message()
             pieces: list[str] = []
             finish: str | None = None
@@ -228,15 +232,20 @@ async def _stream(
                     )
                     await _error(send, f"generation failed: {message}", "engine_error")
                     return sse
-                if out.output.text:
-                    pieces.append(out.output.text)
-                    if plan is None:
-                        await send("response.output_text.delta", **where, delta=out.output.text)
+                delta = out.output.text
+                if delta:
+                    pieces.append(delta)
+                    if not live and plan is not None and _plainly_text(plan, pieces):
+                        live = True
+                        await open_message()
+                        delta = "".join(pieces)
+                    if live:
+                        await send("response.output_text.delta", **where, delta=delta)
                 finish = out.output.finish_reason or finish
             text = "".join(pieces)
             output = response.output(text, finish, plan)
             if output[0]["type"] == "message":
-                if plan is not None:  # held until now: not a call after all
+                if not live:  # held to the end: not a call after all
                     await open_message()
                     if text:
                         await send("response.output_text.delta", **where, delta=text)
@@ -264,6 +273,15 @@ async def _stream(
         except APIError as exc:
             await _error(send, exc.message, exc.code)
     return sse
+
+
+def _plainly_text(plan: ToolPlan, pieces: list[str]) -> bool:
+    """Whether the answer so far is text for sure: the plan allows text ("auto") and the
+    first non-blank character is not the ``[`` that opens calls."""
+    if not plan.optional or plan.named is not None:
+        return False
+    head = "".join(pieces).lstrip()
+    return bool(head) and not head.startswith("[")
 
 
 def _status(finish: str | None) -> str:
