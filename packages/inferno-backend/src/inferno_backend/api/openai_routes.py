@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
-from inferno_inference import TokenLogprob, Usage
+from inferno_inference import GenerationOutput, TokenLogprob, Usage
 from pydantic import BaseModel, ValidationError
 
 from inferno_backend.api.errors import (
@@ -39,9 +39,11 @@ __all__ = [
     "admitted",
     "collect",
     "encode",
+    "event_stream",
     "final_usage",
     "parse_body",
     "render_chat",
+    "report_failure",
     "routes",
     "start_generation",
 ]
@@ -373,6 +375,25 @@ def final_usage(gen: Generation, states: list[ChoiceState]) -> Usage:
     return Usage(sum(len(p) for p in gen.prompts), sum(len(s.token_ids) for s in states))
 
 
+def event_stream(request: web.Request) -> web.StreamResponse:
+    """An unprepared server-sent-events response carrying the request's id."""
+    return web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Request-Id": request.get(REQUEST_ID, ""),
+        }
+    )
+
+
+def report_failure(request: web.Request, gen: Generation, output: GenerationOutput) -> str:
+    """Tell the orchestrator that the engine failed ``output``'s request (it may mark the
+    model unhealthy); returns the message for the client."""
+    message = output.error or "the engine failed"
+    request.app[ORCHESTRATOR].report_engine_failure(gen.served.name, message, gen.request_id)
+    return f"generation failed: {message}"
+
+
 def _event(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
@@ -392,13 +413,7 @@ async def _sse(
     then aborts the engine requests.
     """
     extra = {"usage": None} if include_usage else {}
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Request-Id": request.get(REQUEST_ID, ""),
-        }
-    )
+    response = event_stream(request)
     async with contextlib.aclosing(gen.stream()) as stream:
         first = await anext(stream, None)
         await response.prepare(request)
@@ -411,13 +426,8 @@ async def _sse(
                 if item is None:
                     break
                 if item.output.finish_reason == "error":
-                    message = item.output.error or "the engine failed"
-                    request.app[ORCHESTRATOR].report_engine_failure(
-                        gen.served.name, message, gen.request_id
-                    )
-                    body = error_body(
-                        f"generation failed: {message}", "server_error", code="engine_error"
-                    )
+                    message = report_failure(request, gen, item.output)
+                    body = error_body(message, "server_error", code="engine_error")
                     await response.write(_event(body))
                     continue
                 choices = chunk(item)

@@ -24,14 +24,16 @@ from pydantic import BaseModel
 
 from inferno_backend.api.errors import APIError, error_body
 from inferno_backend.api.generation import Generation, build_sampling, check_context
-from inferno_backend.api.keys import ARRIVAL, METRICS, ORCHESTRATOR, REQUEST_ID
+from inferno_backend.api.keys import ARRIVAL, METRICS
 from inferno_backend.api.openai_routes import (
     admitted,
     collect,
     encode,
+    event_stream,
     final_usage,
     parse_body,
     render_chat,
+    report_failure,
     start_generation,
 )
 from inferno_backend.api.schemas import ResponsesRequest
@@ -183,13 +185,7 @@ async def _stream(
     end, then sent as the function calls it makes or as one message; under "auto", only
     until its first non-blank character shows it is text.
     """
-    sse = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Request-Id": request.get(REQUEST_ID, ""),
-        }
-    )
+    sse = event_stream(request)
     sequence = 0
 
     async def send(kind: str, **fields: Any) -> None:
@@ -226,11 +222,7 @@ async def _stream(
                 if out is None:
                     break
                 if out.output.finish_reason == "error":
-                    message = out.output.error or "the engine failed"
-                    request.app[ORCHESTRATOR].report_engine_failure(
-                        gen.served.name, message, gen.request_id
-                    )
-                    await _error(send, f"generation failed: {message}", "engine_error")
+                    await _error(send, report_failure(request, gen, out.output), "engine_error")
                     return sse
                 delta = out.output.text
                 if delta:
