@@ -37,6 +37,7 @@ from inferno_backend.orchestrator import ModelNotServedError, NotAdmittingError,
 
 __all__ = [
     "admitted",
+    "chat_prompt",
     "collect",
     "encode",
     "event_stream",
@@ -110,6 +111,23 @@ def render_chat(
         ) from None
 
 
+async def chat_prompt(
+    served: ServedModel,
+    messages: Sequence[ChatMessage],
+    plan: ToolPlan | None,
+    token_limit: int | None,
+    param: str,
+) -> tuple[list[int], int]:
+    """A conversation's prompt ids and its token budget: ``token_limit``, or the rest of the
+    context capped by the model's recommended ``max_tokens`` (400 when it does not fit)."""
+    text = render_chat(served, messages, plan, add_generation_prompt=True)
+    ids = await encode(served, text, special=False)
+    budget = check_context(len(ids), token_limit, served.max_model_len, param)
+    if token_limit is None and served.sampling_defaults.max_tokens is not None:
+        budget = min(budget, served.sampling_defaults.max_tokens)
+    return ids, budget
+
+
 def start_generation(request: web.Request, served: ServedModel, rid: str, **kw: Any) -> Generation:
     """A `Generation` of this request on ``served``, observed by the app's metrics and bus."""
     return Generation(
@@ -158,11 +176,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await parse_body(request, ChatCompletionRequest)
     async with admitted(request, body.model) as served:
         plan = body.tool_plan
-        text = render_chat(served, body.messages, plan, add_generation_prompt=True)
-        ids = await encode(served, text, special=False)
-        budget = check_context(len(ids), body.token_limit, served.max_model_len, "messages")
-        if body.token_limit is None and served.sampling_defaults.max_tokens is not None:
-            budget = min(budget, served.sampling_defaults.max_tokens)
+        ids, budget = await chat_prompt(served, body.messages, plan, body.token_limit, "messages")
         top = body.top_logprobs or 0
         sampling = build_sampling(
             body,

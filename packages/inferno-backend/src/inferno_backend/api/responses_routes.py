@@ -23,16 +23,15 @@ from inferno_inference import Usage
 from pydantic import BaseModel
 
 from inferno_backend.api.errors import APIError, error_body
-from inferno_backend.api.generation import Generation, build_sampling, check_context
+from inferno_backend.api.generation import Generation, build_sampling
 from inferno_backend.api.keys import ARRIVAL, METRICS
 from inferno_backend.api.openai_routes import (
     admitted,
+    chat_prompt,
     collect,
-    encode,
     event_stream,
     final_usage,
     parse_body,
-    render_chat,
     report_failure,
     start_generation,
 )
@@ -145,11 +144,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
     body = await parse_body(request, ResponsesRequest)
     async with admitted(request, body.model) as served:
         plan = body.tool_plan
-        text = render_chat(served, body.messages(), plan, add_generation_prompt=True)
-        ids = await encode(served, text, special=False)
-        budget = check_context(len(ids), body.token_limit, served.max_model_len, "input")
-        if body.token_limit is None and served.sampling_defaults.max_tokens is not None:
-            budget = min(budget, served.sampling_defaults.max_tokens)
+        ids, budget = await chat_prompt(served, body.messages(), plan, body.token_limit, "input")
         sampling = build_sampling(
             body, max_tokens=budget, logprobs=None, defaults=served.sampling_defaults
         )
