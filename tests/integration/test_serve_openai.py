@@ -95,6 +95,19 @@ def test_responses_api_answers_like_chat(client: openai.OpenAI) -> None:
     ) as stream:
         final = stream.get_final_response()
     assert final.output_text == expected
+    scored = client.responses.create(
+        model="default",
+        input="What is the capital of France?",
+        max_output_tokens=16,
+        temperature=0,
+        include=["message.output_text.logprobs"],
+        top_logprobs=2,
+    )
+    part = scored.output[0].content[0]  # type: ignore[union-attr]
+    # The tokens spell the text (the end-of-turn token, when it ended the answer, last).
+    spelled = "".join(t.token for t in part.logprobs)  # type: ignore[union-attr]
+    assert spelled.startswith(scored.output_text)
+    assert all(len(t.top_logprobs) == 2 for t in part.logprobs)  # type: ignore[union-attr]
     with pytest.raises(openai.BadRequestError) as err:
         client.responses.create(model="default", input="x", previous_response_id="resp_1")
     assert "keeps no responses" in str(err.value)

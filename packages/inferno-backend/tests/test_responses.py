@@ -329,3 +329,32 @@ async def test_a_streamed_function_call_is_held_and_sent_as_call_events(
     events = _typed_events(await resp.text())
     deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
     assert deltas == ["Plain words, no call."]
+
+
+async def test_logprobs_come_with_the_output_text_when_included(make_client: MakeClient) -> None:
+    client, orch = await make_client()
+    body = {
+        "model": "default",
+        "input": "Hi",
+        "include": ["message.output_text.logprobs"],
+        "top_logprobs": 2,
+    }
+    out = await (await client.post("/v1/responses", json=body)).json()
+    part = out["output"][0]["content"][0]
+    assert len(part["logprobs"]) == 8  # one per output token
+    assert all(isinstance(t["logprob"], float) and t["logprob"] <= 0 for t in part["logprobs"])
+    assert all(len(t["top_logprobs"]) == 2 for t in part["logprobs"])
+    assert orch.engines[0].requests[-1].sampling.logprobs == 2
+    plain = await (
+        await client.post("/v1/responses", json={"model": "default", "input": "Hi"})
+    ).json()
+    assert plain["output"][0]["content"][0]["logprobs"] == []
+    assert orch.engines[0].requests[-1].sampling.logprobs is None
+    events = _typed_events(
+        await (await client.post("/v1/responses", json={**body, "stream": True})).text()
+    )
+    deltas = [e for e in events if e["type"] == "response.output_text.delta"]
+    streamed = [t for e in deltas for t in e["logprobs"]]
+    assert [t["token"] for t in streamed] == [t["token"] for t in part["logprobs"]]
+    done = next(e for e in events if e["type"] == "response.output_text.done")
+    assert done["logprobs"] == streamed

@@ -14,15 +14,16 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
 from aiohttp import web
-from inferno_inference import Usage
+from inferno_inference import TokenLogprob, Usage
 from pydantic import BaseModel
 
 from inferno_backend.api.errors import APIError, error_body
+from inferno_backend.api.formatting import chat_logprobs
 from inferno_backend.api.generation import Generation, build_sampling
 from inferno_backend.api.keys import ARRIVAL, METRICS
 from inferno_backend.api.openai_routes import (
@@ -54,12 +55,14 @@ def _usage(usage: Usage) -> dict[str, Any]:
     }
 
 
-def _part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def _part(text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
 
 
-def _message(item_id: str, text: str | None, status: str) -> dict[str, Any]:
-    content = [] if text is None else [_part(text)]
+def _message(
+    item_id: str, text: str | None, status: str, logprobs: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    content = [] if text is None else [_part(text, logprobs)]
     return {
         "id": item_id,
         "type": "message",
@@ -103,11 +106,17 @@ class _Response:
             "error": None,
         }
 
-    def output(self, text: str, finish: str | None, plan: ToolPlan | None) -> list[dict[str, Any]]:
+    def output(
+        self,
+        text: str,
+        finish: str | None,
+        plan: ToolPlan | None,
+        logprobs: list[dict[str, Any]] | None = None,
+    ) -> list[dict[str, Any]]:
         """The output items of a finished answer: its function calls, or one message."""
         calls = plan.calls(text) if plan is not None and finish == "stop" else None
         if calls is None:
-            return [_message(self.item_id, text, "completed")]
+            return [_message(self.item_id, text, "completed", logprobs)]
         return [
             {
                 "id": f"fc_{uuid.uuid4().hex}",
@@ -145,10 +154,21 @@ async def responses(request: web.Request) -> web.StreamResponse:
     async with admitted(request, body.model) as served:
         plan = body.tool_plan
         ids, budget = await chat_prompt(served, body.messages(), plan, body.token_limit, "input")
+        top = body.top_logprobs or 0
         sampling = build_sampling(
-            body, max_tokens=budget, logprobs=None, defaults=served.sampling_defaults
+            body,
+            max_tokens=budget,
+            logprobs=top if body.wants_logprobs else None,
+            defaults=served.sampling_defaults,
         )
         response = _Response(body, served.name, budget)
+        tokenizer = served.model.tokenizer
+
+        def lp(logprobs: Sequence[TokenLogprob]) -> list[dict[str, Any]] | None:
+            if not body.wants_logprobs:
+                return None
+            return list(chat_logprobs(tokenizer, logprobs, top)["content"])
+
         gen = start_generation(
             request,
             served,
@@ -161,16 +181,20 @@ async def responses(request: web.Request) -> web.StreamResponse:
         if not body.stream:
             (state,) = await collect(request, gen, 1)
             answer, finish = "".join(state.text), state.finish_reason
-            output = response.output(answer, finish, plan)
+            output = response.output(answer, finish, plan, lp(state.logprobs))
             _count_calls(request, served.name, output)
             return web.json_response(
                 response.body(_status(finish), output, finish, final_usage(gen, [state]))
             )
-        return await _stream(request, gen, response, plan)
+        return await _stream(request, gen, response, plan, lp)
 
 
 async def _stream(
-    request: web.Request, gen: Generation, response: _Response, plan: ToolPlan | None
+    request: web.Request,
+    gen: Generation,
+    response: _Response,
+    plan: ToolPlan | None,
+    lp: Callable[[Sequence[TokenLogprob]], list[dict[str, Any]] | None],
 ) -> web.StreamResponse:
     """The Responses API's event stream of one generation.
 
@@ -210,6 +234,8 @@ async def _stream(
             if live:
                 await open_message()
             pieces: list[str] = []
+            tokens: list[TokenLogprob] = []
+            unsent = 0  # tokens held back with the text (the stream may turn out calls)
             finish: str | None = None
             pending = [first] if first is not None else []
             while True:
@@ -220,6 +246,7 @@ async def _stream(
                     await _error(send, report_failure(request, gen, out.output), "engine_error")
                     return sse
                 delta = out.output.text
+                tokens.extend(out.output.logprobs or ())
                 if delta:
                     pieces.append(delta)
                     if not live and plan is not None and _plainly_text(plan, pieces):
@@ -227,17 +254,27 @@ async def _stream(
                         await open_message()
                         delta = "".join(pieces)
                     if live:
-                        await send("response.output_text.delta", **where, delta=delta)
+                        fresh = tokens[unsent:]
+                        unsent = len(tokens)
+                        await send(
+                            "response.output_text.delta",
+                            **where,
+                            delta=delta,
+                            logprobs=lp(fresh) or [],
+                        )
                 finish = out.output.finish_reason or finish
             text = "".join(pieces)
-            output = response.output(text, finish, plan)
+            every = lp(tokens)
+            output = response.output(text, finish, plan, every)
             if output[0]["type"] == "message":
                 if not live:  # held to the end: not a call after all
                     await open_message()
                     if text:
-                        await send("response.output_text.delta", **where, delta=text)
-                await send("response.output_text.done", **where, text=text)
-                await send("response.content_part.done", **where, part=_part(text))
+                        await send(
+                            "response.output_text.delta", **where, delta=text, logprobs=every or []
+                        )
+                await send("response.output_text.done", **where, text=text, logprobs=every or [])
+                await send("response.content_part.done", **where, part=_part(text, every))
                 await send("response.output_item.done", output_index=0, item=output[0])
             else:
                 _count_calls(request, gen.served.name, output)

@@ -761,8 +761,18 @@ class ResponsesRequest(SamplingFields):
     )
     parallel_tool_calls: bool = Field(default=True, description="Allow several calls at once.")
     metadata: dict[str, str] | None = Field(default=None, description="Echoed back.")
+    include: list[str] | None = Field(
+        default=None,
+        description='Extra output: "message.output_text.logprobs" adds log-probabilities of '
+        "the output tokens; other values are accepted and ignored.",
+    )
+    top_logprobs: int | None = Field(
+        default=None, ge=0, le=20, description="Alternatives listed with each token's logprob."
+    )
 
-    _integral_max_output = field_validator("max_output_tokens", mode="before")(_integral)
+    _integral_max_output = field_validator("max_output_tokens", "top_logprobs", mode="before")(
+        _integral
+    )
 
     @field_validator("input", mode="before")
     @classmethod
@@ -835,6 +845,11 @@ class ResponsesRequest(SamplingFields):
     def token_limit(self) -> int | None:
         """The requested limit of new tokens, whichever name carried it."""
         return self.max_output_tokens or self.max_tokens
+
+    @property
+    def wants_logprobs(self) -> bool:
+        """The output text carries its tokens' log-probabilities."""
+        return "message.output_text.logprobs" in (self.include or ())
 
     def messages(self) -> list[ChatMessage]:
         """The conversation as chat messages, the instructions first. Consecutive function
