@@ -74,6 +74,7 @@ async def test_instructions_and_messages_go_through_the_chat_template(
     assert out["status"] == "incomplete"
     assert out["incomplete_details"] == {"reason": "max_output_tokens"}
     assert out["output"][0]["content"][0]["text"] == "Hello, I"
+    assert out["output"][0]["status"] == "incomplete"
     assert out["metadata"] == {"k": "v"}
     assert out["instructions"] == "Be brief."
     request = orch.engines[0].requests[-1]

@@ -116,7 +116,7 @@ class _Response:
         """The output items of a finished answer: its function calls, or one message."""
         calls = plan.calls(text) if plan is not None and finish == "stop" else None
         if calls is None:
-            return [_message(self.item_id, text, "completed", logprobs)]
+            return [_message(self.item_id, text, _status(finish), logprobs)]
         return [
             {
                 "id": f"fc_{uuid.uuid4().hex}",
