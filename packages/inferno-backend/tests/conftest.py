@@ -11,6 +11,7 @@ from inferno_backend.api import build_app
 from inferno_backend.config import ServeConfig
 from inferno_backend.orchestrator import Orchestrator
 from inferno_backend.testing import fake_orchestrator
+from inferno_inference import GenerationRequest
 
 MakeClient = Callable[..., Awaitable[tuple[TestClient[Any, Any], Orchestrator]]]
 
@@ -41,3 +42,12 @@ async def client(make_client: MakeClient) -> TestClient[Any, Any]:
     """A client of an app with default config and the default fake script."""
     c, _ = await make_client()
     return c
+
+
+def scripted(answer: str) -> dict[str, Any]:
+    """`make_client` options: every choice streams ``answer`` in pieces of 7 characters."""
+
+    def script(request: GenerationRequest, index: int) -> list[str]:
+        return [answer[i : i + 7] for i in range(0, len(answer), 7)]
+
+    return {"engine_options": {"script": script}}

@@ -6,9 +6,8 @@ import json
 from typing import Any
 
 import pytest
-from inferno_inference import GenerationRequest
 
-from .conftest import MakeClient
+from .conftest import MakeClient, scripted
 
 ANSWER = "Hello, I am a fake engine."
 
@@ -223,17 +222,8 @@ WEATHER = {
 CALL = '[{"name": "get_weather", "arguments": {"city": "Paris"}}]'
 
 
-def _scripted(answer: str) -> dict[str, Any]:
-    """Engine options: the answer streams in pieces of 7 characters."""
-
-    def script(request: GenerationRequest, index: int) -> list[str]:
-        return [answer[i : i + 7] for i in range(0, len(answer), 7)]
-
-    return {"engine_options": {"script": script}}
-
-
 async def test_a_function_call_comes_back_as_an_output_item(make_client: MakeClient) -> None:
-    client, orch = await make_client(**_scripted(CALL))
+    client, orch = await make_client(**scripted(CALL))
     body = {"model": "default", "input": "Weather in Paris?", "tools": [WEATHER]}
     resp = await client.post("/v1/responses", json=body)
     out = await resp.json()
@@ -258,7 +248,7 @@ async def test_a_function_call_comes_back_as_an_output_item(make_client: MakeCli
 async def test_calls_and_their_outputs_in_the_input_reach_the_template(
     make_client: MakeClient,
 ) -> None:
-    client, orch = await make_client(**_scripted("It is 18 C in Paris."))
+    client, orch = await make_client(**scripted("It is 18 C in Paris."))
     body = {
         "model": "default",
         "tools": [WEATHER],
@@ -285,7 +275,7 @@ async def test_calls_and_their_outputs_in_the_input_reach_the_template(
 async def test_a_streamed_function_call_is_held_and_sent_as_call_events(
     make_client: MakeClient,
 ) -> None:
-    client, _ = await make_client(**_scripted(CALL))
+    client, _ = await make_client(**scripted(CALL))
     body = {
         "model": "default",
         "input": "Weather?",
@@ -294,7 +284,7 @@ async def test_a_streamed_function_call_is_held_and_sent_as_call_events(
         "stream": True,
     }
     # A named function: the model writes only the arguments object.
-    client2, _ = await make_client(**_scripted('{"city": "Rome"}'))
+    client2, _ = await make_client(**scripted('{"city": "Rome"}'))
     resp = await client2.post("/v1/responses", json=body)
     events = _typed_events(await resp.text())
     kinds = [e["type"] for e in events]
@@ -317,7 +307,7 @@ async def test_a_streamed_function_call_is_held_and_sent_as_call_events(
     assert [e["type"] for e in events][-1] == "response.completed"
     assert events[-1]["response"]["output"][0]["type"] == "function_call"
     # A text answer under "auto" streams from its first non-blank character on.
-    client3, _ = await make_client(**_scripted("  Plain words, no call."))
+    client3, _ = await make_client(**scripted("  Plain words, no call."))
     resp = await client3.post("/v1/responses", json={**body, "tool_choice": "auto"})
     events = _typed_events(await resp.text())
     deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
@@ -325,7 +315,7 @@ async def test_a_streamed_function_call_is_held_and_sent_as_call_events(
     text = events[-1]["response"]["output"][0]["content"][0]["text"]
     assert text == "  Plain words, no call."
     # Under "required" text cannot be the answer's start: held to the end, then one delta.
-    client4, _ = await make_client(**_scripted("Plain words, no call."))
+    client4, _ = await make_client(**scripted("Plain words, no call."))
     resp = await client4.post("/v1/responses", json={**body, "tool_choice": "required"})
     events = _typed_events(await resp.text())
     deltas = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]

@@ -10,9 +10,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from inferno_backend.api.schemas import ChatCompletionRequest, ChatMessage, Tool
 from inferno_backend.api.tools import ToolCallStream, ToolPlan, conversation, plan_tools
-from inferno_inference import GenerationRequest
 
-from .conftest import MakeClient
+from .conftest import MakeClient, scripted
 
 WEATHER = {
     "type": "function",
@@ -245,17 +244,8 @@ def test_request_validation() -> None:
 # -- the route, over the fake engine ---------------------------------------------------------
 
 
-def _scripted(answer: str) -> dict[str, Any]:
-    """Engine options: every choice streams ``answer`` in pieces of 7 characters."""
-
-    def script(request: GenerationRequest, index: int) -> list[str]:
-        return [answer[i : i + 7] for i in range(0, len(answer), 7)]
-
-    return {"engine_options": {"script": script}}
-
-
 async def test_route_returns_tool_calls_and_sends_the_schema(make_client: MakeClient) -> None:
-    client, orch = await make_client(**_scripted(PARIS))
+    client, orch = await make_client(**scripted(PARIS))
     resp = await client.post(
         "/v1/chat/completions", json={**CHAT, "tools": TOOLS, "tool_choice": "required"}
     )
@@ -280,7 +270,7 @@ async def test_route_returns_tool_calls_and_sends_the_schema(make_client: MakeCl
 
 
 async def test_route_answers_in_text_when_the_model_does_not_call(make_client: MakeClient) -> None:
-    client, orch = await make_client(**_scripted("It is sunny."))
+    client, orch = await make_client(**scripted("It is sunny."))
     resp = await client.post("/v1/chat/completions", json={**CHAT, "tools": TOOLS})
     body = await resp.json()
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "It is sunny."}
@@ -291,7 +281,7 @@ async def test_route_answers_in_text_when_the_model_does_not_call(make_client: M
 
 
 async def test_route_streams_a_named_call(make_client: MakeClient) -> None:
-    client, _ = await make_client(**_scripted('{"city": "Rome"}'))
+    client, _ = await make_client(**scripted('{"city": "Rome"}'))
     named = {"type": "function", "function": {"name": "get_weather"}}
     resp = await client.post(
         "/v1/chat/completions",
