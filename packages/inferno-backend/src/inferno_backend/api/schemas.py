@@ -348,6 +348,17 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
+def _check_tool_choice(names: Sequence[str], choice: object, named: str | None) -> None:
+    """Tool names are unique, and ``tool_choice`` (``named``: the function it names, if it
+    names one) fits them."""
+    if len(set(names)) != len(names):
+        raise ValueError("tools: two tools have the same name")
+    if choice not in (None, "none") and not names:
+        raise ValueError("tool_choice: needs tools")
+    if named is not None and named not in names:
+        raise ValueError(f"tool_choice: {named!r} is not one of the tools")
+
+
 class ToolFields(BaseModel):
     """The tools a chat may call, as chat completions and ``/tokenize`` take them."""
 
@@ -365,14 +376,9 @@ class ToolFields(BaseModel):
 
     @model_validator(mode="after")
     def _check_tools(self) -> ToolFields:
-        names = [t.function.name for t in self.tools or ()]
-        if len(set(names)) != len(names):
-            raise ValueError("tools: two tools have the same name")
         choice = self.tool_choice
-        if choice not in (None, "none") and not names:
-            raise ValueError("tool_choice: needs tools")
-        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
-            raise ValueError(f"tool_choice: {choice.function.name!r} is not one of the tools")
+        named = choice.function.name if isinstance(choice, NamedToolChoice) else None
+        _check_tool_choice([t.function.name for t in self.tools or ()], choice, named)
         return self
 
     @cached_property
@@ -791,14 +797,9 @@ class ResponsesRequest(SamplingFields):
                 "previous_response_id: not supported, this server keeps no responses; send the "
                 "conversation in input"
             )
-        names = [t.name for t in self.tools or ()]
-        if len(set(names)) != len(names):
-            raise ValueError("tools: two tools have the same name")
         choice = self.tool_choice
-        if choice not in (None, "none") and not names:
-            raise ValueError("tool_choice: needs tools")
-        if isinstance(choice, ResponseNamedTool) and choice.name not in names:
-            raise ValueError(f"tool_choice: {choice.name!r} is not one of the tools")
+        named = choice.name if isinstance(choice, ResponseNamedTool) else None
+        _check_tool_choice([t.name for t in self.tools or ()], choice, named)
         if self.n != 1:
             raise ValueError("n: /v1/responses gives one answer")
         fmt = self.text.format if self.text is not None else None
