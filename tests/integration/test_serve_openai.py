@@ -104,13 +104,38 @@ def test_responses_api_answers_like_chat(client: openai.OpenAI) -> None:
         top_logprobs=2,
     )
     part = scored.output[0].content[0]  # type: ignore[union-attr]
-    # The tokens spell the text (the end-of-turn token, when it ended the answer, last).
+    # The tokens spell the text; the end-of-turn token that ended it has no entry.
     spelled = "".join(t.token for t in part.logprobs)  # type: ignore[union-attr]
-    assert spelled.startswith(scored.output_text)
+    assert spelled == scored.output_text
     assert all(len(t.top_logprobs) == 2 for t in part.logprobs)  # type: ignore[union-attr]
     with pytest.raises(openai.BadRequestError) as err:
         client.responses.create(model="default", input="x", previous_response_id="resp_1")
     assert "keeps no responses" in str(err.value)
+
+
+def test_chat_logprobs_spell_the_answer_and_the_end_of_turn_is_the_stop_reason(
+    server: ServeProcess, client: openai.OpenAI
+) -> None:
+    resp = client.chat.completions.create(
+        model="default",
+        messages=MESSAGES,
+        max_tokens=64,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=1,
+    )
+    choice = resp.choices[0]
+    assert choice.finish_reason == "stop"
+    assert choice.logprobs is not None
+    tokens = choice.logprobs.content or []
+    assert "".join(t.token for t in tokens) == choice.message.content
+    # One more token was generated than has a logprob: the end of turn, named as stop_reason.
+    assert resp.usage is not None
+    assert resp.usage.completion_tokens == len(tokens) + 1
+    end_of_turn = choice.model_extra["stop_reason"] if choice.model_extra else None
+    assert isinstance(end_of_turn, int)
+    detok = _post_json(server, "/detokenize", {"model": "default", "tokens": [end_of_turn]})
+    assert detok["prompt"] == "<|im_end|>"
 
 
 def test_responses_api_function_calls(client: openai.OpenAI) -> None:

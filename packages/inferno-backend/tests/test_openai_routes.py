@@ -269,3 +269,50 @@ async def test_served_model_name(make_client: MakeClient) -> None:
     assert body["data"][0]["id"] == "smol"
     resp = await client.post("/v1/chat/completions", json={**CHAT, "model": "smol"})
     assert resp.status == 200
+
+
+async def test_the_end_of_turn_token_has_no_logprob_and_is_the_stop_reason(
+    make_client: MakeClient,
+) -> None:
+    client, _orch = await make_client(engine_options={"end_token_id": 2})
+    payload = {**CHAT, "logprobs": True, "top_logprobs": 1}
+    body = await (await client.post("/v1/chat/completions", json=payload)).json()
+    choice = body["choices"][0]
+    content = choice["logprobs"]["content"]
+    assert len(content) == 8  # one per piece of the script: the end token has none
+    assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", 2)
+    assert body["usage"]["completion_tokens"] == 9  # the end of turn was generated
+    events = _events(
+        await (await client.post("/v1/chat/completions", json={**payload, "stream": True})).text()
+    )
+    chunks = [c for c in events[:-1] if c["choices"]]
+    streamed = [
+        t
+        for c in chunks
+        if c["choices"][0]["logprobs"]
+        for t in c["choices"][0]["logprobs"]["content"]
+    ]
+    assert [t["token"] for t in streamed] == [t["token"] for t in content]
+    assert chunks[-1]["choices"][0]["stop_reason"] == 2
+    assert all(c["choices"][0]["stop_reason"] is None for c in chunks[:-1])
+    legacy = {"model": "default", "prompt": "Hi", "max_tokens": 20, "logprobs": 1}
+    text = await (await client.post("/v1/completions", json=legacy)).json()
+    lp = text["choices"][0]["logprobs"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["text_offset"]) == 8
+    assert text["choices"][0]["stop_reason"] == 2
+
+
+async def test_a_stop_string_is_the_stop_reason(client: TestClient[Any, Any]) -> None:
+    body = await (await client.post("/v1/chat/completions", json={**CHAT, "stop": ["fake"]})).json()
+    choice = body["choices"][0]
+    assert choice["message"]["content"] == "Hello, I am a "
+    assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", "fake")
+    capped = await (
+        await client.post(
+            "/v1/completions", json={"model": "default", "prompt": "Hi", "max_tokens": 2}
+        )
+    ).json()
+    assert (capped["choices"][0]["finish_reason"], capped["choices"][0]["stop_reason"]) == (
+        "length",
+        None,
+    )

@@ -349,3 +349,12 @@ async def test_logprobs_come_with_the_output_text_when_included(make_client: Mak
     assert [t["token"] for t in streamed] == [t["token"] for t in part["logprobs"]]
     done = next(e for e in events if e["type"] == "response.output_text.done")
     assert done["logprobs"] == streamed
+
+
+async def test_logprobs_leave_out_the_end_of_turn_token(make_client: MakeClient) -> None:
+    client, _orch = await make_client(engine_options={"end_token_id": 2})
+    body = {"model": "default", "input": "Hi", "include": ["message.output_text.logprobs"]}
+    out = await (await client.post("/v1/responses", json=body)).json()
+    part = out["output"][0]["content"][0]
+    assert len(part["logprobs"]) == 8  # one per piece of the script: the end token has none
+    assert out["usage"]["output_tokens"] == 9

@@ -189,12 +189,19 @@ async def test_stop_strings_and_stop_token_ids(engine: AsyncEngine) -> None:
     )
     assert _text(outs) == text[: text.find(stop)]
     assert outs[-1].finish_reason == "stop"
+    assert outs[-1].stop_reason == stop
     stop_id = tokens[4]
     outs = await _collect(
         engine, _req("s2", max_tokens=20, temperature=0, ignore_eos=True, stop_token_ids=(stop_id,))
     )
     assert _tokens(outs) == tokens[: tokens.index(stop_id) + 1]
     assert outs[-1].finish_reason == "stop"
+    assert outs[-1].stop_reason == stop_id
+    assert outs[-1].token_ids == (stop_id,)
+    assert outs[-1].text == ""
+    assert all(o.stop_reason is None for o in outs[:-1])
+    outs = await _collect(engine, _req("s3", max_tokens=5, temperature=0, ignore_eos=True))
+    assert (outs[-1].finish_reason, outs[-1].stop_reason) == ("length", None)
 
 
 async def test_eos_stops_unless_ignored(resource: StatisticsAdaptor) -> None:
@@ -208,6 +215,7 @@ async def test_eos_stops_unless_ignored(resource: StatisticsAdaptor) -> None:
     outs = await _collect(eng, _req("e1", max_tokens=12, temperature=0))
     assert _tokens(outs) == tokens[: tokens.index(tokens[3]) + 1]
     assert outs[-1].finish_reason == "stop"
+    assert outs[-1].stop_reason == tokens[3]
     await eng.shutdown()
 
 

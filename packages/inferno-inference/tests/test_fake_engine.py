@@ -50,6 +50,22 @@ async def test_stop_string_across_pieces_is_cut() -> None:
     outs = await _collect(FakeEngine(["Hel", "lo wo", "rld", "!"]), _req(stop=("o w",)))
     assert "".join(o.text for o in outs) == "Hell"
     assert outs[-1].finish_reason == "stop"
+    assert outs[-1].stop_reason == "o w"
+
+
+async def test_end_token_ends_a_script_like_a_model_ends_its_turn() -> None:
+    outs = await _collect(FakeEngine(["a", "b"], end_token_id=7), _req(logprobs=1))
+    assert [o.token_ids for o in outs][-1] == (7,)
+    assert "".join(o.text for o in outs) == "ab"
+    last = outs[-1]
+    assert (last.finish_reason, last.stop_reason, last.text) == ("stop", 7, "")
+    assert last.logprobs is not None
+    assert last.logprobs[0].token_id == 7
+    assert last.usage is not None
+    assert last.usage.completion_tokens == 3
+    cut = await _collect(FakeEngine(["a", "b"], end_token_id=7), _req(max_tokens=2))
+    assert (cut[-1].finish_reason, cut[-1].stop_reason) == ("length", None)
+    assert all(7 not in o.token_ids for o in cut)
 
 
 async def test_n_choices_and_logprobs() -> None:

@@ -22,6 +22,18 @@ def test_holds_back_possible_prefix() -> None:
     assert m.text == "abcENx"
 
 
+def test_matched_names_the_earliest_stop_string() -> None:
+    m = StopMatcher(("world", "lo", "hello"))
+    assert m.matched is None
+    assert m.push("say hel") == ("say ", False)
+    assert m.push("lo world") == ("", True)
+    # "hello" starts first; at the same start the longer string would be named.
+    assert m.matched == "hello"
+    tie = StopMatcher(("ab", "abc"))
+    assert tie.push("xabcd") == ("x", True)
+    assert tie.matched == "abc"
+
+
 def test_flush_releases_held_text() -> None:
     m = StopMatcher(("###",))
     assert m.push("a#") == ("a", False)

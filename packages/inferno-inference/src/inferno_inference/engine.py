@@ -385,13 +385,14 @@ class LLMEngine:
         stopped = False
         text = ""
         finish: FinishReason | None = None
+        stop_reason: int | str | None = None
         is_eos = token in self.eos_token_ids and not sp.ignore_eos
         if is_eos or token in sp.stop_token_ids:
-            finish = "stop"
+            finish, stop_reason = "stop", token
         elif detok is not None:
             text, stopped = seq.stop_matcher.push(detok.push(token))
             if stopped:
-                finish = "stop"
+                finish, stop_reason = "stop", seq.stop_matcher.matched
         if seq.constraint is not None:
             seq.constraint.advance(token)
             if finish is None and seq.constraint.done:
@@ -406,7 +407,15 @@ class LLMEngine:
         if not stopped:
             tail = detok.flush() if detok is not None else ""
             text += seq.stop_matcher.push(tail)[0] + seq.stop_matcher.flush()
-        return self._finish(req, seq, finish, token_ids=(token,), text=text, logprobs=logprobs)
+        return self._finish(
+            req,
+            seq,
+            finish,
+            token_ids=(token,),
+            text=text,
+            logprobs=logprobs,
+            stop_reason=stop_reason,
+        )
 
     def _finish(
         self,
@@ -419,6 +428,7 @@ class LLMEngine:
         logprobs: tuple[TokenLogprob, ...] | None = None,
         error: str | None = None,
         embedding: tuple[float, ...] | None = None,
+        stop_reason: int | str | None = None,
     ) -> GenerationOutput:
         self.scheduler.finish(seq, failed=reason == "error")
         seq.finish_reason = reason
@@ -443,6 +453,7 @@ class LLMEngine:
             usage=usage,
             error=error,
             embedding=embedding,
+            stop_reason=stop_reason,
         )
 
     def _fail(self, seqs: Seq[Sequence], message: str) -> list[GenerationOutput]:

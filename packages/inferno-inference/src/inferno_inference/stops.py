@@ -24,6 +24,8 @@ class StopMatcher:
     stops: tuple[str, ...]
     text: str = ""
     emitted: int = 0
+    #: The stop string that was matched (the earliest in the text), once one was.
+    matched: str | None = None
     _longest: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
@@ -38,9 +40,9 @@ class StopMatcher:
             return out, False
         start = max(0, len(self.text) - self._longest + 1)
         self.text += delta
-        hits = [p for p in (self.text.find(s, start) for s in self.stops) if p >= 0]
+        hits = [(p, s) for s in self.stops if (p := self.text.find(s, start)) >= 0]
         if hits:
-            cut = min(hits)
+            cut, self.matched = min(hits, key=lambda hit: (hit[0], -len(hit[1])))
             out = self.text[self.emitted : cut] if cut > self.emitted else ""
             self.text = self.text[:cut]
             self.emitted = len(self.text)

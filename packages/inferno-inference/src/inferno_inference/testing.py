@@ -25,6 +25,7 @@ from inferno_inference.types import (
     FinishReason,
     GenerationOutput,
     GenerationRequest,
+    SamplingParams,
     TokenLogprob,
     Usage,
 )
@@ -93,6 +94,9 @@ class FakeEngine:
         embedding_size: length of the vectors `embed` returns (see `fake_embedding`); it
             waits ``first_token_delay`` and fails with ``error_message`` when ``fail_after``
             is set.
+        end_token_id: end each finished script with this token, as a model ends its turn: one
+            more output with this id, no text and ``stop_reason`` set to the id (it counts as
+            a generated token and has logprobs). None: the last piece finishes the choice.
     """
 
     def __init__(
@@ -109,6 +113,7 @@ class FakeEngine:
         block_size: int = 16,
         kv_blocks_total: int = 1024,
         embedding_size: int = 64,
+        end_token_id: int | None = None,
     ) -> None:
         self._script = script
         self.max_model_len = max_model_len
@@ -121,6 +126,7 @@ class FakeEngine:
         self.block_size = block_size
         self.kv_blocks_total = kv_blocks_total
         self.embedding_size = embedding_size
+        self.end_token_id = end_token_id
         self._lock = threading.Lock()
         self._live: dict[str, _Live] = {}
         self._abort_requested: set[str] = set()
@@ -300,8 +306,22 @@ class FakeEngine:
         sp = request.sampling
         if self.fail_after is not None and choice.count >= self.fail_after:
             return GenerationOutput(rid, i, (), "", finish_reason="error", error=self.error_message)
+        end = self.end_token_id
         if choice.count >= len(choice.pieces):
-            return GenerationOutput(rid, i, (), choice.matcher.flush(), finish_reason="stop")
+            if end is None:
+                return GenerationOutput(rid, i, (), choice.matcher.flush(), finish_reason="stop")
+            choice.count += 1
+            with self._lock:
+                self._generated += 1
+            return GenerationOutput(
+                rid,
+                i,
+                (end,),
+                choice.matcher.flush(),
+                finish_reason="stop",
+                logprobs=self._logprobs(sp, end),
+                stop_reason=end,
+            )
         piece = choice.pieces[choice.count]
         choice.count += 1
         with self._lock:
@@ -311,22 +331,32 @@ class FakeEngine:
                 live.tokens = max(live.tokens, choice.count)
         text, stopped = choice.matcher.push(piece)
         finish: FinishReason | None = None
-        if stopped or choice.count >= len(choice.pieces):
+        if stopped or (choice.count >= len(choice.pieces) and end is None):
             finish = "stop"
         elif choice.count >= limit:
             finish = "length"
         if finish is not None and not stopped:
             text += choice.matcher.flush()
         tid = fake_token_id(piece, self.vocab_size)
-        logprobs = None
-        if sp.logprobs is not None:
-            alts = tuple(
-                (fake_token_id(f"{piece}#{k}", self.vocab_size), -float(k))
-                for k in range(1, sp.logprobs)
-            )
-            top = ((tid, 0.0), *alts) if sp.logprobs else ()
-            logprobs = (TokenLogprob(tid, 0.0, top),)
-        return GenerationOutput(rid, i, (tid,), text, finish_reason=finish, logprobs=logprobs)
+        return GenerationOutput(
+            rid,
+            i,
+            (tid,),
+            text,
+            finish_reason=finish,
+            logprobs=self._logprobs(sp, tid),
+            stop_reason=choice.matcher.matched if stopped else None,
+        )
+
+    def _logprobs(self, sp: SamplingParams, tid: int) -> tuple[TokenLogprob, ...] | None:
+        """The chosen token at log-probability 0 and made-up alternatives below it."""
+        if sp.logprobs is None:
+            return None
+        alts = tuple(
+            (fake_token_id(f"{tid}#{k}", self.vocab_size), -float(k)) for k in range(1, sp.logprobs)
+        )
+        top = ((tid, 0.0), *alts) if sp.logprobs else ()
+        return (TokenLogprob(tid, 0.0, top),)
 
 
 @dataclass(slots=True)

@@ -168,6 +168,11 @@ class GenerationOutput:
     #: The pooled hidden state, on the one output of an embedding request (unit length when
     #: the request asked for it).
     embedding: tuple[float, ...] | None = None
+    #: What ended a choice whose ``finish_reason`` is ``"stop"``: the token id (an end of
+    #: sequence or one of ``stop_token_ids``; it is the last of ``token_ids`` and its text is
+    #: not in ``text``), or the stop string matched (cut from the text). None otherwise, and
+    #: when a JSON-mode value was complete.
+    stop_reason: int | str | None = None
 
     @property
     def finished(self) -> bool:

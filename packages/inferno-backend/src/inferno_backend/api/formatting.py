@@ -26,6 +26,8 @@ class ChoiceState:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
+    #: The stop token id or stop string that ended the choice (see `GenerationOutput`).
+    stop_reason: int | str | None = None
     error: str | None = None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -178,7 +179,7 @@ class Generation:
                     self.finish_reasons.append(out.finish_reason)
                 if out.usage is not None:
                     self._usages.append(out.usage)
-                yield item
+                yield PromptOutput(item.prompt_index, _content_logprobs(out))
         finally:
             seconds = time.perf_counter() - self.arrival
             prompt_tokens = sum(len(p) for p in self.prompts)
@@ -254,6 +255,16 @@ class Generation:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _content_logprobs(out: GenerationOutput) -> GenerationOutput:
+    """``out`` without the log-probability of the token that stopped it (an end of turn or a
+    stop token id), whose text is not in the answer: logprobs describe the content."""
+    lps = out.logprobs
+    stop = out.stop_reason
+    if isinstance(stop, int) and lps and out.token_ids and lps[-1].token_id == stop:
+        return dataclasses.replace(out, logprobs=lps[:-1])
+    return out
 
 
 @contextlib.asynccontextmanager

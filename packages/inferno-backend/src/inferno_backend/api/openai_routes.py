@@ -219,6 +219,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                         "message": message,
                         "logprobs": lp(s.logprobs),
                         "finish_reason": finish,
+                        "stop_reason": None if finish == "tool_calls" else s.stop_reason,
                     }
                 )
             return web.json_response(
@@ -249,6 +250,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                     "delta": delta,
                     "logprobs": lp(out.logprobs or ()),
                     "finish_reason": finish,
+                    "stop_reason": out.stop_reason if finish == "stop" else None,
                 }
             ]
 
@@ -259,6 +261,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 "delta": {"role": "assistant", "content": "" if plan is None else None},
                 "logprobs": None,
                 "finish_reason": None,
+                "stop_reason": None,
             }
             for i in range(body.n)
         ]
@@ -318,6 +321,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
                         "text": prefix + "".join(s.text),
                         "logprobs": logprobs,
                         "finish_reason": s.finish_reason,
+                        "stop_reason": s.stop_reason,
                     }
                 )
             return web.json_response(
@@ -351,6 +355,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
                     "text": text,
                     "logprobs": logprobs,
                     "finish_reason": out.finish_reason,
+                    "stop_reason": out.stop_reason,
                 }
             ]
 
@@ -373,6 +378,7 @@ async def collect(request: web.Request, gen: Generation, choices: int) -> list[C
                 state.logprobs.extend(out.logprobs)
             if out.finish_reason is not None:
                 state.finish_reason = out.finish_reason
+                state.stop_reason = out.stop_reason
                 state.error = out.error
     failed = next((s for s in states if s.finish_reason == "error"), None)
     if failed is not None:
