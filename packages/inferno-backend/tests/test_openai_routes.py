@@ -316,3 +316,30 @@ async def test_a_stop_string_is_the_stop_reason(client: TestClient[Any, Any]) ->
         "length",
         None,
     )
+
+
+async def test_a_full_queue_refuses_with_503_and_retry_after(make_client: MakeClient) -> None:
+    config = ServeConfig(warmup=False, max_num_seqs=1, max_queued_requests=1)
+    client, orch = await make_client(config, engine_options={"token_delay": 0.02})
+    served = orch.get("default")
+    held = [asyncio.create_task(client.post("/v1/chat/completions", json=CHAT)) for _ in range(2)]
+    for _ in range(500):
+        if served.generating == 2:
+            break
+        await asyncio.sleep(0.005)
+    assert served.generating == 2
+    refused = await client.post("/v1/completions", json={"model": "default", "prompt": "x"})
+    assert refused.status == 503
+    assert refused.headers["Retry-After"] == "1"
+    error = (await refused.json())["error"]
+    assert error["code"] == "server_overloaded"
+    assert "at most 2" in error["message"]
+    # Tokenizing never waits for the engine, so a full queue does not refuse it.
+    counted = await client.post("/tokenize", json={"model": "default", "prompt": "x"})
+    assert counted.status == 200
+    metrics = await (await client.get("/metrics")).text()
+    assert 'inferno:requests_rejected_total{model="default",reason="overloaded"} 1.0' in metrics
+    assert all(r.status == 200 for r in await asyncio.gather(*held))
+    assert served.generating == 0
+    again = await client.post("/v1/chat/completions", json=CHAT)
+    assert again.status == 200

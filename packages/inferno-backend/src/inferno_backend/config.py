@@ -67,6 +67,14 @@ class ServeConfig(BaseModel):
         "kernels pass a self-check at startup.",
     )
     max_num_seqs: int = Field(default=64, ge=1, le=4096, description="Concurrent sequences.")
+    max_queued_requests: int = Field(
+        default=512,
+        ge=0,
+        le=1_000_000,
+        description="Generation requests per model that may wait beyond max_num_seqs; "
+        "one more is refused at once with 503 (code server_overloaded) and Retry-After, "
+        "which clients and the gateway retry, instead of waiting without bound.",
+    )
     max_model_len: int | None = Field(
         default=None, ge=16, description="Context length; defaults to the model's."
     )

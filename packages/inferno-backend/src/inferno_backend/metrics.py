@@ -158,6 +158,12 @@ class Metrics:
             "inferno:http_requests", "HTTP responses by route and status.",
             ["route", "status"], registry=reg,
         )  # fmt: skip
+        self.rejected = Counter(
+            "inferno:requests_rejected",
+            "Requests refused before reaching the engine, by reason (overloaded: the model held "
+            "max_num_seqs + max_queued_requests requests).",
+            ["model", "reason"], registry=reg,
+        )  # fmt: skip
         reg.register(_SnapshotCollector(snapshots))
 
     def render(self) -> bytes:

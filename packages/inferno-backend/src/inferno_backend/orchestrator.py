@@ -37,6 +37,7 @@ __all__ = [
     "ModelNotServedError",
     "NotAdmittingError",
     "Orchestrator",
+    "OverloadedError",
     "RegistrationHandle",
     "ServedModel",
     "ShutdownReport",
@@ -57,6 +58,11 @@ class DaemonState(enum.StrEnum):
 
 class NotAdmittingError(RuntimeError):
     """The daemon (or this model) is not taking new requests right now (the API answers 503)."""
+
+
+class OverloadedError(NotAdmittingError):
+    """The model already holds as many generation requests as it may (``max_num_seqs`` running
+    and ``max_queued_requests`` waiting); the API answers 503 ``server_overloaded``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,10 +223,15 @@ class Orchestrator:
     # -- admission -----------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def admit(self, name: str) -> AsyncIterator[ServedModel]:
+    async def admit(self, name: str, *, generates: bool = True) -> AsyncIterator[ServedModel]:
         """Hold a slot for one request on model ``name`` for the duration of the block.
 
+        ``generates=False`` (tokenizing) is admitted whatever the load: such a request
+        never waits for the engine.
+
         Raises:
+            OverloadedError: the model holds ``max_num_seqs + max_queued_requests`` generation
+                requests already.
             NotAdmittingError: the daemon is not ready (starting or draining) or the model is
                 being unloaded.
             ModelNotServedError: no such model.
@@ -230,8 +241,15 @@ class Orchestrator:
         served = self.get(name)
         if served.unloading:
             raise NotAdmittingError(f"the model {name!r} is being unloaded")
+        limit = self.config.max_num_seqs + self.config.max_queued_requests
+        if generates and served.generating >= limit:
+            raise OverloadedError(
+                f"the model {name!r} is overloaded: {served.generating} requests are running "
+                f"or queued (at most {limit}); retry shortly"
+            )
         self._inflight += 1
         served.inflight += 1
+        served.generating += generates
         self._idle.clear()
         served.idle.clear()
         try:
@@ -239,6 +257,7 @@ class Orchestrator:
         finally:
             self._inflight -= 1
             served.inflight -= 1
+            served.generating -= generates
             if served.inflight == 0:
                 served.idle.set()
             if self._inflight == 0:

@@ -42,6 +42,8 @@ class ServedModel:
     #: What fills the sampling fields a request leaves out (the model's and the daemon's).
     sampling_defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
     inflight: int = 0
+    #: Admitted requests that generate (or embed): the ones ``max_queued_requests`` bounds.
+    generating: int = 0
     unloading: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 

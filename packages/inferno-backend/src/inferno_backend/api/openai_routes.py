@@ -33,7 +33,12 @@ from inferno_backend.api.generation import Generation, PromptOutput, build_sampl
 from inferno_backend.api.keys import ARRIVAL, METRICS, ORCHESTRATOR, REQUEST_ID
 from inferno_backend.api.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
 from inferno_backend.api.tools import ToolCallStream, ToolPlan, call_body, conversation
-from inferno_backend.orchestrator import ModelNotServedError, NotAdmittingError, ServedModel
+from inferno_backend.orchestrator import (
+    ModelNotServedError,
+    NotAdmittingError,
+    OverloadedError,
+    ServedModel,
+)
 
 __all__ = [
     "admitted",
@@ -67,14 +72,22 @@ async def parse_body(request: web.Request, schema: type[M]) -> M:
 
 
 @contextlib.asynccontextmanager
-async def admitted(request: web.Request, model: str) -> AsyncIterator[ServedModel]:
-    """The served ``model`` while this request holds an admission (404 or 503 otherwise)."""
+async def admitted(
+    request: web.Request, model: str, *, generates: bool = True
+) -> AsyncIterator[ServedModel]:
+    """The served ``model`` while this request holds an admission (404 or 503 otherwise;
+    ``generates`` as in `Orchestrator.admit`)."""
     try:
-        async with request.app[ORCHESTRATOR].admit(model) as served:
+        async with request.app[ORCHESTRATOR].admit(model, generates=generates) as served:
             structlog.contextvars.bind_contextvars(model=served.name)
             yield served
     except ModelNotServedError as exc:
         raise NotFoundError(str(exc), param="model", code="model_not_found") from None
+    except OverloadedError as exc:
+        request.app[METRICS].rejected.labels(model, "overloaded").inc()
+        raise ServiceUnavailableError(
+            str(exc), code="server_overloaded", headers={"Retry-After": "1"}
+        ) from None
     except NotAdmittingError as exc:
         raise ServiceUnavailableError(str(exc), headers={"Retry-After": "5"}) from None
 

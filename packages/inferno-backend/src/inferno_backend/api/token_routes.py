@@ -22,7 +22,7 @@ routes = web.RouteTableDef()
 async def tokenize(request: web.Request) -> web.Response:
     """The token ids of a prompt, or of messages rendered by the chat template."""
     body = await parse_body(request, TokenizeRequest)
-    async with admitted(request, body.model) as served:
+    async with admitted(request, body.model, generates=False) as served:
         if body.messages is not None:
             text = render_chat(served, body.messages, body.tool_plan, body.add_generation_prompt)
             special = bool(body.add_special_tokens)
@@ -45,7 +45,7 @@ async def tokenize(request: web.Request) -> web.Response:
 async def detokenize(request: web.Request) -> web.Response:
     """The text of token ids."""
     body = await parse_body(request, DetokenizeRequest)
-    async with admitted(request, body.model) as served:
+    async with admitted(request, body.model, generates=False) as served:
         tokenizer = served.model.tokenizer
         bad = next((i for i in body.tokens if i >= tokenizer.vocab_size), None)
         if bad is not None:

@@ -51,6 +51,11 @@ def register(subparsers: Any) -> None:
         "--discovery-ttl", type=float, help="seconds of the discovery lease (default 10)"
     )
     p.add_argument("--max-num-seqs", type=int, help="concurrent sequences in the engine")
+    p.add_argument(
+        "--max-queued-requests",
+        type=int,
+        help="requests per model that may wait beyond --max-num-seqs (more get 503)",
+    )
     p.add_argument("--max-model-len", type=int, help="context length")
     p.add_argument("--kv-cache-bytes", type=int, help="KV cache budget in bytes")
     p.add_argument("--drain-timeout", type=float, dest="drain_timeout_s", help="seconds")
@@ -89,7 +94,8 @@ def register(subparsers: Any) -> None:
 _FLAG_FIELDS = (
     "model", "served_model_name", "host", "port", "device", "dtype", "weight_quantization",
     "api_keys", "admin_key",
-    "discovery", "discovery_ttl", "max_num_seqs", "max_model_len", "kv_cache_bytes",
+    "discovery", "discovery_ttl", "max_num_seqs", "max_queued_requests", "max_model_len",
+    "kv_cache_bytes",
     "drain_timeout_s", "log_format", "log_level", "warmup", "native_decode", "kernel_backend",
     "sampling_defaults", "model_sampling_defaults", "speculative_tokens",
 )  # fmt: skip
