@@ -36,6 +36,7 @@ async def test_a_string_input_gets_one_completed_message(make_client: MakeClient
     assert body["id"].startswith("resp_")
     assert body["status"] == "completed"
     assert body["incomplete_details"] is None
+    assert body["max_output_tokens"] is None  # echoed as asked: the context is the limit
     (message,) = body["output"]
     assert message["type"] == "message"
     assert message["role"] == "assistant"
@@ -72,6 +73,7 @@ async def test_instructions_and_messages_go_through_the_chat_template(
     assert resp.status == 200, out
     assert out["status"] == "incomplete"
     assert out["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert out["max_output_tokens"] == 3
     assert out["output"][0]["content"][0]["text"] == "Hello, I"
     assert out["output"][0]["status"] == "incomplete"
     assert out["metadata"] == {"k": "v"}

@@ -75,7 +75,7 @@ def _message(
 class _Response:
     """The response object as it stands, for the final body and the stream's events."""
 
-    def __init__(self, body: ResponsesRequest, model: str, max_tokens: int) -> None:
+    def __init__(self, body: ResponsesRequest, model: str) -> None:
         self.id = f"resp_{uuid.uuid4().hex}"
         self.item_id = f"msg_{uuid.uuid4().hex}"
         fmt = body.text.format if body.text is not None else None
@@ -85,7 +85,7 @@ class _Response:
             "created_at": int(time.time()),
             "model": model,
             "instructions": body.instructions,
-            "max_output_tokens": max_tokens,
+            "max_output_tokens": body.max_output_tokens,  # as asked: null is the context
             "metadata": body.metadata or {},
             "temperature": body.temperature,
             "top_p": body.top_p,
@@ -161,7 +161,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
             logprobs=top if body.wants_logprobs else None,
             defaults=served.sampling_defaults,
         )
-        response = _Response(body, served.name, budget)
+        response = _Response(body, served.name)
         tokenizer = served.model.tokenizer
 
         def lp(logprobs: Sequence[TokenLogprob]) -> list[dict[str, Any]] | None:
@@ -237,6 +237,7 @@ async def _stream(
             tokens: list[TokenLogprob] = []
             unsent = 0  # tokens held back with the text (the stream may turn out calls)
             finish: str | None = None
+            generated = 0
             pending = [first] if first is not None else []
             while True:
                 out = pending.pop() if pending else await anext(stream, None)
@@ -246,6 +247,7 @@ async def _stream(
                     await _error(send, report_failure(request, gen, out.output), "engine_error")
                     return sse
                 delta = out.output.text
+                generated += len(out.output.token_ids)
                 tokens.extend(out.output.logprobs or ())
                 if delta:
                     pieces.append(delta)
@@ -289,7 +291,7 @@ async def _stream(
                         "response.function_call_arguments.done", **at, arguments=call["arguments"]
                     )
                     await send("response.output_item.done", output_index=index, item=call)
-            usage = gen.usage or Usage(len(gen.prompts[0]), 0)
+            usage = gen.usage or Usage(len(gen.prompts[0]), generated)
             status = _status(finish)
             await send(f"response.{status}", response=response.body(status, output, finish, usage))
         except (ConnectionResetError, ConnectionError):
