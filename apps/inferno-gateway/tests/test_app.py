@@ -313,3 +313,42 @@ async def test_worker_removal_and_metrics(
     metrics = await (await http.get(cluster.url + "/metrics")).text()
     assert 'inferno_gateway_workers{state="ready"} 1.0' in metrics
     assert "inferno_gateway_routing_decisions_total" in metrics
+
+
+async def test_ollama_json_lines_are_relayed_as_they_come(
+    make_cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    cluster = await make_cluster()
+    gate = asyncio.Event()
+    await cluster.add_worker("a", tokens=3, gate=gate)
+    body = {"model": "default", "messages": [{"role": "user", "content": "hi"}]}
+    async with http.post(cluster.url + "/api/chat", json=body) as resp:
+        assert resp.headers["Content-Type"].startswith("application/x-ndjson")
+        assert resp.headers[WORKER_HEADER] == "a"
+        # Ollama streams unless told not to: the first line comes before the gate opens.
+        first = await asyncio.wait_for(resp.content.readline(), 10)
+        assert json.loads(first)["message"]["content"] == "a:0 "
+        assert not gate.is_set()
+        gate.set()
+        rest = [json.loads(line) for line in (await resp.read()).decode().splitlines()]
+    assert [line["done"] for line in rest] == [False, False, True]
+    whole = await http.post(cluster.url + "/api/chat", json={**body, "stream": False})
+    assert (await whole.json())["message"]["content"] == "a:0 a:1 a:2 "
+    tags = await (await http.get(cluster.url + "/api/tags")).json()
+    assert [m["name"] for m in tags["models"]] == ["default"]
+    assert (await (await http.get(cluster.url + "/api/version")).json())["version"]
+
+
+async def test_an_ollama_stream_cut_by_its_worker_ends_with_an_error_line(
+    make_cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    cluster = await make_cluster()
+    await cluster.add_worker("a", tokens=5, die_after=2)
+    body = {"model": "default", "messages": [{"role": "user", "content": "hi"}]}
+    async with http.post(cluster.url + "/api/chat", json=body) as resp:
+        lines = [json.loads(line) for line in (await resp.read()).decode().splitlines()]
+    assert [line["message"]["content"] for line in lines[:2]] == ["a:0 ", "a:1 "]
+    assert "failed mid-stream" in lines[2]["error"]
+    assert len(lines) == 3
+    metrics = await (await http.get(cluster.url + "/metrics")).text()
+    assert 'inferno_gateway_stream_errors_total{worker="a"} 1.0' in metrics

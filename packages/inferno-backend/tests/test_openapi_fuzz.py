@@ -148,4 +148,11 @@ def test_every_route_is_described() -> None:
         "GET /health/ready",
         "GET /health/startup",
         "GET /metrics",
+        "POST /api/chat",
+        "POST /api/generate",
+        "POST /api/embed",
+        "POST /api/show",
+        "GET /api/tags",
+        "GET /api/ps",
+        "GET /api/version",
     }

@@ -2,14 +2,18 @@
 
 Routes: ``GET /v1/models`` (the union of the ready workers' models), ``GET /v1/models/{id}``,
 ``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /v1/responses``,
-``POST /v1/embeddings``, ``POST /tokenize`` and ``POST /detokenize`` (forwarded to a worker
-serving the body's ``model``), ``GET /health/live``,
+``POST /v1/embeddings``, ``POST /tokenize`` and ``POST /detokenize``, and Ollama's
+``POST /api/chat``, ``/api/generate``, ``/api/embed`` and ``/api/show`` (forwarded to a worker
+serving the body's ``model``; JSON-line streams relayed line by line), ``GET /api/tags`` and
+``GET /api/version``, ``GET /health/live``,
 ``/health/ready`` and ``/health/startup``, ``GET /metrics`` and ``GET /gateway/workers`` (the
 live table, for operators).
 """
 
 from __future__ import annotations
 
+import datetime
+import importlib.metadata
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -72,6 +76,11 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_post("/v1/embeddings", _proxy)
     app.router.add_post("/tokenize", _proxy)
     app.router.add_post("/detokenize", _proxy)
+    # Ollama's API: the workers answer it; listings come from the worker table.
+    for path in ("/api/chat", "/api/generate", "/api/embed", "/api/show"):
+        app.router.add_post(path, _proxy)
+    app.router.add_get("/api/tags", _ollama_tags)
+    app.router.add_get("/api/version", _ollama_version)
     app.router.add_get("/health/live", _probe(Probe.LIVENESS))
     app.router.add_get("/health/ready", _probe(Probe.READINESS))
     app.router.add_get("/health/startup", _probe(Probe.STARTUP))
@@ -105,6 +114,29 @@ async def _list_models(request: web.Request) -> web.Response:
         for name, created in table.models().items()
     ]
     return web.json_response({"object": "list", "data": data})
+
+
+async def _ollama_tags(request: web.Request) -> web.Response:
+    """The models some ready worker serves, in Ollama's listing (``/api/show`` has details)."""
+    table = request.app[GATEWAY].table
+    models = []
+    for name, created in table.models().items():
+        when = datetime.datetime.fromtimestamp(created, datetime.UTC)
+        models.append(
+            {
+                "name": name,
+                "model": name,
+                "modified_at": when.isoformat().replace("+00:00", "Z"),
+                "size": 0,
+                "digest": "",
+                "details": {},
+            }
+        )
+    return web.json_response({"models": models})
+
+
+async def _ollama_version(request: web.Request) -> web.Response:
+    return web.json_response({"version": importlib.metadata.version("inferno-gateway")})
 
 
 async def _get_model(request: web.Request) -> web.Response:

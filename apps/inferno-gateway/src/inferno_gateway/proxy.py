@@ -140,7 +140,8 @@ class Forwarder:
                     # Draining or overloaded: nothing was generated, another worker may answer.
                     self.metrics.retries.labels(worker=worker.id, reason="unavailable").inc()
                     return f"{worker.id}: answered 503"
-                if upstream.content_type != "text/event-stream":
+                framing = _FRAMINGS.get(upstream.content_type)
+                if framing is None:
                     try:
                         payload = await upstream.read()
                     except _UPSTREAM_ERRORS as exc:
@@ -154,7 +155,7 @@ class Forwarder:
                         status=upstream.status,
                         headers=_response_headers(upstream, worker),
                     )
-                response, done = await self._stream(request, upstream, worker, route)
+                response, done = await self._stream(request, upstream, worker, route, framing)
                 return response
             finally:
                 if done:
@@ -180,8 +181,10 @@ class Forwarder:
         upstream: aiohttp.ClientResponse,
         worker: Worker,
         route: str,
+        framing: _Framing,
     ) -> tuple[web.StreamResponse, bool]:
-        """Relay an SSE body event by event; returns the response and whether it ended cleanly."""
+        """Relay a stream (server-sent events, or JSON lines) event by event; returns the
+        response and whether it ended cleanly."""
         response = web.StreamResponse(
             status=upstream.status, headers=_response_headers(upstream, worker)
         )
@@ -200,11 +203,11 @@ class Forwarder:
             pending += chunk
             # Forward every complete event at once, holding only a trailing partial one, so a
             # worker that dies mid-event never leaves half a JSON object in the client's stream.
-            cut = _last_event_end(pending)
+            cut = framing.last_end(pending)
             if cut == 0 and len(pending) < _MAX_PENDING:
                 continue
             out, pending = (pending[:cut], pending[cut:]) if cut else (pending, b"")
-            finished = out.rstrip().endswith(b"data: [DONE]")
+            finished = framing.is_last(out)
             try:
                 await response.write(out)
             except ConnectionError:
@@ -212,15 +215,14 @@ class Forwarder:
                 self._count(worker, route, "499")
                 return response, False
         if not finished:
-            failure = failure or "the worker closed the stream before data: [DONE]"
+            failure = failure or f"the worker closed the stream before {framing.end_name}"
             self.table.mark_unreachable(worker.id, self.cooldown_s)
             self.metrics.stream_errors.labels(worker=worker.id).inc()
             log.warning("stream_cut", worker=worker.id, route=route, error=failure)
             message = f"worker {worker.id} failed mid-stream: {failure}"
             event = error_body(message, "server_error", code="upstream_stream_error")
-            tail = b"data: " + json.dumps(event).encode() + b"\n\ndata: [DONE]\n\n"
             try:
-                await response.write(tail)
+                await response.write(framing.failure(event, message))
             except ConnectionError:
                 return response, False
         self._count(worker, route, str(upstream.status) if finished else "stream_error")
@@ -246,6 +248,65 @@ def _last_event_end(data: bytes) -> int:
     lf = data.rfind(b"\n\n")
     crlf = data.rfind(b"\r\n\r\n")
     return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+class _Framing:
+    """How a stream's events end, which event is the last, and how to end a cut stream."""
+
+    end_name = "its last event"
+
+    def last_end(self, data: bytes) -> int:
+        """Index just past the last complete event of ``data``, or 0 when none."""
+        raise NotImplementedError
+
+    def is_last(self, events: bytes) -> bool:
+        """``events`` (complete ones) end the stream."""
+        raise NotImplementedError
+
+    def failure(self, event: dict[str, Any], message: str) -> bytes:
+        """What ends a stream that its worker cut: an error, in the stream's own form."""
+        raise NotImplementedError
+
+
+class _ServerSentEvents(_Framing):
+    """OpenAI's streams: ``data: {...}`` events, blank-line separated, ending ``[DONE]``."""
+
+    end_name = "data: [DONE]"
+
+    def last_end(self, data: bytes) -> int:
+        return _last_event_end(data)
+
+    def is_last(self, events: bytes) -> bool:
+        return events.rstrip().endswith(b"data: [DONE]")
+
+    def failure(self, event: dict[str, Any], message: str) -> bytes:
+        return b"data: " + json.dumps(event).encode() + b"\n\ndata: [DONE]\n\n"
+
+
+class _JsonLines(_Framing):
+    """Ollama's streams: one JSON object a line, the last with ``done: true`` (or an error)."""
+
+    end_name = "a line with done: true"
+
+    def last_end(self, data: bytes) -> int:
+        return data.rfind(b"\n") + 1
+
+    def is_last(self, events: bytes) -> bool:
+        lines = events.rstrip().rsplit(b"\n", 1)
+        try:
+            last = json.loads(lines[-1])
+        except ValueError:
+            return False
+        return isinstance(last, dict) and (last.get("done") is True or "error" in last)
+
+    def failure(self, event: dict[str, Any], message: str) -> bytes:
+        return json.dumps({"error": message}).encode() + b"\n"
+
+
+_FRAMINGS: dict[str, _Framing] = {
+    "text/event-stream": _ServerSentEvents(),
+    "application/x-ndjson": _JsonLines(),
+}
 
 
 def _request_headers(request: web.Request) -> CIMultiDict[str]:

@@ -86,6 +86,7 @@ class FakeWorker:
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_post("/detokenize", self._tokenize)
+        app.router.add_post("/api/chat", self._ollama_chat)
         app.router.add_get("/health/ready", self._ready)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -194,6 +195,33 @@ class FakeWorker:
             self.in_flight -= 1
             if transport is not None:
                 self._open.discard(transport)
+
+    async def _ollama_chat(self, request: web.Request) -> web.StreamResponse:
+        """Ollama's ``/api/chat``: the pieces as JSON lines (``stream`` defaults to true), the
+        last with ``done: true``; ``die_after`` and ``gate`` act as on the SSE streams."""
+        body = await request.json()
+        self.bodies.append(body)
+        head = {"model": body.get("model"), "created_at": "2026-01-01T00:00:00Z"}
+        pieces = self._pieces()
+        done = {"done": True, "done_reason": "length", "eval_count": len(pieces)}
+        if body.get("stream") is False:
+            message = {"role": "assistant", "content": "".join(pieces)}
+            return web.json_response({**head, "message": message, **done})
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        for i, piece in enumerate(pieces):
+            if self.die_after is not None and i >= self.die_after:
+                if request.transport is not None:
+                    request.transport.abort()
+                return response
+            if i == 1 and self.gate is not None:
+                await self.gate.wait()
+            line = {**head, "message": {"role": "assistant", "content": piece}, "done": False}
+            await response.write(json.dumps(line).encode() + b"\n")
+        closing = {**head, "message": {"role": "assistant", "content": ""}, **done}
+        await response.write(json.dumps(closing).encode() + b"\n")
+        await response.write_eof()
+        return response
 
     def _pieces(self) -> list[str]:
         return [f"{self.id}:{i} " for i in range(self.tokens)]

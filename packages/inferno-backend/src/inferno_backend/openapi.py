@@ -12,6 +12,12 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from inferno_backend.api.admin import LoadModelRequest, UnloadModelRequest
+from inferno_backend.api.ollama_schemas import (
+    OllamaChatRequest,
+    OllamaEmbedRequest,
+    OllamaGenerateRequest,
+    OllamaShowRequest,
+)
 from inferno_backend.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -55,9 +61,13 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(s): _json(error, "An OpenAI error body.") for s in statuses}
 
 
-def _post(summary: str, model: type[BaseModel], *, stream: bool, admin: bool = False) -> Any:
+def _post(summary: str, model: type[BaseModel], *, stream: bool | str, admin: bool = False) -> Any:
     ok: dict[str, Any] = _json(_JSON_OBJECT, "The result.")
-    if stream:
+    if stream == "ndjson":
+        ok["content"]["application/x-ndjson"] = {
+            "schema": {"type": "string", "description": "JSON lines, the last with done: true"}
+        }
+    elif stream:
         ok["content"]["text/event-stream"] = {
             "schema": {"type": "string", "description": "data: <chunk JSON> lines, then [DONE]"}
         }
@@ -104,6 +114,10 @@ def build_openapi(server_url: str | None = None) -> dict[str, Any]:
         DetokenizeRequest,
         LoadModelRequest,
         UnloadModelRequest,
+        OllamaChatRequest,
+        OllamaGenerateRequest,
+        OllamaEmbedRequest,
+        OllamaShowRequest,
     ]
     _, defs = models_json_schema(
         [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
@@ -145,6 +159,15 @@ def build_openapi(server_url: str | None = None) -> dict[str, Any]:
             "/health/ready": _get("Readiness probe.", probe=True),
             "/health/startup": _get("Startup probe.", probe=True),
             "/metrics": _get("Prometheus metrics.", text=True),
+            "/api/chat": _post("Ollama: a chat turn.", OllamaChatRequest, stream="ndjson"),
+            "/api/generate": _post(
+                "Ollama: complete a prompt.", OllamaGenerateRequest, stream="ndjson"
+            ),
+            "/api/embed": _post("Ollama: embeddings of texts.", OllamaEmbedRequest, stream=False),
+            "/api/show": _post("Ollama: describe a served model.", OllamaShowRequest, stream=False),
+            "/api/tags": _get("Ollama: the served models."),
+            "/api/ps": _get("Ollama: the loaded models."),
+            "/api/version": _get("Ollama: the server's version."),
         },
         "components": {
             "schemas": schemas,

@@ -8,6 +8,7 @@ from inferno_backend.api import (
     admin,
     embedding_routes,
     health_routes,
+    ollama_routes,
     openai_routes,
     responses_routes,
     token_routes,
@@ -43,6 +44,7 @@ def build_app(
     app.add_routes(responses_routes.routes)
     app.add_routes(token_routes.routes)
     app.add_routes(embedding_routes.routes)
+    app.add_routes(ollama_routes.routes)
     app.add_routes(health_routes.routes)
     app.add_routes(admin.routes)
     # Imported here: the description reads the request models of this package, whose import

@@ -28,7 +28,7 @@ from inferno_backend.api.schemas import EmbeddingsRequest
 from inferno_backend.events import RequestFinished
 from inferno_backend.orchestrator import ServedModel
 
-__all__ = ["routes"]
+__all__ = ["embed_inputs", "routes", "vector"]
 
 routes = web.RouteTableDef()
 
@@ -42,30 +42,21 @@ async def embeddings(request: web.Request) -> web.Response:
     arrival = time.perf_counter()
     body = await parse_body(request, EmbeddingsRequest)
     async with admitted(request, body.model) as served:
-        rid = f"embd-{uuid.uuid4().hex}"
-        inputs: list[list[int]] = []
-        outcome = "error"
-        try:
-            _check_dimensions(served, body.dimensions)
-            for x in body.inputs:
-                inputs.append(await encode(served, x, special=True) if isinstance(x, str) else x)
-            params = [f"input.{i}" if body.is_batch else "input" for i in range(len(inputs))]
-            outputs = await _embed_all(request, served, rid, inputs, params, body.pooling)
-            outcome = "success"
-        except APIError as exc:
-            outcome = _OUTCOMES.get(exc.status, "error")
-            raise
-        except asyncio.CancelledError:
-            outcome = "abort"
-            raise
-        finally:
-            _observe(request, served, rid, outcome, inputs, time.perf_counter() - arrival)
+        outputs = await embed_inputs(
+            request,
+            served,
+            body.inputs,
+            batch=body.is_batch,
+            dimensions=body.dimensions,
+            pooling=body.pooling,
+            arrival=arrival,
+        )
     tokens = sum(o.prompt_tokens for o in outputs)
     data = [
         {
             "object": "embedding",
             "index": i,
-            "embedding": _vector(o.embedding, body.dimensions, body.encoding_format),
+            "embedding": vector(o.embedding, body.dimensions, body.encoding_format),
         }
         for i, o in enumerate(outputs)
     ]
@@ -77,6 +68,44 @@ async def embeddings(request: web.Request) -> web.Response:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
     )
+
+
+async def embed_inputs(
+    request: web.Request,
+    served: ServedModel,
+    inputs: Sequence[str | Sequence[int]],
+    *,
+    batch: bool,
+    dimensions: int | None,
+    pooling: Pooling = "mean",
+    arrival: float,
+    truncate: bool = False,
+) -> list[EmbeddingOutput]:
+    """The embeddings of texts (tokenized with BOS) or token ids, observed in the metrics.
+
+    ``batch`` names errors ``input.3`` rather than ``input``; ``truncate`` cuts an input to the
+    context instead of answering 400.
+    """
+    rid = f"embd-{uuid.uuid4().hex}"
+    ids: list[list[int]] = []
+    outcome = "error"
+    try:
+        _check_dimensions(served, dimensions)
+        for x in inputs:
+            tokens = await encode(served, x, special=True) if isinstance(x, str) else list(x)
+            ids.append(tokens[: served.max_model_len] if truncate else tokens)
+        params = [f"input.{i}" if batch else "input" for i in range(len(ids))]
+        outputs = await _embed_all(request, served, rid, ids, params, pooling)
+        outcome = "success"
+    except APIError as exc:
+        outcome = _OUTCOMES.get(exc.status, "error")
+        raise
+    except asyncio.CancelledError:
+        outcome = "abort"
+        raise
+    finally:
+        _observe(request, served, rid, outcome, ids, time.perf_counter() - arrival)
+    return outputs
 
 
 def _check_dimensions(served: ServedModel, dimensions: int | None) -> None:
@@ -125,7 +154,9 @@ async def _embed_all(
         raise APIError(f"embedding failed: {message}", code="engine_error") from None
 
 
-def _vector(values: Sequence[float], dimensions: int | None, encoding: str) -> list[float] | str:
+def vector(
+    values: Sequence[float], dimensions: int | None, encoding: str = "float"
+) -> list[float] | str:
     """One embedding as the response carries it: shortened to ``dimensions`` and scaled back to
     unit length (as OpenAI shortens), then a list or base64 of little-endian float32."""
     if dimensions is not None and dimensions < len(values):

@@ -143,6 +143,8 @@ class Generation:
     #: The request's tool calls, whose schema errors are reported against its tools.
     tool_plan: ToolPlan | None = None
     usage: Usage | None = None
+    #: ``time.perf_counter()`` when the first token came (None before it).
+    first_token_at: float | None = None
     finish_reasons: list[str] = field(default_factory=list)
     _usages: list[Usage] = field(default_factory=list)
 
@@ -166,7 +168,7 @@ class Generation:
                 out = item.output
                 if out.token_ids:
                     if first is None:
-                        first = now
+                        first = self.first_token_at = now
                         self.metrics.time_to_first_token.labels(model).observe(now - self.arrival)
                     key = (item.prompt_index, out.index)
                     if key in last:

@@ -39,6 +39,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: Paths open without a key: probes, metrics, the API description and the load status.
 _OPEN_PREFIXES = ("/health/", "/metrics", "/openapi.json", "/v1/status")
 _ADMIN_PREFIX = "/v1/admin/"
+#: Paths that need a key when keys are configured, and count against the rate limit: the
+#: OpenAI routes, Ollama's, and the tokenizer's.
+_KEYED_PREFIXES = ("/v1/", "/api/", "/tokenize", "/detokenize")
+
+
+def _keyed(path: str) -> bool:
+    return path.startswith(_KEYED_PREFIXES) and not path.startswith(_OPEN_PREFIXES)
 
 
 def key_matches(candidate: str, keys: tuple[str, ...]) -> bool:
@@ -208,7 +215,7 @@ def build_middlewares(config: ServeConfig, metrics: Metrics) -> list[web.middlew
             if token is None or not key_matches(token, (config.admin_key,)):
                 raise AuthenticationError("a valid admin key is required (Authorization: Bearer)")
             request[CLIENT_KEY] = "admin"
-        elif config.api_keys and path.startswith("/v1/") and not path.startswith(_OPEN_PREFIXES):
+        elif config.api_keys and _keyed(path):
             token = _bearer(request)
             if token is None:
                 raise AuthenticationError("missing API key: send Authorization: Bearer <key>")
@@ -219,7 +226,7 @@ def build_middlewares(config: ServeConfig, metrics: Metrics) -> list[web.middlew
 
     @web.middleware
     async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if limiter is not None and request.path.startswith("/v1/") and request.path != "/v1/status":
+        if limiter is not None and _keyed(request.path):
             key = request.get(CLIENT_KEY) or f"ip:{request.remote}"
             wait = limiter.acquire(key)
             if wait is not None:

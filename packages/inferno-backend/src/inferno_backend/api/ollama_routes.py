@@ -1,0 +1,456 @@
+"""Ollama's API on the same engine: ``/api/chat``, ``/api/generate``, ``/api/embed``,
+``/api/tags``, ``/api/show``, ``/api/ps`` and ``/api/version``, so tools written for Ollama
+(its Python client, editors, chat front ends) work against the daemon unchanged.
+
+Requests are translated into the OpenAI routes' (`inferno_backend.api.ollama_schemas`) and run
+through the same prompt rendering, sampling defaults, admission, metrics and abort-on-disconnect.
+Streams are JSON lines (``application/x-ndjson``, streaming is Ollama's default), the last with
+``done: true``, the reason and the token counts and durations in nanoseconds. Errors keep the
+daemon's OpenAI error body; Ollama's clients read its ``error`` field either way. Models are
+those the daemon serves: there is no pull, push, create, copy or delete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib.metadata
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from aiohttp import web
+from inferno_inference import TokenLogprob, Usage
+from pydantic import ValidationError
+
+from inferno_backend.api.embedding_routes import embed_inputs, vector
+from inferno_backend.api.errors import (
+    APIError,
+    NotFoundError,
+    from_validation_error,
+)
+from inferno_backend.api.formatting import chat_logprobs
+from inferno_backend.api.generation import Generation, build_sampling, check_context
+from inferno_backend.api.keys import ARRIVAL, CONFIG, ORCHESTRATOR, REQUEST_ID
+from inferno_backend.api.ollama_schemas import (
+    OllamaChatRequest,
+    OllamaEmbedRequest,
+    OllamaGenerateRequest,
+    OllamaShowRequest,
+)
+from inferno_backend.api.openai_routes import (
+    admitted,
+    chat_prompt,
+    collect,
+    encode,
+    parse_body,
+    render_chat,
+    report_failure,
+    start_generation,
+)
+from inferno_backend.api.schemas import ChatCompletionRequest
+from inferno_backend.api.tools import ToolPlan
+from inferno_backend.config import ServeConfig
+from inferno_backend.orchestrator import ServedModel
+
+__all__ = ["routes"]
+
+log = structlog.get_logger(__name__)
+
+routes = web.RouteTableDef()
+
+_NS = 1_000_000_000
+
+
+def _now() -> str:
+    """The current time as Ollama writes ``created_at`` (RFC 3339, UTC)."""
+    return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _as_chat(body: OllamaChatRequest | OllamaGenerateRequest) -> ChatCompletionRequest:
+    """The OpenAI chat request of ``body`` (400 for what the chat route refuses)."""
+    try:
+        return body.as_chat()
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+
+
+@routes.post("/api/chat")
+async def chat(request: web.Request) -> web.StreamResponse:
+    """A chat turn; JSON lines unless ``stream`` is false."""
+    request[ARRIVAL] = time.perf_counter()
+    body = await parse_body(request, OllamaChatRequest)
+    chat_body = _as_chat(body) if body.messages else None
+    async with admitted(request, body.model) as served:
+        if chat_body is None:
+            return web.json_response(_loaded(served, {"message": _message("")}))
+        plan = chat_body.tool_plan
+        ids, budget = await chat_prompt(
+            served, chat_body.messages, plan, chat_body.token_limit, "messages"
+        )
+        gen = _start(request, served, chat_body, ids, budget, plan, "messages")
+        return await _answer(request, gen, body, _ChatShape(plan))
+
+
+@routes.post("/api/generate")
+async def generate(request: web.Request) -> web.StreamResponse:
+    """A completion of ``prompt`` (through the chat template unless ``raw``)."""
+    request[ARRIVAL] = time.perf_counter()
+    body = await parse_body(request, OllamaGenerateRequest)
+    chat_body = _as_chat(body) if body.prompt else None
+    async with admitted(request, body.model) as served:
+        if chat_body is None:
+            return web.json_response(_loaded(served, {"response": ""}))
+        context = list(body.context or ())
+        if body.raw:
+            # Special tokens (BOS) only where the text starts the sequence.
+            ids = context + await encode(served, body.prompt, special=not context)
+        else:
+            text = render_chat(served, chat_body.messages, None, add_generation_prompt=True)
+            ids = context + await encode(served, text, special=False)
+        budget = check_context(len(ids), chat_body.token_limit, served.max_model_len, "prompt")
+        if chat_body.token_limit is None and served.sampling_defaults.max_tokens is not None:
+            budget = min(budget, served.sampling_defaults.max_tokens)
+        gen = _start(request, served, chat_body, ids, budget, None, "prompt")
+        return await _answer(request, gen, body, _GenerateShape(ids))
+
+
+@routes.post("/api/embed")
+async def embed(request: web.Request) -> web.Response:
+    """Unit-length embeddings of one text or a batch."""
+    arrival = time.perf_counter()
+    body = await parse_body(request, OllamaEmbedRequest)
+    async with admitted(request, body.model) as served:
+        outputs = await embed_inputs(
+            request,
+            served,
+            body.texts,
+            batch=not isinstance(body.input, str),
+            dimensions=body.dimensions,
+            arrival=arrival,
+            truncate=body.truncate,
+        )
+    return web.json_response(
+        {
+            "model": served.name,
+            "embeddings": [vector(o.embedding, body.dimensions) for o in outputs],
+            "total_duration": int((time.perf_counter() - arrival) * _NS),
+            "load_duration": 0,
+            "prompt_eval_count": sum(o.prompt_tokens for o in outputs),
+        }
+    )
+
+
+@routes.get("/api/tags")
+async def tags(request: web.Request) -> web.Response:
+    """The served models, as Ollama lists its local ones."""
+    served = request.app[ORCHESTRATOR].served.values()
+    config = request.app[CONFIG]
+    return web.json_response({"models": [_model_entry(s, config) for s in served]})
+
+
+@routes.get("/api/ps")
+async def running(request: web.Request) -> web.Response:
+    """The loaded models: all the served ones, loaded until unloaded (no expiry)."""
+    entries = []
+    config = request.app[CONFIG]
+    for s in request.app[ORCHESTRATOR].served.values():
+        entry = _model_entry(s, config)
+        entries.append({**entry, "expires_at": None, "context_length": s.max_model_len})
+    return web.json_response({"models": entries})
+
+
+@routes.post("/api/show")
+async def show(request: web.Request) -> web.Response:
+    """One served model's details, shape and chat template (404 for another name)."""
+    body = await parse_body(request, OllamaShowRequest)
+    name = body.model_name
+    served = request.app[ORCHESTRATOR].served.get(name)
+    if served is None:
+        raise NotFoundError(f"model {name!r} not found", param="model", code="model_not_found")
+    config = served.model.config
+    arch = config.architecture
+    template = served.model.chat_template
+    capabilities = ["completion", "embedding"] + (["tools"] if template is not None else [])
+    return web.json_response(
+        {
+            "details": _details(served, request.app[CONFIG]),
+            "model_info": {
+                "general.architecture": arch,
+                "general.parameter_count": _parameter_count(served),
+                f"{arch}.context_length": served.max_model_len,
+                f"{arch}.embedding_length": config.hidden_size,
+                f"{arch}.block_count": config.num_hidden_layers,
+                f"{arch}.attention.head_count": config.num_attention_heads,
+                f"{arch}.attention.head_count_kv": config.num_key_value_heads,
+                f"{arch}.feed_forward_length": config.intermediate_size,
+                f"{arch}.vocab_size": config.vocab_size,
+            },
+            "template": getattr(template, "source", "") if template is not None else "",
+            "parameters": "",
+            "modified_at": _created(served),
+            "capabilities": capabilities,
+        }
+    )
+
+
+@routes.get("/api/version")
+async def version(request: web.Request) -> web.Response:
+    """The daemon's version (Ollama clients call this to find a server)."""
+    return web.json_response({"version": importlib.metadata.version("inferno-backend")})
+
+
+# -- answers ------------------------------------------------------------------------------------
+
+
+class _ChatShape:
+    """How ``/api/chat`` writes text: in ``message``, with tool calls at the end."""
+
+    def __init__(self, plan: ToolPlan | None) -> None:
+        self.plan = plan
+
+    def piece(self, text: str) -> dict[str, Any]:
+        return {"message": _message(text)}
+
+    def final(self, text: str, finish: str | None, generated: Sequence[int]) -> dict[str, Any]:
+        """The whole answer in one body; its tool calls when it is calls."""
+        calls = self.plan.calls(text) if self.plan is not None and finish == "stop" else None
+        if calls is None:
+            return {"message": _message(text)}
+        return {
+            "message": {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"function": {"name": name, "arguments": json.loads(arguments)}}
+                    for name, arguments in calls
+                ],
+            }
+        }
+
+    def closing(self, generated: Sequence[int]) -> dict[str, Any]:
+        return {"message": _message("")}
+
+
+class _GenerateShape:
+    """How ``/api/generate`` writes text: in ``response``, with ``context`` at the end."""
+
+    plan = None
+
+    def __init__(self, prompt: Sequence[int]) -> None:
+        self.prompt = list(prompt)
+
+    def piece(self, text: str) -> dict[str, Any]:
+        return {"response": text}
+
+    def final(self, text: str, finish: str | None, generated: Sequence[int]) -> dict[str, Any]:
+        return {"response": text, "context": [*self.prompt, *generated]}
+
+    def closing(self, generated: Sequence[int]) -> dict[str, Any]:
+        return {"response": "", "context": [*self.prompt, *generated]}
+
+
+_Shape = _ChatShape | _GenerateShape
+
+
+def _message(text: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": text}
+
+
+def _loaded(served: ServedModel, empty: dict[str, Any]) -> dict[str, Any]:
+    """The answer to a request without input: the model is loaded (it is, while served)."""
+    return {
+        "model": served.name,
+        "created_at": _now(),
+        **empty,
+        "done": True,
+        "done_reason": "load",
+    }
+
+
+def _start(
+    request: web.Request,
+    served: ServedModel,
+    chat_body: ChatCompletionRequest,
+    ids: list[int],
+    budget: int,
+    plan: ToolPlan | None,
+    param: str,
+) -> Generation:
+    top = chat_body.top_logprobs or 0
+    sampling = build_sampling(
+        chat_body,
+        max_tokens=budget,
+        logprobs=top if chat_body.logprobs else None,
+        defaults=served.sampling_defaults,
+    )
+    rid = f"ollama-{uuid.uuid4().hex}"
+    return start_generation(
+        request,
+        served,
+        rid,
+        prompts=[ids],
+        sampling=sampling,
+        prompt_param=param,
+        tool_plan=plan,
+    )
+
+
+def _done(gen: Generation, arrival: float, finish: str | None, generated: int) -> dict[str, Any]:
+    """The closing fields: why it ended, token counts and durations (nanoseconds)."""
+    end = time.perf_counter()
+    first = gen.first_token_at if gen.first_token_at is not None else end
+    usage = gen.usage or Usage(len(gen.prompts[0]), generated)
+    return {
+        "done": True,
+        "done_reason": finish or "stop",
+        "total_duration": int((end - arrival) * _NS),
+        "load_duration": 0,
+        "prompt_eval_count": usage.prompt_tokens,
+        "prompt_eval_duration": int((first - arrival) * _NS),
+        "eval_count": usage.completion_tokens,
+        "eval_duration": int((end - first) * _NS),
+    }
+
+
+async def _answer(
+    request: web.Request,
+    gen: Generation,
+    body: OllamaChatRequest | OllamaGenerateRequest,
+    shape: _Shape,
+) -> web.StreamResponse:
+    """Run ``gen`` to one JSON body, or stream it as JSON lines."""
+    tokenizer = gen.served.model.tokenizer
+    top = body.top_logprobs or 0
+    arrival = request[ARRIVAL]
+
+    def lp(items: Sequence[TokenLogprob]) -> dict[str, Any]:
+        if not body.logprobs:
+            return {}
+        return {"logprobs": chat_logprobs(tokenizer, items, top)["content"]}
+
+    def head() -> dict[str, Any]:
+        return {"model": gen.served.name, "created_at": _now()}
+
+    if not body.stream:
+        (state,) = await collect(request, gen, 1)
+        text = "".join(state.text)
+        return web.json_response(
+            {
+                **head(),
+                **shape.final(text, state.finish_reason, state.token_ids),
+                **lp(state.logprobs),
+                **_done(gen, arrival, state.finish_reason, len(state.token_ids)),
+            }
+        )
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "application/x-ndjson",
+            "Cache-Control": "no-cache",
+            "X-Request-Id": request.get(REQUEST_ID, ""),
+        }
+    )
+
+    async def write(line: dict[str, Any]) -> None:
+        await response.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+
+    async with contextlib.aclosing(gen.stream()) as stream:
+        first = await anext(stream, None)  # an invalid request still gets its 4xx
+        await response.prepare(request)
+        try:
+            held: list[str] = []  # with tools: the answer, which may be calls, to the end
+            tokens: list[TokenLogprob] = []
+            generated: list[int] = []
+            finish: str | None = None
+            pending = [first] if first is not None else []
+            while True:
+                item = pending.pop() if pending else await anext(stream, None)
+                if item is None:
+                    break
+                out = item.output
+                if out.finish_reason == "error":
+                    await write({"error": report_failure(request, gen, out)})
+                    return response
+                generated.extend(out.token_ids)
+                finish = out.finish_reason or finish
+                if shape.plan is not None:
+                    held.append(out.text)
+                    tokens.extend(out.logprobs or ())
+                elif out.text or (body.logprobs and out.logprobs):
+                    await write(
+                        {**head(), **shape.piece(out.text), **lp(out.logprobs or ()), "done": False}
+                    )
+            if shape.plan is not None:
+                whole = shape.final("".join(held), finish, generated)
+                await write({**head(), **whole, **lp(tokens), "done": False})
+            await write(
+                {
+                    **head(),
+                    **shape.closing(generated),
+                    **_done(gen, arrival, finish, len(generated)),
+                }
+            )
+        except (ConnectionResetError, ConnectionError):
+            log.info("client disconnected mid-stream; aborting", engine_request=gen.request_id)
+        except APIError as exc:
+            await write({"error": exc.message})
+    return response
+
+
+# -- model listings ------------------------------------------------------------------------------
+
+
+def _created(served: ServedModel) -> str:
+    when = datetime.datetime.fromtimestamp(served.created, datetime.UTC)
+    return when.isoformat().replace("+00:00", "Z")
+
+
+def _parameter_count(served: ServedModel) -> int:
+    """Parameters of the model's shape (embeddings, blocks, final norm, an untied head)."""
+    c = served.model.config
+    kv = c.num_key_value_heads * c.head_dim
+    q = c.num_attention_heads * c.head_dim
+    attention = c.hidden_size * (q + 2 * kv) + q * c.hidden_size
+    if c.qkv_bias:
+        attention += q + 2 * kv
+    if c.o_bias:
+        attention += c.hidden_size
+    block = attention + 3 * c.hidden_size * c.intermediate_size + 2 * c.hidden_size
+    head = 0 if c.tie_word_embeddings else c.vocab_size * c.hidden_size
+    return c.vocab_size * c.hidden_size + c.num_hidden_layers * block + c.hidden_size + head
+
+
+def _size_label(count: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f}".rstrip("0").rstrip(".") + unit
+    return str(count)
+
+
+def _details(served: ServedModel, config: ServeConfig) -> dict[str, Any]:
+    arch = served.model.config.architecture
+    return {
+        "parent_model": "",
+        "format": "inferno",
+        "family": arch,
+        "families": [arch],
+        "parameter_size": _size_label(_parameter_count(served)),
+        # What the weights compute in here (a GGUF's own quantization is unpacked on load).
+        "quantization_level": "INT8"
+        if config.weight_quantization == "int8"
+        else {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}[config.dtype],
+    }
+
+
+def _model_entry(served: ServedModel, config: ServeConfig) -> dict[str, Any]:
+    return {
+        "name": served.name,
+        "model": served.name,
+        "modified_at": _created(served),
+        "size": served.model.nbytes(),
+        "digest": "",
+        "details": _details(served, config),
+    }
