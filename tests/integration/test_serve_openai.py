@@ -138,6 +138,23 @@ def test_chat_logprobs_spell_the_answer_and_the_end_of_turn_is_the_stop_reason(
     assert detok["prompt"] == "<|im_end|>"
 
 
+def test_continue_final_message_finishes_the_assistant_sentence(client: openai.OpenAI) -> None:
+    started: list[ChatCompletionMessageParam] = [
+        *MESSAGES,
+        {"role": "assistant", "content": "The capital of France is"},
+    ]
+    resp = client.chat.completions.create(
+        model="default",
+        messages=started,
+        max_tokens=8,
+        temperature=0,
+        extra_body={"continue_final_message": True},
+    )
+    rest = resp.choices[0].message.content or ""
+    assert "Paris" in rest
+    assert not rest.lstrip().startswith("The capital")  # it went on, it did not start over
+
+
 def test_responses_api_function_calls(client: openai.OpenAI) -> None:
     weather = {
         "type": "function",

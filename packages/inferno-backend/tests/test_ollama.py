@@ -196,6 +196,22 @@ async def test_generate_renders_the_template_unless_raw_and_returns_context(
     assert parts[-1].context is not None
 
 
+async def test_a_final_assistant_message_is_continued(
+    connect: Connect, make_client: MakeClient
+) -> None:
+    client, orch = await make_client()
+    tokenizer = orch.get("default").model.tokenizer
+    api = connect(client)
+    prefix = [*USER, {"role": "assistant", "content": "Well,"}]
+    await api.chat(model="default", messages=prefix, stream=False)
+    prompt = tokenizer.decode(orch.engines[0].requests[-1].prompt_token_ids)
+    assert prompt.endswith("<|im_start|>assistant\nWell,")
+    empty = [*USER, {"role": "assistant", "content": ""}]
+    await api.chat(model="default", messages=empty, stream=False)
+    prompt = tokenizer.decode(orch.engines[0].requests[-1].prompt_token_ids)
+    assert prompt == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+
+
 async def test_an_empty_request_only_loads_the_model(
     connect: Connect, make_client: MakeClient
 ) -> None:

@@ -343,3 +343,43 @@ async def test_a_full_queue_refuses_with_503_and_retry_after(make_client: MakeCl
     assert served.generating == 0
     again = await client.post("/v1/chat/completions", json=CHAT)
     assert again.status == 200
+
+
+async def test_continue_final_message_goes_on_with_the_assistant_text(
+    make_client: MakeClient,
+) -> None:
+    client, orch = await make_client()
+    started = [*CHAT["messages"], {"role": "assistant", "content": "The answer is"}]
+    payload = {"model": "default", "messages": started, "continue_final_message": True}
+    resp = await client.post("/v1/chat/completions", json=payload)
+    assert resp.status == 200, await resp.text()
+    tokenizer = orch.get("default").model.tokenizer
+    prompt = orch.engines[0].requests[-1].prompt_token_ids
+    assert tokenizer.decode(prompt) == (
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nThe answer is"
+    )
+    counted = await client.post(
+        "/tokenize", json={"model": "default", "messages": started, "continue_final_message": True}
+    )
+    assert (await counted.json())["count"] == len(prompt)
+    # Without the flag the assistant message is a finished turn and a new one starts.
+    await client.post("/v1/chat/completions", json={**payload, "continue_final_message": False})
+    fresh = tokenizer.decode(orch.engines[0].requests[-1].prompt_token_ids)
+    assert fresh.endswith("The answer is<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": "Hi"}],
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}],
+    ],
+)
+async def test_continue_final_message_needs_assistant_text(
+    client: TestClient[Any, Any], messages: list[dict[str, str]]
+) -> None:
+    payload = {"model": "default", "messages": messages, "continue_final_message": True}
+    resp = await client.post("/v1/chat/completions", json=payload)
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert "continue_final_message" in error["message"]

@@ -89,7 +89,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
             return web.json_response(_loaded(served, {"message": _message("")}))
         plan = chat_body.tool_plan
         ids, budget = await chat_prompt(
-            served, chat_body.messages, plan, chat_body.token_limit, "messages"
+            served,
+            chat_body.messages,
+            plan,
+            chat_body.token_limit,
+            "messages",
+            continue_final=chat_body.continue_final_message,
         )
         gen = _start(request, served, chat_body, ids, budget, plan, "messages")
         return await _answer(request, gen, body, _ChatShape(plan))

@@ -200,6 +200,14 @@ class OllamaChatRequest(_OllamaCommon):
             messages.append(message)
         fields = self._chat_fields()
         fields["messages"] = messages
+        last = self.messages[-1] if self.messages else None
+        if last is not None and last.role == "assistant":
+            if last.content and not last.tool_calls:
+                # As Ollama does: a conversation that ends with the assistant's words has
+                # the model go on with them.
+                fields["continue_final_message"] = True
+            elif not last.content and not last.tool_calls:
+                fields["messages"] = messages[:-1] or messages  # an empty turn: a fresh one
         if self.tools:
             fields["tools"] = [t.model_dump(by_alias=True, exclude_none=True) for t in self.tools]
         return ChatCompletionRequest.model_validate(fields, strict=False)

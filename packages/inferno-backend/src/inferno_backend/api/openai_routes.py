@@ -105,23 +105,43 @@ def render_chat(
     messages: Sequence[ChatMessage],
     plan: ToolPlan | None,
     add_generation_prompt: bool,
+    *,
+    continue_final: bool = False,
 ) -> str:
     """The conversation as the model's chat template writes it (400 when it has none, or when
-    the template fails on these messages)."""
+    the template fails on these messages).
+
+    With ``continue_final`` the text stops right after the last message's content, so the
+    model goes on with that message (the template would close it).
+    """
     template = served.model.chat_template
     if template is None:
         raise BadRequestError(
             f"the model {served.name!r} has no chat template; use /v1/completions",
             param="model",
         )
+    turns = conversation(messages, plan)
     try:
-        return template.render(
-            conversation(messages, plan), add_generation_prompt=add_generation_prompt
+        text = template.render(
+            turns, add_generation_prompt=add_generation_prompt and not continue_final
         )
     except Exception as exc:
         raise BadRequestError(
             f"messages: cannot apply the chat template: {exc}", param="messages"
         ) from None
+    if not continue_final:
+        return text
+    # Templates write the content as given or trimmed: cut after its last occurrence.
+    content = str(turns[-1]["content"])
+    for form in (content, content.strip()):
+        at = text.rfind(form) if form else -1
+        if at >= 0:
+            return text[: at + len(form)]
+    raise BadRequestError(
+        "continue_final_message: the chat template does not write the last message's text "
+        "as given, so it cannot be continued",
+        param="continue_final_message",
+    )
 
 
 async def chat_prompt(
@@ -130,10 +150,14 @@ async def chat_prompt(
     plan: ToolPlan | None,
     token_limit: int | None,
     param: str,
+    *,
+    continue_final: bool = False,
 ) -> tuple[list[int], int]:
     """A conversation's prompt ids and its token budget: ``token_limit``, or the rest of the
     context capped by the model's recommended ``max_tokens`` (400 when it does not fit)."""
-    text = render_chat(served, messages, plan, add_generation_prompt=True)
+    text = render_chat(
+        served, messages, plan, add_generation_prompt=True, continue_final=continue_final
+    )
     ids = await encode(served, text, special=False)
     budget = check_context(len(ids), token_limit, served.max_model_len, param)
     if token_limit is None and served.sampling_defaults.max_tokens is not None:
@@ -189,7 +213,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await parse_body(request, ChatCompletionRequest)
     async with admitted(request, body.model) as served:
         plan = body.tool_plan
-        ids, budget = await chat_prompt(served, body.messages, plan, body.token_limit, "messages")
+        ids, budget = await chat_prompt(
+            served,
+            body.messages,
+            plan,
+            body.token_limit,
+            "messages",
+            continue_final=body.continue_final_message,
+        )
         top = body.top_logprobs or 0
         sampling = build_sampling(
             body,

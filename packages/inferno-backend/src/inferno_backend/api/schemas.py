@@ -389,10 +389,26 @@ class ToolFields(BaseModel):
         return plan_tools(self.tools or (), name, parallel=self.parallel_tool_calls)
 
 
+def _check_continuation(messages: Sequence[ChatMessage] | None, continue_final: bool) -> None:
+    """``continue_final_message`` needs an assistant message, with text, to continue."""
+    if not continue_final:
+        return
+    last = messages[-1] if messages else None
+    if last is None or last.role != "assistant" or not last.text:
+        raise ValueError(
+            "continue_final_message: the last message must be an assistant message with text"
+        )
+
+
 class ChatCompletionRequest(SamplingFields, ToolFields):
     """Body of ``POST /v1/chat/completions``."""
 
     messages: list[ChatMessage] = Field(min_length=1, description="The conversation so far.")
+    continue_final_message: bool = Field(
+        default=False,
+        description="Continue the last message (an assistant's, with text) instead of "
+        "starting a new one: the answer is what follows its text.",
+    )
     max_completion_tokens: int | None = Field(
         default=None, ge=1, description="Most new tokens per choice (newer name of max_tokens)."
     )
@@ -407,6 +423,7 @@ class ChatCompletionRequest(SamplingFields, ToolFields):
     def _check_chat(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs: requires logprobs to be true")
+        _check_continuation(self.messages, self.continue_final_message)
         if self.tool_plan is not None:
             if self.response_format is not None and self.response_format.type != "text":
                 raise ValueError("response_format: cannot be combined with tool calls")
@@ -531,6 +548,9 @@ class TokenizeRequest(ToolFields):
     add_generation_prompt: bool = Field(
         default=True, description="With messages: end with the assistant's turn, as chat does."
     )
+    continue_final_message: bool = Field(
+        default=False, description="With messages: end inside the last one, as chat does."
+    )
     add_special_tokens: bool | None = Field(
         default=None,
         description="Add the tokenizer's special tokens (BOS); by default as the completion "
@@ -544,6 +564,7 @@ class TokenizeRequest(ToolFields):
             raise ValueError("give exactly one of prompt and messages")
         if self.tools and self.messages is None:
             raise ValueError("tools: only with messages")
+        _check_continuation(self.messages, self.continue_final_message)
         return self
 
 

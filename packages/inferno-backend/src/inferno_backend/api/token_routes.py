@@ -24,7 +24,13 @@ async def tokenize(request: web.Request) -> web.Response:
     body = await parse_body(request, TokenizeRequest)
     async with admitted(request, body.model, generates=False) as served:
         if body.messages is not None:
-            text = render_chat(served, body.messages, body.tool_plan, body.add_generation_prompt)
+            text = render_chat(
+                served,
+                body.messages,
+                body.tool_plan,
+                body.add_generation_prompt,
+                continue_final=body.continue_final_message,
+            )
             special = bool(body.add_special_tokens)
         else:
             text = body.prompt or ""
