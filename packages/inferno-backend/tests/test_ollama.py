@@ -252,6 +252,18 @@ async def test_embed_gives_unit_vectors(connect: Connect, make_client: MakeClien
     assert resp.prompt_eval_count == len("one") + len("two words") + 2  # bytes, a BOS each
 
 
+async def test_the_older_embeddings_route_embeds_one_prompt(
+    connect: Connect, make_client: MakeClient
+) -> None:
+    client, _orch = await make_client()
+    api = connect(client)
+    old = await api.embeddings(model="default", prompt="one")
+    new = await api.embed(model="default", input="one")
+    assert list(old.embedding) == list(new.embeddings[0])
+    bad = await client.post("/api/embeddings", json={"model": "default", "prompt": ""})
+    assert bad.status == 400
+
+
 async def test_embed_truncates_a_long_input_unless_told_not_to(make_client: MakeClient) -> None:
     client, _orch = await make_client(engine_options={"max_model_len": 32})
     long = "x" * 100

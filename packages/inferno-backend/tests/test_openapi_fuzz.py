@@ -151,6 +151,7 @@ def test_every_route_is_described() -> None:
         "POST /api/chat",
         "POST /api/generate",
         "POST /api/embed",
+        "POST /api/embeddings",
         "POST /api/show",
         "GET /api/tags",
         "GET /api/ps",

@@ -77,7 +77,7 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_post("/tokenize", _proxy)
     app.router.add_post("/detokenize", _proxy)
     # Ollama's API: the workers answer it; listings come from the worker table.
-    for path in ("/api/chat", "/api/generate", "/api/embed", "/api/show"):
+    for path in ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/show"):
         app.router.add_post(path, _proxy)
     app.router.add_get("/api/tags", _ollama_tags)
     app.router.add_get("/api/version", _ollama_version)

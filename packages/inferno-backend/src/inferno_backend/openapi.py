@@ -14,6 +14,7 @@ from pydantic.json_schema import models_json_schema
 from inferno_backend.api.admin import LoadModelRequest, UnloadModelRequest
 from inferno_backend.api.ollama_schemas import (
     OllamaChatRequest,
+    OllamaEmbeddingsRequest,
     OllamaEmbedRequest,
     OllamaGenerateRequest,
     OllamaShowRequest,
@@ -117,6 +118,7 @@ def build_openapi(server_url: str | None = None) -> dict[str, Any]:
         OllamaChatRequest,
         OllamaGenerateRequest,
         OllamaEmbedRequest,
+        OllamaEmbeddingsRequest,
         OllamaShowRequest,
     ]
     _, defs = models_json_schema(
@@ -164,6 +166,9 @@ def build_openapi(server_url: str | None = None) -> dict[str, Any]:
                 "Ollama: complete a prompt.", OllamaGenerateRequest, stream="ndjson"
             ),
             "/api/embed": _post("Ollama: embeddings of texts.", OllamaEmbedRequest, stream=False),
+            "/api/embeddings": _post(
+                "Ollama: one text's embedding (older route).", OllamaEmbeddingsRequest, stream=False
+            ),
             "/api/show": _post("Ollama: describe a served model.", OllamaShowRequest, stream=False),
             "/api/tags": _get("Ollama: the served models."),
             "/api/ps": _get("Ollama: the loaded models."),

@@ -1,6 +1,7 @@
-"""Ollama's API on the same engine: ``/api/chat``, ``/api/generate``, ``/api/embed``,
-``/api/tags``, ``/api/show``, ``/api/ps`` and ``/api/version``, so tools written for Ollama
-(its Python client, editors, chat front ends) work against the daemon unchanged.
+"""Ollama's API on the same engine: ``/api/chat``, ``/api/generate``, ``/api/embed`` (and the
+older ``/api/embeddings``), ``/api/tags``, ``/api/show``, ``/api/ps`` and ``/api/version``, so
+tools written for Ollama (its Python client, editors, chat front ends) work against the daemon
+unchanged.
 
 Requests are translated into the OpenAI routes' (`inferno_backend.api.ollama_schemas`) and run
 through the same prompt rendering, sampling defaults, admission, metrics and abort-on-disconnect.
@@ -37,6 +38,7 @@ from inferno_backend.api.generation import Generation, build_sampling, check_con
 from inferno_backend.api.keys import ARRIVAL, CONFIG, ORCHESTRATOR, REQUEST_ID
 from inferno_backend.api.ollama_schemas import (
     OllamaChatRequest,
+    OllamaEmbeddingsRequest,
     OllamaEmbedRequest,
     OllamaGenerateRequest,
     OllamaShowRequest,
@@ -147,6 +149,18 @@ async def embed(request: web.Request) -> web.Response:
             "prompt_eval_count": sum(o.prompt_tokens for o in outputs),
         }
     )
+
+
+@routes.post("/api/embeddings")
+async def embeddings(request: web.Request) -> web.Response:
+    """The older route: one prompt's embedding (unit length, as ``/api/embed``'s)."""
+    arrival = time.perf_counter()
+    body = await parse_body(request, OllamaEmbeddingsRequest)
+    async with admitted(request, body.model) as served:
+        (out,) = await embed_inputs(
+            request, served, [body.prompt], batch=False, dimensions=None, arrival=arrival
+        )
+    return web.json_response({"embedding": list(out.embedding)})
 
 
 @routes.get("/api/tags")

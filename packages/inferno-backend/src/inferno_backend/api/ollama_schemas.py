@@ -26,6 +26,7 @@ from inferno_backend.api.schemas import (
 __all__ = [
     "OllamaChatRequest",
     "OllamaEmbedRequest",
+    "OllamaEmbeddingsRequest",
     "OllamaGenerateRequest",
     "OllamaMessage",
     "OllamaOptions",
@@ -285,6 +286,17 @@ class OllamaEmbedRequest(BaseModel):
     def texts(self) -> list[str]:
         """The inputs as a list."""
         return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class OllamaEmbeddingsRequest(BaseModel):
+    """Body of ``POST /api/embeddings``, the older embeddings route: one ``prompt``."""
+
+    model_config = _STRICT
+
+    model: str = Field(min_length=1)
+    prompt: str = Field(min_length=1, description="The text to embed.")
+    options: dict[str, Any] | None = Field(default=None, description="Accepted and ignored.")
+    keep_alive: float | int | str | None = None
 
 
 class OllamaShowRequest(BaseModel):
