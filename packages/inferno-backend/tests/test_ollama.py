@@ -12,23 +12,10 @@ from aiohttp.test_utils import TestClient
 from inferno_backend.config import ServeConfig
 
 from .conftest import MakeClient, scripted
+from .test_tools import WEATHER
 
 ANSWER = "Hello, I am a fake engine."
 USER = [{"role": "user", "content": "Hi"}]
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
-
-
 Connect = Callable[..., ollama.AsyncClient]
 
 

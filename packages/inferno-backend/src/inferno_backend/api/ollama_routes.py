@@ -34,7 +34,7 @@ from inferno_backend.api.errors import (
     from_validation_error,
 )
 from inferno_backend.api.formatting import chat_logprobs
-from inferno_backend.api.generation import Generation, build_sampling, check_context
+from inferno_backend.api.generation import Generation, check_context
 from inferno_backend.api.keys import ARRIVAL, CONFIG, ORCHESTRATOR, REQUEST_ID
 from inferno_backend.api.ollama_schemas import (
     OllamaChatRequest,
@@ -51,7 +51,7 @@ from inferno_backend.api.openai_routes import (
     parse_body,
     render_chat,
     report_failure,
-    start_generation,
+    start_chat,
 )
 from inferno_backend.api.schemas import ChatCompletionRequest
 from inferno_backend.api.tools import ToolPlan
@@ -98,7 +98,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
             "messages",
             continue_final=chat_body.continue_final_message,
         )
-        gen = _start(request, served, chat_body, ids, budget, plan, "messages")
+        gen = start_chat(request, served, _request_id(), chat_body, ids, budget)
         return await _answer(request, gen, body, _ChatShape(plan))
 
 
@@ -121,7 +121,9 @@ async def generate(request: web.Request) -> web.StreamResponse:
         budget = check_context(len(ids), chat_body.token_limit, served.max_model_len, "prompt")
         if chat_body.token_limit is None and served.sampling_defaults.max_tokens is not None:
             budget = min(budget, served.sampling_defaults.max_tokens)
-        gen = _start(request, served, chat_body, ids, budget, None, "prompt")
+        gen = start_chat(
+            request, served, _request_id(), chat_body, ids, budget, prompt_param="prompt"
+        )
         return await _answer(request, gen, body, _GenerateShape(ids))
 
 
@@ -275,6 +277,10 @@ class _GenerateShape:
 _Shape = _ChatShape | _GenerateShape
 
 
+def _request_id() -> str:
+    return f"ollama-{uuid.uuid4().hex}"
+
+
 def _message(text: str) -> dict[str, Any]:
     return {"role": "assistant", "content": text}
 
@@ -288,34 +294,6 @@ def _loaded(served: ServedModel, empty: dict[str, Any]) -> dict[str, Any]:
         "done": True,
         "done_reason": "load",
     }
-
-
-def _start(
-    request: web.Request,
-    served: ServedModel,
-    chat_body: ChatCompletionRequest,
-    ids: list[int],
-    budget: int,
-    plan: ToolPlan | None,
-    param: str,
-) -> Generation:
-    top = chat_body.top_logprobs or 0
-    sampling = build_sampling(
-        chat_body,
-        max_tokens=budget,
-        logprobs=top if chat_body.logprobs else None,
-        defaults=served.sampling_defaults,
-    )
-    rid = f"ollama-{uuid.uuid4().hex}"
-    return start_generation(
-        request,
-        served,
-        rid,
-        prompts=[ids],
-        sampling=sampling,
-        prompt_param=param,
-        tool_plan=plan,
-    )
 
 
 def _done(gen: Generation, arrival: float, finish: str | None, generated: int) -> dict[str, Any]:

@@ -177,6 +177,36 @@ def start_generation(request: web.Request, served: ServedModel, rid: str, **kw: 
     )
 
 
+def start_chat(
+    request: web.Request,
+    served: ServedModel,
+    rid: str,
+    body: ChatCompletionRequest,
+    ids: Sequence[int],
+    budget: int,
+    *,
+    prompt_param: str = "messages",
+) -> Generation:
+    """The `Generation` of a chat request's prompt ``ids``: its sampling fields (over the
+    served model's defaults), logprobs and tool calls, at most ``budget`` new tokens."""
+    top = body.top_logprobs or 0
+    sampling = build_sampling(
+        body,
+        max_tokens=budget,
+        logprobs=top if body.logprobs else None,
+        defaults=served.sampling_defaults,
+    )
+    return start_generation(
+        request,
+        served,
+        rid,
+        prompts=[ids],
+        sampling=sampling,
+        prompt_param=prompt_param,
+        tool_plan=body.tool_plan,
+    )
+
+
 def _model_card(served: ServedModel) -> dict[str, Any]:
     return {
         "id": served.name,
@@ -222,22 +252,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             continue_final=body.continue_final_message,
         )
         top = body.top_logprobs or 0
-        sampling = build_sampling(
-            body,
-            max_tokens=budget,
-            logprobs=top if body.logprobs else None,
-            defaults=served.sampling_defaults,
-        )
         rid = f"chatcmpl-{uuid.uuid4().hex}"
-        gen = start_generation(
-            request,
-            served,
-            rid,
-            prompts=[ids],
-            sampling=sampling,
-            prompt_param="messages",
-            tool_plan=plan,
-        )
+        gen = start_chat(request, served, rid, body, ids, budget)
         head = {"id": rid, "created": int(time.time()), "model": served.name}
         tokenizer = served.model.tokenizer
 
