@@ -155,6 +155,27 @@ def test_continue_final_message_finishes_the_assistant_sentence(client: openai.O
     assert not rest.lstrip().startswith("The capital")  # it went on, it did not start over
 
 
+def test_guided_choice_answers_with_one_of_the_choices(client: openai.OpenAI) -> None:
+    options = ["Berlin", "Paris", "Madrid", "London"]
+    resp = client.chat.completions.create(
+        model="default",
+        messages=MESSAGES,
+        temperature=0,
+        extra_body={"guided_choice": options},
+    )
+    assert resp.choices[0].message.content == "Paris"
+    assert resp.choices[0].finish_reason == "stop"
+    sampled = client.chat.completions.create(
+        model="default",
+        messages=[{"role": "user", "content": "Is the sky green? Answer yes or no."}],
+        temperature=1.0,
+        n=4,
+        seed=3,
+        extra_body={"guided_choice": ["yes", "no"]},
+    )
+    assert {c.message.content for c in sampled.choices} <= {"yes", "no"}
+
+
 def test_responses_api_function_calls(client: openai.OpenAI) -> None:
     weather = {
         "type": "function",

@@ -383,3 +383,37 @@ async def test_continue_final_message_needs_assistant_text(
     assert resp.status == 400
     error = (await resp.json())["error"]
     assert "continue_final_message" in error["message"]
+
+
+async def test_guided_choice_reaches_the_engine(make_client: MakeClient) -> None:
+    client, orch = await make_client()
+    payload = {**CHAT, "guided_choice": ["yes", "no"]}
+    resp = await client.post("/v1/chat/completions", json=payload)
+    assert resp.status == 200, await resp.text()
+    assert orch.engines[0].requests[-1].sampling.choices == ("yes", "no")
+    legacy = {"model": "default", "prompt": "x", "guided_choice": ["a"]}
+    assert (await client.post("/v1/completions", json=legacy)).status == 200
+    assert orch.engines[0].requests[-1].sampling.choices == ("a",)
+    metrics = await (await client.get("/metrics")).text()
+    assert 'inferno:structured_requests_total{kind="choice",model="default"} 2.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ({"guided_choice": []}, "guided_choice"),
+        ({"guided_choice": ["a", ""]}, "must not be empty"),
+        ({"guided_choice": ["a"], "response_format": {"type": "json_object"}}, "JSON output"),
+        ({"guided_choice": ["a"], "ignore_eos": True}, "ignore_eos"),
+        (
+            {"guided_choice": ["a"], "tools": [{"type": "function", "function": {"name": "f"}}]},
+            "tool calls",
+        ),
+    ],
+)
+async def test_guided_choice_is_validated(
+    client: TestClient[Any, Any], extra: dict[str, Any], problem: str
+) -> None:
+    resp = await client.post("/v1/chat/completions", json={**CHAT, **extra})
+    assert resp.status == 400
+    assert problem in (await resp.json())["error"]["message"]

@@ -137,7 +137,8 @@ class Metrics:
         )  # fmt: skip
         self.structured_requests = Counter(
             "inferno:structured_requests",
-            "Requests whose output is constrained, by kind: json_object, json_schema, tools.",
+            "Requests whose output is constrained, by kind: json_object, json_schema, tools, "
+            "choice.",
             ["model", "kind"], registry=reg,
         )  # fmt: skip
         self.embedding_requests = Counter(

@@ -18,6 +18,7 @@ from inferno_inference.errors import (
 )
 from inferno_inference.protocols import InferenceEngine
 from inferno_inference.types import (
+    MAX_CHOICES,
     MAX_LOGIT_BIAS,
     EmbeddingOutput,
     EmbeddingRequest,
@@ -55,6 +56,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "MAX_CHOICES",
     "MAX_LOGIT_BIAS",
     "AsyncEngine",
     "EmbeddingOutput",

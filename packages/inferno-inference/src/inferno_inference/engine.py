@@ -16,6 +16,12 @@ from typing import Protocol
 import structlog
 import torch
 
+from inferno_inference.choice import (
+    ChoiceConstraint,
+    ChoiceGrammar,
+    NoSpellableChoiceError,
+    spell,
+)
 from inferno_inference.errors import InvalidRequestError
 from inferno_inference.json_mode import (
     JsonConstraint,
@@ -112,10 +118,13 @@ class LLMEngine:
         eos_token_ids: Seq[int] = (),
         detokenizer_factory: DetokenizerFactory | None = None,
         token_bytes: Callable[[], Seq[bytes]] | None = None,
+        encode: Callable[[str], Seq[int]] | None = None,
         proposer: NgramProposer | None = None,
     ) -> None:
         """``proposer`` turns on speculation: decoding sequences get its draft tokens
-        verified in their steps (see `inferno_inference.speculative`)."""
+        verified in their steps (see `inferno_inference.speculative`). ``encode`` (text to
+        token ids, no special tokens) writes choice mode's choices as the tokenizer does;
+        without it they are spelled from ``token_bytes``."""
         self.scheduler = scheduler
         self.runner = runner
         self.sampler = sampler
@@ -124,9 +133,11 @@ class LLMEngine:
         self.eos_token_ids = frozenset(eos_token_ids)
         self._detok_factory = detokenizer_factory
         self._token_bytes = token_bytes
+        self._encode = encode
         self._json_vocabulary: JsonVocabulary | None = None  # built on first use
         # By (schema, optional).
         self._grammars: OrderedDict[tuple[str | None, bool], JsonGrammar] = OrderedDict()
+        self._choice_grammars: OrderedDict[tuple[str, ...], ChoiceGrammar] = OrderedDict()
         self._requests: dict[str, _Request] = {}
         self._seq_ids = itertools.count()
         self._throughput = _Throughput()
@@ -147,11 +158,22 @@ class LLMEngine:
             )
             return
         validate_request(request, max_model_len=self.max_model_len, vocab_size=self.vocab_size)
-        if request.sampling.response_format != "text" and self._token_bytes is None:
+        sp = request.sampling
+        if sp.response_format != "text" and self._token_bytes is None:
             raise InvalidRequestError(
                 "JSON mode needs the model's tokenizer, and this engine has none",
                 param="response_format",
             )
+        if sp.choices:
+            if self._token_bytes is None and self._encode is None:
+                raise InvalidRequestError(
+                    "choice mode needs the model's tokenizer, and this engine has none",
+                    param="choices",
+                )
+            try:
+                self._choice_grammar(sp.choices)
+            except NoSpellableChoiceError as exc:
+                raise InvalidRequestError(str(exc), param="choices") from None
 
     def add_request(self, request: GenerationRequest | EmbeddingRequest) -> None:
         """Validate and queue ``request``; its choices join the batch at a coming step.
@@ -168,9 +190,11 @@ class LLMEngine:
             self._add_embedding(request)
             return
         sp = request.sampling
-        grammar = None
+        grammar: JsonGrammar | ChoiceGrammar | None = None
         if sp.response_format != "text":
             grammar = self._grammar(sp.json_schema, optional=sp.json_optional)
+        elif sp.choices:
+            grammar = self._choice_grammar(sp.choices)
         now = time.monotonic()
         seqs: list[Sequence] = []
         for i in range(sp.n):
@@ -188,7 +212,7 @@ class LLMEngine:
                 leader=seqs[0] if seqs else None,
                 stop_matcher=StopMatcher(sp.stop),
                 generator=gen,
-                constraint=JsonConstraint(grammar) if grammar is not None else None,
+                constraint=_constraint(grammar),
             )
             seqs.append(seq)
             self.scheduler.add(seq)
@@ -239,6 +263,24 @@ class LLMEngine:
         self._grammars[key] = grammar
         if len(self._grammars) > _GRAMMARS_KEPT:
             self._grammars.popitem(last=False)
+        return grammar
+
+    def _choice_grammar(self, choices: tuple[str, ...]) -> ChoiceGrammar:
+        """The grammar of a list of choices, kept for the lists used last."""
+        grammar = self._choice_grammars.get(choices)
+        if grammar is not None:
+            self._choice_grammars.move_to_end(choices)
+            return grammar
+        if self._encode is not None:
+            paths = [list(self._encode(c)) for c in choices]
+        else:
+            assert self._token_bytes is not None  # validate() refuses choice mode without
+            vocab = self._token_bytes()
+            paths = [spell(c, vocab) or [] for c in choices]
+        grammar = ChoiceGrammar(paths, self.eos_token_ids, self.vocab_size)
+        self._choice_grammars[choices] = grammar
+        if len(self._choice_grammars) > _GRAMMARS_KEPT:
+            self._choice_grammars.popitem(last=False)
         return grammar
 
     def abort(self, request_id: str) -> list[GenerationOutput]:
@@ -496,3 +538,12 @@ def _first_rows(sampled: list[Sequence]) -> list[int]:
         rows.append(at)
         at += 1 + len(seq.draft_ids)
     return rows
+
+
+def _constraint(
+    grammar: JsonGrammar | ChoiceGrammar | None,
+) -> JsonConstraint | ChoiceConstraint | None:
+    """A fresh position in ``grammar`` for one output (None: the output is free)."""
+    if isinstance(grammar, ChoiceGrammar):
+        return ChoiceConstraint(grammar)
+    return JsonConstraint(grammar) if grammar is not None else None

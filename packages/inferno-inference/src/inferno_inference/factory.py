@@ -169,12 +169,22 @@ def build_llm_engine(
         eos_token_ids=eos,
         detokenizer_factory=detokenizer_factory,
         token_bytes=token_bytes or (tokenizer.token_bytes if tokenizer is not None else None),
+        encode=_plain_encoder(tokenizer) if tokenizer is not None else None,
         proposer=NgramProposer(
             ec.speculative_tokens, min_n=ec.prompt_lookup_min, max_n=ec.prompt_lookup_max
         )
         if ec.speculative_tokens
         else None,
     )
+
+
+def _plain_encoder(tokenizer: Tokenizer) -> Callable[[str], list[int]]:
+    """Text to token ids as the tokenizer writes it, without BOS or other special tokens."""
+
+    def encode(text: str) -> list[int]:
+        return list(tokenizer.encode(text, add_special_tokens=False))
+
+    return encode
 
 
 def _fused_ops(

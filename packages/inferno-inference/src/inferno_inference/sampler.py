@@ -146,13 +146,14 @@ def _argmax(x: torch.Tensor) -> torch.Tensor:
 
 
 def _unadjusted(p: SamplingParams) -> bool:
-    """No penalty, bias or JSON mask: the logits are sampled as the model gave them."""
+    """No penalty, bias, JSON or choice mask: the logits are sampled as the model gave them."""
     return (
         p.repetition_penalty == 1.0
         and not p.presence_penalty
         and not p.frequency_penalty
         and not p.logit_bias
         and p.response_format == "text"
+        and not p.choices
     )
 
 

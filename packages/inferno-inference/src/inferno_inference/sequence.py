@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from inferno_inference.choice import ChoiceConstraint
 from inferno_inference.json_mode import JsonConstraint
 from inferno_inference.speculative import NgramIndex
 from inferno_inference.stops import StopMatcher
@@ -59,7 +60,8 @@ class Sequence:
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     abort_requested: bool = False
     generator: torch.Generator | None = None
-    constraint: JsonConstraint | None = None  # JSON mode: which tokens may come next
+    # JSON or choice mode: which tokens may come next.
+    constraint: JsonConstraint | ChoiceConstraint | None = None
     pooling: Pooling | None = None
     pooled: torch.Tensor | None = None  # fp32 [hidden]: a sum (mean pooling) or the last row
     # Speculation: this step's draft tokens (computed after the last real token, not part of

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "MAX_CHOICES",
     "MAX_LOGIT_BIAS",
     "EmbeddingOutput",
     "EmbeddingRequest",
@@ -29,6 +30,8 @@ Pooling = Literal["mean", "last"]
 
 #: Most tokens one request may bias (OpenAI's own limit is of this order).
 MAX_LOGIT_BIAS = 1024
+#: Most strings one request's choice mode may choose among.
+MAX_CHOICES = 256
 
 
 class SamplingParams(BaseModel):
@@ -66,6 +69,12 @@ class SamplingParams(BaseModel):
     json_schema: str | None = Field(
         default=None, description="The JSON Schema (as JSON text) of response_format json_schema."
     )
+    choices: tuple[str, ...] = Field(
+        default=(),
+        max_length=MAX_CHOICES,
+        description="Choice mode: the output is exactly one of these strings, spelled by "
+        "whichever tokens the model finds likeliest; it ends there. Empty: off.",
+    )
     json_optional: bool = Field(
         default=False,
         description="With JSON output: a choice may be plain text instead, which nothing "
@@ -83,6 +92,13 @@ class SamplingParams(BaseModel):
             raise ValueError("json_schema is given exactly when response_format is json_schema")
         if self.json_optional and self.response_format == "text":
             raise ValueError("json_optional needs JSON output (json_object or json_schema)")
+        if self.choices:
+            if not all(self.choices):
+                raise ValueError("choices must not be empty strings")
+            if self.response_format != "text":
+                raise ValueError(f"choices cannot be combined with {self.response_format}")
+            if self.ignore_eos:
+                raise ValueError("ignore_eos cannot be combined with choices")
         for token_id, bias in self.logit_bias:
             if not -100 <= bias <= 100 or bias != bias:
                 raise ValueError(f"logit_bias of token {token_id} must be in [-100, 100]")

@@ -80,6 +80,7 @@ def build_sampling(
             response_format=response_format,
             json_schema=json_schema,
             json_optional=body.optional_output,
+            choices=tuple(body.guided_choice or ()),
         )
     except ValidationError as exc:
         raise from_validation_error(exc) from None
@@ -191,7 +192,11 @@ class Generation:
             reasons = tuple(self.finish_reasons) or ("abort",)
             for reason in set(reasons):
                 self.metrics.requests.labels(model, reason).inc()
-            kind = "tools" if self.tool_plan is not None else self.sampling.response_format
+            kind: str = self.sampling.response_format
+            if self.tool_plan is not None:
+                kind = "tools"
+            elif self.sampling.choices:
+                kind = "choice"
             if kind != "text":
                 self.metrics.structured_requests.labels(model, kind).inc()
             engine_queue = [u.queue_time_s for u in self._usages if u.queue_time_s is not None]

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
-from inferno_inference import MAX_LOGIT_BIAS
+from inferno_inference import MAX_CHOICES, MAX_LOGIT_BIAS
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -161,6 +161,12 @@ class SamplingFields(BaseModel):
     ignore_eos: bool = Field(default=False, description="Continue past end-of-sequence.")
     user: str | None = Field(default=None, description="Accepted and ignored.")
     response_format: ResponseFormat | None = None
+    guided_choice: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_CHOICES,
+        description="The answer is exactly one of these strings (an extension, as vLLM's).",
+    )
     logit_bias: dict[str, float] | None = Field(
         default=None,
         max_length=MAX_LOGIT_BIAS,
@@ -194,6 +200,13 @@ class SamplingFields(BaseModel):
         json_output = self.response_format is not None and self.response_format.type != "text"
         if json_output and self.ignore_eos:
             raise ValueError("response_format: JSON output cannot be combined with ignore_eos")
+        if self.guided_choice is not None:
+            if not all(self.guided_choice):
+                raise ValueError("guided_choice: the choices must not be empty strings")
+            if json_output:
+                raise ValueError("guided_choice: cannot be combined with JSON output")
+            if self.ignore_eos:
+                raise ValueError("guided_choice: cannot be combined with ignore_eos")
         return self
 
     @property
@@ -429,6 +442,8 @@ class ChatCompletionRequest(SamplingFields, ToolFields):
                 raise ValueError("response_format: cannot be combined with tool calls")
             if self.ignore_eos:
                 raise ValueError("ignore_eos: cannot be combined with tool calls")
+            if self.guided_choice is not None:
+                raise ValueError("guided_choice: cannot be combined with tool calls")
         return self
 
     @property
