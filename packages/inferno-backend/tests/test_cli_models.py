@@ -162,6 +162,17 @@ def test_generate_in_json_mode(
     assert "root must be an object" in capsys.readouterr().err
 
 
+def test_generate_in_choice_mode(models_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = str(models_dir / "tiny.gguf")
+    argv = ["generate", "--model", model, "--prompt", "the", "--temperature", "1", "--seed"]
+    answers = set()
+    for seed in range(6):
+        assert main([*argv, str(seed), "--choice", "red", "--choice", "green"]) == 0
+        answers.add(capsys.readouterr().out.strip())
+    assert answers <= {"red", "green"}
+    assert answers
+
+
 def test_a_qwen2_gguf_is_listed_inspected_and_generates(
     models_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -28,6 +28,12 @@ def register(subparsers: Any) -> None:
         metavar="SCHEMA",
         help="answer with an instance of this JSON Schema (a file, or the schema as JSON text)",
     )
+    output.add_argument(
+        "--choice",
+        action="append",
+        metavar="TEXT",
+        help="answer with exactly one of these strings (repeat it for each)",
+    )
     p.add_argument(
         "--speculative-tokens",
         type=int,
@@ -70,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             response_format="json_schema" if schema else "json_object" if args.json else "text",
             json_schema=schema,
+            choices=tuple(args.choice or ()),
         )
         context = min(model.config.max_position_embeddings, len(prompt_ids) + args.max_tokens)
         block_size = EngineConfig.model_fields["block_size"].default
