@@ -176,6 +176,32 @@ def test_guided_choice_answers_with_one_of_the_choices(client: openai.OpenAI) ->
     assert {c.message.content for c in sampled.choices} <= {"yes", "no"}
 
 
+def test_echo_with_logprobs_scores_a_prompt_like_an_evaluation_harness(
+    client: openai.OpenAI,
+) -> None:
+    def score(text: str) -> tuple[list[str], list[float | None]]:
+        resp = client.completions.create(
+            model="default", prompt=text, max_tokens=1, temperature=0, echo=True, logprobs=1
+        )
+        lp = resp.choices[0].logprobs
+        assert lp is not None
+        assert lp.tokens is not None
+        assert lp.token_logprobs is not None
+        n = len(lp.tokens) - 1  # the last entry is the generated token
+        assert "".join(lp.tokens[:n]) == text
+        return lp.tokens[:n], lp.token_logprobs[:n]
+
+    tokens, scores = score("The capital of France is Paris")
+    assert scores[0] is None
+    assert all(s is not None and s <= 0 for s in scores[1:])
+    wrong_tokens, wrong = score("The capital of France is London")
+    assert tokens[:-1] == wrong_tokens[:-1]
+    assert scores[:-1] == pytest.approx(wrong[:-1], abs=1e-4)  # the same context scores alike
+    assert scores[-1] is not None
+    assert wrong[-1] is not None
+    assert scores[-1] > wrong[-1] + 1.0  # the model knows its capitals
+
+
 def test_responses_api_function_calls(client: openai.OpenAI) -> None:
     weather = {
         "type": "function",

@@ -417,3 +417,31 @@ async def test_guided_choice_is_validated(
     resp = await client.post("/v1/chat/completions", json={**CHAT, **extra})
     assert resp.status == 400
     assert problem in (await resp.json())["error"]["message"]
+
+
+async def test_echo_with_logprobs_scores_the_prompt(make_client: MakeClient) -> None:
+    client, orch = await make_client()
+    payload = {"model": "default", "prompt": "ab", "max_tokens": 2, "echo": True, "logprobs": 1}
+    body = await (await client.post("/v1/completions", json=payload)).json()
+    choice = body["choices"][0]
+    assert choice["text"] == "abHello,"
+    lp = choice["logprobs"]
+    # BOS, "a", "b" from the prompt, then the two generated tokens.
+    assert len(lp["tokens"]) == 5
+    assert lp["token_logprobs"][0] is None
+    assert lp["top_logprobs"][0] is None
+    assert lp["token_logprobs"][1:3] == [0.0, 0.0]
+    assert lp["tokens"][1:3] == ["a", "b"]
+    assert lp["text_offset"][:3] == [0, 0, 1]
+    assert lp["text_offset"][3] == len("ab")  # the answer follows the echoed prompt
+    assert orch.engines[0].requests[-1].sampling.prompt_logprobs == 1
+    streamed = await client.post("/v1/completions", json={**payload, "stream": True})
+    events = [e for e in _events(await streamed.text()) if e != "[DONE]"]
+    first = events[0]["choices"][0]["logprobs"]
+    assert first["tokens"][:3] == lp["tokens"][:3]
+    assert first["token_logprobs"][0] is None
+    plain = {**payload, "echo": False}
+    await client.post("/v1/completions", json=plain)
+    assert orch.engines[0].requests[-1].sampling.prompt_logprobs is None
+    refused = await client.post("/v1/completions", json={**payload, "stream": True, "n": 2})
+    assert refused.status == 400

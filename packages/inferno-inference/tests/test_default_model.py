@@ -144,3 +144,32 @@ def test_a_long_prompt_in_the_c_step_matches_transformers(
     engine = _engine(loaded, max_num_batched_tokens=512)
     assert engine.runner.native is not None
     assert greedy_tokens(engine, [prompt], 32) == [expected]
+
+
+def test_prompt_logprobs_match_transformers(
+    loaded: LoadedModel, hf_model: Any, prompts: list[list[int]]
+) -> None:
+    from inferno_inference import SamplingParams
+    from inferno_inference.types import GenerationRequest
+
+    # Chunks of 7: the prompts are scored across several prefill steps.
+    engine = _engine(loaded, max_num_seqs=4, max_num_batched_tokens=7)
+    sampling = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=2)
+    scored: dict[str, Any] = {}
+    for i, ids in enumerate(prompts[:4]):
+        engine.add_request(GenerationRequest(f"p{i}", tuple(ids), sampling))
+    while engine.has_work():
+        for out in engine.step():
+            if out.prompt_logprobs is not None:
+                scored[out.request_id] = out.prompt_logprobs
+    for i, ids in enumerate(prompts[:4]):
+        with torch.inference_mode():
+            ref = torch.log_softmax(hf_model(torch.tensor([ids])).logits[0].float(), dim=-1)
+        ours = scored[f"p{i}"]
+        assert ours[0] is None
+        for q in range(1, len(ids)):
+            entry = ours[q]
+            assert entry is not None
+            assert entry.token_id == ids[q]
+            assert abs(entry.logprob - float(ref[q - 1, ids[q]])) < 1e-3, (i, q)
+            assert [t for t, _ in entry.top] == ref[q - 1].topk(2).indices.tolist()

@@ -54,9 +54,10 @@ class BlockManager:
         """Cached blocks (and their hashes) matching the sequence's leading full blocks.
 
         The last token is never taken from the cache: its logits are needed to sample. Nor is
-        anything for mean pooling, which needs every token's hidden state.
+        anything for mean pooling, which needs every token's hidden state, or for a prompt
+        being scored, which needs every token's logits.
         """
-        if not self.enable_prefix_caching or seq.pooling == "mean":
+        if not self.enable_prefix_caching or seq.pooling == "mean" or seq.scores_prompt:
             return [], []
         bs = self.block_size
         hits: list[int] = []

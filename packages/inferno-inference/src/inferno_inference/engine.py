@@ -444,8 +444,19 @@ class LLMEngine:
         ):
             finish = "length"
         logprobs = (lp,) if lp is not None else None
+        scored = None
+        if seq.scores_prompt and not seq.prompt_logprobs_sent:
+            seq.prompt_logprobs_sent = True
+            scored = (None, *seq.prompt_logprobs)
         if finish is None:
-            return GenerationOutput(seq.request_id, seq.index, (token,), text, logprobs=logprobs)
+            return GenerationOutput(
+                seq.request_id,
+                seq.index,
+                (token,),
+                text,
+                logprobs=logprobs,
+                prompt_logprobs=scored,
+            )
         if not stopped:
             tail = detok.flush() if detok is not None else ""
             text += seq.stop_matcher.push(tail)[0] + seq.stop_matcher.flush()
@@ -457,6 +468,7 @@ class LLMEngine:
             text=text,
             logprobs=logprobs,
             stop_reason=stop_reason,
+            prompt_logprobs=scored,
         )
 
     def _finish(
@@ -471,6 +483,7 @@ class LLMEngine:
         error: str | None = None,
         embedding: tuple[float, ...] | None = None,
         stop_reason: int | str | None = None,
+        prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None,
     ) -> GenerationOutput:
         self.scheduler.finish(seq, failed=reason == "error")
         seq.finish_reason = reason
@@ -496,6 +509,7 @@ class LLMEngine:
             error=error,
             embedding=embedding,
             stop_reason=stop_reason,
+            prompt_logprobs=prompt_logprobs,
         )
 
     def _fail(self, seqs: Seq[Sequence], message: str) -> list[GenerationOutput]:

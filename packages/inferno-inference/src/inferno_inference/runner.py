@@ -10,6 +10,7 @@ from inferno_inference.model import AttentionMetadata, LlamaModel, PrefillSegmen
 from inferno_inference.native import NativeDecoder
 from inferno_inference.scheduler import ScheduledBatch
 from inferno_inference.sequence import Sequence
+from inferno_inference.types import TokenLogprob
 
 __all__ = ["ModelRunner", "StepInputs"]
 
@@ -18,10 +19,11 @@ class StepInputs:
     """The flattened token ids and attention metadata of one step (host tensors).
 
     ``pooled`` lists the embedding sequences of the step with the rows (``start``, ``end``) of
-    their tokens in ``input_ids``.
+    their tokens in ``input_ids``. ``scored`` lists the sequences scoring their prompt with
+    (first row, its position, rows): the rows whose logits give the next prompt tokens.
     """
 
-    __slots__ = ("input_ids", "meta", "pooled", "sampled")
+    __slots__ = ("input_ids", "meta", "pooled", "sampled", "scored")
 
     def __init__(
         self,
@@ -29,11 +31,13 @@ class StepInputs:
         meta: AttentionMetadata,
         sampled: list[Sequence],
         pooled: list[tuple[Sequence, int, int]] | None = None,
+        scored: list[tuple[Sequence, int, int, int]] | None = None,
     ) -> None:
         self.input_ids = input_ids
         self.meta = meta
         self.sampled = sampled
         self.pooled = pooled or []
+        self.scored = scored or []
 
 
 class ModelRunner:
@@ -92,8 +96,14 @@ class ModelRunner:
             start += n
         offset = 0
         pooled: list[tuple[Sequence, int, int]] = []
+        scored: list[tuple[Sequence, int, int, int]] = []
         for s, n in pairs:
             offset += n
+            if s.scores_prompt and s.num_computed < s.prompt_len - 1:
+                # Position q's logits give prompt token q + 1 (the last prompt token's row
+                # samples the first output instead).
+                count = min(n, s.prompt_len - 1 - s.num_computed)
+                scored.append((s, offset - n, s.num_computed, count))
             if s.pooling is not None:
                 pooled.append((s, offset - n, offset))
             elif s.num_computed + n == s.num_tokens + len(s.draft_ids):
@@ -120,7 +130,7 @@ class ModelRunner:
             prefills=prefills,
             logits_indices=torch.tensor(logits_idx, dtype=torch.long),
         )
-        return StepInputs(torch.tensor(ids, dtype=torch.long), meta, sampled, pooled)
+        return StepInputs(torch.tensor(ids, dtype=torch.long), meta, sampled, pooled, scored)
 
     def _prepare_decodes(self, decodes: list[Sequence]) -> StepInputs:
         # The common step, kept short: it runs once per generated token, and on a GPU its
@@ -167,7 +177,7 @@ class ModelRunner:
     def execute(self, inputs: StepInputs) -> torch.Tensor:
         """Run the forward pass; returns logits for ``inputs.sampled`` (in that order), and
         pools the hidden states of ``inputs.pooled`` into their sequences."""
-        if inputs.pooled:
+        if inputs.pooled or inputs.scored:
             return self._execute_pooled(inputs)
         dev = self.device
         meta = inputs.meta
@@ -212,6 +222,9 @@ class ModelRunner:
                 take = range(0)
             rows.extend(take)
             shares.append((seq, len(take)))
+        pooled_rows = len(rows)
+        for _, first, _, count in inputs.scored:
+            rows.extend(range(first, first + count))
         dev = self.device
         meta = inputs.meta if dev.type == "cpu" else _to_device(inputs.meta, dev)
         with torch.inference_mode():
@@ -222,7 +235,9 @@ class ModelRunner:
                 torch.tensor(rows, dtype=torch.long),
             )
         assert hidden is not None
-        hidden = hidden.float()
+        if inputs.scored:
+            self._score_prompts(inputs, hidden[pooled_rows:])
+        hidden = hidden[:pooled_rows].float()
         at = 0
         for seq, n in shares:
             if seq.num_computed == 0 or seq.pooled is None:  # a first chunk, or recomputing
@@ -232,6 +247,27 @@ class ModelRunner:
                 seq.pooled = seq.pooled + part.sum(0) if seq.pooling == "mean" else part[0].clone()
                 at += n
         return logits
+
+    def _score_prompts(self, inputs: StepInputs, hidden: torch.Tensor) -> None:
+        """Record the log-probabilities of the prompt tokens that ``hidden`` (the scored
+        rows, in order) predict."""
+        with torch.inference_mode():
+            logprobs = torch.log_softmax(self.model.lm_head(hidden).float(), dim=-1).cpu()
+        at = 0
+        for seq, _, position, count in inputs.scored:
+            rows = logprobs[at : at + count]
+            at += count
+            top_n = seq.sampling.prompt_logprobs or 0
+            targets = torch.tensor(seq.token_ids[position + 1 : position + 1 + count])
+            chosen = rows.gather(1, targets[:, None])[:, 0].tolist()
+            tops = rows.topk(top_n, dim=-1) if top_n else None
+            for k in range(count):
+                if len(seq.prompt_logprobs) != position + k:
+                    continue  # scored before (a preempted sequence computes its prompt again)
+                top: tuple[tuple[int, float], ...] = ()
+                if tops is not None:
+                    top = tuple(zip(tops.indices[k].tolist(), tops.values[k].tolist(), strict=True))
+                seq.prompt_logprobs.append(TokenLogprob(int(targets[k]), float(chosen[k]), top))
 
 
 def _split_decodes(meta: AttentionMetadata) -> tuple[AttentionMetadata, AttentionMetadata] | None:

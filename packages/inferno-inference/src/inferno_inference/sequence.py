@@ -69,6 +69,16 @@ class Sequence:
     draft_ids: list[int] = field(default_factory=list)
     ngram_index: NgramIndex | None = None
     draft_len: int = 0
+    # Prompt scoring: entry k is prompt token k + 1's log-probability; sent with the first
+    # output, once.
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs_sent: bool = False
+
+    @property
+    def scores_prompt(self) -> bool:
+        """It computes its prompt's log-probabilities (a sibling choice leaves that to its
+        leader, whose prompt it shares)."""
+        return self.sampling.prompt_logprobs is not None and self.leader is None
 
     @property
     def num_tokens(self) -> int:

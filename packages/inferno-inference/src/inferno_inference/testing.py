@@ -338,6 +338,16 @@ class FakeEngine:
         if finish is not None and not stopped:
             text += choice.matcher.flush()
         tid = fake_token_id(piece, self.vocab_size)
+        scored = None
+        if sp.prompt_logprobs is not None and i == 0 and choice.count == 1:
+            # Each prompt token after the first at 0, with made-up alternatives below it.
+            scored = (
+                None,
+                *(
+                    TokenLogprob(t, 0.0, self._top(t, sp.prompt_logprobs))
+                    for t in request.prompt_token_ids[1:]
+                ),
+            )
         return GenerationOutput(
             rid,
             i,
@@ -346,17 +356,21 @@ class FakeEngine:
             finish_reason=finish,
             logprobs=self._logprobs(sp, tid),
             stop_reason=choice.matcher.matched if stopped else None,
+            prompt_logprobs=scored,
         )
 
     def _logprobs(self, sp: SamplingParams, tid: int) -> tuple[TokenLogprob, ...] | None:
         """The chosen token at log-probability 0 and made-up alternatives below it."""
         if sp.logprobs is None:
             return None
+        return (TokenLogprob(tid, 0.0, self._top(tid, sp.logprobs)),)
+
+    def _top(self, tid: int, count: int) -> tuple[tuple[int, float], ...]:
+        """``count`` alternatives: ``tid`` at 0 and made-up tokens below it."""
         alts = tuple(
-            (fake_token_id(f"{tid}#{k}", self.vocab_size), -float(k)) for k in range(1, sp.logprobs)
+            (fake_token_id(f"{tid}#{k}", self.vocab_size), -float(k)) for k in range(1, count)
         )
-        top = ((tid, 0.0), *alts) if sp.logprobs else ()
-        return (TokenLogprob(tid, 0.0, top),)
+        return ((tid, 0.0), *alts) if count else ()
 
 
 @dataclass(slots=True)

@@ -55,6 +55,14 @@ class SamplingParams(BaseModel):
     logprobs: int | None = Field(
         default=None, ge=0, le=20, description="Top alternatives per token; None disables."
     )
+    prompt_logprobs: int | None = Field(
+        default=None,
+        ge=0,
+        le=20,
+        description="Also score the prompt: each prompt token's log-probability given the "
+        "tokens before it, with this many alternatives (the first token has none). The "
+        "prompt is then computed in full, not taken from the prefix cache.",
+    )
     logit_bias: tuple[tuple[int, float], ...] = Field(
         default=(),
         max_length=MAX_LOGIT_BIAS,
@@ -184,6 +192,9 @@ class GenerationOutput:
     #: The pooled hidden state, on the one output of an embedding request (unit length when
     #: the request asked for it).
     embedding: tuple[float, ...] | None = None
+    #: With ``prompt_logprobs``, on the first output of choice 0: one entry per prompt token,
+    #: None for the first.
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
     #: What ended a choice whose ``finish_reason`` is ``"stop"``: the token id (an end of
     #: sequence or one of ``stop_token_ids``; it is the last of ``token_ids`` and its text is
     #: not in ``text``), or the stop string matched (cut from the text). None otherwise, and

@@ -14,6 +14,8 @@ __all__ = [
     "ChoiceState",
     "chat_logprobs",
     "completion_logprobs",
+    "echoed_logprobs",
+    "joined_logprobs",
     "usage_body",
 ]
 
@@ -25,6 +27,8 @@ class ChoiceState:
     text: list[str] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    #: The prompt's scores (``prompt_logprobs``), when the engine sent them.
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
     finish_reason: str | None = None
     #: The stop token id or stop string that ended the choice (see `GenerationOutput`).
     stop_reason: int | str | None = None
@@ -85,3 +89,36 @@ def completion_logprobs(
         "top_logprobs": tops,
         "text_offset": offsets,
     }
+
+
+def echoed_logprobs(
+    tokenizer: TokenizerLike,
+    prompt_ids: Sequence[int],
+    scored: Sequence[TokenLogprob | None],
+    top: int,
+) -> dict[str, Any]:
+    """The legacy ``logprobs`` object of an echoed prompt: its first token has no
+    log-probability (null, as OpenAI writes it), the others theirs given what comes before."""
+    tokens: list[str] = []
+    token_logprobs: list[float | None] = []
+    tops: list[dict[str, float] | None] = []
+    offsets: list[int] = []
+    offset = 0
+    for token_id, lp in zip(prompt_ids, scored, strict=True):
+        token = _piece(tokenizer, token_id)
+        tokens.append(token)
+        token_logprobs.append(None if lp is None else lp.logprob)
+        tops.append(None if lp is None else {_piece(tokenizer, t): v for t, v in lp.top[:top]})
+        offsets.append(offset)
+        offset += len(token)
+    return {
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    }
+
+
+def joined_logprobs(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Two legacy ``logprobs`` objects, the second after the first."""
+    return {key: [*first[key], *second[key]] for key in first}

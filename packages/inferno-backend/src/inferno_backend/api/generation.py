@@ -47,6 +47,7 @@ def build_sampling(
     max_tokens: int,
     logprobs: int | None,
     defaults: GenerationDefaults | None = None,
+    prompt_logprobs: int | None = None,
 ) -> SamplingParams:
     """Engine sampling parameters for an API request.
 
@@ -76,6 +77,7 @@ def build_sampling(
             ignore_eos=body.ignore_eos,
             n=body.n,
             logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
             logit_bias=body.logit_bias_pairs,
             response_format=response_format,
             json_schema=json_schema,

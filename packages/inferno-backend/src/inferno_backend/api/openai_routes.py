@@ -27,6 +27,8 @@ from inferno_backend.api.formatting import (
     ChoiceState,
     chat_logprobs,
     completion_logprobs,
+    echoed_logprobs,
+    joined_logprobs,
     usage_body,
 )
 from inferno_backend.api.generation import Generation, PromptOutput, build_sampling, check_context
@@ -340,8 +342,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
     """A text completion for one prompt or a batch, streamed when ``stream`` is true."""
     request[ARRIVAL] = time.perf_counter()
     body = await parse_body(request, CompletionRequest)
-    if body.echo and body.logprobs is not None:
-        raise BadRequestError("echo together with logprobs is not supported", param="echo")
+    scoring = body.echo and body.logprobs is not None  # the prompt's logprobs too
+    if scoring and body.stream and body.n > 1:
+        raise BadRequestError(
+            "echo with logprobs streams one choice per prompt; use n=1 or stream=false",
+            param="n",
+        )
     async with admitted(request, body.model) as served:
         tokenizer = served.model.tokenizer
         prompts: list[list[int]] = []
@@ -360,7 +366,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
         max_tokens = body.max_tokens or min(default_budget, *budgets)
         top = body.logprobs or 0
         sampling = build_sampling(
-            body, max_tokens=max_tokens, logprobs=body.logprobs, defaults=served.sampling_defaults
+            body,
+            max_tokens=max_tokens,
+            logprobs=body.logprobs,
+            defaults=served.sampling_defaults,
+            prompt_logprobs=body.logprobs if scoring else None,
         )
         rid = f"cmpl-{uuid.uuid4().hex}"
         gen = start_generation(request, served, rid, prompts=prompts, sampling=sampling)
@@ -375,6 +385,10 @@ async def completions(request: web.Request) -> web.StreamResponse:
                 logprobs = None
                 if body.logprobs is not None:
                     logprobs = completion_logprobs(tokenizer, s.logprobs, top, len(prefix))
+                scored = states[i // n * n].prompt_logprobs
+                if logprobs is not None and scoring and scored is not None:
+                    prompt_part = echoed_logprobs(tokenizer, prompts[i // n], scored, top)
+                    logprobs = joined_logprobs(prompt_part, logprobs)
                 choices.append(
                     {
                         "index": i,
@@ -408,6 +422,16 @@ async def completions(request: web.Request) -> web.StreamResponse:
             logprobs = None
             if body.logprobs is not None:
                 logprobs = completion_logprobs(tokenizer, out.logprobs or (), top, offsets[index])
+                if scoring and out.prompt_logprobs is not None:
+                    prompt_part = echoed_logprobs(
+                        tokenizer, prompts[item.prompt_index], out.prompt_logprobs, top
+                    )
+                    # The generated tokens follow the echoed prompt's text.
+                    shift = len(texts[item.prompt_index])
+                    logprobs = completion_logprobs(
+                        tokenizer, out.logprobs or (), top, offsets[index] + shift
+                    )
+                    logprobs = joined_logprobs(prompt_part, logprobs)
             offsets[index] += len(text)
             return [
                 {
@@ -439,6 +463,8 @@ async def collect(request: web.Request, gen: Generation, choices: int) -> list[C
             if out.finish_reason is not None:
                 state.finish_reason = out.finish_reason
                 state.stop_reason = out.stop_reason
+            if out.prompt_logprobs is not None:
+                state.prompt_logprobs = out.prompt_logprobs
                 state.error = out.error
     failed = next((s for s in states if s.finish_reason == "error"), None)
     if failed is not None:
