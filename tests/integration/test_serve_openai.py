@@ -108,9 +108,34 @@ def test_responses_api_answers_like_chat(client: openai.OpenAI) -> None:
     spelled = "".join(t.token for t in part.logprobs)  # type: ignore[union-attr]
     assert spelled == scored.output_text
     assert all(len(t.top_logprobs) == 2 for t in part.logprobs)  # type: ignore[union-attr]
-    with pytest.raises(openai.BadRequestError) as err:
+    with pytest.raises(openai.NotFoundError) as err:
         client.responses.create(model="default", input="x", previous_response_id="resp_1")
-    assert "keeps no responses" in str(err.value)
+    assert "not found" in str(err.value)
+
+
+def test_responses_continue_by_previous_response_id(client: openai.OpenAI) -> None:
+    first = client.responses.create(
+        model="default",
+        input="My name is Ada. Say hello to me.",
+        max_output_tokens=24,
+        temperature=0,
+    )
+    assert client.responses.retrieve(first.id).output_text == first.output_text
+    second = client.responses.create(
+        model="default",
+        input="What is my name? Answer with the name only.",
+        previous_response_id=first.id,
+        max_output_tokens=8,
+        temperature=0,
+    )
+    assert second.previous_response_id == first.id
+    # The first turn (its question and answer) came along in front of the new input.
+    assert first.usage is not None
+    assert second.usage is not None
+    assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+    client.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(first.id)
 
 
 def test_chat_logprobs_spell_the_answer_and_the_end_of_turn_is_the_stop_reason(

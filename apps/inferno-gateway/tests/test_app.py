@@ -352,3 +352,31 @@ async def test_an_ollama_stream_cut_by_its_worker_ends_with_an_error_line(
     assert len(lines) == 3
     metrics = await (await http.get(cluster.url + "/metrics")).text()
     assert 'inferno_gateway_stream_errors_total{worker="a"} 1.0' in metrics
+
+
+async def test_a_continued_response_goes_to_the_worker_that_keeps_it(
+    make_cluster: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    cluster = await make_cluster(policy=RoundRobinPolicy())
+    await cluster.add_worker("a", tokens=2)
+    await cluster.add_worker("b", tokens=2)
+    client = _client(cluster.url)
+    try:
+        first = await client.responses.with_raw_response.create(model="default", input="hi")
+        holder = first.headers[WORKER_HEADER]
+        rid = first.parse().id
+        for _ in range(3):  # round robin would alternate; the conversation pins the worker
+            again = await client.responses.with_raw_response.create(
+                model="default", input="more", previous_response_id=rid
+            )
+            assert again.headers[WORKER_HEADER] == holder
+        fetched = await client.responses.retrieve(rid)
+        assert fetched.id == rid
+        await client.responses.delete(rid)
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve(rid)
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.create(model="default", input="x", previous_response_id=rid)
+    finally:
+        await client.close()
+    assert [b.get("previous_response_id") for b in cluster.workers[holder].bodies[1:]] == [rid] * 3

@@ -138,6 +138,8 @@ def test_every_route_is_described() -> None:
         "POST /v1/chat/completions",
         "POST /v1/completions",
         "POST /v1/responses",
+        "GET /v1/responses/{response_id}",
+        "DELETE /v1/responses/{response_id}",
         "POST /v1/embeddings",
         "POST /tokenize",
         "POST /detokenize",

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from inferno_backend.config import ServeConfig
 
 from .conftest import MakeClient, scripted
 
@@ -162,7 +163,6 @@ async def test_json_output_through_text_format(make_client: MakeClient) -> None:
         ),
         ({"model": "default", "input": [{"type": "image", "url": "x"}]}, "input.0", "tag"),
         ({"model": "default", "input": 3}, "input", "a string or a list of messages"),
-        ({"model": "default", "input": "x", "previous_response_id": "r"}, None, "keeps no"),
         ({"model": "default", "input": "x", "tools": [{"type": "web_search"}]}, "tools.0.type", ""),
         ({"model": "default", "input": "x", "tool_choice": "required"}, None, "needs tools"),
         ({"model": "default", "input": "x", "n": 2}, None, "one answer"),
@@ -360,3 +360,109 @@ async def test_logprobs_leave_out_the_end_of_turn_token(make_client: MakeClient)
     part = out["output"][0]["content"][0]
     assert len(part["logprobs"]) == 8  # one per piece of the script: the end token has none
     assert out["usage"]["output_tokens"] == 9
+
+
+async def test_previous_response_id_continues_the_conversation(make_client: MakeClient) -> None:
+    client, orch = await make_client()
+    first = await (
+        await client.post(
+            "/v1/responses",
+            json={"model": "default", "input": "Hi", "instructions": "Be brief."},
+        )
+    ).json()
+    assert first["store"] is True
+    follow = {"model": "default", "input": "Again", "previous_response_id": first["id"]}
+    second = await (await client.post("/v1/responses", json=follow)).json()
+    assert second["previous_response_id"] == first["id"]
+    tokenizer = orch.get("default").model.tokenizer
+    prompt = tokenizer.decode(orch.engines[0].requests[-1].prompt_token_ids)
+    # The earlier turn and its answer come first; its instructions do not carry over.
+    assert prompt == (
+        f"<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n{ANSWER}<|im_end|>\n"
+        "<|im_start|>user\nAgain<|im_end|>\n<|im_start|>assistant\n"
+    )
+    third = {"model": "default", "input": "More", "previous_response_id": second["id"]}
+    await client.post("/v1/responses", json={**third, "instructions": "Now verbose."})
+    prompt = tokenizer.decode(orch.engines[0].requests[-1].prompt_token_ids)
+    assert prompt.startswith("<|im_start|>system\nNow verbose.<|im_end|>\n<|im_start|>user\nHi")
+    assert prompt.count(ANSWER) == 2
+
+
+async def test_kept_responses_are_retrieved_and_deleted(make_client: MakeClient) -> None:
+    client, _orch = await make_client()
+    made = await (
+        await client.post("/v1/responses", json={"model": "default", "input": "Hi"})
+    ).json()
+    fetched = await client.get(f"/v1/responses/{made['id']}")
+    assert fetched.status == 200
+    assert await fetched.json() == made
+    gone = await client.delete(f"/v1/responses/{made['id']}")
+    assert (await gone.json()) == {"id": made["id"], "object": "response", "deleted": True}
+    for resp in (
+        await client.get(f"/v1/responses/{made['id']}"),
+        await client.delete(f"/v1/responses/{made['id']}"),
+        await client.post(
+            "/v1/responses",
+            json={"model": "default", "input": "x", "previous_response_id": made["id"]},
+        ),
+    ):
+        assert resp.status == 404
+        assert (await resp.json())["error"]["code"] == "response_not_found"
+    unkept = await (
+        await client.post("/v1/responses", json={"model": "default", "input": "x", "store": False})
+    ).json()
+    assert unkept["store"] is False
+    assert (await client.get(f"/v1/responses/{unkept['id']}")).status == 404
+
+
+async def test_a_streamed_response_is_kept_as_it_completed(make_client: MakeClient) -> None:
+    client, _orch = await make_client()
+    resp = await client.post(
+        "/v1/responses", json={"model": "default", "input": "Hi", "stream": True}
+    )
+    completed = _typed_events(await resp.text())[-1]
+    assert completed["type"] == "response.completed"
+    kept = await (await client.get(f"/v1/responses/{completed['response']['id']}")).json()
+    assert kept == completed["response"]
+
+
+async def test_the_store_keeps_the_most_recently_used(make_client: MakeClient) -> None:
+    client, _orch = await make_client(ServeConfig(warmup=False, responses_kept=2))
+    ids = []
+    for text in ("a", "b"):
+        made = await (
+            await client.post("/v1/responses", json={"model": "default", "input": text})
+        ).json()
+        ids.append(made["id"])
+    assert (await client.get(f"/v1/responses/{ids[0]}")).status == 200  # now the newest used
+    await client.post("/v1/responses", json={"model": "default", "input": "c"})
+    assert (await client.get(f"/v1/responses/{ids[0]}")).status == 200
+    assert (await client.get(f"/v1/responses/{ids[1]}")).status == 404
+    none, _ = await make_client(ServeConfig(warmup=False, responses_kept=0))
+    made = await (await none.post("/v1/responses", json={"model": "default", "input": "a"})).json()
+    assert made["store"] is False
+
+
+async def test_a_function_call_and_its_output_continue_by_id(make_client: MakeClient) -> None:
+    client, orch = await make_client(**scripted(CALL))
+    tools = [WEATHER]
+    made = await (
+        await client.post(
+            "/v1/responses", json={"model": "default", "input": "Weather?", "tools": tools}
+        )
+    ).json()
+    (call,) = made["output"]
+    assert call["type"] == "function_call"
+    result = {"type": "function_call_output", "call_id": call["call_id"], "output": "sunny"}
+    follow = {
+        "model": "default",
+        "input": [result],
+        "tools": tools,
+        "previous_response_id": made["id"],
+    }
+    assert (await client.post("/v1/responses", json=follow)).status == 200
+    tokenizer = orch.get("default").model.tokenizer
+    prompt = tokenizer.decode(orch.engines[0].requests[-1].prompt_token_ids)
+    assert "<|im_start|>user\nWeather?<|im_end|>" in prompt
+    assert '[{"name": "get_weather", "arguments": {"city": "Paris"}}]' in prompt
+    assert "<|im_start|>tool\nsunny<|im_end|>" in prompt

@@ -27,6 +27,7 @@ from inferno_gateway.errors import (
     ModelNotFoundError,
     NoWorkerError,
     PayloadTooLargeError,
+    ResponseNotFoundError,
     RouteNotFoundError,
 )
 from inferno_gateway.metrics import CONTENT_TYPE
@@ -73,6 +74,8 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_post("/v1/chat/completions", _proxy)
     app.router.add_post("/v1/completions", _proxy)
     app.router.add_post("/v1/responses", _proxy)
+    app.router.add_get("/v1/responses/{response_id}", _kept_response)
+    app.router.add_delete("/v1/responses/{response_id}", _kept_response)
     app.router.add_post("/v1/embeddings", _proxy)
     app.router.add_post("/tokenize", _proxy)
     app.router.add_post("/detokenize", _proxy)
@@ -168,7 +171,28 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
         raise ModelNotFoundError(
             f"the model {model!r} does not exist (served: {known})", param="model"
         )
-    return await gateway.forwarder.forward(request, request.path, raw, body)
+    pinned = None
+    previous = body.get("previous_response_id") if request.path == "/v1/responses" else None
+    if isinstance(previous, str):
+        # A continuation runs where its conversation is kept.
+        pinned = await gateway.forwarder.holder_of(request, previous)
+        if pinned is None:
+            raise ResponseNotFoundError(
+                f"previous response {previous!r} not found on any worker",
+                param="previous_response_id",
+            )
+    return await gateway.forwarder.forward(request, request.path, raw, body, pinned=pinned)
+
+
+async def _kept_response(request: web.Request) -> web.StreamResponse:
+    """``GET``/``DELETE /v1/responses/{id}``, answered by the worker that keeps it."""
+    gateway = request.app[GATEWAY]
+    rid = request.match_info["response_id"]
+    holder = await gateway.forwarder.holder_of(request, rid)
+    if holder is None:
+        raise ResponseNotFoundError(f"response {rid!r} not found on any worker")
+    route = "/v1/responses/{response_id}"
+    return await gateway.forwarder.forward_to(request, holder, request.method, route)
 
 
 def _parse(raw: bytes) -> dict[str, Any]:

@@ -71,6 +71,14 @@ class ModelNotFoundError(GatewayError):
     code = "model_not_found"
 
 
+class ResponseNotFoundError(GatewayError):
+    """404: no ready worker keeps the response asked for (Responses API)."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "response_not_found"
+
+
 class RouteNotFoundError(GatewayError):
     """404: the gateway has no such route."""
 

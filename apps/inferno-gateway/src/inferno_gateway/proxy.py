@@ -79,16 +79,23 @@ class Forwarder:
         )
 
     async def forward(
-        self, request: web.Request, route: str, raw_body: bytes, body: Mapping[str, Any]
+        self,
+        request: web.Request,
+        route: str,
+        raw_body: bytes,
+        body: Mapping[str, Any],
+        *,
+        pinned: Worker | None = None,
     ) -> web.StreamResponse:
-        """Answer ``request`` (already validated: ``body["model"]`` is a served model)."""
+        """Answer ``request`` (already validated: ``body["model"]`` is a served model); only
+        on ``pinned`` when given (it holds state the request needs), without retries."""
         model = str(body["model"])
         target = RouteRequest(model, affinity_key(dict(body), self.affinity_chars))
         headers = _request_headers(request)
         tried: list[str] = []
         failures: list[str] = []
-        while len(tried) < self.max_attempts:
-            candidates = self.table.candidates(model, exclude=tried)
+        while len(tried) < (1 if pinned is not None else self.max_attempts):
+            candidates = [pinned] if pinned is not None else self.table.candidates(model, tried)
             if not candidates:
                 break
             decision = self.policy.choose(candidates, target)
@@ -106,6 +113,43 @@ class Forwarder:
             f"{len(tried)} worker(s) failed before answering: {'; '.join(failures)}"
         )
 
+    async def forward_to(
+        self, request: web.Request, worker: Worker, method: str, route: str
+    ) -> web.StreamResponse:
+        """Send a bodiless ``method`` request for ``request.path`` to ``worker`` and relay its
+        answer; ``route`` names it in the metrics (the path template, not the path)."""
+        outcome = await self._attempt(
+            request,
+            worker,
+            route,
+            b"",
+            _request_headers(request),
+            False,
+            method=method,
+            path=request.path,
+        )
+        if isinstance(outcome, web.StreamResponse):
+            return outcome
+        raise UpstreamFailedError(f"1 worker(s) failed before answering: {outcome}")
+
+    async def holder_of(self, request: web.Request, response_id: str) -> Worker | None:
+        """The ready worker that keeps the Responses API response ``response_id`` (each
+        worker keeps its own), asked of every one at once; None when none has it."""
+        headers = _request_headers(request)
+        timeout = aiohttp.ClientTimeout(total=self.timeout.sock_connect or 2.0)
+
+        async def has(worker: Worker) -> bool:
+            url = f"{worker.address}/v1/responses/{response_id}"
+            try:
+                async with self.session.get(url, headers=headers, timeout=timeout) as resp:
+                    return resp.status == 200
+            except _UPSTREAM_ERRORS:
+                return False
+
+        workers = self.table.ready_workers
+        found = await asyncio.gather(*(has(w) for w in workers))
+        return next((w for w, hit in zip(workers, found, strict=True) if hit), None)
+
     async def _attempt(
         self,
         request: web.Request,
@@ -114,6 +158,9 @@ class Forwarder:
         raw_body: bytes,
         headers: CIMultiDict[str],
         may_retry: bool,
+        *,
+        method: str = "POST",
+        path: str | None = None,
     ) -> web.StreamResponse | str:
         """One try on ``worker``: the response sent to the client, or why it failed unseen."""
         worker.in_flight += 1
@@ -125,8 +172,12 @@ class Forwarder:
                 # Large bodies go as a stream so that aiohttp does not copy them in one go
                 # on the event loop (and warn about it).
                 data = raw_body if len(raw_body) < _LARGE_BODY else io.BytesIO(raw_body)
-                upstream = await self.session.post(
-                    worker.address + route, data=data, headers=headers, timeout=self.timeout
+                upstream = await self.session.request(
+                    method,
+                    worker.address + (path or route),
+                    data=data if method == "POST" else None,
+                    headers=headers,
+                    timeout=self.timeout,
                 )
             except _UPSTREAM_ERRORS as exc:
                 # A refused or timed-out connect says the worker is down; a pooled connection

@@ -63,6 +63,8 @@ class FakeWorker:
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._open: set[asyncio.Transport] = set()
+        self.kept: dict[str, dict[str, Any]] = {}
+        """The Responses API answers it keeps, by id (as a daemon keeps them)."""
 
     @property
     def registration(self) -> ServiceRegistration:
@@ -87,6 +89,8 @@ class FakeWorker:
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_post("/detokenize", self._tokenize)
         app.router.add_post("/api/chat", self._ollama_chat)
+        app.router.add_get("/v1/responses/{rid}", self._kept)
+        app.router.add_delete("/v1/responses/{rid}", self._kept)
         app.router.add_get("/health/ready", self._ready)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -185,7 +189,9 @@ class FakeWorker:
                         {"error": {"message": "the fake streams chat and completions only"}},
                         status=400,
                     )
-                return web.json_response(self._response(body))
+                answer = self._response(body)
+                self.kept[answer["id"]] = answer
+                return web.json_response(answer)
             if body.get("stream"):
                 return await self._stream(request, body, chat)
             if self.token_delay:
@@ -223,6 +229,18 @@ class FakeWorker:
         await response.write_eof()
         return response
 
+    async def _kept(self, request: web.Request) -> web.Response:
+        """``GET``/``DELETE /v1/responses/{id}`` of the responses this worker made."""
+        rid = request.match_info["rid"]
+        answer = self.kept.get(rid)
+        if answer is None:
+            error = {"message": "not found", "type": "invalid_request_error", "param": None}
+            return web.json_response({"error": {**error, "code": "response_not_found"}}, status=404)
+        if request.method == "DELETE":
+            del self.kept[rid]
+            return web.json_response({"id": rid, "object": "response", "deleted": True})
+        return web.json_response(answer)
+
     def _pieces(self) -> list[str]:
         return [f"{self.id}:{i} " for i in range(self.tokens)]
 
@@ -231,7 +249,7 @@ class FakeWorker:
         text = "".join(self._pieces())
         part = {"type": "output_text", "text": text, "annotations": []}
         return {
-            "id": f"resp_fake{len(self.bodies)}",
+            "id": f"resp_{self.id}_{len(self.bodies)}",
             "object": "response",
             "created_at": int(time.time()),
             "model": body["model"],

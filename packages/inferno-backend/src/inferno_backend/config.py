@@ -103,6 +103,14 @@ class ServeConfig(BaseModel):
     admin_key: str | None = Field(
         default=None, min_length=1, description="Bearer key of /v1/admin/*; unset disables admin."
     )
+    responses_kept: int = Field(
+        default=1000,
+        ge=0,
+        le=1_000_000,
+        description="Responses API: how many finished responses the daemon keeps in memory "
+        "(least recently used dropped first) for previous_response_id and GET "
+        "/v1/responses/{id}; 0 keeps none.",
+    )
     max_body_bytes: int = Field(
         default=2**20, ge=1024, le=2**30, description="Largest request body accepted."
     )

@@ -143,6 +143,10 @@ def build_openapi(server_url: str | None = None) -> dict[str, Any]:
             "/v1/responses": _post(
                 "Create a response (Responses API, text only).", ResponsesRequest, stream=True
             ),
+            "/v1/responses/{response_id}": {
+                **_get("A kept response.", path_param="response_id"),
+                "delete": _get("Forget a kept response.", path_param="response_id")["get"],
+            },
             "/v1/embeddings": _post(
                 "Create embeddings of text or token ids.", EmbeddingsRequest, stream=False
             ),

@@ -13,8 +13,9 @@ from inferno_backend.api import (
     responses_routes,
     token_routes,
 )
-from inferno_backend.api.keys import CONFIG, METRICS, ORCHESTRATOR
+from inferno_backend.api.keys import CONFIG, METRICS, ORCHESTRATOR, RESPONSES
 from inferno_backend.api.middleware import build_middlewares
+from inferno_backend.api.response_store import ResponseStore
 from inferno_backend.metrics import Metrics
 from inferno_backend.orchestrator import Orchestrator
 
@@ -38,6 +39,7 @@ def build_app(
         middlewares=build_middlewares(config, metrics), client_max_size=config.max_body_bytes
     )
     app[CONFIG] = config
+    app[RESPONSES] = ResponseStore(config.responses_kept)
     app[METRICS] = metrics
     app[ORCHESTRATOR] = orchestrator
     app.add_routes(openai_routes.routes)

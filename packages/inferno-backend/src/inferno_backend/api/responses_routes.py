@@ -1,4 +1,4 @@
-"""``POST /v1/responses``: OpenAI's Responses API for text and function calls (stateless).
+"""``POST /v1/responses``: OpenAI's Responses API for text and function calls.
 
 The input (a string or messages, with ``instructions`` as a system message) goes through the
 model's chat template, as a chat completion's messages do (function calls and their outputs
@@ -6,6 +6,10 @@ as assistant calls and tool messages; the tools described as for chat). The answ
 as one assistant message with one ``output_text`` part, or as ``function_call`` items, or as
 the Responses API's typed stream of server-sent events (``response.created`` ...
 ``response.output_text.delta`` ... ``response.completed``).
+
+Finished responses are kept (`inferno_backend.api.response_store`, unless ``store`` is false):
+``previous_response_id`` continues one's conversation, ``GET``/``DELETE /v1/responses/{id}``
+read and forget one.
 """
 
 from __future__ import annotations
@@ -22,10 +26,10 @@ from aiohttp import web
 from inferno_inference import TokenLogprob, Usage
 from pydantic import BaseModel
 
-from inferno_backend.api.errors import APIError, error_body
+from inferno_backend.api.errors import APIError, NotFoundError, error_body
 from inferno_backend.api.formatting import chat_logprobs
 from inferno_backend.api.generation import Generation, build_sampling
-from inferno_backend.api.keys import ARRIVAL, METRICS
+from inferno_backend.api.keys import ARRIVAL, METRICS, RESPONSES
 from inferno_backend.api.openai_routes import (
     admitted,
     chat_prompt,
@@ -36,7 +40,8 @@ from inferno_backend.api.openai_routes import (
     report_failure,
     start_generation,
 )
-from inferno_backend.api.schemas import ResponsesRequest
+from inferno_backend.api.response_store import ResponseStore
+from inferno_backend.api.schemas import ChatMessage, ResponsesRequest, ToolCall, ToolCallFunction
 from inferno_backend.api.tools import ToolPlan, call_id
 
 __all__ = ["routes"]
@@ -75,7 +80,18 @@ def _message(
 class _Response:
     """The response object as it stands, for the final body and the stream's events."""
 
-    def __init__(self, body: ResponsesRequest, model: str) -> None:
+    def __init__(
+        self,
+        body: ResponsesRequest,
+        model: str,
+        *,
+        keep: ResponseStore | None = None,
+        turn: Sequence[ChatMessage] = (),
+    ) -> None:
+        # Where the finished response is kept (None: not kept), and the conversation it
+        # answers (without instructions), which a continuation starts from.
+        self.keep = keep if keep is not None and keep.capacity > 0 else None
+        self.turn = list(turn)
         self.id = f"resp_{uuid.uuid4().hex}"
         self.item_id = f"msg_{uuid.uuid4().hex}"
         fmt = body.text.format if body.text is not None else None
@@ -99,8 +115,8 @@ class _Response:
             if isinstance(body.tool_choice, BaseModel)
             else (body.tool_choice or "auto"),
             "parallel_tool_calls": body.parallel_tool_calls,
-            "previous_response_id": None,
-            "store": False,
+            "previous_response_id": body.previous_response_id,
+            "store": self.keep is not None,
             "truncation": "disabled",
             "user": body.user,
             "error": None,
@@ -145,15 +161,48 @@ class _Response:
             "usage": None if usage is None else _usage(usage),
         }
 
+    def final(
+        self,
+        status: str,
+        output: list[dict[str, Any]],
+        finish: str | None,
+        usage: Usage | None,
+    ) -> dict[str, Any]:
+        """The finished response's body, kept for continuations when it is kept."""
+        body = self.body(status, output, finish, usage)
+        if self.keep is not None:
+            self.keep.put(body, [*self.turn, *_output_messages(output)])
+        return body
+
+
+def _output_messages(output: list[dict[str, Any]]) -> list[ChatMessage]:
+    """A response's output items as the assistant messages a continuation sees."""
+    calls = [
+        ToolCall(
+            id=item["call_id"],
+            type="function",
+            function=ToolCallFunction(name=item["name"], arguments=item["arguments"]),
+        )
+        for item in output
+        if item["type"] == "function_call"
+    ]
+    if calls:
+        return [ChatMessage(role="assistant", tool_calls=calls)]
+    text = "".join(part["text"] for item in output for part in item.get("content", ()))
+    return [ChatMessage(role="assistant", content=text)]
+
 
 @routes.post("/v1/responses")
 async def responses(request: web.Request) -> web.StreamResponse:
     """A response to ``input``, streamed as typed server-sent events when ``stream`` is true."""
     request[ARRIVAL] = time.perf_counter()
     body = await parse_body(request, ResponsesRequest)
+    kept = request.app[RESPONSES]
+    turn = [*_history(kept, body.previous_response_id), *body.input_messages()]
+    messages = turn if body.instructions is None else [body.instruction_message(), *turn]
     async with admitted(request, body.model) as served:
         plan = body.tool_plan
-        ids, budget = await chat_prompt(served, body.messages(), plan, body.token_limit, "input")
+        ids, budget = await chat_prompt(served, messages, plan, body.token_limit, "input")
         top = body.top_logprobs or 0
         sampling = build_sampling(
             body,
@@ -161,7 +210,8 @@ async def responses(request: web.Request) -> web.StreamResponse:
             logprobs=top if body.wants_logprobs else None,
             defaults=served.sampling_defaults,
         )
-        response = _Response(body, served.name)
+        keep = None if body.store is False else kept
+        response = _Response(body, served.name, keep=keep, turn=turn)
         tokenizer = served.model.tokenizer
 
         def lp(logprobs: Sequence[TokenLogprob]) -> list[dict[str, Any]] | None:
@@ -184,9 +234,43 @@ async def responses(request: web.Request) -> web.StreamResponse:
             output = response.output(answer, finish, plan, lp(state.logprobs))
             _count_calls(request, served.name, output)
             return web.json_response(
-                response.body(_status(finish), output, finish, final_usage(gen, [state]))
+                response.final(_status(finish), output, finish, final_usage(gen, [state]))
             )
         return await _stream(request, gen, response, plan, lp)
+
+
+def _history(kept: ResponseStore, previous: str | None) -> tuple[ChatMessage, ...]:
+    """The conversation a continuation starts from (404 when the response is not kept)."""
+    if previous is None:
+        return ()
+    stored = kept.get(previous)
+    if stored is None:
+        raise NotFoundError(
+            f"previous response {previous!r} not found: this server keeps the last "
+            f"{kept.capacity} responses, in memory",
+            param="previous_response_id",
+            code="response_not_found",
+        )
+    return stored.conversation
+
+
+@routes.get("/v1/responses/{response_id}")
+async def retrieve(request: web.Request) -> web.Response:
+    """A kept response, as it was sent (404 ``response_not_found`` otherwise)."""
+    rid = request.match_info["response_id"]
+    stored = request.app[RESPONSES].get(rid)
+    if stored is None:
+        raise NotFoundError(f"response {rid!r} not found", code="response_not_found")
+    return web.json_response(stored.body)
+
+
+@routes.delete("/v1/responses/{response_id}")
+async def delete(request: web.Request) -> web.Response:
+    """Forget a kept response (404 ``response_not_found`` when it is not kept)."""
+    rid = request.match_info["response_id"]
+    if not request.app[RESPONSES].delete(rid):
+        raise NotFoundError(f"response {rid!r} not found", code="response_not_found")
+    return web.json_response({"id": rid, "object": "response", "deleted": True})
 
 
 async def _stream(
@@ -293,7 +377,7 @@ async def _stream(
                     await send("response.output_item.done", output_index=index, item=call)
             usage = gen.usage or Usage(len(gen.prompts[0]), generated)
             status = _status(finish)
-            await send(f"response.{status}", response=response.body(status, output, finish, usage))
+            await send(f"response.{status}", response=response.final(status, output, finish, usage))
         except (ConnectionResetError, ConnectionError):
             log.info("client disconnected mid-stream; aborting", engine_request=gen.request_id)
         except APIError as exc:

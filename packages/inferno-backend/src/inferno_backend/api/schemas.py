@@ -790,9 +790,16 @@ class ResponsesRequest(SamplingFields):
     )
     max_output_tokens: int | None = Field(default=None, ge=1, description="Most new tokens.")
     text: ResponseTextConfig | None = None
-    store: bool | None = Field(default=None, description="Accepted; nothing is stored.")
+    store: bool | None = Field(
+        default=None,
+        description="Keep the response for previous_response_id and GET /v1/responses/{id} "
+        "(the default); false: do not.",
+    )
     previous_response_id: str | None = Field(
-        default=None, description="Not supported: the server keeps no responses."
+        default=None,
+        min_length=1,
+        description="Continue from this kept response: its conversation (not its "
+        "instructions) comes before this input.",
     )
     tools: list[ResponseFunctionTool] | None = Field(
         default=None, max_length=MAX_TOOLS, description="Functions the model may call."
@@ -828,11 +835,6 @@ class ResponsesRequest(SamplingFields):
 
     @model_validator(mode="after")
     def _check_responses(self) -> ResponsesRequest:
-        if self.previous_response_id is not None:
-            raise ValueError(
-                "previous_response_id: not supported, this server keeps no responses; send the "
-                "conversation in input"
-            )
         choice = self.tool_choice
         named = choice.name if isinstance(choice, ResponseNamedTool) else None
         _check_tool_choice([t.name for t in self.tools or ()], choice, named)
@@ -889,11 +891,18 @@ class ResponsesRequest(SamplingFields):
         return "message.output_text.logprobs" in (self.include or ())
 
     def messages(self) -> list[ChatMessage]:
-        """The conversation as chat messages, the instructions first. Consecutive function
-        calls become one assistant message's calls; their outputs, tool messages."""
+        """The conversation as chat messages, the instructions first."""
+        head = [] if self.instructions is None else [self.instruction_message()]
+        return [*head, *self.input_messages()]
+
+    def instruction_message(self) -> ChatMessage:
+        """The instructions as the system message that opens the conversation."""
+        return ChatMessage(role="system", content=self.instructions)
+
+    def input_messages(self) -> list[ChatMessage]:
+        """The input as chat messages. Consecutive function calls become one assistant
+        message's calls; their outputs, tool messages."""
         out: list[ChatMessage] = []
-        if self.instructions is not None:
-            out.append(ChatMessage(role="system", content=self.instructions))
         items = (
             [ResponseInputMessage(role="user", content=self.input)]
             if isinstance(self.input, str)
