@@ -445,3 +445,18 @@ async def test_echo_with_logprobs_scores_the_prompt(make_client: MakeClient) -> 
     assert orch.engines[0].requests[-1].sampling.prompt_logprobs is None
     refused = await client.post("/v1/completions", json={**payload, "stream": True, "n": 2})
     assert refused.status == 400
+
+
+async def test_priority_reaches_the_engine(make_client: MakeClient) -> None:
+    client, orch = await make_client()
+    await client.post("/v1/chat/completions", json={**CHAT, "priority": -5})
+    assert orch.engines[0].requests[-1].priority == -5
+    await client.post("/v1/completions", json={"model": "default", "prompt": "x", "priority": 3})
+    assert orch.engines[0].requests[-1].priority == 3
+    await client.post("/v1/responses", json={"model": "default", "input": "x", "priority": 2})
+    assert orch.engines[0].requests[-1].priority == 2
+    await client.post("/v1/chat/completions", json=CHAT)
+    assert orch.engines[0].requests[-1].priority == 0
+    bad = await client.post("/v1/chat/completions", json={**CHAT, "priority": 2**31})
+    assert bad.status == 400
+    assert (await bad.json())["error"]["param"] == "priority"

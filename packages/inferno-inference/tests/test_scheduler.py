@@ -10,12 +10,22 @@ from inferno_inference.types import SamplingParams
 _ids = iter(range(10**9))
 
 
-def _seq(n_prompt: int, arrival: float = 0.0, leader: Sequence | None = None) -> Sequence:
+def _seq(
+    n_prompt: int, arrival: float = 0.0, leader: Sequence | None = None, priority: int = 0
+) -> Sequence:
     tokens = [next(_ids) % 1000 + 10 for _ in range(n_prompt)]
     if leader is not None:
         tokens = list(leader.token_ids[: leader.prompt_len])
     return Sequence(
-        next(_ids), "r", 0, tokens, len(tokens), SamplingParams(), arrival, leader=leader
+        next(_ids),
+        "r",
+        0,
+        tokens,
+        len(tokens),
+        SamplingParams(),
+        arrival,
+        priority=priority,
+        leader=leader,
     )
 
 
@@ -146,3 +156,73 @@ def test_finish_from_waiting_and_running_frees_everything() -> None:
     s.finish(c)
     assert not s.has_work()
     assert s.block_manager.num_free_blocks == s.block_manager.num_blocks
+
+
+def test_priority_orders_admission_and_fifo_holds_within_a_priority() -> None:
+    s = _sched(seqs=1, tokens=64)
+    late_urgent = _seq(3, arrival=3.0, priority=-1)
+    order = [_seq(3, arrival=0.0), _seq(3, arrival=1.0, priority=1), _seq(3, arrival=2.0)]
+    for q in [*order, late_urgent]:
+        s.add(q)
+    assert list(s.waiting) == [late_urgent, order[0], order[2], order[1]]
+    admitted = []
+    while s.has_work():
+        b = s.schedule()
+        admitted.extend(q for q in b.seqs if q not in admitted)
+        _advance(s, b)
+        for q in list(b.seqs):
+            if q.output_len >= 1:
+                s.finish(q)
+    assert admitted == [late_urgent, order[0], order[2], order[1]]
+
+
+def test_a_more_urgent_request_preempts_a_less_urgent_one_when_full() -> None:
+    s = _sched(seqs=2, tokens=64)
+    background = [_seq(4, arrival=0.0, priority=5), _seq(4, arrival=1.0, priority=5)]
+    for q in background:
+        s.add(q)
+    _advance(s, s.schedule())
+    assert s.running == background
+    urgent = _seq(4, arrival=2.0, priority=0)
+    s.add(urgent)
+    b = s.schedule()
+    # The youngest of the lower priority makes room, and loses its place in this step.
+    assert b.preempted == (background[1],)
+    assert urgent in b.seqs
+    assert background[1] not in b.seqs
+    assert background[1].status is SequenceStatus.WAITING
+    assert background[1].block_table == []
+    assert set(s.running) == {background[0], urgent}
+    _advance(s, b)
+    peer = _seq(4, arrival=3.0, priority=0)  # the other background one makes room too
+    s.add(peer)
+    b = s.schedule()
+    assert b.preempted == (background[0],)
+    assert peer in b.seqs
+    _advance(s, b)
+    # Equal priorities never preempt each other: this one waits for a free slot.
+    later = _seq(4, arrival=4.0, priority=0)
+    s.add(later)
+    b = s.schedule()
+    assert b.preempted == ()
+    assert later not in b.seqs
+    assert set(s.running) == {urgent, peer}
+    assert list(s.waiting) == [later, *background]
+
+
+def test_the_lowest_priority_is_preempted_first_when_blocks_run_out() -> None:
+    # 4 blocks of 4 tokens: two sequences of 7 prompt tokens each fill 2 blocks once decoding.
+    s = _sched(blocks=4, block_size=4, seqs=4, tokens=64)
+    keep = _seq(7, arrival=1.0, priority=0)  # younger, but more urgent
+    drop = _seq(7, arrival=0.0, priority=3)
+    s.add(keep)
+    s.add(drop)
+    _advance(s, s.schedule())
+    _advance(s, s.schedule())  # both decode into their second block
+    preempted: list[Sequence] = []
+    for _ in range(4):
+        b = s.schedule()
+        preempted.extend(b.preempted)
+        _advance(s, b)
+    assert preempted
+    assert all(q is drop for q in preempted)

@@ -209,6 +209,7 @@ class LLMEngine:
                 prompt_len=len(request.prompt_token_ids),
                 sampling=sp,
                 arrival=now,
+                priority=request.priority,
                 leader=seqs[0] if seqs else None,
                 stop_matcher=StopMatcher(sp.stop),
                 generator=gen,

@@ -44,6 +44,7 @@ class Sequence:
     prompt_len: int
     sampling: SamplingParams
     arrival: float
+    priority: int = 0  # lower runs first
     first_scheduled: float | None = None
     leader: Sequence | None = None
     status: SequenceStatus = SequenceStatus.WAITING

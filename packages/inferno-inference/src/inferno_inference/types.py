@@ -122,6 +122,9 @@ class GenerationRequest:
     request_id: str
     prompt_token_ids: tuple[int, ...]
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    #: Lower runs first: it is admitted ahead of higher values and may preempt them when the
+    #: engine is full. Equal priorities keep arrival order.
+    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)

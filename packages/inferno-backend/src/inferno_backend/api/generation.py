@@ -145,6 +145,8 @@ class Generation:
     prompt_param: str = "prompt"
     #: The request's tool calls, whose schema errors are reported against its tools.
     tool_plan: ToolPlan | None = None
+    #: The engine's scheduling priority (lower first).
+    priority: int = 0
     usage: Usage | None = None
     #: ``time.perf_counter()`` when the first token came (None before it).
     first_token_at: float | None = None
@@ -224,7 +226,9 @@ class Generation:
 
     def _request(self, index: int) -> GenerationRequest:
         rid = self.request_id if len(self.prompts) == 1 else f"{self.request_id}-{index}"
-        return GenerationRequest(rid, tuple(self.prompts[index]), self.sampling)
+        return GenerationRequest(
+            rid, tuple(self.prompts[index]), self.sampling, priority=self.priority
+        )
 
     async def _merged(self) -> AsyncIterator[PromptOutput]:
         engine = self.served.engine

@@ -206,6 +206,7 @@ def start_chat(
         sampling=sampling,
         prompt_param=prompt_param,
         tool_plan=body.tool_plan,
+        priority=body.priority,
     )
 
 
@@ -373,7 +374,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
             prompt_logprobs=body.logprobs if scoring else None,
         )
         rid = f"cmpl-{uuid.uuid4().hex}"
-        gen = start_generation(request, served, rid, prompts=prompts, sampling=sampling)
+        gen = start_generation(
+            request, served, rid, prompts=prompts, sampling=sampling, priority=body.priority
+        )
         head = {"id": rid, "created": int(time.time()), "model": served.name}
         n = body.n
 

@@ -227,6 +227,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
             sampling=sampling,
             prompt_param="input",
             tool_plan=plan,
+            priority=body.priority,
         )
         if not body.stream:
             (state,) = await collect(request, gen, 1)

@@ -161,6 +161,13 @@ class SamplingFields(BaseModel):
     ignore_eos: bool = Field(default=False, description="Continue past end-of-sequence.")
     user: str | None = Field(default=None, description="Accepted and ignored.")
     response_format: ResponseFormat | None = None
+    priority: int = Field(
+        default=0,
+        ge=-(2**31),
+        lt=2**31,
+        description="Lower is served first, and may preempt higher values when the engine is "
+        "full; equal priorities keep arrival order (an extension, as vLLM's).",
+    )
     guided_choice: list[str] | None = Field(
         default=None,
         min_length=1,
@@ -177,9 +184,9 @@ class SamplingFields(BaseModel):
         },
     )
 
-    _integral_numbers = field_validator("max_tokens", "top_k", "n", "seed", mode="before")(
-        _integral
-    )
+    _integral_numbers = field_validator(
+        "max_tokens", "top_k", "n", "seed", "priority", mode="before"
+    )(_integral)
 
     @model_validator(mode="after")
     def _check_common(self) -> SamplingFields:
