@@ -29,7 +29,8 @@ message = st.fixed_dictionaries(
 FIELDS = [
     "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop", "seed",
     "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs", "stream",
-    "stream_options", "echo", "suffix", "best_of", "top_k", "ignore_eos",
+    "stream_options", "echo", "suffix", "best_of", "top_k", "ignore_eos", "guided_choice",
+    "priority", "continue_final_message", "format", "options", "raw", "context", "think",
 ]  # fmt: skip
 body = st.fixed_dictionaries(
     {"model": st.sampled_from(["default", "nope", 3])},
@@ -43,12 +44,15 @@ body = st.fixed_dictionaries(
 )
 
 
+ROUTES = ["/v1/chat/completions", "/v1/completions", "/api/chat", "/api/generate"]
+
+
 @settings(
     max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(payload=body, route=st.sampled_from(["/v1/chat/completions", "/v1/completions"]))
+@given(payload=body, route=st.sampled_from(ROUTES))
 async def test_no_server_errors(
     client: TestClient[Any, Any], payload: dict[str, Any], route: str
 ) -> None:
