@@ -75,20 +75,7 @@ def completion_logprobs(
     tokenizer: TokenizerLike, logprobs: Sequence[TokenLogprob], top: int, offset: int
 ) -> dict[str, Any]:
     """The legacy completions ``logprobs`` object; ``offset`` is the text length before it."""
-    tokens, token_logprobs, tops, offsets = [], [], [], []
-    for lp in logprobs:
-        token = _piece(tokenizer, lp.token_id)
-        tokens.append(token)
-        token_logprobs.append(lp.logprob)
-        tops.append({_piece(tokenizer, tid): v for tid, v in lp.top[:top]})
-        offsets.append(offset)
-        offset += len(token)
-    return {
-        "tokens": tokens,
-        "token_logprobs": token_logprobs,
-        "top_logprobs": tops,
-        "text_offset": offsets,
-    }
+    return _legacy_logprobs(tokenizer, [(lp.token_id, lp) for lp in logprobs], top, offset)
 
 
 def echoed_logprobs(
@@ -99,12 +86,20 @@ def echoed_logprobs(
 ) -> dict[str, Any]:
     """The legacy ``logprobs`` object of an echoed prompt: its first token has no
     log-probability (null, as OpenAI writes it), the others theirs given what comes before."""
+    return _legacy_logprobs(tokenizer, list(zip(prompt_ids, scored, strict=True)), top, 0)
+
+
+def _legacy_logprobs(
+    tokenizer: TokenizerLike,
+    entries: Sequence[tuple[int, TokenLogprob | None]],
+    top: int,
+    offset: int,
+) -> dict[str, Any]:
     tokens: list[str] = []
     token_logprobs: list[float | None] = []
     tops: list[dict[str, float] | None] = []
     offsets: list[int] = []
-    offset = 0
-    for token_id, lp in zip(prompt_ids, scored, strict=True):
+    for token_id, lp in entries:
         token = _piece(tokenizer, token_id)
         tokens.append(token)
         token_logprobs.append(None if lp is None else lp.logprob)
