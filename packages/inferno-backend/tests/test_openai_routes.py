@@ -460,3 +460,15 @@ async def test_priority_reaches_the_engine(make_client: MakeClient) -> None:
     bad = await client.post("/v1/chat/completions", json={**CHAT, "priority": 2**31})
     assert bad.status == 400
     assert (await bad.json())["error"]["param"] == "priority"
+
+
+async def test_echo_logprobs_of_a_batch_of_token_id_prompts(client: TestClient[Any, Any]) -> None:
+    # As lm-evaluation-harness asks: token ids, a batch, max_tokens 1, echo, logprobs 1.
+    prompts = [[5, 6, 7], [8, 9]]
+    payload = {"model": "default", "prompt": prompts, "max_tokens": 1, "echo": True}
+    body = await (await client.post("/v1/completions", json={**payload, "logprobs": 1})).json()
+    for choice, ids in zip(body["choices"], prompts, strict=True):
+        lp = choice["logprobs"]
+        assert len(lp["token_logprobs"]) == len(ids) + 1  # the prompt, then one answer token
+        assert lp["token_logprobs"][0] is None
+        assert all(v == 0.0 for v in lp["token_logprobs"][1 : len(ids)])
