@@ -472,3 +472,33 @@ async def test_echo_logprobs_of_a_batch_of_token_id_prompts(client: TestClient[A
         assert len(lp["token_logprobs"]) == len(ids) + 1  # the prompt, then one answer token
         assert lp["token_logprobs"][0] is None
         assert all(v == 0.0 for v in lp["token_logprobs"][1 : len(ids)])
+
+
+async def test_structured_outputs_is_vllms_spelling_of_the_constraints(
+    make_client: MakeClient,
+) -> None:
+    client, orch = await make_client()
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    for spec, expected in (
+        ({"choice": ["yes", "no"]}, ("text", None, ("yes", "no"))),
+        ({"json_object": True}, ("json_object", None, ())),
+        ({"json": schema}, ("json_schema", schema, ())),
+        ({"json": json.dumps(schema)}, ("json_schema", schema, ())),
+    ):
+        resp = await client.post("/v1/chat/completions", json={**CHAT, "structured_outputs": spec})
+        assert resp.status == 200, await resp.text()
+        sp = orch.engines[0].requests[-1].sampling
+        got_schema = json.loads(sp.json_schema) if sp.json_schema else None
+        assert (sp.response_format, got_schema, sp.choices) == expected
+    for spec, problem in (
+        ({"regex": "a+"}, "regex not supported"),
+        ({}, "give one of"),
+        ({"choice": ["a"], "json_object": True}, "give one of"),
+        ({"json": "{"}, "not valid JSON"),
+        ("yes", "must be an object"),
+    ):
+        resp = await client.post("/v1/chat/completions", json={**CHAT, "structured_outputs": spec})
+        assert resp.status == 400
+        assert problem in (await resp.json())["error"]["message"]
+    both = {**CHAT, "structured_outputs": {"choice": ["a"]}, "guided_choice": ["b"]}
+    assert (await client.post("/v1/chat/completions", json=both)).status == 400

@@ -184,9 +184,57 @@ class SamplingFields(BaseModel):
         },
     )
 
+    structured_outputs: dict[str, Any] | None = Field(
+        default=None,
+        description='vLLM\'s form of the output constraints: {"choice": [...]}, {"json": '
+        'schema}, or {"json_object": true} (as guided_choice and response_format).',
+    )
+
     _integral_numbers = field_validator(
         "max_tokens", "top_k", "n", "seed", "priority", mode="before"
     )(_integral)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _structured_outputs(cls, data: Any) -> Any:
+        """``structured_outputs`` rewritten as the fields it stands for."""
+        if not isinstance(data, dict) or data.get("structured_outputs") is None:
+            return data
+        spec = data["structured_outputs"]
+        if not isinstance(spec, dict):
+            raise ValueError("structured_outputs: must be an object")
+        given = sorted(k for k, v in spec.items() if v is not None and v is not False)
+        unsupported = [k for k in given if k not in ("choice", "json", "json_object")]
+        if unsupported:
+            raise ValueError(
+                f"structured_outputs: {', '.join(unsupported)} not supported (choice, json "
+                "and json_object are)"
+            )
+        if len(given) != 1:
+            raise ValueError("structured_outputs: give one of choice, json and json_object")
+        if data.get("response_format") is not None or data.get("guided_choice") is not None:
+            raise ValueError(
+                "structured_outputs: give the constraint there or in response_format / "
+                "guided_choice, not both"
+            )
+        data = {k: v for k, v in data.items() if k != "structured_outputs"}
+        (kind,) = given
+        if kind == "choice":
+            data["guided_choice"] = spec["choice"]
+        elif kind == "json_object":
+            data["response_format"] = {"type": "json_object"}
+        else:
+            schema = spec["json"]
+            if isinstance(schema, str):
+                try:
+                    schema = json.loads(schema)
+                except ValueError:
+                    raise ValueError("structured_outputs: json is not valid JSON") from None
+            data["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "structured_outputs", "schema": schema},
+            }
+        return data
 
     @model_validator(mode="after")
     def _check_common(self) -> SamplingFields:
