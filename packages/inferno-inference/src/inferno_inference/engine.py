@@ -170,8 +170,8 @@ class LLMEngine:
                     "choice mode needs the model's tokenizer, and this engine has none",
                     param="choices",
                 )
-            try:
-                self._choice_grammar(sp.choices)
+            try:  # built afresh: validate runs on the caller's thread, the cache is the loop's
+                ChoiceGrammar(self._choice_paths(sp.choices), self.eos_token_ids, self.vocab_size)
             except NoSpellableChoiceError as exc:
                 raise InvalidRequestError(str(exc), param="choices") from None
 
@@ -272,17 +272,19 @@ class LLMEngine:
         if grammar is not None:
             self._choice_grammars.move_to_end(choices)
             return grammar
-        if self._encode is not None:
-            paths = [list(self._encode(c)) for c in choices]
-        else:
-            assert self._token_bytes is not None  # validate() refuses choice mode without
-            vocab = self._token_bytes()
-            paths = [spell(c, vocab) or [] for c in choices]
-        grammar = ChoiceGrammar(paths, self.eos_token_ids, self.vocab_size)
+        grammar = ChoiceGrammar(self._choice_paths(choices), self.eos_token_ids, self.vocab_size)
         self._choice_grammars[choices] = grammar
         if len(self._choice_grammars) > _GRAMMARS_KEPT:
             self._choice_grammars.popitem(last=False)
         return grammar
+
+    def _choice_paths(self, choices: Seq[str]) -> list[list[int]]:
+        """Each choice's tokens: the tokenizer's, or the fewest that spell it (empty: none)."""
+        if self._encode is not None:
+            return [list(self._encode(c)) for c in choices]
+        assert self._token_bytes is not None  # validate() refuses choice mode without either
+        vocab = self._token_bytes()
+        return [spell(c, vocab) or [] for c in choices]
 
     def abort(self, request_id: str) -> list[GenerationOutput]:
         """End every unfinished choice of ``request_id`` with ``"abort"``; unknown ids: []."""
