@@ -34,7 +34,7 @@ from inferno_backend.api.errors import (
     from_validation_error,
 )
 from inferno_backend.api.formatting import chat_logprobs
-from inferno_backend.api.generation import Generation, check_context
+from inferno_backend.api.generation import Generation
 from inferno_backend.api.keys import ARRIVAL, CONFIG, ORCHESTRATOR, REQUEST_ID
 from inferno_backend.api.ollama_schemas import (
     OllamaChatRequest,
@@ -49,6 +49,7 @@ from inferno_backend.api.openai_routes import (
     collect,
     encode,
     parse_body,
+    prompt_budget,
     render_chat,
     report_failure,
     start_chat,
@@ -118,9 +119,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         else:
             text = render_chat(served, chat_body.messages, None, add_generation_prompt=True)
             ids = context + await encode(served, text, special=False)
-        budget = check_context(len(ids), chat_body.token_limit, served.max_model_len, "prompt")
-        if chat_body.token_limit is None and served.sampling_defaults.max_tokens is not None:
-            budget = min(budget, served.sampling_defaults.max_tokens)
+        budget = prompt_budget(served, len(ids), chat_body.token_limit, "prompt")
         gen = start_chat(
             request, served, _request_id(), chat_body, ids, budget, prompt_param="prompt"
         )

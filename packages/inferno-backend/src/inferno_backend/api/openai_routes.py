@@ -161,10 +161,16 @@ async def chat_prompt(
         served, messages, plan, add_generation_prompt=True, continue_final=continue_final
     )
     ids = await encode(served, text, special=False)
-    budget = check_context(len(ids), token_limit, served.max_model_len, param)
+    return ids, prompt_budget(served, len(ids), token_limit, param)
+
+
+def prompt_budget(served: ServedModel, prompt_len: int, token_limit: int | None, param: str) -> int:
+    """New tokens a prompt may have: ``token_limit``, or the rest of the context capped by
+    the model's recommended ``max_tokens`` (400 when the prompt and limit do not fit)."""
+    budget = check_context(prompt_len, token_limit, served.max_model_len, param)
     if token_limit is None and served.sampling_defaults.max_tokens is not None:
         budget = min(budget, served.sampling_defaults.max_tokens)
-    return ids, budget
+    return budget
 
 
 def start_generation(request: web.Request, served: ServedModel, rid: str, **kw: Any) -> Generation:
