@@ -35,6 +35,8 @@ async def test_probes_and_status(make_client: MakeClient) -> None:
     status = await (await client.get("/v1/status")).json()
     assert status["state"] == "ready"
     assert status["models"]["default"]["free_slots"] == 16
+    assert status["models"]["default"]["admitted_requests"] == 0
+    assert status["models"]["default"]["admitted_limit"] == 64 + 512
     assert "Hi" not in str(status)
     orch.health.set_ready(False, "maintenance")
     resp = await client.get("/health/ready")

@@ -328,6 +328,8 @@ async def test_a_full_queue_refuses_with_503_and_retry_after(make_client: MakeCl
             break
         await asyncio.sleep(0.005)
     assert served.generating == 2
+    status = (await (await client.get("/v1/status")).json())["models"]["default"]
+    assert (status["admitted_requests"], status["admitted_limit"]) == (2, 2)
     refused = await client.post("/v1/completions", json={"model": "default", "prompt": "x"})
     assert refused.status == 503
     assert refused.headers["Retry-After"] == "1"

@@ -176,9 +176,13 @@ class Orchestrator:
     def status(self) -> dict[str, Any]:
         """Load of the daemon, safe to expose: queue, running, KV usage, free slots."""
         models = {}
+        limit = self.config.max_num_seqs + self.config.max_queued_requests
         for s in self._served.values():
             st: EngineStats = s.engine.stats()
             models[s.name] = {
+                # Generation requests admitted, and how many may be before one more gets 503.
+                "admitted_requests": s.generating,
+                "admitted_limit": limit,
                 "running": st.running,
                 "waiting": st.waiting,
                 "kv_cache_usage": round(st.kv_usage, 6),
