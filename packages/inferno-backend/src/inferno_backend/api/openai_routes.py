@@ -430,15 +430,13 @@ async def completions(request: web.Request) -> web.StreamResponse:
                 return []
             logprobs = None
             if body.logprobs is not None:
-                logprobs = completion_logprobs(tokenizer, out.logprobs or (), top, offsets[index])
-                if scoring and out.prompt_logprobs is not None:
+                scored = out.prompt_logprobs if scoring else None
+                # With the prompt scored, the generated tokens follow the echoed prompt's text.
+                at = offsets[index] + (len(texts[item.prompt_index]) if scored else 0)
+                logprobs = completion_logprobs(tokenizer, out.logprobs or (), top, at)
+                if scored is not None:
                     prompt_part = echoed_logprobs(
-                        tokenizer, prompts[item.prompt_index], out.prompt_logprobs, top
-                    )
-                    # The generated tokens follow the echoed prompt's text.
-                    shift = len(texts[item.prompt_index])
-                    logprobs = completion_logprobs(
-                        tokenizer, out.logprobs or (), top, offsets[index] + shift
+                        tokenizer, prompts[item.prompt_index], scored, top
                     )
                     logprobs = joined_logprobs(prompt_part, logprobs)
             offsets[index] += len(text)

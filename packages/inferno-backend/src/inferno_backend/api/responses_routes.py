@@ -199,7 +199,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
     body = await parse_body(request, ResponsesRequest)
     kept = request.app[RESPONSES]
     turn = [*_history(kept, body.previous_response_id), *body.input_messages()]
-    messages = turn if body.instructions is None else [body.instruction_message(), *turn]
+    messages = body.prompt_messages(turn)
     async with admitted(request, body.model) as served:
         plan = body.tool_plan
         ids, budget = await chat_prompt(served, messages, plan, body.token_limit, "input")

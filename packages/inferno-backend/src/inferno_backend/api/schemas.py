@@ -945,14 +945,12 @@ class ResponsesRequest(SamplingFields):
         """The output text carries its tokens' log-probabilities."""
         return "message.output_text.logprobs" in (self.include or ())
 
-    def messages(self) -> list[ChatMessage]:
-        """The conversation as chat messages, the instructions first."""
-        head = [] if self.instructions is None else [self.instruction_message()]
-        return [*head, *self.input_messages()]
-
-    def instruction_message(self) -> ChatMessage:
-        """The instructions as the system message that opens the conversation."""
-        return ChatMessage(role="system", content=self.instructions)
+    def prompt_messages(self, turn: Sequence[ChatMessage]) -> list[ChatMessage]:
+        """``turn`` (the conversation so far, then this input) after the instructions, which
+        open it as a system message."""
+        if self.instructions is None:
+            return list(turn)
+        return [ChatMessage(role="system", content=self.instructions), *turn]
 
     def input_messages(self) -> list[ChatMessage]:
         """The input as chat messages. Consecutive function calls become one assistant
