@@ -204,6 +204,26 @@ async def test_stop_strings_and_stop_token_ids(engine: AsyncEngine) -> None:
     assert (outs[-1].finish_reason, outs[-1].stop_reason) == ("length", None)
 
 
+async def test_logprobs_describe_the_text_a_stop_string_leaves(engine: AsyncEngine) -> None:
+    base = await _collect(engine, _req("l0", max_tokens=20, temperature=0, ignore_eos=True))
+    text, tokens = _text(base), _tokens(base)
+    stop = text[6:9]
+    cut = text.find(stop)
+    outs = await _collect(
+        engine,
+        _req("l1", max_tokens=20, temperature=0, ignore_eos=True, stop=(stop,), logprobs=2),
+    )
+    assert _text(outs) == text[:cut]
+    lps = [lp for o in outs for lp in o.logprobs or ()]
+    # One character per token in the tiny tokenizer: the stop string's tokens are gone.
+    assert [lp.token_id for lp in lps] == tokens[:cut]
+    assert _tokens(outs) == tokens[: cut + len(stop)]  # usage still counts them
+    shown = scored = 0
+    for o in outs:  # and no output's logprobs run ahead of its text
+        shown, scored = shown + len(o.text), scored + len(o.logprobs or ())
+        assert scored <= shown
+
+
 async def test_eos_stops_unless_ignored(resource: StatisticsAdaptor) -> None:
     probe = AsyncEngine(tiny_llm_engine(resource=resource))
     base = await _collect(probe, _req("e0", max_tokens=12, temperature=0, ignore_eos=True))

@@ -432,10 +432,12 @@ class LLMEngine:
         finish: FinishReason | None = None
         stop_reason: int | str | None = None
         is_eos = token in self.eos_token_ids and not sp.ignore_eos
+        pushed = False  # the token's text (and logprob) went through the stop matcher
         if is_eos or token in sp.stop_token_ids:
             finish, stop_reason = "stop", token
         elif detok is not None:
-            text, stopped = seq.stop_matcher.push(detok.push(token))
+            pushed = True
+            text, stopped = seq.stop_matcher.push(detok.push(token), lp)
             if stopped:
                 finish, stop_reason = "stop", seq.stop_matcher.matched
         if seq.constraint is not None:
@@ -446,7 +448,6 @@ class LLMEngine:
             seq.output_len >= sp.max_tokens or seq.num_tokens >= self.max_model_len
         ):
             finish = "length"
-        logprobs = (lp,) if lp is not None else None
         scored = None
         if seq.scores_prompt and not seq.prompt_logprobs_sent:
             seq.prompt_logprobs_sent = True
@@ -457,12 +458,13 @@ class LLMEngine:
                 seq.index,
                 (token,),
                 text,
-                logprobs=logprobs,
+                logprobs=self._released_logprobs(seq, lp, pushed),
                 prompt_logprobs=scored,
             )
         if not stopped:
             tail = detok.flush() if detok is not None else ""
             text += seq.stop_matcher.push(tail)[0] + seq.stop_matcher.flush()
+        logprobs = self._released_logprobs(seq, lp, pushed)
         return self._finish(
             req,
             seq,
@@ -473,6 +475,18 @@ class LLMEngine:
             stop_reason=stop_reason,
             prompt_logprobs=scored,
         )
+
+    @staticmethod
+    def _released_logprobs(
+        seq: Sequence, lp: TokenLogprob | None, pushed: bool
+    ) -> tuple[TokenLogprob, ...] | None:
+        """The logprobs an output carries: those whose text it releases, and the appended
+        token's own when its text never went through the stop matcher (a stop token, or no
+        tokenizer)."""
+        lps = seq.stop_matcher.take_marks()
+        if lp is not None and not pushed:
+            lps.append(lp)
+        return tuple(lps) or None
 
     def _finish(
         self,

@@ -55,10 +55,7 @@ class Sequence:
     prefix_looked_up: bool = False
     finish_reason: FinishReason | None = None
     error: str | None = None
-    stop_matcher: StopMatcher = field(default_factory=lambda: StopMatcher(()))
-    pending_ids: list[int] = field(default_factory=list)
-    pending_text: str = ""
-    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    stop_matcher: StopMatcher[TokenLogprob] = field(default_factory=lambda: StopMatcher(()))
     abort_requested: bool = False
     generator: torch.Generator | None = None
     # JSON or choice mode: which tokens may come next.

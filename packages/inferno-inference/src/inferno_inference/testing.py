@@ -313,13 +313,16 @@ class FakeEngine:
             choice.count += 1
             with self._lock:
                 self._generated += 1
+            text = choice.matcher.flush()
+            held = choice.matcher.take_marks()
+            own = self._logprobs(sp, end)
             return GenerationOutput(
                 rid,
                 i,
                 (end,),
-                choice.matcher.flush(),
+                text,
                 finish_reason="stop",
-                logprobs=self._logprobs(sp, end),
+                logprobs=None if own is None else (*held, *own),
                 stop_reason=end,
             )
         piece = choice.pieces[choice.count]
@@ -329,7 +332,11 @@ class FakeEngine:
             live = self._live.get(rid)
             if live is not None:
                 live.tokens = max(live.tokens, choice.count)
-        text, stopped = choice.matcher.push(piece)
+        tid = fake_token_id(piece, self.vocab_size)
+        own = self._logprobs(sp, tid)
+        # As the engine does: a piece's logprob comes out with its text, and not at all when
+        # a stop string cuts all of it.
+        text, stopped = choice.matcher.push(piece, None if own is None else own[0])
         finish: FinishReason | None = None
         if stopped or (choice.count >= len(choice.pieces) and end is None):
             finish = "stop"
@@ -337,7 +344,7 @@ class FakeEngine:
             finish = "length"
         if finish is not None and not stopped:
             text += choice.matcher.flush()
-        tid = fake_token_id(piece, self.vocab_size)
+        released = tuple(choice.matcher.take_marks())
         scored = None
         if sp.prompt_logprobs is not None and i == 0 and choice.count == 1:
             # Each prompt token after the first at 0, with made-up alternatives below it.
@@ -354,7 +361,7 @@ class FakeEngine:
             (tid,),
             text,
             finish_reason=finish,
-            logprobs=self._logprobs(sp, tid),
+            logprobs=None if own is None else released or None,
             stop_reason=choice.matcher.matched if stopped else None,
             prompt_logprobs=scored,
         )
@@ -376,6 +383,6 @@ class FakeEngine:
 @dataclass(slots=True)
 class _Choice:
     pieces: list[str]
-    matcher: StopMatcher
+    matcher: StopMatcher[TokenLogprob]
     count: int = 0
     finished: bool = False

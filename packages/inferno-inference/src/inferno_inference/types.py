@@ -189,6 +189,9 @@ class GenerationOutput:
     token_ids: tuple[int, ...]
     text: str
     finish_reason: FinishReason | None = None
+    #: With ``logprobs``: an entry per token whose text this output releases (text held back
+    #: by a possible stop string holds its tokens' entries too). The tokens of a matched stop
+    #: string have none; a stop token's entry comes last, though its text is not in ``text``.
     logprobs: tuple[TokenLogprob, ...] | None = None
     usage: Usage | None = None
     error: str | None = None
