@@ -307,6 +307,16 @@ async def test_a_stop_string_is_the_stop_reason(client: TestClient[Any, Any]) ->
     choice = body["choices"][0]
     assert choice["message"]["content"] == "Hello, I am a "
     assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", "fake")
+    payload = {**CHAT, "stop": ["fake"], "logprobs": True}
+    scored = await (await client.post("/v1/chat/completions", json=payload)).json()
+    # "Hello", ",", " I", " am", " a" and " fake", whose space is content, keep their entries.
+    assert len(scored["choices"][0]["logprobs"]["content"]) == 6
+    split = {**CHAT, "stop": ["m a f"], "logprobs": True}
+    body = await (await client.post("/v1/chat/completions", json=split)).json()
+    assert body["choices"][0]["message"]["content"] == "Hello, I a"
+    # " am" starts the content's last word; " a" and " fake" are all stop string.
+    assert len(body["choices"][0]["logprobs"]["content"]) == 4
+    assert body["usage"]["completion_tokens"] == 6
     capped = await (
         await client.post(
             "/v1/completions", json={"model": "default", "prompt": "Hi", "max_tokens": 2}
