@@ -17,7 +17,7 @@ from inferno_backend.logging import configure_logging
 __all__ = ["build_parser", "main"]
 
 #: Modules under inferno_backend.commands, each adding its subcommands.
-_COMMAND_MODULES = ("models", "generate", "serve", "bench")
+_COMMAND_MODULES = ("models", "generate", "serve", "batch", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from inferno_backend.composition import build_daemon
 from inferno_backend.config import ConfigError, ServeConfig, load_config
 from inferno_backend.logging import configure_logging
 
-__all__ = ["register", "run", "serve"]
+__all__ = ["MODEL_FLAG_FIELDS", "add_model_arguments", "register", "run", "serve"]
 
 log = structlog.get_logger("inferno_backend.serve")
 
@@ -28,10 +28,28 @@ def register(subparsers: Any) -> None:
         description="Serve a model over an OpenAI-compatible HTTP API. Settings come from "
         "--config FILE (TOML), then INFERNO_* environment variables, then these flags.",
     )
-    p.add_argument("--model", help="model name or path (default: the default model)")
-    p.add_argument("--served-model-name", help="name clients use for the model")
+    add_model_arguments(p)
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 8000; 0 picks one)")
+    p.add_argument("--api-key", action="append", dest="api_keys", help="accepted API key")
+    p.add_argument("--admin-key", help="key of the /v1/admin routes")
+    p.add_argument("--discovery", help="memory:// (default) or etcd://HOST:PORT")
+    p.add_argument(
+        "--discovery-ttl", type=float, help="seconds of the discovery lease (default 10)"
+    )
+    p.add_argument(
+        "--max-queued-requests",
+        type=int,
+        help="requests per model that may wait beyond --max-num-seqs (more get 503)",
+    )
+    p.add_argument("--drain-timeout", type=float, dest="drain_timeout_s", help="seconds")
+    p.set_defaults(func=run)
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of the model, its engine and logging (``serve`` and ``batch`` share them)."""
+    p.add_argument("--model", help="model name or path (default: the default model)")
+    p.add_argument("--served-model-name", help="name clients use for the model")
     p.add_argument("--config", help="TOML configuration file")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
@@ -44,21 +62,9 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="draft up to N tokens per decode step from the request's own text (default 0: off)",
     )
-    p.add_argument("--api-key", action="append", dest="api_keys", help="accepted API key")
-    p.add_argument("--admin-key", help="key of the /v1/admin routes")
-    p.add_argument("--discovery", help="memory:// (default) or etcd://HOST:PORT")
-    p.add_argument(
-        "--discovery-ttl", type=float, help="seconds of the discovery lease (default 10)"
-    )
     p.add_argument("--max-num-seqs", type=int, help="concurrent sequences in the engine")
-    p.add_argument(
-        "--max-queued-requests",
-        type=int,
-        help="requests per model that may wait beyond --max-num-seqs (more get 503)",
-    )
     p.add_argument("--max-model-len", type=int, help="context length")
     p.add_argument("--kv-cache-bytes", type=int, help="KV cache budget in bytes")
-    p.add_argument("--drain-timeout", type=float, dest="drain_timeout_s", help="seconds")
     p.add_argument("--log-format", choices=["json", "console"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument(
@@ -88,16 +94,17 @@ def register(subparsers: Any) -> None:
         choices=["auto", "torch", "triton"],
         help="CUDA: Triton kernels (auto: when they pass their startup self-check) or PyTorch",
     )
-    p.set_defaults(func=run)
 
 
+#: Config fields set by `add_model_arguments`.
+MODEL_FLAG_FIELDS = (
+    "model", "served_model_name", "device", "dtype", "weight_quantization", "max_num_seqs",
+    "max_model_len", "kv_cache_bytes", "log_format", "log_level", "warmup", "native_decode",
+    "kernel_backend", "sampling_defaults", "model_sampling_defaults", "speculative_tokens",
+)  # fmt: skip
 _FLAG_FIELDS = (
-    "model", "served_model_name", "host", "port", "device", "dtype", "weight_quantization",
-    "api_keys", "admin_key",
-    "discovery", "discovery_ttl", "max_num_seqs", "max_queued_requests", "max_model_len",
-    "kv_cache_bytes",
-    "drain_timeout_s", "log_format", "log_level", "warmup", "native_decode", "kernel_backend",
-    "sampling_defaults", "model_sampling_defaults", "speculative_tokens",
+    *MODEL_FLAG_FIELDS, "host", "port", "api_keys", "admin_key", "discovery", "discovery_ttl",
+    "max_queued_requests", "drain_timeout_s",
 )  # fmt: skip
 
 
