@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import ClientSession
@@ -122,6 +123,39 @@ async def test_admin_load_and_unload(make_client: MakeClient) -> None:
     assert [type(e).__name__ for e in events] == ["ModelLoaded", "ModelUnloaded"]
     gone = await client.post("/v1/chat/completions", json={**CHAT, "model": "other"})
     assert gone.status == 404
+
+
+async def test_a_lora_adapter_is_served_beside_its_base(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    adapter = tmp_path / "sql-lora"
+    adapter.mkdir()
+    source = FakeModelSource(["default"])
+    config = ServeConfig(warmup=False, admin_key="adm", lora=str(adapter), served_model_name="a")
+    client, orch = await make_client(config, source=source)
+    events: list[Any] = []
+    orch.bus.subscribe(ModelLoaded, events.append)
+    admin = {"Authorization": "Bearer adm"}
+    base = await client.post(
+        "/v1/admin/models/load", json={"model": "default", "served_model_name": "b"}, headers=admin
+    )
+    assert base.status == 200, await base.text()
+    second = {"model": "default", "served_model_name": "c", "lora": str(adapter)}
+    resp = await client.post("/v1/admin/models/load", json=second, headers=admin)
+    assert resp.status == 200, await resp.text()
+    assert source.adapters == [str(adapter), None, str(adapter)]
+    cards = {m["id"]: m for m in (await (await client.get("/v1/models")).json())["data"]}
+    assert (cards["a"]["parent"], cards["a"]["lora"]) == ("default", str(adapter))
+    assert "parent" not in cards["b"]
+    assert "lora" not in cards["b"]
+    assert cards["c"]["lora"] == str(adapter)
+    assert [e.lora for e in events] == [None, str(adapter)]  # b and c (a came before)
+    missing = {"model": "default", "served_model_name": "d", "lora": str(tmp_path / "gone")}
+    resp = await client.post("/v1/admin/models/load", json=missing, headers=admin)
+    assert resp.status == 404
+    error = (await resp.json())["error"]
+    assert (error["param"], error["code"]) == ("lora", "lora_not_found")
+    assert "d" not in orch.served
 
 
 async def test_leaked_memory_is_reported() -> None:

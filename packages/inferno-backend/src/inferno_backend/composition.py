@@ -28,7 +28,7 @@ from inferno_memory import (
     PoolMemoryResource,
     StatisticsAdaptor,
 )
-from inferno_models import LlamaLoader, LoadedModel
+from inferno_models import LlamaLoader, LoadedModel, apply_lora, load_lora
 from inferno_models.repository import ModelRepository
 
 from inferno_backend.adapters import (
@@ -72,10 +72,13 @@ class RepositoryModelSource:
             names += [entry.name, *entry.aliases]
         return names
 
-    def load(self, name: str) -> ServableModel:
-        """Resolve ``name`` (or a path) and load it."""
+    def load(self, name: str, *, lora: str | None = None) -> ServableModel:
+        """Resolve ``name`` (or a path) and load it, merging the adapter at ``lora`` if any."""
         entry = self.repository.resolve(name)
-        return self.loader.load(entry.path, dtype=self.dtype, device=self.device, name=entry.name)
+        adapter = load_lora(lora) if lora is not None else None  # a bad adapter fails first
+        model = self.loader.load(entry.path, dtype=self.dtype, device=self.device, name=entry.name)
+        # The model was read for this load alone: merging into its own weights saves a copy.
+        return model if adapter is None else apply_lora(model, adapter, in_place=True)
 
 
 @dataclass(slots=True)

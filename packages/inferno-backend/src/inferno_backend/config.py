@@ -34,6 +34,11 @@ class ServeConfig(BaseModel):
     served_model_name: str | None = Field(
         default=None, min_length=1, description="Name clients use; defaults to ``model``."
     )
+    lora: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Path of a LoRA adapter (PEFT's format) merged into the model at load.",
+    )
     host: str = Field(default="127.0.0.1", min_length=1, description="Address to listen on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port; 0 picks a free one.")
     device: str = Field(default="cpu", min_length=1, description="torch device of the model.")

@@ -81,6 +81,8 @@ class ModelLoaded(InfernoEvent):
     source: str
     nbytes: int
     load_seconds: float
+    #: The LoRA adapter merged into it (its path), if any.
+    lora: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

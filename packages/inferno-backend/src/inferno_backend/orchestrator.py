@@ -281,7 +281,9 @@ class Orchestrator:
         self.health.set_ready(False, "starting")
         if self.tracker is not None and hasattr(self.tracker, "start"):
             self.tracker.start()
-        await self.load_model(self.config.model, served_name=self.config.public_model_name)
+        await self.load_model(
+            self.config.model, served_name=self.config.public_model_name, lora=self.config.lora
+        )
         self.state = DaemonState.READY
         await self.health.check()
         self.health.set_ready(True)
@@ -330,15 +332,18 @@ class Orchestrator:
 
     # -- models --------------------------------------------------------------------------------
 
-    async def load_model(self, name: str, *, served_name: str | None = None) -> ServedModel:
-        """Load ``name``, build its engine, warm it up and start serving it as ``served_name``;
-        once ready, the discovery registration is published again with the new model.
+    async def load_model(
+        self, name: str, *, served_name: str | None = None, lora: str | None = None
+    ) -> ServedModel:
+        """Load ``name`` (with the LoRA adapter at ``lora`` merged), build its engine, warm it
+        up and start serving it as ``served_name``; once ready, the discovery registration is
+        published again with the new model.
 
         Raises:
             ValueError: a model is already served under that name.
             inferno_models.ModelNotFoundError: unknown model.
         """
-        served = await self._models.load(name, served_name=served_name)
+        served = await self._models.load(name, served_name=served_name, lora=lora)
         await self._publish_models()
         return served
 

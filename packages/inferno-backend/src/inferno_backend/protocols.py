@@ -100,8 +100,9 @@ class ModelSource(Protocol):
         """Names that `load` accepts (aliases included)."""
         ...
 
-    def load(self, name: str) -> ServableModel:
-        """Read the model called (or at path) ``name``."""
+    def load(self, name: str, *, lora: str | None = None) -> ServableModel:
+        """Read the model called (or at path) ``name``, with the LoRA adapter at ``lora``
+        merged into it when given."""
         ...
 
 

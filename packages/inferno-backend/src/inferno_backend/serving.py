@@ -8,6 +8,7 @@ through the memory statistics that an unloaded model gave back everything it too
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ class ServedModel:
     memory_baseline: int | None = None
     #: What fills the sampling fields a request leaves out (the model's and the daemon's).
     sampling_defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
+    #: The LoRA adapter merged into the model (its path), if any.
+    lora: str | None = None
     inflight: int = 0
     #: Admitted requests that generate (or embed): the ones ``max_queued_requests`` bounds.
     generating: int = 0
@@ -98,8 +101,11 @@ class ServedModels:
             raise ModelNotServedError(f"the model {name!r} does not exist (served: {known})")
         return served
 
-    async def load(self, name: str, *, served_name: str | None = None) -> ServedModel:
-        """Load ``name``, build its engine, warm it up and start serving it as ``served_name``.
+    async def load(
+        self, name: str, *, served_name: str | None = None, lora: str | None = None
+    ) -> ServedModel:
+        """Load ``name`` (with the LoRA adapter at ``lora`` merged), build its engine, warm it
+        up and start serving it as ``served_name``.
 
         Raises:
             ValueError: a model is already served under that name.
@@ -110,7 +116,7 @@ class ServedModels:
             if public in self.by_name:
                 raise ValueError(f"a model named {public!r} is already loaded")
             started = time.perf_counter()
-            model = await asyncio.to_thread(self.models.load, name)
+            model = await asyncio.to_thread(functools.partial(self.models.load, name, lora=lora))
             baseline = self.memory.stats().current_bytes
             try:
                 engine = await asyncio.to_thread(self.engine_factory, model, self.memory)
@@ -129,7 +135,7 @@ class ServedModels:
                 self.config.daemon_sampling_defaults
             )
             served = ServedModel(
-                public, model, engine, max_len, int(time.time()), baseline, sampling
+                public, model, engine, max_len, int(time.time()), baseline, sampling, lora=lora
             )
             served.idle.set()
             if self.config.warmup:
@@ -144,7 +150,9 @@ class ServedModels:
             sampling_defaults=served.sampling_defaults.to_dict(),
         )
         self.bus.publish(
-            ModelLoaded(name=public, source=name, nbytes=model.nbytes(), load_seconds=seconds)
+            ModelLoaded(
+                name=public, source=name, nbytes=model.nbytes(), load_seconds=seconds, lora=lora
+            )
         )
         return served
 

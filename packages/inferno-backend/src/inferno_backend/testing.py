@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from inferno_health import HealthChecker
@@ -90,16 +91,23 @@ class FakeModelSource:
         self.max_model_len = max_model_len
         self.generation = generation or GenerationDefaults()
         self.loads: list[str] = []
+        #: The ``lora`` of each load, in order.
+        self.adapters: list[str | None] = []
 
     def available(self) -> Sequence[str]:
         """The loadable names."""
         return list(self.names)
 
-    def load(self, name: str) -> ServableModel:
-        """A fresh `FakeModel`, or `ModelNotFoundError`."""
+    def load(self, name: str, *, lora: str | None = None) -> ServableModel:
+        """A fresh `FakeModel`, or `ModelNotFoundError` (for ``lora`` too, when it names no
+        directory: a fake merges nothing, but a path that is not there is refused as the real
+        source refuses it)."""
         if name not in self.names:
             raise ModelNotFoundError(f"no model named {name!r}")
+        if lora is not None and not Path(lora).is_dir():
+            raise ModelNotFoundError(f"no LoRA adapter at {lora}")
         self.loads.append(name)
+        self.adapters.append(lora)
         config = tiny_config(vocab_size=259, max_position_embeddings=self.max_model_len)
         return FakeModel(name, config, generation=self.generation)
 

@@ -13,6 +13,7 @@ from inferno_models.errors import (
 from inferno_models.generation import DEFAULT_MODEL_GENERATION, GenerationDefaults
 from inferno_models.gguf_loader import GGUFFile
 from inferno_models.loader import DEFAULT_MODEL_FILE, LlamaLoader, default_model_path
+from inferno_models.lora import LoraAdapter, apply_lora, load_lora
 from inferno_models.protocols import LoadedModel, ModelLoader
 from inferno_models.repository import (
     DEFAULT_MODEL_NAME,
@@ -33,6 +34,7 @@ __all__ = [
     "IncrementalDetokenizer",
     "LlamaLoader",
     "LoadedModel",
+    "LoraAdapter",
     "ModelConfig",
     "ModelEntry",
     "ModelError",
@@ -43,7 +45,9 @@ __all__ = [
     "RopeScaling",
     "Tokenizer",
     "UnsupportedModelError",
+    "apply_lora",
     "convert_gguf_to_hf",
     "default_model_path",
+    "load_lora",
     "load_model",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,14 +15,19 @@ from inferno_models.names import EMBED, FINAL_NORM, LM_HEAD, expected_shapes
 from inferno_models.tokenizer import Tokenizer, byte_to_unicode
 
 __all__ = [
+    "LORA_TARGETS",
     "TINY_CHAT_TEMPLATE",
     "random_weights",
     "tiny_config",
     "tiny_gguf_metadata",
     "tiny_tokenizer",
+    "write_peft_adapter",
     "write_tiny_gguf",
     "write_tiny_hf_dir",
 ]
+
+#: The modules a test adapter adapts by default: every projection LoRA may touch.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 #: A ChatML template, as small chat models use.
 TINY_CHAT_TEMPLATE = (
@@ -266,3 +272,33 @@ def write_tiny_hf_dir(
         (directory / "model.safetensors.index.json").write_text(json.dumps(index))
     tiny_tokenizer().save(directory, chat_template=chat_template)
     return directory
+
+
+def write_peft_adapter(directory: str | Path, hf_model: Any, *, seed: int = 3, **lora: Any) -> Any:
+    """Wrap the transformers model ``hf_model`` (changed in place) in a ``peft`` LoRA with
+    random, non-zero matrices (``peft`` starts B at zero, which would adapt nothing), save the
+    adapter to ``directory`` and return the PEFT model. ``lora`` overrides the `LoraConfig`
+    fields (default r=4, lora_alpha=8 on `LORA_TARGETS`). Needs ``peft``, a dev dependency.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    options = {
+        "r": 4,
+        "lora_alpha": 8,
+        "target_modules": list(LORA_TARGETS),
+        "lora_dropout": 0.0,
+        **lora,
+    }
+    model: Any = get_peft_model(hf_model, LoraConfig(**options))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    model.eval()
+    with warnings.catch_warnings():
+        # peft looks for the base model's config beside its weights (to see whether the
+        # vocabulary grew); a GGUF or an in-memory model has none there, and it did not.
+        warnings.filterwarnings("ignore", message="Could not find a config file")
+        model.save_pretrained(str(directory))
+    return model

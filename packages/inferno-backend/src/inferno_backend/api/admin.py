@@ -5,6 +5,9 @@ Guarded by the admin key (see the auth middleware).
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 from aiohttp import web
 from inferno_models.errors import ModelError
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +31,11 @@ class LoadModelRequest(BaseModel):
     served_model_name: str | None = Field(
         default=None, min_length=1, description="Name clients use; defaults to ``model``."
     )
+    lora: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Path of a LoRA adapter (PEFT's format) to merge into the model.",
+    )
 
 
 class UnloadModelRequest(BaseModel):
@@ -48,8 +56,10 @@ async def load(request: web.Request) -> web.Response:
         raise BadRequestError(
             f"the model {name!r} is already loaded", param="model", code="model_already_loaded"
         )
+    if body.lora is not None and not await asyncio.to_thread(_exists, body.lora):
+        raise NotFoundError(f"no LoRA adapter at {body.lora}", param="lora", code="lora_not_found")
     try:
-        served = await orchestrator.load_model(body.model, served_name=name)
+        served = await orchestrator.load_model(body.model, served_name=name, lora=body.lora)
     except LookupError as exc:
         raise NotFoundError(str(exc), param="model", code="model_not_found") from None
     except (ModelError, ValueError) as exc:
@@ -57,6 +67,10 @@ async def load(request: web.Request) -> web.Response:
     return web.json_response(
         {"model": served.name, "loaded": True, "max_model_len": served.max_model_len}
     )
+
+
+def _exists(path: str) -> bool:
+    return Path(path).expanduser().exists()
 
 
 @routes.post("/v1/admin/models/unload")

@@ -217,13 +217,17 @@ def start_chat(
 
 
 def _model_card(served: ServedModel) -> dict[str, Any]:
-    return {
+    card: dict[str, Any] = {
         "id": served.name,
         "object": "model",
         "created": served.created,
         "owned_by": "inferno",
         "max_model_len": served.max_model_len,
     }
+    if served.lora is not None:
+        # As vLLM names an adapter's base: what a client needs to tell the two apart.
+        card.update(parent=served.model.name, lora=served.lora)
+    return card
 
 
 @routes.get("/v1/models")

@@ -50,6 +50,12 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of the model, its engine and logging (``serve`` and ``batch`` share them)."""
     p.add_argument("--model", help="model name or path (default: the default model)")
     p.add_argument("--served-model-name", help="name clients use for the model")
+    p.add_argument(
+        "--lora",
+        metavar="PATH",
+        help="merge this LoRA adapter (a PEFT directory: adapter_config.json and "
+        "adapter_model.safetensors) into the model when it loads",
+    )
     p.add_argument("--config", help="TOML configuration file")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
@@ -98,7 +104,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 #: Config fields set by `add_model_arguments`.
 MODEL_FLAG_FIELDS = (
-    "model", "served_model_name", "device", "dtype", "weight_quantization", "max_num_seqs",
+    "model", "served_model_name", "lora", "device", "dtype", "weight_quantization", "max_num_seqs",
     "max_model_len", "kv_cache_bytes", "log_format", "log_level", "warmup", "native_decode",
     "kernel_backend", "sampling_defaults", "model_sampling_defaults", "speculative_tokens",
 )  # fmt: skip
