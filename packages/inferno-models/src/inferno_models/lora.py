@@ -29,6 +29,7 @@ import torch
 from inferno_models.errors import ModelFormatError, ModelNotFoundError, UnsupportedModelError
 from inferno_models.names import expected_shapes
 from inferno_models.protocols import LoadedModel
+from inferno_models.safetensors_loader import read_safetensors
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "LoraAdapter", "apply_lora", "load_lora"]
 
@@ -60,7 +61,7 @@ class LoraAdapter:
 
     @property
     def name(self) -> str:
-        """The adapter's directory name: what it is served as by default."""
+        """The adapter's directory name."""
         return self.path.name
 
 
@@ -90,11 +91,11 @@ def load_lora(path: str | Path) -> LoraAdapter:
         raise ModelFormatError(directory, f"a LoRA adapter needs {ADAPTER_WEIGHTS}")
     config = _read_config(config_path)
     rank = _positive(config_path, config, "r")
-    alpha = float(_number(config_path, config, "lora_alpha", default=rank))
+    alpha = _number(config_path, config, "lora_alpha", default=rank)
     rslora = bool(config.get("use_rslora", False))
     rank_pattern = _pattern(config_path, config, "rank_pattern")
     alpha_pattern = _pattern(config_path, config, "alpha_pattern")
-    tensors = _read_tensors(weights)
+    tensors = read_safetensors(weights)
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         match = _KEY.match(key)
@@ -242,13 +243,3 @@ def _lookup(pattern: list[tuple[re.Pattern[str], float]], module: str, default: 
         if regex.fullmatch(module):
             return value
     return default
-
-
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
-    except Exception as exc:  # the Rust reader raises SafetensorError / OSError
-        raise ModelFormatError(path, f"unreadable safetensors: {exc}") from None

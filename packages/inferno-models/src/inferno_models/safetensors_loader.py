@@ -12,7 +12,7 @@ from inferno_models.config import ModelConfig
 from inferno_models.errors import ModelFormatError
 from inferno_models.names import expected_shapes
 
-__all__ = ["iter_safetensors_weights", "safetensors_files"]
+__all__ = ["iter_safetensors_weights", "read_safetensors", "safetensors_files"]
 
 _INDEX = "model.safetensors.index.json"
 _SINGLE = "model.safetensors"
@@ -39,6 +39,21 @@ def safetensors_files(directory: Path) -> dict[str, Path]:
     if single.is_file():
         return dict.fromkeys(_tensor_names(single), single)
     raise ModelFormatError(directory, f"no {_SINGLE} or {_INDEX}")
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the safetensors file at ``path``, by name, as stored.
+
+    Raises:
+        ModelFormatError: the file is unreadable or corrupt.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
+    except Exception as exc:  # the Rust reader raises SafetensorError / OSError
+        raise ModelFormatError(path, f"unreadable safetensors: {exc}") from None
 
 
 def _tensor_names(path: Path) -> list[str]:
