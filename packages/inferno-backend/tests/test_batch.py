@@ -22,14 +22,18 @@ def _line(custom_id: str, url: str = "/v1/chat/completions", **body: Any) -> str
     return json.dumps({"custom_id": custom_id, "method": "POST", "url": url, "body": body})
 
 
-async def _run(lines: list[str], **options: Any) -> tuple[dict[str, dict[str, Any]], BatchSummary]:
-    engine_options = options.pop("engine_options", None)
-    app = build_app(fake_orchestrator(ServeConfig(warmup=False), engine_options=engine_options))
+async def _run(lines: list[str], **options: Any) -> tuple[list[dict[str, Any]], BatchSummary]:
+    """The output lines of a batch over a fake daemon, in the order written."""
+    app = build_app(fake_orchestrator(ServeConfig(warmup=False)))
     sink = io.StringIO()
     summary = await run_batch(app, lines, sink, **options)
     records = [json.loads(raw) for raw in sink.getvalue().splitlines()]
     assert len(records) == summary.total
-    return {str(r["custom_id"]): r for r in records}, summary
+    return records, summary
+
+
+def _by_id(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {str(r["custom_id"]): r for r in records}
 
 
 async def test_each_route_answers_as_the_server_would() -> None:
@@ -39,7 +43,8 @@ async def test_each_route_answers_as_the_server_would() -> None:
         _line("vec", "/v1/embeddings", model="default", input="Hi"),
         _line("resp", "/v1/responses", model="default", input="Hi"),
     ]
-    records, summary = await _run(lines)
+    written, summary = await _run(lines)
+    records = _by_id(written)
     assert (summary.succeeded, summary.failed, summary.skipped) == (4, 0, 0)
     chat = records["chat"]
     assert chat["error"] is None
@@ -60,12 +65,13 @@ async def test_each_route_answers_as_the_server_would() -> None:
 
 
 async def test_a_request_the_api_refuses_is_a_response_with_its_status() -> None:
-    records, summary = await _run(
+    written, summary = await _run(
         [
             _line("bad", model="default", messages=[]),
             _line("lost", model="nope", messages=[{"role": "user", "content": "x"}]),
         ]
     )
+    records = _by_id(written)
     assert (summary.succeeded, summary.failed) == (0, 2)
     bad = records["bad"]
     assert bad["error"] is None
@@ -87,10 +93,7 @@ async def test_lines_that_never_reach_the_api_name_their_line() -> None:
         json.dumps({"custom_id": "nobody", "url": "/v1/completions", "body": "text"}),
         _line("streamed", **CHAT, stream=True),
     ]
-    sink = io.StringIO()
-    app = build_app(fake_orchestrator(ServeConfig(warmup=False)))
-    summary = await run_batch(app, lines, sink)
-    records = [json.loads(raw) for raw in sink.getvalue().splitlines()]
+    records, summary = await _run(lines)
     assert (summary.succeeded, summary.failed) == (1, 8)
     refused = {r["error"]["message"]: r for r in records if r["error"] is not None}
     for record in refused.values():
@@ -110,7 +113,7 @@ async def test_lines_that_never_reach_the_api_name_their_line() -> None:
 
 async def test_done_ids_are_skipped() -> None:
     records, summary = await _run([_line("a", **CHAT), _line("b", **CHAT)], done=frozenset({"a"}))
-    assert list(records) == ["b"]
+    assert [r["custom_id"] for r in records] == ["b"]
     assert summary.skipped == 1
 
 
