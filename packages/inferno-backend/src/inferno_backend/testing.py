@@ -99,12 +99,12 @@ class FakeModelSource:
         return list(self.names)
 
     def load(self, name: str, *, lora: str | None = None) -> ServableModel:
-        """A fresh `FakeModel`, or `ModelNotFoundError` (for ``lora`` too, when it names no
-        directory: a fake merges nothing, but a path that is not there is refused as the real
-        source refuses it)."""
+        """A fresh `FakeModel`, or `ModelNotFoundError` (for ``lora`` too, when nothing is at
+        that path: a fake merges nothing, but refuses a missing adapter as the real source
+        does)."""
         if name not in self.names:
             raise ModelNotFoundError(f"no model named {name!r}")
-        if lora is not None and not Path(lora).is_dir():
+        if lora is not None and not Path(lora).exists():
             raise ModelNotFoundError(f"no LoRA adapter at {lora}")
         self.loads.append(name)
         self.adapters.append(lora)
