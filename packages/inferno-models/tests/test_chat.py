@@ -41,3 +41,13 @@ def test_sandbox_blocks_python_internals() -> None:
 def test_invalid_template() -> None:
     with pytest.raises(ChatTemplateError, match="invalid chat template"):
         ChatTemplate("{% for %}")
+
+
+def test_extra_variables_reach_the_template_but_not_reserved_ones() -> None:
+    tpl = ChatTemplate("{% if enable_thinking is false %}no{% else %}yes{% endif %}")
+    msgs = [{"role": "user", "content": "x"}]
+    assert tpl.render(msgs) == "yes"
+    assert tpl.render(msgs, enable_thinking=False) == "no"
+    for name in ("bos_token", "raise_exception"):
+        with pytest.raises(ChatTemplateError, match=name):
+            tpl.render(msgs, **{name: "x"})

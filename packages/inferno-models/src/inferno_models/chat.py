@@ -13,7 +13,20 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from inferno_models.errors import ModelError
 
-__all__ = ["ChatTemplate", "ChatTemplateError"]
+__all__ = ["RESERVED_NAMES", "ChatTemplate", "ChatTemplateError"]
+
+#: Variables `ChatTemplate.render` sets itself (and the helper functions it gives every
+#: template); an extra variable may not replace one.
+RESERVED_NAMES = frozenset(
+    (
+        "messages",
+        "add_generation_prompt",
+        "bos_token",
+        "eos_token",
+        "raise_exception",
+        "strftime_now",
+    )
+)
 
 
 class ChatTemplateError(ModelError, ValueError):
@@ -67,11 +80,18 @@ class ChatTemplate:
         add_generation_prompt: bool = True,
         **extra: Any,
     ) -> str:
-        """Render ``messages`` (``{"role", "content"}`` mappings) to the prompt text.
+        """Render ``messages`` (``{"role", "content"}`` mappings) to the prompt text; ``extra``
+        are further variables the template may read (``enable_thinking``, ``tools``...).
 
         Raises:
-            ChatTemplateError: the template failed or rejected the conversation.
+            ChatTemplateError: the template failed or rejected the conversation, or ``extra``
+                names one of `RESERVED_NAMES`.
         """
+        clash = sorted(RESERVED_NAMES.intersection(extra))
+        if clash:
+            raise ChatTemplateError(
+                f"{', '.join(clash)}: set by the renderer, not a variable to pass"
+            )
         try:
             return self._template.render(
                 messages=[dict(m) for m in messages],
