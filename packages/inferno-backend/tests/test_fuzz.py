@@ -31,6 +31,7 @@ FIELDS = [
     "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs", "stream",
     "stream_options", "echo", "suffix", "best_of", "top_k", "ignore_eos", "guided_choice",
     "priority", "continue_final_message", "format", "options", "raw", "context", "think",
+    "chat_template_kwargs", "reasoning_effort",
 ]  # fmt: skip
 body = st.fixed_dictionaries(
     {"model": st.sampled_from(["default", "nope", 3])},

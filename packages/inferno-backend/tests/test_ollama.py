@@ -295,7 +295,7 @@ async def test_tags_show_ps_and_version_describe_the_served_model(
          "options.top_p"),
         ("/api/chat", {"model": "default", "messages": USER, "options": {"num_predict": 0}}, 400,
          "options.num_predict"),
-        ("/api/chat", {"model": "default", "messages": USER, "think": True}, 400, None),
+        ("/api/chat", {"model": "default", "messages": USER, "think": True}, 400, "think"),
         ("/api/chat", {"model": "default", "messages": [{"role": "user", "content": "x",
          "images": ["aGk="]}]}, 400, "messages.0"),
         ("/api/chat", {"model": "default", "messages": [{"role": "robot"}]}, 400,

@@ -101,6 +101,13 @@ class ServeConfig(BaseModel):
         description="Sampling defaults of this daemon, over the model's: a table, or "
         "'key=value' pairs separated by commas (keys as in model_sampling_defaults).",
     )
+    reasoning_parser: Literal["auto", "think", "none"] = Field(
+        default="auto",
+        description="Split a reasoning model's thinking (between <think> and </think>) from its "
+        "answer: reasoning_content in chat, a reasoning item in responses, thinking in Ollama's "
+        "API. 'auto': for models whose chat template writes </think>; 'think': always; "
+        "'none': never (the tags stay in the answer).",
+    )
     warmup: bool = Field(default=True, description="Run one forward pass before turning ready.")
     api_keys: tuple[str, ...] = Field(
         default=(), description="Accepted Bearer keys; empty means no authentication."

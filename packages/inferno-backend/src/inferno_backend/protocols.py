@@ -7,7 +7,7 @@ inferno-memory's statistics adaptor) satisfy them; tests pass small fakes.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from inferno_inference import InferenceEngine
 from inferno_memory.protocols import MemoryResource, StatisticsSource
@@ -48,10 +48,20 @@ class TokenizerLike(Protocol):
 class ChatTemplateLike(Protocol):
     """Renders a conversation into the prompt text the model was trained on."""
 
+    @property
+    def source(self) -> str:
+        """The template's text (read to tell whether the model writes ``</think>``)."""
+        ...
+
     def render(
-        self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        add_generation_prompt: bool = True,
+        **extra: Any,
     ) -> str:
-        """The prompt text of ``messages`` (each with ``role`` and ``content``)."""
+        """The prompt text of ``messages`` (each with ``role`` and ``content``); ``extra``
+        are further variables for the template (``enable_thinking``)."""
         ...
 
 

@@ -77,8 +77,8 @@ class FakeModel:
 
 
 class FakeModelSource:
-    """Knows ``names``; loads a `FakeModel` with ``max_model_len`` context and the sampling
-    settings ``generation`` for each."""
+    """Knows ``names``; loads a `FakeModel` with ``max_model_len`` context, the sampling
+    settings ``generation`` and the chat template ``chat_template`` (None: none) for each."""
 
     def __init__(
         self,
@@ -86,10 +86,12 @@ class FakeModelSource:
         *,
         max_model_len: int = 2048,
         generation: GenerationDefaults | None = None,
+        chat_template: str | None = CHAT_TEMPLATE,
     ) -> None:
         self.names = list(names)
         self.max_model_len = max_model_len
         self.generation = generation or GenerationDefaults()
+        self.chat_template = chat_template
         self.loads: list[str] = []
         #: The ``lora`` of each load, in order.
         self.adapters: list[str | None] = []
@@ -109,7 +111,8 @@ class FakeModelSource:
         self.loads.append(name)
         self.adapters.append(lora)
         config = tiny_config(vocab_size=259, max_position_embeddings=self.max_model_len)
-        return FakeModel(name, config, generation=self.generation)
+        template = None if self.chat_template is None else ChatTemplate(self.chat_template)
+        return FakeModel(name, config, chat_template=template, generation=self.generation)
 
 
 class MemoryBackedEngine:

@@ -25,6 +25,8 @@ class ChoiceState:
     """What has been generated so far for one choice."""
 
     text: list[str] = field(default_factory=list)
+    #: How many tokens each piece of ``text`` holds.
+    piece_tokens: list[int] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     #: The prompt's scores (``prompt_logprobs``), when the engine sent them.
@@ -35,14 +37,18 @@ class ChoiceState:
     error: str | None = None
 
 
-def usage_body(usage: Usage) -> dict[str, Any]:
-    """The ``usage`` object of a response."""
-    return {
+def usage_body(usage: Usage, reasoning_tokens: int | None = None) -> dict[str, Any]:
+    """The ``usage`` object of a response; ``reasoning_tokens`` (of the completion) where
+    the reasoning was split from the answer."""
+    body: dict[str, Any] = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
         "prompt_tokens_details": {"cached_tokens": usage.cached_prompt_tokens},
     }
+    if reasoning_tokens is not None:
+        body["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+    return body
 
 
 def _piece(tokenizer: TokenizerLike, token_id: int) -> str:

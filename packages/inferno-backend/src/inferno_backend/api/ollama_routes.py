@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from inferno_backend.api.embedding_routes import embed_inputs, vector
 from inferno_backend.api.errors import (
     APIError,
+    BadRequestError,
     NotFoundError,
     from_validation_error,
 )
@@ -53,6 +54,13 @@ from inferno_backend.api.openai_routes import (
     render_chat,
     report_failure,
     start_chat,
+    thinks,
+)
+from inferno_backend.api.reasoning import (
+    ReasoningStream,
+    ThinkStart,
+    split_reasoning,
+    think_start,
 )
 from inferno_backend.api.schemas import ChatCompletionRequest
 from inferno_backend.api.tools import ToolPlan
@@ -91,16 +99,19 @@ async def chat(request: web.Request) -> web.StreamResponse:
         if chat_body is None:
             return web.json_response(_loaded(served, {"message": _message("")}))
         plan = chat_body.tool_plan
-        ids, budget = await chat_prompt(
+        thinking = _thinking(request, served, body)
+        prompt = await chat_prompt(
             served,
             chat_body.messages,
             plan,
             chat_body.token_limit,
             "messages",
             continue_final=chat_body.continue_final_message,
+            variables=chat_body.template_variables(thinking=thinking),
         )
-        gen = start_chat(request, served, _request_id(), chat_body, ids, budget)
-        return await _answer(request, gen, body, _ChatShape(plan))
+        start = prompt.start if _splits(body, chat_body, thinking) else None
+        gen = start_chat(request, served, _request_id(), chat_body, prompt.ids, prompt.budget)
+        return await _answer(request, gen, body, _ChatShape(plan), start)
 
 
 @routes.post("/api/generate")
@@ -112,18 +123,49 @@ async def generate(request: web.Request) -> web.StreamResponse:
     async with admitted(request, body.model) as served:
         if chat_body is None:
             return web.json_response(_loaded(served, {"response": ""}))
+        thinking = _thinking(request, served, body)
         context = list(body.context or ())
         if body.raw:
             # Special tokens (BOS) only where the text starts the sequence.
-            ids = context + await encode(served, body.prompt, special=not context)
+            text = body.prompt
+            ids = context + await encode(served, text, special=not context)
         else:
-            text = render_chat(served, chat_body.messages, None, add_generation_prompt=True)
+            text = render_chat(
+                served,
+                chat_body.messages,
+                None,
+                add_generation_prompt=True,
+                variables=chat_body.template_variables(thinking=thinking),
+            )
             ids = context + await encode(served, text, special=False)
+        start = think_start(text) if _splits(body, chat_body, thinking) else None
         budget = prompt_budget(served, len(ids), chat_body.token_limit, "prompt")
         gen = start_chat(
             request, served, _request_id(), chat_body, ids, budget, prompt_param="prompt"
         )
-        return await _answer(request, gen, body, _GenerateShape(ids))
+        return await _answer(request, gen, body, _GenerateShape(ids), start)
+
+
+def _thinking(
+    request: web.Request, served: ServedModel, body: OllamaChatRequest | OllamaGenerateRequest
+) -> bool:
+    """Whether ``served`` thinks (its reasoning is split); a 400 when ``think`` asks for
+    thinking from a model that does not, as Ollama answers."""
+    thinking = thinks(request, served)
+    if body.wants_thinking and not thinking:
+        raise BadRequestError(f"{body.model!r} does not support thinking", param="think")
+    return thinking
+
+
+def _splits(
+    body: OllamaChatRequest | OllamaGenerateRequest,
+    chat_body: ChatCompletionRequest,
+    thinking: bool,
+) -> bool:
+    """Whether the answer's thinking goes apart: for a model that thinks, unless ``think`` is
+    false (then, as in Ollama, the text stays as generated) or the output is held to JSON
+    from its first token (there is no thinking to split)."""
+    return thinking and body.think is not False and not chat_body.constrained_output
 
 
 @routes.post("/api/embed")
@@ -195,6 +237,8 @@ async def show(request: web.Request) -> web.Response:
     arch = config.architecture
     template = served.model.chat_template
     capabilities = ["completion", "embedding"] + (["tools"] if template is not None else [])
+    if thinks(request, served):
+        capabilities.append("thinking")
     return web.json_response(
         {
             "details": _details(served, request.app[CONFIG]),
@@ -232,18 +276,23 @@ class _ChatShape:
     def __init__(self, plan: ToolPlan | None) -> None:
         self.plan = plan
 
-    def piece(self, text: str) -> dict[str, Any]:
-        return {"message": _message(text)}
+    def piece(self, text: str, thinking: str | None = None) -> dict[str, Any]:
+        return {"message": _message(text, thinking)}
 
-    def final(self, text: str, finish: str | None, generated: Sequence[int]) -> dict[str, Any]:
+    def final(
+        self,
+        text: str,
+        finish: str | None,
+        generated: Sequence[int],
+        thinking: str | None = None,
+    ) -> dict[str, Any]:
         """The whole answer in one body; its tool calls when it is calls."""
         calls = self.plan.calls(text) if self.plan is not None and finish == "stop" else None
         if calls is None:
-            return {"message": _message(text)}
+            return {"message": _message(text, thinking)}
         return {
             "message": {
-                "role": "assistant",
-                "content": "",
+                **_message("", thinking),
                 "tool_calls": [
                     {"function": {"name": name, "arguments": json.loads(arguments)}}
                     for name, arguments in calls
@@ -263,11 +312,17 @@ class _GenerateShape:
     def __init__(self, prompt: Sequence[int]) -> None:
         self.prompt = list(prompt)
 
-    def piece(self, text: str) -> dict[str, Any]:
-        return {"response": text}
+    def piece(self, text: str, thinking: str | None = None) -> dict[str, Any]:
+        return {"response": text, **({"thinking": thinking} if thinking else {})}
 
-    def final(self, text: str, finish: str | None, generated: Sequence[int]) -> dict[str, Any]:
-        return {"response": text, "context": [*self.prompt, *generated]}
+    def final(
+        self,
+        text: str,
+        finish: str | None,
+        generated: Sequence[int],
+        thinking: str | None = None,
+    ) -> dict[str, Any]:
+        return {**self.piece(text, thinking), "context": [*self.prompt, *generated]}
 
     def closing(self, generated: Sequence[int]) -> dict[str, Any]:
         return {"response": "", "context": [*self.prompt, *generated]}
@@ -280,8 +335,12 @@ def _request_id() -> str:
     return f"ollama-{uuid.uuid4().hex}"
 
 
-def _message(text: str) -> dict[str, Any]:
-    return {"role": "assistant", "content": text}
+def _message(text: str, thinking: str | None = None) -> dict[str, Any]:
+    """An assistant message; ``thinking`` only when there is some (as Ollama leaves it out)."""
+    message = {"role": "assistant", "content": text}
+    if thinking:
+        message["thinking"] = thinking
+    return message
 
 
 def _loaded(served: ServedModel, empty: dict[str, Any]) -> dict[str, Any]:
@@ -317,8 +376,10 @@ async def _answer(
     gen: Generation,
     body: OllamaChatRequest | OllamaGenerateRequest,
     shape: _Shape,
+    start: ThinkStart | None = None,
 ) -> web.StreamResponse:
-    """Run ``gen`` to one JSON body, or stream it as JSON lines."""
+    """Run ``gen`` to one JSON body, or stream it as JSON lines; with ``start``, the thinking
+    apart from the answer (streamed first, even when tools hold the answer to its end)."""
     tokenizer = gen.served.model.tokenizer
     top = body.top_logprobs or 0
     arrival = request[ARRIVAL]
@@ -333,11 +394,13 @@ async def _answer(
 
     if not body.stream:
         (state,) = await collect(request, gen, 1)
-        text = "".join(state.text)
+        answer = split_reasoning("".join(state.text), start or "closed")
         return web.json_response(
             {
                 **head(),
-                **shape.final(text, state.finish_reason, state.token_ids),
+                **shape.final(
+                    answer.content, state.finish_reason, state.token_ids, answer.reasoning
+                ),
                 **lp(state.logprobs),
                 **_done(gen, arrival, state.finish_reason, len(state.token_ids)),
             }
@@ -353,6 +416,7 @@ async def _answer(
     async def write(line: dict[str, Any]) -> None:
         await response.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
 
+    split = None if start is None else ReasoningStream(start)
     async with contextlib.aclosing(gen.stream()) as stream:
         first = await anext(stream, None)  # an invalid request still gets its 4xx
         await response.prepare(request)
@@ -372,13 +436,19 @@ async def _answer(
                     return response
                 generated.extend(out.token_ids)
                 finish = out.finish_reason or finish
+                text, thought = out.text, ""
+                if split is not None:
+                    last = out.finish_reason is not None
+                    part = split.push(text, len(out.token_ids), last=last)
+                    text, thought = part.content, part.reasoning
                 if shape.plan is not None:
-                    held.append(out.text)
+                    held.append(text)
                     tokens.extend(out.logprobs or ())
-                elif out.text or (body.logprobs and out.logprobs):
-                    await write(
-                        {**head(), **shape.piece(out.text), **lp(out.logprobs or ()), "done": False}
-                    )
+                    if thought:
+                        await write({**head(), **shape.piece("", thought), "done": False})
+                elif text or thought or (body.logprobs and out.logprobs):
+                    piece = shape.piece(text, thought)
+                    await write({**head(), **piece, **lp(out.logprobs or ()), "done": False})
             if shape.plan is not None:
                 whole = shape.final("".join(held), finish, generated)
                 await write({**head(), **whole, **lp(tokens), "done": False})

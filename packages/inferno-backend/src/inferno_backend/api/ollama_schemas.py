@@ -115,7 +115,9 @@ class OllamaMessage(BaseModel):
     images: list[str] | None = Field(default=None, description="Not supported: text only.")
     tool_calls: list[OllamaToolCall] | None = None
     tool_name: str | None = Field(default=None, description="The tool a tool message answers.")
-    thinking: str | None = Field(default=None, description="Accepted and left out.")
+    thinking: str | None = Field(
+        default=None, description="An assistant message's thinking, given to the template."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> OllamaMessage:
@@ -140,7 +142,13 @@ class _OllamaCommon(BaseModel):
     keep_alive: float | int | str | None = Field(
         default=None, description="Accepted; a served model stays loaded."
     )
-    think: bool | str | None = Field(default=None, description="Only false: no model thinks.")
+    think: bool | Literal["low", "medium", "high"] | None = Field(
+        default=None,
+        description="true (or a level): the model's thinking comes back in thinking, apart "
+        "from the answer (400 for a model that does not think); false: the template is asked "
+        "not to think (enable_thinking=false) and nothing is split. Left out: as true for a "
+        "model that thinks.",
+    )
     logprobs: bool = Field(default=False, description="Return log-probabilities of tokens.")
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
@@ -148,8 +156,6 @@ class _OllamaCommon(BaseModel):
 
     @model_validator(mode="after")
     def _check_common(self) -> _OllamaCommon:
-        if self.think not in (None, False):
-            raise ValueError("think: the served models do not think; leave it out or false")
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs: requires logprobs to be true")
         return self
@@ -169,7 +175,18 @@ class _OllamaCommon(BaseModel):
             fields["logprobs"] = True
             if self.top_logprobs is not None:
                 fields["top_logprobs"] = self.top_logprobs
+        if self.think is not None:
+            # Ollama gives its templates the setting; Hugging Face templates read these names.
+            variables: dict[str, Any] = {"enable_thinking": self.think is not False}
+            if isinstance(self.think, str):
+                variables["reasoning_effort"] = self.think
+            fields["chat_template_kwargs"] = variables
         return fields
+
+    @property
+    def wants_thinking(self) -> bool:
+        """``think`` asks for the thinking (true or a level)."""
+        return self.think is not None and self.think is not False
 
 
 class OllamaChatRequest(_OllamaCommon):
@@ -198,6 +215,8 @@ class OllamaChatRequest(_OllamaCommon):
                 ]
             if m.role == "tool" and m.tool_name:
                 message["name"] = m.tool_name
+            if m.role == "assistant" and m.thinking:
+                message["reasoning_content"] = m.thinking
             messages.append(message)
         fields = self._chat_fields()
         fields["messages"] = messages

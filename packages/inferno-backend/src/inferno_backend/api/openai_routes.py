@@ -7,7 +7,8 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
@@ -32,7 +33,15 @@ from inferno_backend.api.formatting import (
     usage_body,
 )
 from inferno_backend.api.generation import Generation, PromptOutput, build_sampling, check_context
-from inferno_backend.api.keys import ARRIVAL, METRICS, ORCHESTRATOR, REQUEST_ID
+from inferno_backend.api.keys import ARRIVAL, CONFIG, METRICS, ORCHESTRATOR, REQUEST_ID
+from inferno_backend.api.reasoning import (
+    ReasoningStream,
+    ThinkStart,
+    count_reasoning_tokens,
+    parser_on,
+    split_reasoning,
+    think_start,
+)
 from inferno_backend.api.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
 from inferno_backend.api.tools import ToolCallStream, ToolPlan, call_body, conversation
 from inferno_backend.orchestrator import (
@@ -43,6 +52,7 @@ from inferno_backend.orchestrator import (
 )
 
 __all__ = [
+    "ChatPrompt",
     "admitted",
     "chat_prompt",
     "collect",
@@ -54,6 +64,7 @@ __all__ = [
     "report_failure",
     "routes",
     "start_generation",
+    "thinks",
 ]
 
 log = structlog.get_logger(__name__)
@@ -109,9 +120,10 @@ def render_chat(
     add_generation_prompt: bool,
     *,
     continue_final: bool = False,
+    variables: Mapping[str, Any] | None = None,
 ) -> str:
-    """The conversation as the model's chat template writes it (400 when it has none, or when
-    the template fails on these messages).
+    """The conversation as the model's chat template writes it, with the extra template
+    ``variables`` (400 when it has no template, or when the template fails on these messages).
 
     With ``continue_final`` the text stops right after the last message's content, so the
     model goes on with that message (the template would close it).
@@ -125,7 +137,9 @@ def render_chat(
     turns = conversation(messages, plan)
     try:
         text = template.render(
-            turns, add_generation_prompt=add_generation_prompt and not continue_final
+            turns,
+            add_generation_prompt=add_generation_prompt and not continue_final,
+            **(variables or {}),
         )
     except Exception as exc:
         raise BadRequestError(
@@ -146,6 +160,17 @@ def render_chat(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ChatPrompt:
+    """A conversation rendered for generation."""
+
+    ids: list[int]
+    #: New tokens the answer may have.
+    budget: int
+    #: Where the answer starts with respect to a think block (see `think_start`).
+    start: ThinkStart
+
+
 async def chat_prompt(
     served: ServedModel,
     messages: Sequence[ChatMessage],
@@ -154,14 +179,28 @@ async def chat_prompt(
     param: str,
     *,
     continue_final: bool = False,
-) -> tuple[list[int], int]:
-    """A conversation's prompt ids and its token budget: ``token_limit``, or the rest of the
-    context capped by the model's recommended ``max_tokens`` (400 when it does not fit)."""
+    variables: Mapping[str, Any] | None = None,
+) -> ChatPrompt:
+    """A conversation's prompt (with the template ``variables``) and its token budget:
+    ``token_limit``, or the rest of the context capped by the model's recommended
+    ``max_tokens`` (400 when it does not fit)."""
     text = render_chat(
-        served, messages, plan, add_generation_prompt=True, continue_final=continue_final
+        served,
+        messages,
+        plan,
+        add_generation_prompt=True,
+        continue_final=continue_final,
+        variables=variables,
     )
     ids = await encode(served, text, special=False)
-    return ids, prompt_budget(served, len(ids), token_limit, param)
+    start = think_start(text, messages[-1].text if continue_final else None)
+    return ChatPrompt(ids, prompt_budget(served, len(ids), token_limit, param), start)
+
+
+def thinks(request: web.Request, served: ServedModel) -> bool:
+    """Whether the daemon splits ``served``'s reasoning from its answers (``reasoning_parser``
+    and the model's chat template)."""
+    return parser_on(request.app[CONFIG].reasoning_parser, served.model.chat_template)
 
 
 def prompt_budget(served: ServedModel, prompt_len: int, token_limit: int | None, param: str) -> int:
@@ -256,17 +295,21 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await parse_body(request, ChatCompletionRequest)
     async with admitted(request, body.model) as served:
         plan = body.tool_plan
-        ids, budget = await chat_prompt(
+        thinking = thinks(request, served)
+        prompt = await chat_prompt(
             served,
             body.messages,
             plan,
             body.token_limit,
             "messages",
             continue_final=body.continue_final_message,
+            variables=body.template_variables(thinking=thinking),
         )
+        # Output held to JSON or choices from its first token has no reasoning to split.
+        start = prompt.start if thinking and not body.constrained_output else None
         top = body.top_logprobs or 0
         rid = f"chatcmpl-{uuid.uuid4().hex}"
-        gen = start_chat(request, served, rid, body, ids, budget)
+        gen = start_chat(request, served, rid, body, prompt.ids, prompt.budget)
         head = {"id": rid, "created": int(time.time()), "model": served.name}
         tokenizer = served.model.tokenizer
 
@@ -276,14 +319,24 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         if not body.stream:
             states = await collect(request, gen, body.n)
             choices = []
+            reasoning_tokens = 0
             for i, s in enumerate(states):
                 text = "".join(s.text)
                 message: dict[str, Any] = {"role": "assistant", "content": text}
+                if start is not None:
+                    split = split_reasoning(text, start)
+                    text = split.content
+                    message = {
+                        "role": "assistant",
+                        "content": text,
+                        "reasoning_content": split.reasoning,
+                    }
+                    reasoning_tokens += count_reasoning_tokens(s.text, s.piece_tokens, start)
                 finish = s.finish_reason
                 calls = plan.calls(text) if plan is not None and finish == "stop" else None
                 if calls is not None:
                     bodies = [call_body(name, arguments) for name, arguments in calls]
-                    message = {"role": "assistant", "content": None, "tool_calls": bodies}
+                    message.update(content=None, tool_calls=bodies)
                     finish = "tool_calls"
                     request.app[METRICS].tool_calls.labels(served.name).inc(len(bodies))
                 choices.append(
@@ -300,21 +353,31 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                     **head,
                     "object": "chat.completion",
                     "choices": choices,
-                    "usage": usage_body(final_usage(gen, states)),
+                    "usage": usage_body(
+                        final_usage(gen, states), None if start is None else reasoning_tokens
+                    ),
                 }
             )
 
         streams = [ToolCallStream(plan) for _ in range(body.n)] if plan is not None else None
+        splits = None if start is None else [ReasoningStream(start) for _ in range(body.n)]
 
         def chunk(item: PromptOutput) -> list[dict[str, Any]]:
             out = item.output
+            text, reasoning = out.text, ""
+            if splits is not None:
+                split = splits[out.index]
+                part = split.push(text, len(out.token_ids), last=out.finish_reason is not None)
+                text, reasoning = part.content, part.reasoning
             if streams is not None:
                 stream = streams[out.index]
-                delta, finish = stream.push(out.text, out.finish_reason)
+                delta, finish = stream.push(text, out.finish_reason)
                 if finish == "tool_calls":
                     request.app[METRICS].tool_calls.labels(served.name).inc(stream.calls)
             else:
-                delta, finish = ({"content": out.text} if out.text else {}), out.finish_reason
+                delta, finish = ({"content": text} if text else {}), out.finish_reason
+            if reasoning:
+                delta = {"reasoning_content": reasoning, **delta}
             if not delta and not finish and not (body.logprobs and out.logprobs):
                 return []
             return [
@@ -345,6 +408,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             chunk,
             opening,
             body.include_usage,
+            None if splits is None else lambda: sum(s.reasoning_tokens for s in splits),
         )
 
 
@@ -468,6 +532,7 @@ async def collect(request: web.Request, gen: Generation, choices: int) -> list[C
             out = item.output
             state = states[item.prompt_index * n + out.index]
             state.text.append(out.text)
+            state.piece_tokens.append(len(out.token_ids))
             state.token_ids.extend(out.token_ids)
             if out.logprobs:
                 state.logprobs.extend(out.logprobs)
@@ -522,8 +587,10 @@ async def _sse(
     chunk: Callable[[PromptOutput], list[dict[str, Any]]],
     opening: list[dict[str, Any]],
     include_usage: bool,
+    reasoning_tokens: Callable[[], int] | None = None,
 ) -> web.StreamResponse:
-    """Stream ``gen`` as server-sent events ending with ``data: [DONE]``.
+    """Stream ``gen`` as server-sent events ending with ``data: [DONE]`` (the usage chunk
+    counts ``reasoning_tokens()`` when given).
 
     The first output is awaited before the response starts, so an invalid request still gets a
     JSON error with its 4xx status. A client that disconnects ends the loop; closing the stream
@@ -551,9 +618,9 @@ async def _sse(
                 if choices:
                     await response.write(_event({**head, "choices": choices, **extra}))
             if include_usage and gen.usage is not None:
-                await response.write(
-                    _event({**head, "choices": [], "usage": usage_body(gen.usage)})
-                )
+                reasoned = None if reasoning_tokens is None else reasoning_tokens()
+                usage = usage_body(gen.usage, reasoned)
+                await response.write(_event({**head, "choices": [], "usage": usage}))
             await response.write(b"data: [DONE]\n\n")
         except (ConnectionResetError, ConnectionError):
             log.info("client disconnected mid-stream; aborting", engine_request=gen.request_id)

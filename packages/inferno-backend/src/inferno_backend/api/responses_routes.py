@@ -39,6 +39,13 @@ from inferno_backend.api.openai_routes import (
     parse_body,
     report_failure,
     start_generation,
+    thinks,
+)
+from inferno_backend.api.reasoning import (
+    ReasoningStream,
+    ThinkStart,
+    count_reasoning_tokens,
+    split_reasoning,
 )
 from inferno_backend.api.response_store import ResponseStore
 from inferno_backend.api.schemas import ChatMessage, ResponsesRequest, ToolCall, ToolCallFunction
@@ -50,14 +57,24 @@ log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 
 
-def _usage(usage: Usage) -> dict[str, Any]:
+def _usage(usage: Usage, reasoning_tokens: int) -> dict[str, Any]:
     return {
         "input_tokens": usage.prompt_tokens,
         "input_tokens_details": {"cached_tokens": usage.cached_prompt_tokens},
         "output_tokens": usage.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
         "total_tokens": usage.total_tokens,
     }
+
+
+def _reasoning_part(text: str) -> dict[str, Any]:
+    return {"type": "reasoning_text", "text": text}
+
+
+def _reasoning(item_id: str, text: str | None, status: str) -> dict[str, Any]:
+    """A ``reasoning`` output item (OpenAI's shape: the text in ``content``, no summary)."""
+    content = [] if text is None else [_reasoning_part(text)]
+    return {"id": item_id, "type": "reasoning", "summary": [], "content": content, "status": status}
 
 
 def _part(text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -94,6 +111,7 @@ class _Response:
         self.turn = list(turn)
         self.id = f"resp_{uuid.uuid4().hex}"
         self.item_id = f"msg_{uuid.uuid4().hex}"
+        self.reasoning_id = f"rs_{uuid.uuid4().hex}"
         fmt = body.text.format if body.text is not None else None
         self.head: dict[str, Any] = {
             "id": self.id,
@@ -128,12 +146,17 @@ class _Response:
         finish: str | None,
         plan: ToolPlan | None,
         logprobs: list[dict[str, Any]] | None = None,
+        reasoning: str | None = None,
     ) -> list[dict[str, Any]]:
-        """The output items of a finished answer: its function calls, or one message."""
+        """The output items of a finished answer: its reasoning (when there is some), then
+        its function calls or one message."""
         calls = plan.calls(text) if plan is not None and finish == "stop" else None
+        thought = (
+            [] if reasoning is None else [_reasoning(self.reasoning_id, reasoning, "completed")]
+        )
         if calls is None:
-            return [_message(self.item_id, text, _status(finish), logprobs)]
-        return [
+            return [*thought, _message(self.item_id, text, _status(finish), logprobs)]
+        return thought + [
             {
                 "id": f"fc_{uuid.uuid4().hex}",
                 "type": "function_call",
@@ -151,6 +174,7 @@ class _Response:
         output: list[dict[str, Any]],
         finish: str | None,
         usage: Usage | None,
+        reasoning_tokens: int = 0,
     ) -> dict[str, Any]:
         """The whole response: ``status`` in_progress, completed or incomplete."""
         return {
@@ -158,7 +182,7 @@ class _Response:
             "status": status,
             "incomplete_details": {"reason": "max_output_tokens"} if finish == "length" else None,
             "output": output,
-            "usage": None if usage is None else _usage(usage),
+            "usage": None if usage is None else _usage(usage, reasoning_tokens),
         }
 
     def final(
@@ -167,16 +191,22 @@ class _Response:
         output: list[dict[str, Any]],
         finish: str | None,
         usage: Usage | None,
+        reasoning_tokens: int = 0,
     ) -> dict[str, Any]:
         """The finished response's body, kept for continuations when it is kept."""
-        body = self.body(status, output, finish, usage)
+        body = self.body(status, output, finish, usage, reasoning_tokens)
         if self.keep is not None:
             self.keep.put(body, [*self.turn, *_output_messages(output)])
         return body
 
 
 def _output_messages(output: list[dict[str, Any]]) -> list[ChatMessage]:
-    """A response's output items as the assistant messages a continuation sees."""
+    """A response's output items as the assistant messages a continuation sees (its
+    reasoning as their ``reasoning_content``)."""
+    thought = [
+        part["text"] for item in output if item["type"] == "reasoning" for part in item["content"]
+    ]
+    reasoning = "".join(thought) if thought else None
     calls = [
         ToolCall(
             id=item["call_id"],
@@ -187,9 +217,11 @@ def _output_messages(output: list[dict[str, Any]]) -> list[ChatMessage]:
         if item["type"] == "function_call"
     ]
     if calls:
-        return [ChatMessage(role="assistant", tool_calls=calls)]
-    text = "".join(part["text"] for item in output for part in item.get("content", ()))
-    return [ChatMessage(role="assistant", content=text)]
+        return [ChatMessage(role="assistant", tool_calls=calls, reasoning_content=reasoning)]
+    text = "".join(
+        part["text"] for item in output if item["type"] == "message" for part in item["content"]
+    )
+    return [ChatMessage(role="assistant", content=text, reasoning_content=reasoning)]
 
 
 @routes.post("/v1/responses")
@@ -202,11 +234,21 @@ async def responses(request: web.Request) -> web.StreamResponse:
     messages = body.prompt_messages(turn)
     async with admitted(request, body.model) as served:
         plan = body.tool_plan
-        ids, budget = await chat_prompt(served, messages, plan, body.token_limit, "input")
+        thinking = thinks(request, served)
+        prompt = await chat_prompt(
+            served,
+            messages,
+            plan,
+            body.token_limit,
+            "input",
+            variables=body.template_variables(thinking=thinking),
+        )
+        # Output held to JSON from its first token has no reasoning to split.
+        start = prompt.start if thinking and not body.constrained_output else None
         top = body.top_logprobs or 0
         sampling = build_sampling(
             body,
-            max_tokens=budget,
+            max_tokens=prompt.budget,
             logprobs=top if body.wants_logprobs else None,
             defaults=served.sampling_defaults,
         )
@@ -223,7 +265,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
             request,
             served,
             response.id,
-            prompts=[ids],
+            prompts=[prompt.ids],
             sampling=sampling,
             prompt_param="input",
             tool_plan=plan,
@@ -232,12 +274,19 @@ async def responses(request: web.Request) -> web.StreamResponse:
         if not body.stream:
             (state,) = await collect(request, gen, 1)
             answer, finish = "".join(state.text), state.finish_reason
-            output = response.output(answer, finish, plan, lp(state.logprobs))
+            split = split_reasoning(answer, start or "closed")
+            reasoned = 0
+            if start is not None:
+                reasoned = count_reasoning_tokens(state.text, state.piece_tokens, start)
+            # The message's logprobs are its own tokens', after the reasoning's.
+            logprobs = lp(state.logprobs[reasoned:])
+            output = response.output(split.content, finish, plan, logprobs, split.reasoning)
             _count_calls(request, served.name, output)
+            usage = final_usage(gen, [state])
             return web.json_response(
-                response.final(_status(finish), output, finish, final_usage(gen, [state]))
+                response.final(_status(finish), output, finish, usage, reasoned)
             )
-        return await _stream(request, gen, response, plan, lp)
+        return await _stream(request, gen, response, plan, lp, start)
 
 
 def _history(kept: ResponseStore, previous: str | None) -> tuple[ChatMessage, ...]:
@@ -280,14 +329,17 @@ async def _stream(
     response: _Response,
     plan: ToolPlan | None,
     lp: Callable[[Sequence[TokenLogprob]], list[dict[str, Any]] | None],
+    start: ThinkStart | None = None,
 ) -> web.StreamResponse:
     """The Responses API's event stream of one generation.
 
     As for chat streams, the first output is awaited before the response starts (an invalid
     request still gets a JSON 4xx), and a client that disconnects aborts the generation.
-    Text streams as it comes. With tools, an answer that may still be calls is held: to its
-    end, then sent as the function calls it makes or as one message; under "auto", only
-    until its first non-blank character shows it is text.
+    With ``start`` (the reasoning is split), reasoning streams first as a ``reasoning`` item
+    (``response.reasoning_text.delta``), closed when the answer begins. Text streams as it
+    comes. With tools, an answer that may still be calls is held: to its end, then sent as
+    the function calls it makes or as one message; under "auto", only until its first
+    non-blank character shows it is text.
     """
     sse = event_stream(request)
     sequence = 0
@@ -299,12 +351,40 @@ async def _stream(
         data = json.dumps(payload, separators=(",", ":"))
         await sse.write(f"event: {kind}\ndata: {data}\n\n".encode())
 
+    split = None if start is None else ReasoningStream(start)
+    thought: list[str] = []  # the reasoning sent so far
+    thinking = False  # the reasoning item is open
+    # The answer's items come after the reasoning item, when there is one.
     where = {"item_id": response.item_id, "output_index": 0, "content_index": 0}
+    at_reasoning = {"item_id": response.reasoning_id, "output_index": 0, "content_index": 0}
 
     async def open_message() -> None:
+        where["output_index"] = 1 if thought else 0
         item = _message(response.item_id, None, "in_progress")
-        await send("response.output_item.added", output_index=0, item=item)
+        await send("response.output_item.added", output_index=where["output_index"], item=item)
         await send("response.content_part.added", **where, part=_part(""))
+
+    async def reason(delta: str) -> None:
+        nonlocal thinking
+        if not thinking:
+            thinking = True
+            item = _reasoning(response.reasoning_id, None, "in_progress")
+            await send("response.output_item.added", output_index=0, item=item)
+            part = _reasoning_part("")
+            await send("response.content_part.added", **at_reasoning, part=part)
+        thought.append(delta)
+        await send("response.reasoning_text.delta", **at_reasoning, delta=delta)
+
+    async def end_reasoning() -> None:
+        nonlocal thinking
+        if not thinking:
+            return
+        thinking = False
+        text = "".join(thought)
+        await send("response.reasoning_text.done", **at_reasoning, text=text)
+        await send("response.content_part.done", **at_reasoning, part=_reasoning_part(text))
+        item = _reasoning(response.reasoning_id, text, "completed")
+        await send("response.output_item.done", output_index=0, item=item)
 
     async with contextlib.aclosing(gen.stream()) as stream:
         first = await anext(stream, None)
@@ -315,12 +395,15 @@ async def _stream(
             await send("response.in_progress", response=started)
             # Text streams live; with tools it is held until it cannot be calls: under
             # "auto", from its first non-blank character if that does not open the array.
+            # Where reasoning may come first, the message opens with the answer's first text.
             live = plan is None
-            if live:
+            opened = False
+            if live and split is None:
                 await open_message()
+                opened = True
             pieces: list[str] = []
-            tokens: list[TokenLogprob] = []
-            unsent = 0  # tokens held back with the text (the stream may turn out calls)
+            tokens: list[TokenLogprob] = []  # of every token, the reasoning's first
+            unsent = 0  # answer tokens held back with the text (it may turn out calls)
             finish: str | None = None
             generated = 0
             pending = [first] if first is not None else []
@@ -334,27 +417,42 @@ async def _stream(
                 delta = out.output.text
                 generated += len(out.output.token_ids)
                 tokens.extend(out.output.logprobs or ())
+                finish = out.output.finish_reason or finish
+                if split is not None:
+                    last = out.output.finish_reason is not None
+                    part = split.push(delta, len(out.output.token_ids), last=last)
+                    if part.reasoning:
+                        await reason(part.reasoning)
+                    delta = part.content
+                    if delta:
+                        await end_reasoning()
+                skip = 0 if split is None else split.reasoning_tokens
                 if delta:
                     pieces.append(delta)
                     if not live and plan is not None and _plainly_text(plan, pieces):
                         live = True
-                        await open_message()
                         delta = "".join(pieces)
                     if live:
-                        fresh = tokens[unsent:]
-                        unsent = len(tokens)
+                        if not opened:
+                            await open_message()
+                            opened = True
+                        answer_tokens = tokens[skip:]
+                        fresh = answer_tokens[unsent:]
+                        unsent = len(answer_tokens)
                         await send(
                             "response.output_text.delta",
                             **where,
                             delta=delta,
                             logprobs=lp(fresh) or [],
                         )
-                finish = out.output.finish_reason or finish
+            await end_reasoning()
+            reasoned = 0 if split is None else split.reasoning_tokens
             text = "".join(pieces)
-            every = lp(tokens)
-            output = response.output(text, finish, plan, every)
-            if output[0]["type"] == "message":
-                if not live:  # held to the end: not a call after all
+            every = lp(tokens[reasoned:])
+            output = response.output(text, finish, plan, every, "".join(thought) or None)
+            answer = output[1:] if thought else output
+            if answer[0]["type"] == "message":
+                if not opened:  # held to the end: not a call after all, or no text yet
                     await open_message()
                     if text:
                         await send(
@@ -362,12 +460,14 @@ async def _stream(
                         )
                 await send("response.output_text.done", **where, text=text, logprobs=every or [])
                 await send("response.content_part.done", **where, part=_part(text, every))
-                await send("response.output_item.done", output_index=0, item=output[0])
+                await send(
+                    "response.output_item.done", output_index=where["output_index"], item=answer[0]
+                )
             else:
                 _count_calls(request, gen.served.name, output)
-                for index, call in enumerate(output):
-                    opened = {**call, "status": "in_progress", "arguments": ""}
-                    await send("response.output_item.added", output_index=index, item=opened)
+                for index, call in enumerate(answer, start=len(output) - len(answer)):
+                    opened_call = {**call, "status": "in_progress", "arguments": ""}
+                    await send("response.output_item.added", output_index=index, item=opened_call)
                     at = {"item_id": call["id"], "output_index": index}
                     await send(
                         "response.function_call_arguments.delta", **at, delta=call["arguments"]
@@ -378,7 +478,8 @@ async def _stream(
                     await send("response.output_item.done", output_index=index, item=call)
             usage = gen.usage or Usage(len(gen.prompts[0]), generated)
             status = _status(finish)
-            await send(f"response.{status}", response=response.final(status, output, finish, usage))
+            body = response.final(status, output, finish, usage, reasoned)
+            await send(f"response.{status}", response=body)
         except (ConnectionResetError, ConnectionError):
             log.info("client disconnected mid-stream; aborting", engine_request=gen.request_id)
         except APIError as exc:

@@ -13,11 +13,13 @@ from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from inferno_inference import MAX_CHOICES, MAX_LOGIT_BIAS
+from inferno_models.chat import RESERVED_NAMES
 from pydantic import (
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
+    JsonValue,
     Tag,
     field_validator,
     model_validator,
@@ -42,11 +44,15 @@ __all__ = [
     "ResponseInputMessage",
     "ResponseInputText",
     "ResponseNamedTool",
+    "ResponseReasoningConfig",
+    "ResponseReasoningInput",
+    "ResponseReasoningText",
     "ResponseTextConfig",
     "ResponseTextFormat",
     "ResponsesRequest",
     "SamplingFields",
     "StreamOptions",
+    "TemplateFields",
     "TextContentPart",
     "TokenizeRequest",
     "Tool",
@@ -280,6 +286,14 @@ class SamplingFields(BaseModel):
         return False
 
     @property
+    def constrained_output(self) -> bool:
+        """The output is held to JSON or to the choices from its first token, so a reasoning
+        model cannot think first: its whole output is the answer."""
+        return (
+            self.output_format[0] != "text" and not self.optional_output
+        ) or self.guided_choice is not None
+
+    @property
     def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
         """``logit_bias`` as (token id, bias) pairs, by token id."""
         return tuple(sorted((int(k), float(v)) for k, v in (self.logit_bias or {}).items()))
@@ -399,11 +413,18 @@ class ChatMessage(BaseModel):
         default=None, description="Calls an assistant message made."
     )
     tool_call_id: str | None = Field(default=None, description="The call a tool message answers.")
+    reasoning_content: str | None = Field(
+        default=None,
+        description="An assistant message's reasoning, as this server returned it; given to "
+        "the chat template (which may leave it out of earlier turns).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ChatMessage:
         if self.tool_calls and self.role != "assistant":
             raise ValueError("tool_calls: only assistant messages make calls")
+        if self.reasoning_content is not None and self.role != "assistant":
+            raise ValueError("reasoning_content: only assistant messages reason")
         return self
 
     @property
@@ -457,6 +478,36 @@ class ToolFields(BaseModel):
         return plan_tools(self.tools or (), name, parallel=self.parallel_tool_calls)
 
 
+#: Variables the daemon gives every chat template itself: a request may not replace them.
+RESERVED_TEMPLATE_NAMES = RESERVED_NAMES | {"tools"}
+_RESERVED_ENUM: list[JsonValue] = [*sorted(RESERVED_TEMPLATE_NAMES)]
+
+
+class TemplateFields(BaseModel):
+    """Extra variables for the chat template (vLLM's ``chat_template_kwargs``)."""
+
+    model_config = _STRICT
+
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        default=None,
+        description="Variables for the chat template, such as enable_thinking: false for "
+        "models whose template reads it (Qwen3, SmolLM3). Names the daemon sets itself "
+        f"({', '.join(sorted(RESERVED_TEMPLATE_NAMES))}) are refused.",
+        json_schema_extra={"propertyNames": {"not": {"enum": _RESERVED_ENUM}}},
+    )
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _check_template_kwargs(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        clash = sorted(RESERVED_TEMPLATE_NAMES.intersection(value or ()))
+        if clash:
+            raise ValueError(
+                f"{', '.join(clash)}: set by the server for every template; not a variable "
+                "a request may replace"
+            )
+        return value
+
+
 def _check_continuation(messages: Sequence[ChatMessage] | None, continue_final: bool) -> None:
     """``continue_final_message`` needs an assistant message, with text, to continue."""
     if not continue_final:
@@ -468,7 +519,7 @@ def _check_continuation(messages: Sequence[ChatMessage] | None, continue_final: 
         )
 
 
-class ChatCompletionRequest(SamplingFields, ToolFields):
+class ChatCompletionRequest(SamplingFields, ToolFields, TemplateFields):
     """Body of ``POST /v1/chat/completions``."""
 
     messages: list[ChatMessage] = Field(min_length=1, description="The conversation so far.")
@@ -482,6 +533,13 @@ class ChatCompletionRequest(SamplingFields, ToolFields):
     )
     logprobs: bool = Field(default=False, description="Return log-probabilities of tokens.")
     top_logprobs: int | None = Field(default=None, ge=0, le=20, description="Alternatives.")
+    reasoning_effort: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=32,
+        description="OpenAI's reasoning effort (low, medium, high...): given to the chat "
+        "template as the variable reasoning_effort, which templates that know it read.",
+    )
 
     _integral_chat = field_validator("max_completion_tokens", "top_logprobs", mode="before")(
         _integral
@@ -518,6 +576,27 @@ class ChatCompletionRequest(SamplingFields, ToolFields):
     def token_limit(self) -> int | None:
         """The requested limit of new tokens, whichever name carried it."""
         return self.max_completion_tokens or self.max_tokens
+
+    def template_variables(self, *, thinking: bool) -> dict[str, Any]:
+        """The extra variables of the chat template; ``thinking``: the model's reasoning is
+        split from its answer (see `SamplingFields.constrained_output` for what that adds)."""
+        return template_variables(
+            self.chat_template_kwargs, self.reasoning_effort, thinking and self.constrained_output
+        )
+
+
+def template_variables(
+    kwargs: dict[str, Any] | None, effort: str | None, constrained: bool
+) -> dict[str, Any]:
+    """A request's template variables: ``reasoning_effort`` under ``kwargs``; and when the
+    output is ``constrained`` from its first token (the model cannot open a think block),
+    ``enable_thinking=False``, so that templates that know it prompt for an answer without
+    reasoning. A variable ``kwargs`` sets is never replaced."""
+    variables: dict[str, Any] = {} if effort is None else {"reasoning_effort": effort}
+    if constrained:
+        variables["enable_thinking"] = False
+    variables.update(kwargs or {})
+    return variables
 
 
 def _as_batch(value: str | Sequence[object]) -> list[str | list[int]]:
@@ -604,7 +683,7 @@ class CompletionRequest(SamplingFields):
         return _as_batch(self.prompt)
 
 
-class TokenizeRequest(ToolFields):
+class TokenizeRequest(ToolFields, TemplateFields):
     """Body of ``POST /tokenize``: a prompt, or messages to render with the chat template (with
     the tools described as a chat request with these tools would describe them)."""
 
@@ -759,6 +838,34 @@ class ResponseFunctionCallOutput(BaseModel):
     output: str
 
 
+class ResponseReasoningText(BaseModel):
+    """One text part of a reasoning item."""
+
+    model_config = _STRICT
+
+    type: Literal["reasoning_text", "summary_text"] = "reasoning_text"
+    text: str
+
+
+class ResponseReasoningInput(BaseModel):
+    """The model's earlier reasoning, as a Responses API ``input`` item (what a client sends
+    back from a response's ``output``): given to the next assistant turn's template."""
+
+    model_config = _STRICT
+
+    type: Literal["reasoning"]
+    id: str | None = None
+    summary: list[ResponseReasoningText] = Field(default_factory=list)
+    content: list[ResponseReasoningText] | None = None
+    encrypted_content: str | None = Field(default=None, description="Accepted and ignored.")
+
+    @property
+    def text(self) -> str:
+        """The reasoning text (its summary where it has no text)."""
+        parts = self.content if self.content else self.summary
+        return "".join(part.text for part in parts)
+
+
 def _input_item_kind(value: Any) -> str:
     kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", "")
     return kind if isinstance(kind, str) else ""
@@ -767,9 +874,24 @@ def _input_item_kind(value: Any) -> str:
 ResponseInputItem = Annotated[
     Annotated[ResponseInputMessage, Tag("message")]
     | Annotated[ResponseFunctionCall, Tag("function_call")]
-    | Annotated[ResponseFunctionCallOutput, Tag("function_call_output")],
+    | Annotated[ResponseFunctionCallOutput, Tag("function_call_output")]
+    | Annotated[ResponseReasoningInput, Tag("reasoning")],
     Discriminator(_input_item_kind),
 ]
+
+
+class ResponseReasoningConfig(BaseModel):
+    """``reasoning`` of a Responses API request."""
+
+    model_config = _STRICT
+
+    effort: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=32,
+        description="Given to the chat template as the variable reasoning_effort.",
+    )
+    summary: str | None = Field(default=None, description="Accepted; no summary is written.")
 
 
 class ResponseFunctionTool(BaseModel):
@@ -873,6 +995,7 @@ class ResponsesRequest(SamplingFields):
     top_logprobs: int | None = Field(
         default=None, ge=0, le=20, description="Alternatives listed with each token's logprob."
     )
+    reasoning: ResponseReasoningConfig | None = None
 
     _integral_max_output = field_validator("max_output_tokens", "top_logprobs", mode="before")(
         _integral
@@ -945,6 +1068,11 @@ class ResponsesRequest(SamplingFields):
         """The output text carries its tokens' log-probabilities."""
         return "message.output_text.logprobs" in (self.include or ())
 
+    def template_variables(self, *, thinking: bool) -> dict[str, Any]:
+        """The extra variables of the chat template (as `ChatCompletionRequest`'s)."""
+        effort = self.reasoning.effort if self.reasoning is not None else None
+        return template_variables(None, effort, thinking and self.constrained_output)
+
     def prompt_messages(self, turn: Sequence[ChatMessage]) -> list[ChatMessage]:
         """``turn`` (the conversation so far, then this input) after the instructions, which
         open it as a system message."""
@@ -954,7 +1082,8 @@ class ResponsesRequest(SamplingFields):
 
     def input_messages(self) -> list[ChatMessage]:
         """The input as chat messages. Consecutive function calls become one assistant
-        message's calls; their outputs, tool messages."""
+        message's calls; their outputs, tool messages; a reasoning item, the
+        ``reasoning_content`` of the assistant message that follows it."""
         out: list[ChatMessage] = []
         items = (
             [ResponseInputMessage(role="user", content=self.input)]
@@ -962,18 +1091,30 @@ class ResponsesRequest(SamplingFields):
             else self.input
         )
         calls: list[ToolCall] = []
+        reasoning: str | None = None
         for item in items:
+            if isinstance(item, ResponseReasoningInput):
+                reasoning = (reasoning or "") + item.text
+                continue
             if isinstance(item, ResponseFunctionCall):
                 function = ToolCallFunction(name=item.name, arguments=item.arguments)
                 calls.append(ToolCall(id=item.call_id, type="function", function=function))
                 continue
             if calls:
-                out.append(ChatMessage(role="assistant", tool_calls=calls))
-                calls = []
+                out.append(
+                    ChatMessage(role="assistant", tool_calls=calls, reasoning_content=reasoning)
+                )
+                calls, reasoning = [], None
             if isinstance(item, ResponseFunctionCallOutput):
                 out.append(ChatMessage(role="tool", content=item.output, tool_call_id=item.call_id))
+            elif item.role == "assistant":
+                out.append(
+                    ChatMessage(role="assistant", content=item.text, reasoning_content=reasoning)
+                )
+                reasoning = None
             else:
                 out.append(ChatMessage(role=item.role, content=item.text))
+                reasoning = None  # reasoning belongs to the assistant turn right after it
         if calls:
-            out.append(ChatMessage(role="assistant", tool_calls=calls))
+            out.append(ChatMessage(role="assistant", tool_calls=calls, reasoning_content=reasoning))
         return out

@@ -30,6 +30,7 @@ async def tokenize(request: web.Request) -> web.Response:
                 body.tool_plan,
                 body.add_generation_prompt,
                 continue_final=body.continue_final_message,
+                variables=body.chat_template_kwargs,
             )
             special = bool(body.add_special_tokens)
         else:

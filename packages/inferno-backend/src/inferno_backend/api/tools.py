@@ -235,6 +235,8 @@ def conversation(messages: Sequence[ChatMessage], plan: ToolPlan | None) -> list
             message["content"] = f"{m.text}\n{text}" if m.text else text
         if m.tool_call_id is not None:
             message["tool_call_id"] = m.tool_call_id
+        if m.reasoning_content is not None:
+            message["reasoning_content"] = m.reasoning_content  # Qwen3's template reads it
         out.append(message)
     if plan is not None:
         text = plan.instructions()

@@ -87,6 +87,12 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         dest="model_sampling_defaults",
         help="ignore the model's recommended sampling settings (OpenAI's defaults instead)",
     )
+    p.add_argument(
+        "--reasoning-parser",
+        choices=["auto", "think", "none"],
+        help="split <think>...</think> reasoning from the answer (default auto: when the "
+        "model's chat template writes </think>)",
+    )
     p.add_argument("--no-warmup", action="store_const", const=False, dest="warmup")
     p.add_argument(
         "--no-native-decode",
@@ -107,6 +113,7 @@ MODEL_FLAG_FIELDS = (
     "model", "served_model_name", "lora", "device", "dtype", "weight_quantization", "max_num_seqs",
     "max_model_len", "kv_cache_bytes", "log_format", "log_level", "warmup", "native_decode",
     "kernel_backend", "sampling_defaults", "model_sampling_defaults", "speculative_tokens",
+    "reasoning_parser",
 )  # fmt: skip
 _FLAG_FIELDS = (
     *MODEL_FLAG_FIELDS, "host", "port", "api_keys", "admin_key", "discovery", "discovery_ttl",
