@@ -1,5 +1,6 @@
-"""A real ``inferno serve`` on a Qwen2 GGUF (a tiny random one, with sampling keys): the same
-tokens as the engine run in-process, and the file's sampling settings as the defaults."""
+"""A real ``inferno serve`` on a Qwen2 and a Qwen3 GGUF (tiny random ones, with sampling keys):
+the same tokens as the engine run in-process, and the file's sampling settings as the
+defaults."""
 
 from __future__ import annotations
 
@@ -21,11 +22,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SAMPLING = {"general.sampling.temp": 0.6, "general.sampling.top_k": 12}
 
 
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config = tiny_config(architecture="qwen2", llama3_rope=False, tie_word_embeddings=True)
-    path = tmp_path_factory.mktemp("qwen2") / "tiny-qwen2.gguf"
-    return write_tiny_gguf(path, config, random_weights(config, seed=9), metadata=SAMPLING)
+@pytest.fixture(scope="module", params=["qwen2", "qwen3"])
+def model_path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    arch = request.param
+    config = tiny_config(
+        architecture=arch,
+        llama3_rope=False,
+        tie_word_embeddings=True,
+        head_dim=32 if arch == "qwen3" else None,
+    )
+    path = tmp_path_factory.mktemp(arch) / f"tiny-{arch}.gguf"
+    weights = random_weights(config, seed=9 if arch == "qwen2" else 3)
+    return write_tiny_gguf(path, config, weights, metadata=SAMPLING)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
-"""Models with attention biases (Qwen2: on Q, K and V; Llama with ``attention_bias``: on the
-output too) match transformers: logits, and greedy tokens on every CPU path of the engine."""
+"""Llama's variants match transformers: logits, and greedy tokens on every CPU path of the
+engine. Attention biases (Qwen2: on Q, K and V; Llama with ``attention_bias``: on the output
+too), and Qwen3's per-head query/key norms with heads wider than ``hidden / heads``."""
 
 from __future__ import annotations
 
@@ -28,13 +29,20 @@ def _llama_with_bias() -> ModelConfig:
     return tiny_config().model_copy(update={"qkv_bias": True, "o_bias": True})
 
 
-CONFIGS = {"qwen2": _qwen2, "llama-attention-bias": _llama_with_bias}
+def _qwen3() -> ModelConfig:
+    return tiny_config(architecture="qwen3", head_dim=32, llama3_rope=False)
+
+
+CONFIGS = {"qwen2": _qwen2, "llama-attention-bias": _llama_with_bias, "qwen3": _qwen3}
 
 
 def _hf_model(config: ModelConfig, weights: dict[str, torch.Tensor]) -> Any:
     if config.architecture == "qwen2":
         from transformers import Qwen2Config as Config
         from transformers import Qwen2ForCausalLM as Model
+    elif config.architecture == "qwen3":
+        from transformers import Qwen3Config as Config
+        from transformers import Qwen3ForCausalLM as Model
     else:
         from transformers import LlamaConfig as Config
         from transformers import LlamaForCausalLM as Model
@@ -43,10 +51,12 @@ def _hf_model(config: ModelConfig, weights: dict[str, torch.Tensor]) -> Any:
     missing, unexpected = hf.load_state_dict(weights, strict=False)
     assert not unexpected
     assert set(missing) <= {"lm_head.weight"}
-    # The biases are real parameters of the reference, so a test without them would fail.
+    # The biases and norms are real parameters of the reference, so a model that skipped
+    # them would fail.
     layer = hf.model.layers[0].self_attn
-    assert layer.q_proj.bias is not None
+    assert (layer.q_proj.bias is not None) == config.qkv_bias
     assert (layer.o_proj.bias is not None) == config.o_bias
+    assert hasattr(layer, "q_norm") == config.qk_norm
     return hf
 
 
@@ -106,6 +116,6 @@ def test_greedy_tokens_match_transformers(
     monkeypatch.setattr(NativeDecoder, "run", counting_run)
     engine = tiny_llm_engine(config=config, weights=weights, max_num_batched_tokens=48, **options)
     assert greedy_tokens(engine, prompts, NEW_TOKENS) == expected
-    # The C step (biases added in C) took the steps whenever it was asked for.
+    # The C step (biases and head norms in C) took the steps whenever it was asked for.
     assert (native_steps > 0) == bool(options["cpu_native_decode"])
     assert engine.stats().kv_blocks_used == 0

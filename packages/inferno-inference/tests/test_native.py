@@ -376,6 +376,27 @@ def _wide_head_config() -> ModelConfig:
     )
 
 
+def _qwen3_config() -> ModelConfig:
+    # Query/key head norms in C, on heads wider than hidden / heads (4 x 36 = 144 > 72).
+    return tiny_config(
+        architecture="qwen3",
+        hidden_size=72,
+        head_dim=36,
+        intermediate_size=100,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=321,
+        llama3_rope=False,
+    )
+
+
+MIXED_CONFIGS = pytest.mark.parametrize(
+    "config",
+    [_odd_config(), _wide_head_config(), _qwen3_config()],
+    ids=["odd", "wide-heads", "qwen3"],
+)
+
+
 def _mixed_both_ways(
     dtype: torch.dtype,
     library: NativeLibrary | None = None,
@@ -462,7 +483,7 @@ def _mixed_both_ways(
 
 
 @pytest.mark.usefixtures("two_threads")
-@pytest.mark.parametrize("config", [_odd_config(), _wide_head_config()], ids=["odd", "wide-heads"])
+@MIXED_CONFIGS
 def test_native_mixed_prefill_and_decode_step_matches_the_torch_path(config: ModelConfig) -> None:
     ours, want, pairs, none = _mixed_both_ways(torch.float32, config=config)
     assert ours.shape == want.shape == (4, config.vocab_size)
@@ -474,7 +495,7 @@ def test_native_mixed_prefill_and_decode_step_matches_the_torch_path(config: Mod
 
 
 @pytest.mark.usefixtures("two_threads")
-@pytest.mark.parametrize("config", [_odd_config(), _wide_head_config()], ids=["odd", "wide-heads"])
+@MIXED_CONFIGS
 def test_native_bf16_mixed_step_is_as_close_to_fp32_as_the_torch_bf16_path(
     config: ModelConfig,
 ) -> None:

@@ -1,5 +1,6 @@
 """The Llama forward pass over a flattened batch of tokens and a paged KV cache (Qwen2 too: it
-is Llama with biases on Q, K and V, which the projections add).
+is Llama with biases on Q, K and V, which the projections add; and Qwen3, which RMS-normalizes
+every query and key head before the rotation).
 
 One step runs the tokens of every scheduled sequence at once: decode tokens first (one per
 sequence, attended together in a single batched call), then the prefill chunks (each attended
@@ -104,7 +105,12 @@ class AttentionMetadata:
 
 @dataclass(slots=True)
 class LayerWeights:
-    """One decoder block's weights, with Q/K/V and gate/up fused."""
+    """One decoder block's weights, with Q/K/V and gate/up fused.
+
+    ``q_norm`` and ``k_norm`` (``[head_dim]``) are Qwen3's per-head norms, ``None`` for models
+    without them; ``qk_norm`` is the two laid out per head of the fused Q/K output
+    (``[heads + kv_heads, head_dim]``), which one multiply applies.
+    """
 
     input_norm: torch.Tensor
     qkv: Projection
@@ -112,6 +118,9 @@ class LayerWeights:
     post_norm: torch.Tensor
     gate_up: Projection
     down: Projection
+    q_norm: torch.Tensor | None = None
+    k_norm: torch.Tensor | None = None
+    qk_norm: torch.Tensor | None = None
 
 
 class LlamaModel:
@@ -157,6 +166,15 @@ class LlamaModel:
                 bias=fused_bias,
             )
 
+        def qk_norms(i: int) -> dict[str, torch.Tensor]:
+            if not config.qk_norm:
+                return {}
+            q = get(layer_name(i, "self_attn.q_norm.weight"))
+            k = get(layer_name(i, "self_attn.k_norm.weight"))
+            heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+            both = torch.cat([q.expand(heads, -1), k.expand(kv_heads, -1)]).contiguous()
+            return {"q_norm": q, "k_norm": k, "qk_norm": both}
+
         self.embed = get(EMBED)
         self.norm = get(FINAL_NORM)
         self.lm_head = proj(EMBED if config.tie_word_embeddings else LM_HEAD)
@@ -173,6 +191,7 @@ class LlamaModel:
                     layer_name(i, "mlp.gate_proj.weight"), layer_name(i, "mlp.up_proj.weight")
                 ),
                 down=proj(layer_name(i, "mlp.down_proj.weight")),
+                **qk_norms(i),
             )
             for i in range(config.num_hidden_layers)
         ]
@@ -197,6 +216,16 @@ class LlamaModel:
         # One fused op; it normalizes in fp32 (equal to the reference in fp32, within one
         # rounding of it in bf16/fp16, where the reference rounds before the weight).
         return F.rms_norm(x, weight.shape, weight, self.config.rms_norm_eps)
+
+    def _norm_qk(self, layer: LayerWeights, qkv: torch.Tensor) -> None:
+        """Qwen3's per-head RMSNorm of the query and key heads, in place in ``qkv``, so the
+        rotation (either path's) reads them normalized."""
+        if layer.qk_norm is None:
+            return
+        hd = self.config.head_dim
+        qk = qkv[:, : self._q + self._kv].view(qkv.shape[0], -1, hd)
+        # Normalized and rounded to the model dtype before the weight, as the reference does.
+        qk.copy_(F.rms_norm(qk, (hd,), None, self.config.rms_norm_eps).mul_(layer.qk_norm))
 
     def forward(
         self,
@@ -255,6 +284,7 @@ class LlamaModel:
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
             h = self._rms_norm(x, layer.input_norm)
             qkv = layer.qkv(h)
+            self._norm_qk(layer, qkv)
             # Rotate queries and keys in one call: they are adjacent heads of the fused output.
             qk = apply_rope(
                 qkv[:, : self._q + self._kv].view(n_tok, heads + kv_heads, hd), cos, sin
@@ -291,6 +321,7 @@ class LlamaModel:
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
             h = ops.add_rms_norm(x, delta, layer.input_norm, eps)
             qkv = layer.qkv(h)
+            self._norm_qk(layer, qkv)
             qk = ops.rope_kv_write(
                 qkv,
                 meta.positions,

@@ -1,7 +1,8 @@
 """Validated configuration of a Llama-family model.
 
 One `ModelConfig` describes Llama 2, Llama 3 (with its "llama3" rope scaling), SmolLM, Qwen2 and
-Qwen2.5 (Llama with biases on Q, K and V) and other models of the same shape. It is built from
+Qwen2.5 (Llama with biases on Q, K and V), Qwen3 (Llama with an RMSNorm on each query and key
+head) and other models of the same shape. It is built from
 a Hugging Face ``config.json`` or from GGUF metadata, and written back as ``config.json`` by the
 converter.
 """
@@ -42,9 +43,12 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    architecture: Literal["llama", "qwen2"] = Field(
+    architecture: Literal["llama", "qwen2", "qwen3"] = Field(
         default="llama",
-        description="Model family: Llama, or Qwen2 (Llama with biases on Q, K and V).",
+        description=(
+            "Model family: Llama, Qwen2 (Llama with biases on Q, K and V) or Qwen3 (Llama with "
+            "RMSNorm on every query and key head)."
+        ),
     )
     vocab_size: int = Field(gt=0, description="Rows of the embedding matrix.")
     hidden_size: int = Field(gt=0, description="Width of the residual stream.")
@@ -60,6 +64,11 @@ class ModelConfig(BaseModel):
     tie_word_embeddings: bool = Field(description="The LM head reuses the embedding matrix.")
     qkv_bias: bool = Field(default=False, description="Q, K and V projections have biases.")
     o_bias: bool = Field(default=False, description="The attention output has a bias.")
+    qk_norm: bool = Field(
+        default=False,
+        description="Each query and key head is RMS-normalized (one weight per head width) "
+        "before the rotary embedding.",
+    )
     bos_token_id: int | None = Field(default=None, ge=0, description="Beginning-of-sequence id.")
     eos_token_ids: tuple[int, ...] = Field(default=(), description="Ids that end a generation.")
 
@@ -79,8 +88,12 @@ class ModelConfig(BaseModel):
         # The combinations each family's config.json can express.
         if self.architecture == "qwen2" and (not self.qkv_bias or self.o_bias):
             raise ValueError("qwen2 has biases on Q, K and V and none on the attention output")
-        if self.architecture == "llama" and self.qkv_bias != self.o_bias:
-            raise ValueError("llama's attention_bias covers Q, K, V and the output together")
+        if self.architecture in ("llama", "qwen3") and self.qkv_bias != self.o_bias:
+            raise ValueError(
+                f"{self.architecture}'s attention_bias covers Q, K, V and the output together"
+            )
+        if self.qk_norm != (self.architecture == "qwen3"):
+            raise ValueError("query/key norms (qk_norm) are Qwen3's, and every Qwen3 has them")
         return self
 
     @property
@@ -95,6 +108,7 @@ class ModelConfig(BaseModel):
         kv = self.num_key_value_heads * self.head_dim
         per_layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h
         per_layer += (q + 2 * kv if self.qkv_bias else 0) + (h if self.o_bias else 0)
+        per_layer += 2 * self.head_dim if self.qk_norm else 0
         head = 0 if self.tie_word_embeddings else v * h
         return v * h + self.num_hidden_layers * per_layer + h + head
 
@@ -110,14 +124,16 @@ class ModelConfig(BaseModel):
         archs = data.get("architectures") or []
         model_type = data.get("model_type", "llama")
         qwen2 = model_type == "qwen2" or "Qwen2ForCausalLM" in archs
-        if not qwen2 and model_type not in ("llama", "mistral") and "LlamaForCausalLM" not in archs:
+        qwen3 = model_type == "qwen3" or "Qwen3ForCausalLM" in archs
+        llama = model_type in ("llama", "mistral") or "LlamaForCausalLM" in archs
+        if not (qwen2 or qwen3 or llama):
             raise UnsupportedModelError(source, f"unsupported architecture {model_type!r} {archs}")
         if data.get("mlp_bias"):
             raise UnsupportedModelError(source, "MLP biases (mlp_bias) are not supported")
         # Within its window, sliding-window attention is full attention: such a model gets
         # the window as its context rather than wrong attention past it.
         window = data.get("sliding_window")
-        windowed = model_type == "mistral" or (qwen2 and data.get("use_sliding_window"))
+        windowed = model_type == "mistral" or ((qwen2 or qwen3) and data.get("use_sliding_window"))
         context = data.get("max_position_embeddings", 2048)
         if windowed and isinstance(window, int) and 0 < window < context:
             context = window
@@ -152,9 +168,10 @@ class ModelConfig(BaseModel):
                 tie_word_embeddings=bool(data.get("tie_word_embeddings", False)),
                 bos_token_id=data.get("bos_token_id"),
                 eos_token_ids=eos_ids,
-                architecture="qwen2" if qwen2 else "llama",
+                architecture="qwen2" if qwen2 else "qwen3" if qwen3 else "llama",
                 qkv_bias=qwen2 or attention_bias,
                 o_bias=not qwen2 and attention_bias,
+                qk_norm=qwen3,
             )
         except KeyError as exc:
             raise ModelFormatError(source, f"missing field {exc.args[0]!r}") from None
@@ -183,15 +200,16 @@ class ModelConfig(BaseModel):
         if self.rope_scaling is not None:
             scaling = self.rope_scaling.model_dump()
             scaling["rope_type"] = scaling["type"]
-        qwen2 = self.architecture == "qwen2"
-        family: dict[str, Any] = (
-            {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"}
-            if qwen2
-            else {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
-        )
-        if qwen2:
+        arch = self.architecture
+        names = {
+            "llama": "LlamaForCausalLM",
+            "qwen2": "Qwen2ForCausalLM",
+            "qwen3": "Qwen3ForCausalLM",
+        }
+        family: dict[str, Any] = {"architectures": [names[arch]], "model_type": arch}
+        if arch != "llama":
             family["use_sliding_window"] = False
-        else:
+        if arch != "qwen2":
             family["attention_bias"] = self.o_bias
             family["mlp_bias"] = False
         return {

@@ -36,6 +36,8 @@ _LAYER_MAP = {
     "attn_k.bias": "self_attn.k_proj.bias",
     "attn_v.bias": "self_attn.v_proj.bias",
     "attn_output.bias": "self_attn.o_proj.bias",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
@@ -217,9 +219,10 @@ class GGUFFile:
             ModelFormatError: a required key is missing or a value is invalid.
         """
         arch = self.architecture
-        if arch not in ("llama", "qwen2"):
+        if arch not in ("llama", "qwen2", "qwen3"):
             raise UnsupportedModelError(self.path, f"unsupported architecture {arch!r}")
-        # Qwen2 always has Q/K/V biases; llama.cpp's llama files may carry optional ones.
+        # Qwen2 always has Q/K/V biases; llama.cpp's llama and qwen3 files may carry optional
+        # ones.
         qkv_bias = arch == "qwen2" or layer_name(0, "self_attn.q_proj.bias") in self._tensors
         o_bias = layer_name(0, "self_attn.o_proj.bias") in self._tensors
 
@@ -260,9 +263,14 @@ class GGUFFile:
                 tie_word_embeddings=LM_HEAD not in self._tensors,
                 bos_token_id=self.metadata.get("tokenizer.ggml.bos_token_id"),
                 eos_token_ids=eos_ids,
-                architecture="qwen2" if arch == "qwen2" else "llama",
+                architecture="qwen2"
+                if arch == "qwen2"
+                else "qwen3"
+                if arch == "qwen3"
+                else "llama",
                 qkv_bias=qkv_bias,
                 o_bias=o_bias,
+                qk_norm=arch == "qwen3",
             )
         except (ValueError, TypeError) as exc:
             raise ModelFormatError(self.path, f"invalid model metadata: {exc}") from None
@@ -389,8 +397,8 @@ class GGUFFile:
                     f"tensor {info.name} has shape {list(info.shape)}, expected {list(shape)}",
                 )
             tensor = self._decode(info)
-            # llama.cpp rotates Qwen2 in the Hugging Face layout ("NEOX"), so only Llama's
-            # rows (and biases) were permuted.
+            # llama.cpp rotates Qwen2 and Qwen3 in the Hugging Face layout ("NEOX"), so only
+            # Llama's rows (and biases) were permuted.
             permuted = config.architecture == "llama"
             if permuted and name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
                 tensor = unpermute_rope(tensor, config.num_attention_heads)

@@ -1,5 +1,5 @@
 """Canonical tensor names: the Hugging Face Llama naming, used for every loaded model (Qwen2's
-is the same, plus attention biases).
+is the same plus attention biases, Qwen3's plus the query and key norms).
 
 Loaders map their own names (GGUF ``blk.N.attn_q.weight``) onto these, so the engine and the
 converter see one naming whatever the source format.
@@ -38,7 +38,8 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor a model with ``config`` must have, with its shape (``[out, in]`` for linears).
 
     ``lm_head.weight`` is absent when the embeddings are tied; attention biases are present
-    when the config has them (``self_attn.{q,k,v,o}_proj.bias``).
+    when the config has them (``self_attn.{q,k,v,o}_proj.bias``), and so are Qwen3's per-head
+    norms (``self_attn.{q,k}_norm.weight``, ``[head_dim]``).
     """
     h, i = config.hidden_size, config.intermediate_size
     q = config.num_attention_heads * config.head_dim
@@ -64,6 +65,9 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         )
     if config.o_bias:
         per_layer["self_attn.o_proj.bias"] = (h,)
+    if config.qk_norm:
+        per_layer["self_attn.q_norm.weight"] = (config.head_dim,)
+        per_layer["self_attn.k_norm.weight"] = (config.head_dim,)
     shapes: dict[str, tuple[int, ...]] = {EMBED: (config.vocab_size, h), FINAL_NORM: (h,)}
     for layer in range(config.num_hidden_layers):
         for suffix, shape in per_layer.items():

@@ -50,10 +50,13 @@ def tiny_config(
     max_position_embeddings: int = 512,
     tie_word_embeddings: bool = False,
     llama3_rope: bool = True,
-    architecture: Literal["llama", "qwen2"] = "llama",
+    architecture: Literal["llama", "qwen2", "qwen3"] = "llama",
+    head_dim: int | None = None,
 ) -> ModelConfig:
     """A small Llama config with GQA and (by default) llama3 rope scaling; with
-    ``architecture="qwen2"`` a Qwen2 one (biases on Q, K and V)."""
+    ``architecture="qwen2"`` a Qwen2 one (biases on Q, K and V), with ``"qwen3"`` a Qwen3 one
+    (query and key norms). ``head_dim`` defaults to ``hidden_size // num_attention_heads``;
+    Qwen3's heads are wider than that."""
     scaling = (
         RopeScaling(type="llama3", factor=8.0, original_max_position_embeddings=64)
         if llama3_rope
@@ -66,7 +69,7 @@ def tiny_config(
         num_hidden_layers=num_hidden_layers,
         num_attention_heads=num_attention_heads,
         num_key_value_heads=num_key_value_heads,
-        head_dim=hidden_size // num_attention_heads,
+        head_dim=head_dim or hidden_size // num_attention_heads,
         max_position_embeddings=max_position_embeddings,
         rms_norm_eps=1e-5,
         rope_theta=500000.0,
@@ -76,6 +79,7 @@ def tiny_config(
         eos_token_ids=(2,),
         architecture=architecture,
         qkv_bias=architecture == "qwen2",
+        qk_norm=architecture == "qwen3",
     )
 
 
@@ -139,6 +143,8 @@ _GGUF_NAMES = {
     "self_attn.k_proj.bias": "attn_k.bias",
     "self_attn.v_proj.bias": "attn_v.bias",
     "self_attn.o_proj.bias": "attn_output.bias",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
     "post_attention_layernorm.weight": "ffn_norm.weight",
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",
@@ -189,6 +195,8 @@ def write_tiny_gguf(
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_rope_dimension_count(config.head_dim)
+    writer.add_key_length(config.head_dim)
+    writer.add_value_length(config.head_dim)
     writer.add_rope_freq_base(config.rope_theta)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
@@ -206,7 +214,9 @@ def write_tiny_gguf(
         writer.add_float32(f"{arch}.rope.scaling.high_freq_factor", rs.high_freq_factor)
     meta = tiny_gguf_metadata()
     writer.add_tokenizer_model(meta["tokenizer.ggml.model"])
-    writer.add_tokenizer_pre("qwen2" if arch == "qwen2" else meta["tokenizer.ggml.pre"])
+    # llama.cpp's converter writes Qwen2's pre-tokenizer for Qwen3 too.
+    qwen = arch in ("qwen2", "qwen3")
+    writer.add_tokenizer_pre("qwen2" if qwen else meta["tokenizer.ggml.pre"])
     writer.add_token_list(meta["tokenizer.ggml.tokens"])
     writer.add_token_types(meta["tokenizer.ggml.token_type"])
     writer.add_token_merges(meta["tokenizer.ggml.merges"])
@@ -227,7 +237,7 @@ def write_tiny_gguf(
     qtype = getattr(gguf.GGMLQuantizationType, quantization)
     for name, tensor in weights.items():
         t = tensor.detach().to(torch.float32)
-        # llama.cpp's converter permutes Llama's Q/K rows (and biases), not Qwen2's.
+        # llama.cpp's converter permutes Llama's Q/K rows (and biases), not Qwen2's or Qwen3's.
         if arch == "llama" and name.endswith(("q_proj.weight", "q_proj.bias")):
             t = permute_rope(t, config.num_attention_heads)
         elif arch == "llama" and name.endswith(("k_proj.weight", "k_proj.bias")):

@@ -30,7 +30,7 @@
 #include <immintrin.h>
 #endif
 
-#define INFERNO_DECODE_ABI 5
+#define INFERNO_DECODE_ABI 6
 
 enum { DT_F32 = 0, DT_BF16 = 1 };
 /* Projection weight types: fp32 and bf16 as the model; int8 codes with one fp32 scale per row. */
@@ -51,6 +51,8 @@ typedef struct {
     const float* down_scale;
     const float* qkv_bias;  /* [(heads + 2 * kv_heads) * head_dim] fp32, or NULL (Qwen2) */
     const float* o_bias;    /* [hidden] fp32, or NULL */
+    const float* q_norm;    /* [head_dim] fp32, or NULL: RMSNorm of each query head (Qwen3) */
+    const float* k_norm;    /* [head_dim] fp32, with q_norm: of each key head */
 } layer_t;
 
 typedef struct {
@@ -1137,6 +1139,14 @@ static void rms_norm_rows(const par_t* par, const float* x, const int64_t* rows,
     sync_all(par);
 }
 
+/* RMSNorm of each of the n heads of width hd at v, in place, times weight. */
+static void norm_heads(float* v, int64_t n, int64_t hd, const float* weight, float eps) {
+    for (int64_t h = 0; h < n; h++, v += hd) {
+        float inv = 1.0f / sqrtf(dot_f32(v, v, hd) / (float)hd + eps);
+        for (int64_t i = 0; i < hd; i++) v[i] = v[i] * inv * weight[i];
+    }
+}
+
 /* Pairs dimension i with i + half (the Hugging Face layout); sin is the signed table. */
 static void rope(float* v, const float* cos, const float* sin, int64_t hd) {
     int64_t half = hd / 2;
@@ -1253,6 +1263,10 @@ static void decode_job(const step_t* st, int tid, int nth, barrier_t* barrier) {
             float* row = qkv + m * qkv_n;
             if (L->qkv_bias)
                 for (int64_t i = 0; i < qkv_n; i++) row[i] += L->qkv_bias[i];
+            if (L->q_norm) {
+                norm_heads(row, nh, hd, L->q_norm, mdl->eps);
+                norm_heads(row + nh * hd, nkv, hd, L->k_norm, mdl->eps);
+            }
             const float* c = mdl->cos + st->positions[m] * hd;
             const float* s = mdl->sin + st->positions[m] * hd;
             for (int64_t h = 0; h < nh + nkv; h++) rope(row + h * hd, c, s, hd);

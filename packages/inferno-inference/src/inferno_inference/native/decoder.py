@@ -25,7 +25,7 @@ __all__ = ["NATIVE_DTYPES", "NativeDecoder", "NativeMatmul", "native_unsupported
 
 #: Model dtypes the C decode path runs (fp16 has no fast CPU dot product to use).
 NATIVE_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
-_ABI = 5
+_ABI = 6
 _W_INT8 = 2  # decode.c's weight type for int8 codes with per-row scales
 _p = ctypes.c_void_p
 _i64 = ctypes.c_int64
@@ -47,6 +47,8 @@ class _Layer(ctypes.Structure):
         ("down_scale", _p),
         ("qkv_bias", _p),
         ("o_bias", _p),
+        ("q_norm", _p),
+        ("k_norm", _p),
     ]
 
 
@@ -228,6 +230,7 @@ class NativeDecoder:
         #: Whether the projections are int8 codes with per-row scales.
         self.int8 = lm_scale is not None
         self._layers = (_Layer * cfg.num_hidden_layers)()
+        # fp32 copies the C structs point at (biases, Qwen3's head norms): kept alive here.
         self._biases: list[torch.Tensor] = []
         for dst, layer in zip(self._layers, model.layers, strict=True):
             dst.input_norm = _ptr(layer.input_norm)
@@ -241,8 +244,15 @@ class NativeDecoder:
             for name in ("qkv", "o"):
                 bias = getattr(layer, name).bias_f32()
                 if bias is not None:
-                    self._biases.append(bias)  # the C struct holds only its address
+                    self._biases.append(bias)
                     setattr(dst, f"{name}_bias", _ptr(bias))
+            if layer.q_norm is not None and layer.k_norm is not None:
+                q_norm, k_norm = (
+                    layer.q_norm.float().contiguous(),
+                    layer.k_norm.float().contiguous(),
+                )
+                self._biases += [q_norm, k_norm]
+                dst.q_norm, dst.k_norm = _ptr(q_norm), _ptr(k_norm)
         self._struct = _Model(
             hidden=cfg.hidden_size,
             inter=cfg.intermediate_size,
