@@ -49,8 +49,14 @@ def test_cuda_graph_decode_matches_eager_decode_bf16(max_context: int, kernels: 
 
 
 @pytest.mark.parametrize("kernels", ["triton", "torch"])
-def test_cuda_fp32_matches_cpu_fp32(kernels: str) -> None:
-    config = tiny_config()
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_cuda_fp32_matches_cpu_fp32(kernels: str, arch: str) -> None:
+    # Qwen3: the head norms before the fused rotation, on heads wider than hidden / heads.
+    config = (
+        tiny_config(architecture="qwen3", head_dim=32, llama3_rope=False)
+        if arch == "qwen3"
+        else tiny_config()
+    )
     weights = random_weights(config, seed=4)
     cpu = tiny_llm_engine(config=config, weights=weights, kernel_backend="torch")
     gpu = tiny_llm_engine(

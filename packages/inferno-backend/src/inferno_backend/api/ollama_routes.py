@@ -476,17 +476,7 @@ def _created(served: ServedModel) -> str:
 
 def _parameter_count(served: ServedModel) -> int:
     """Parameters of the model's shape (embeddings, blocks, final norm, an untied head)."""
-    c = served.model.config
-    kv = c.num_key_value_heads * c.head_dim
-    q = c.num_attention_heads * c.head_dim
-    attention = c.hidden_size * (q + 2 * kv) + q * c.hidden_size
-    if c.qkv_bias:
-        attention += q + 2 * kv
-    if c.o_bias:
-        attention += c.hidden_size
-    block = attention + 3 * c.hidden_size * c.intermediate_size + 2 * c.hidden_size
-    head = 0 if c.tie_word_embeddings else c.vocab_size * c.hidden_size
-    return c.vocab_size * c.hidden_size + c.num_hidden_layers * block + c.hidden_size + head
+    return served.model.config.num_parameters()
 
 
 def _size_label(count: int) -> str:
