@@ -314,18 +314,46 @@ async def test_earlier_reasoning_reaches_the_template(make_client: MakeClient) -
     assert resp.status == 400
 
 
-async def test_json_output_is_all_content_and_asks_the_template_not_to_think(
+async def test_json_output_follows_the_reasoning(make_client: MakeClient) -> None:
+    answer = '<think>\nAn object, then.\n</think>\n\n{"a": 1}'
+    client, orch = await make_client(**_options(answer))
+    payload: dict[str, Any] = {**CHAT, "response_format": {"type": "json_object"}}
+    body = await (await client.post("/v1/chat/completions", json=payload)).json()
+    assert body["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": '{"a": 1}',
+        "reasoning_content": "An object, then.",
+    }
+    # The engine holds the output to JSON only once the model closes its think block (if it
+    # opens one: the prompt leaves that to the model).
+    sampling = orch.engines[0].requests[-1].sampling
+    assert (sampling.constraint_after, sampling.constraint_after_opener) == ("</think>", "<think>")
+    # A prompt that closed an empty block asks for the answer alone: JSON from the start.
+    payload["chat_template_kwargs"] = {"enable_thinking": False}
+    await client.post("/v1/chat/completions", json=payload)
+    assert _prompt(orch).endswith("<think>\n\n</think>\n\n")
+    assert orch.engines[0].requests[-1].sampling.constraint_after is None
+
+
+async def test_choices_follow_a_block_the_template_opened(make_client: MakeClient) -> None:
+    client, orch = await make_client(**_options("Paris?\n</think>\n\nParis", OPENED_TEMPLATE))
+    payload = {**CHAT, "guided_choice": ["Paris", "Rome"]}
+    body = await (await client.post("/v1/chat/completions", json=payload)).json()
+    message = body["choices"][0]["message"]
+    assert (message["reasoning_content"], message["content"]) == ("Paris?", "Paris")
+    sampling = orch.engines[0].requests[-1].sampling
+    assert (sampling.constraint_after, sampling.constraint_after_opener) == ("</think>", None)
+
+
+async def test_without_the_parser_constraints_hold_from_the_first_token(
     make_client: MakeClient,
 ) -> None:
-    client, orch = await make_client(**_options('{"a": 1}'))
+    client, orch = await make_client(
+        ServeConfig(warmup=False, reasoning_parser="none"), **_options('{"a": 1}')
+    )
     payload = {**CHAT, "response_format": {"type": "json_object"}}
-    body = await (await client.post("/v1/chat/completions", json=payload)).json()
-    assert _prompt(orch).endswith("<think>\n\n</think>\n\n")
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": '{"a": 1}'}
-    # What the request sets itself wins.
-    payload["chat_template_kwargs"] = {"enable_thinking": True}
-    await client.post("/v1/chat/completions", json=payload)
-    assert _prompt(orch).endswith("<|im_start|>assistant\n")
+    assert (await client.post("/v1/chat/completions", json=payload)).status == 200
+    assert orch.engines[0].requests[-1].sampling.constraint_after is None
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -512,6 +540,25 @@ async def test_ollama_chat_returns_thinking_apart(make_client: MakeClient, think
         chunks = [c async for c in streamed]
         assert "".join(c.thinking or "" for c in chunks) == REASONING
         assert "".join(c.response for c in chunks) == "Hello there!"
+    finally:
+        await api.close()
+
+
+async def test_ollama_format_applies_after_the_thinking(make_client: MakeClient) -> None:
+    answer = '<think>\nJSON it is.\n</think>\n\n{"a": 1}'
+    client, orch = await make_client(**_options(answer))
+    api = _ollama(client)
+    try:
+        messages = [{"role": "user", "content": "Hi"}]
+        resp = await api.chat(
+            model="default", messages=messages, think=True, format="json", stream=False
+        )
+        assert (resp.message.thinking, resp.message.content) == ("JSON it is.", '{"a": 1}')
+        sampling = orch.engines[0].requests[-1].sampling
+        assert sampling.response_format == "json_object"
+        assert sampling.constraint_after == "</think>"
+        await api.chat(model="default", messages=messages, think=False, format="json")
+        assert orch.engines[0].requests[-1].sampling.constraint_after is None
     finally:
         await api.close()
 

@@ -22,6 +22,7 @@ from inferno_inference.choice import (
     NoSpellableChoiceError,
     spell,
 )
+from inferno_inference.deferred import DeferredConstraint, opener_mask
 from inferno_inference.errors import InvalidRequestError
 from inferno_inference.json_mode import (
     JsonConstraint,
@@ -32,7 +33,7 @@ from inferno_inference.json_mode import (
 from inferno_inference.runner import ModelRunner
 from inferno_inference.sampler import Sampler
 from inferno_inference.scheduler import Scheduler
-from inferno_inference.sequence import Sequence
+from inferno_inference.sequence import Constraint, Sequence
 from inferno_inference.speculative import NgramProposer
 from inferno_inference.stops import StopMatcher
 from inferno_inference.types import (
@@ -138,6 +139,9 @@ class LLMEngine:
         # By (schema, optional).
         self._grammars: OrderedDict[tuple[str | None, bool], JsonGrammar] = OrderedDict()
         self._choice_grammars: OrderedDict[tuple[str, ...], ChoiceGrammar] = OrderedDict()
+        # For deferred constraints: the vocabulary's bytes, and each opener's token mask.
+        self._vocab_bytes: list[bytes] | None = None
+        self._openers: dict[str, torch.Tensor] = {}
         self._requests: dict[str, _Request] = {}
         self._seq_ids = itertools.count()
         self._throughput = _Throughput()
@@ -163,6 +167,11 @@ class LLMEngine:
             raise InvalidRequestError(
                 "JSON mode needs the model's tokenizer, and this engine has none",
                 param="response_format",
+            )
+        if sp.constraint_after is not None and self._token_bytes is None:
+            raise InvalidRequestError(
+                "constraint_after needs the model's tokenizer, and this engine has none",
+                param="constraint_after",
             )
         if sp.choices:
             if self._token_bytes is None and self._encode is None:
@@ -213,7 +222,7 @@ class LLMEngine:
                 leader=seqs[0] if seqs else None,
                 stop_matcher=StopMatcher(sp.stop),
                 generator=gen,
-                constraint=_constraint(grammar),
+                constraint=self._constraint(grammar, sp),
             )
             seqs.append(seq)
             self.scheduler.add(seq)
@@ -265,6 +274,34 @@ class LLMEngine:
         if len(self._grammars) > _GRAMMARS_KEPT:
             self._grammars.popitem(last=False)
         return grammar
+
+    def _constraint(
+        self, grammar: JsonGrammar | ChoiceGrammar | None, sp: SamplingParams
+    ) -> Constraint | None:
+        """A fresh position in ``grammar`` for one output (None: the output is free), deferred
+        past ``sp.constraint_after`` when it is set."""
+        if grammar is None:
+            return None
+        inner: JsonConstraint | ChoiceConstraint = (
+            ChoiceConstraint(grammar)
+            if isinstance(grammar, ChoiceGrammar)
+            else JsonConstraint(grammar)
+        )
+        if sp.constraint_after is None:
+            return inner
+        assert self._token_bytes is not None  # validate() refuses constraint_after without it
+        if self._vocab_bytes is None:
+            self._vocab_bytes = list(self._token_bytes())
+        vocab = self._vocab_bytes
+        opener = None
+        if sp.constraint_after_opener is not None:
+            opener = self._openers.get(sp.constraint_after_opener)
+            if opener is None:
+                opener = opener_mask(vocab, sp.constraint_after_opener.encode())
+                self._openers[sp.constraint_after_opener] = opener
+                if len(self._openers) > _GRAMMARS_KEPT:
+                    self._openers.pop(next(iter(self._openers)))
+        return DeferredConstraint(inner, self._vocab_bytes, sp.constraint_after.encode(), opener)
 
     def _choice_grammar(self, choices: tuple[str, ...]) -> ChoiceGrammar:
         """The grammar of a list of choices, kept for the lists used last."""
@@ -569,12 +606,3 @@ def _first_rows(sampled: list[Sequence]) -> list[int]:
         rows.append(at)
         at += 1 + len(seq.draft_ids)
     return rows
-
-
-def _constraint(
-    grammar: JsonGrammar | ChoiceGrammar | None,
-) -> JsonConstraint | ChoiceConstraint | None:
-    """A fresh position in ``grammar`` for one output (None: the output is free)."""
-    if isinstance(grammar, ChoiceGrammar):
-        return ChoiceConstraint(grammar)
-    return JsonConstraint(grammar) if grammar is not None else None

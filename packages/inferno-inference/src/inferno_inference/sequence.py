@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import torch
 
 from inferno_inference.choice import ChoiceConstraint
+from inferno_inference.deferred import DeferredConstraint
 from inferno_inference.json_mode import JsonConstraint
 from inferno_inference.speculative import NgramIndex
 from inferno_inference.stops import StopMatcher
 from inferno_inference.types import FinishReason, Pooling, SamplingParams, TokenLogprob
 
-__all__ = ["Sequence", "SequenceStatus"]
+__all__ = ["Constraint", "Sequence", "SequenceStatus"]
+
+#: What limits one choice's next tokens: JSON, a list of choices, or either after a closing text.
+Constraint: TypeAlias = JsonConstraint | ChoiceConstraint | DeferredConstraint
 
 
 class SequenceStatus(enum.Enum):
@@ -59,7 +64,7 @@ class Sequence:
     abort_requested: bool = False
     generator: torch.Generator | None = None
     # JSON or choice mode: which tokens may come next.
-    constraint: JsonConstraint | ChoiceConstraint | None = None
+    constraint: Constraint | None = None
     pooling: Pooling | None = None
     pooled: torch.Tensor | None = None  # fp32 [hidden]: a sum (mean pooling) or the last row
     # Speculation: this step's draft tokens (computed after the last real token, not part of

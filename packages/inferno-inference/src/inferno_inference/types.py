@@ -90,6 +90,21 @@ class SamplingParams(BaseModel):
         "the root value (as tool calls a model may choose not to make).",
     )
 
+    constraint_after: str | None = Field(
+        default=None,
+        max_length=64,
+        description="With JSON output or choices: the constraint starts once the output has "
+        "spelled this text (a reasoning block's closing tag, such as '</think>'); until then "
+        "any token may come, and the rest of the output is held to the constraint.",
+    )
+    constraint_after_opener: str | None = Field(
+        default=None,
+        max_length=64,
+        description="With constraint_after: the wait holds only when the output's first "
+        "token begins (after whitespace) with this text (such as '<think>'); otherwise the "
+        "constraint applies from the first token. None: the output starts inside the block.",
+    )
+
     @model_validator(mode="after")
     def _check(self) -> SamplingParams:
         if any(s == "" for s in self.stop):
@@ -107,6 +122,13 @@ class SamplingParams(BaseModel):
                 raise ValueError(f"choices cannot be combined with {self.response_format}")
             if self.ignore_eos:
                 raise ValueError("ignore_eos cannot be combined with choices")
+        constrained = self.response_format != "text" or bool(self.choices)
+        if self.constraint_after is not None and not constrained:
+            raise ValueError("constraint_after needs JSON output or choices")
+        if self.constraint_after == "" or self.constraint_after_opener == "":
+            raise ValueError("constraint_after and its opener must not be empty")
+        if self.constraint_after_opener is not None and self.constraint_after is None:
+            raise ValueError("constraint_after_opener needs constraint_after")
         for token_id, bias in self.logit_bias:
             if not -100 <= bias <= 100 or bias != bias:
                 raise ValueError(f"logit_bias of token {token_id} must be in [-100, 100]")

@@ -32,6 +32,7 @@ from inferno_backend.api.errors import (
     ServiceUnavailableError,
     from_validation_error,
 )
+from inferno_backend.api.reasoning import THINK_END, THINK_START, ThinkStart
 from inferno_backend.api.schemas import SamplingFields
 from inferno_backend.api.tools import ToolPlan
 from inferno_backend.events import EventBus, RequestFinished
@@ -48,12 +49,15 @@ def build_sampling(
     logprobs: int | None,
     defaults: GenerationDefaults | None = None,
     prompt_logprobs: int | None = None,
+    think: ThinkStart | None = None,
 ) -> SamplingParams:
     """Engine sampling parameters for an API request.
 
     A field the request leaves out comes from ``defaults`` (the served model's), then from
     OpenAI's defaults. ``top_p=0`` (allowed by OpenAI, not by the engine) means "only the
-    likeliest token", i.e. greedy sampling.
+    likeliest token", i.e. greedy sampling. ``think`` (None: the model's reasoning is not
+    split) says where the output starts relative to a think block: JSON output, tool calls
+    and choices then hold from the block's end, so a reasoning model thinks first.
     """
     d = defaults or GenerationDefaults()
     temperature = _first(body.temperature, d.temperature, 1.0)
@@ -61,6 +65,8 @@ def build_sampling(
     if top_p == 0:
         temperature, top_p = 0.0, 1.0
     response_format, json_schema = body.output_format  # encodes the schema once
+    constrained = response_format != "text" or body.guided_choice is not None
+    after = think is not None and think != "closed" and constrained
     try:
         return SamplingParams(
             max_tokens=max_tokens,
@@ -83,6 +89,8 @@ def build_sampling(
             json_schema=json_schema,
             json_optional=body.optional_output,
             choices=tuple(body.guided_choice or ()),
+            constraint_after=THINK_END if after else None,
+            constraint_after_opener=THINK_START if after and think == "none" else None,
         )
     except ValidationError as exc:
         raise from_validation_error(exc) from None

@@ -107,10 +107,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
             chat_body.token_limit,
             "messages",
             continue_final=chat_body.continue_final_message,
-            variables=chat_body.template_variables(thinking=thinking),
+            variables=chat_body.template_variables(),
         )
-        start = prompt.start if _splits(body, chat_body, thinking) else None
-        gen = start_chat(request, served, _request_id(), chat_body, prompt.ids, prompt.budget)
+        start = prompt.start if _splits(body, thinking) else None
+        gen = start_chat(
+            request, served, _request_id(), chat_body, prompt.ids, prompt.budget, think=start
+        )
         return await _answer(request, gen, body, _ChatShape(plan), start)
 
 
@@ -135,13 +137,20 @@ async def generate(request: web.Request) -> web.StreamResponse:
                 chat_body.messages,
                 None,
                 add_generation_prompt=True,
-                variables=chat_body.template_variables(thinking=thinking),
+                variables=chat_body.template_variables(),
             )
             ids = context + await encode(served, text, special=False)
-        start = think_start(text) if _splits(body, chat_body, thinking) else None
+        start = think_start(text) if _splits(body, thinking) else None
         budget = prompt_budget(served, len(ids), chat_body.token_limit, "prompt")
         gen = start_chat(
-            request, served, _request_id(), chat_body, ids, budget, prompt_param="prompt"
+            request,
+            served,
+            _request_id(),
+            chat_body,
+            ids,
+            budget,
+            prompt_param="prompt",
+            think=start,
         )
         return await _answer(request, gen, body, _GenerateShape(ids), start)
 
@@ -157,15 +166,10 @@ def _thinking(
     return thinking
 
 
-def _splits(
-    body: OllamaChatRequest | OllamaGenerateRequest,
-    chat_body: ChatCompletionRequest,
-    thinking: bool,
-) -> bool:
+def _splits(body: OllamaChatRequest | OllamaGenerateRequest, thinking: bool) -> bool:
     """Whether the answer's thinking goes apart: for a model that thinks, unless ``think`` is
-    false (then, as in Ollama, the text stays as generated) or the output is held to JSON
-    from its first token (there is no thinking to split)."""
-    return thinking and body.think is not False and not chat_body.constrained_output
+    false (then, as in Ollama, the text stays as generated)."""
+    return thinking and body.think is not False
 
 
 @routes.post("/api/embed")

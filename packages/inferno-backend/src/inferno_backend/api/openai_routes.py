@@ -233,15 +233,18 @@ def start_chat(
     budget: int,
     *,
     prompt_param: str = "messages",
+    think: ThinkStart | None = None,
 ) -> Generation:
     """The `Generation` of a chat request's prompt ``ids``: its sampling fields (over the
-    served model's defaults), logprobs and tool calls, at most ``budget`` new tokens."""
+    served model's defaults), logprobs and tool calls, at most ``budget`` new tokens;
+    ``think`` as `build_sampling` takes it."""
     top = body.top_logprobs or 0
     sampling = build_sampling(
         body,
         max_tokens=budget,
         logprobs=top if body.logprobs else None,
         defaults=served.sampling_defaults,
+        think=think,
     )
     return start_generation(
         request,
@@ -303,13 +306,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             body.token_limit,
             "messages",
             continue_final=body.continue_final_message,
-            variables=body.template_variables(thinking=thinking),
+            variables=body.template_variables(),
         )
-        # Output held to JSON or choices from its first token has no reasoning to split.
-        start = prompt.start if thinking and not body.constrained_output else None
+        start = prompt.start if thinking else None
         top = body.top_logprobs or 0
         rid = f"chatcmpl-{uuid.uuid4().hex}"
-        gen = start_chat(request, served, rid, body, prompt.ids, prompt.budget)
+        gen = start_chat(request, served, rid, body, prompt.ids, prompt.budget, think=start)
         head = {"id": rid, "created": int(time.time()), "model": served.name}
         tokenizer = served.model.tokenizer
 

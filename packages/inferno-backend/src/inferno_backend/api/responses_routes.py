@@ -241,16 +241,16 @@ async def responses(request: web.Request) -> web.StreamResponse:
             plan,
             body.token_limit,
             "input",
-            variables=body.template_variables(thinking=thinking),
+            variables=body.template_variables(),
         )
-        # Output held to JSON from its first token has no reasoning to split.
-        start = prompt.start if thinking and not body.constrained_output else None
+        start = prompt.start if thinking else None
         top = body.top_logprobs or 0
         sampling = build_sampling(
             body,
             max_tokens=prompt.budget,
             logprobs=top if body.wants_logprobs else None,
             defaults=served.sampling_defaults,
+            think=start,
         )
         keep = None if body.store is False else kept
         response = _Response(body, served.name, keep=keep, turn=turn)

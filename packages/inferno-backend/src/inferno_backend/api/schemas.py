@@ -286,14 +286,6 @@ class SamplingFields(BaseModel):
         return False
 
     @property
-    def constrained_output(self) -> bool:
-        """The output is held to JSON or to the choices from its first token, so a reasoning
-        model cannot think first: its whole output is the answer."""
-        return (
-            self.output_format[0] != "text" and not self.optional_output
-        ) or self.guided_choice is not None
-
-    @property
     def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
         """``logit_bias`` as (token id, bias) pairs, by token id."""
         return tuple(sorted((int(k), float(v)) for k, v in (self.logit_bias or {}).items()))
@@ -577,24 +569,15 @@ class ChatCompletionRequest(SamplingFields, ToolFields, TemplateFields):
         """The requested limit of new tokens, whichever name carried it."""
         return self.max_completion_tokens or self.max_tokens
 
-    def template_variables(self, *, thinking: bool) -> dict[str, Any]:
-        """The extra variables of the chat template; ``thinking``: the model's reasoning is
-        split from its answer (see `SamplingFields.constrained_output` for what that adds)."""
-        return template_variables(
-            self.chat_template_kwargs, self.reasoning_effort, thinking and self.constrained_output
-        )
+    def template_variables(self) -> dict[str, Any]:
+        """The extra variables of the chat template."""
+        return template_variables(self.chat_template_kwargs, self.reasoning_effort)
 
 
-def template_variables(
-    kwargs: dict[str, Any] | None, effort: str | None, constrained: bool
-) -> dict[str, Any]:
-    """A request's template variables: ``reasoning_effort`` under ``kwargs``; and when the
-    output is ``constrained`` from its first token (the model cannot open a think block),
-    ``enable_thinking=False``, so that templates that know it prompt for an answer without
-    reasoning. A variable ``kwargs`` sets is never replaced."""
+def template_variables(kwargs: dict[str, Any] | None, effort: str | None) -> dict[str, Any]:
+    """A request's template variables: ``reasoning_effort`` under ``kwargs`` (a variable
+    ``kwargs`` sets is never replaced)."""
     variables: dict[str, Any] = {} if effort is None else {"reasoning_effort": effort}
-    if constrained:
-        variables["enable_thinking"] = False
     variables.update(kwargs or {})
     return variables
 
@@ -1068,10 +1051,10 @@ class ResponsesRequest(SamplingFields):
         """The output text carries its tokens' log-probabilities."""
         return "message.output_text.logprobs" in (self.include or ())
 
-    def template_variables(self, *, thinking: bool) -> dict[str, Any]:
+    def template_variables(self) -> dict[str, Any]:
         """The extra variables of the chat template (as `ChatCompletionRequest`'s)."""
         effort = self.reasoning.effort if self.reasoning is not None else None
-        return template_variables(None, effort, thinking and self.constrained_output)
+        return template_variables(None, effort)
 
     def prompt_messages(self, turn: Sequence[ChatMessage]) -> list[ChatMessage]:
         """``turn`` (the conversation so far, then this input) after the instructions, which
