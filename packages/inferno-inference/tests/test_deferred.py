@@ -119,18 +119,22 @@ def test_a_choice_follows_the_block_and_text_inside_the_closing_token_ends_it() 
     assert cut.allowed().nonzero().flatten().tolist() == [EOS]
 
 
-def _engine_vocab() -> list[bytes]:
-    return [*VOCAB, *([b"x"] * (tiny_config().vocab_size - len(VOCAB)))]
-
-
 def _bias(*pieces: bytes, value: float = 100.0) -> tuple[tuple[int, float], ...]:
     return tuple((ID[p], value) for p in pieces)
 
 
-def test_the_engine_thinks_freely_then_answers_in_json() -> None:
-    vocab = _engine_vocab()
+def _run(sampling: SamplingParams, prompt: tuple[int, ...]) -> list[tuple[list[int], bytes, str]]:
+    """Each choice of ``sampling`` on the tiny engine over `VOCAB`, whose blocks all return."""
+    vocab = [*VOCAB, *([b"x"] * (tiny_config().vocab_size - len(VOCAB)))]
     engine = tiny_llm_engine(seed=3, token_bytes=vocab)
     engine.eos_token_ids = frozenset({EOS})
+    choices = choice_bytes(engine, GenerationRequest("d", prompt, sampling), vocab)
+    blocks = engine.scheduler.block_manager
+    assert blocks.num_free_blocks == blocks.num_blocks
+    return choices
+
+
+def test_the_engine_thinks_freely_then_answers_in_json() -> None:
     # "<" and ">" all but forced: the output thinks in them until a ">" closes the wait, and
     # then the JSON mask, which allows neither, takes over.
     sampling = SamplingParams(
@@ -142,10 +146,7 @@ def test_the_engine_thinks_freely_then_answers_in_json() -> None:
         constraint_after=">",
         logit_bias=_bias(b"<", b">"),
     )
-    choices = choice_bytes(engine, GenerationRequest("d", (5, 6, 7), sampling), vocab)
-    blocks = engine.scheduler.block_manager
-    assert blocks.num_free_blocks == blocks.num_blocks
-    for _, data, finish in choices:
+    for _, data, finish in _run(sampling, (5, 6, 7)):
         head, close, answer = data.partition(b">")
         assert close, data
         assert set(head) <= {ord("<")}
@@ -156,9 +157,6 @@ def test_the_engine_thinks_freely_then_answers_in_json() -> None:
 
 
 def test_the_engine_holds_to_json_from_the_start_when_the_block_is_not_opened() -> None:
-    vocab = _engine_vocab()
-    engine = tiny_llm_engine(seed=3, token_bytes=vocab)
-    engine.eos_token_ids = frozenset({EOS})
     sampling = SamplingParams(
         max_tokens=120,
         temperature=1.0,
@@ -168,7 +166,7 @@ def test_the_engine_holds_to_json_from_the_start_when_the_block_is_not_opened() 
         constraint_after_opener="<think>",
         logit_bias=_bias(b"<think>", b"\n<think>\n", value=-100.0),
     )
-    ((_, data, finish),) = choice_bytes(engine, GenerationRequest("d", (5, 6), sampling), vocab)
+    ((_, data, finish),) = _run(sampling, (5, 6))
     assert data.lstrip().startswith(b"{"), data
     if finish == "stop":
         assert isinstance(json.loads(data), dict)
