@@ -20,10 +20,17 @@ import torch
 from inferno_models.config import ModelConfig, RopeScaling
 from inferno_models.dequant import BLOCK_SIZES, dequantize
 from inferno_models.errors import ModelFormatError, UnsupportedModelError
-from inferno_models.gguf_summary import scan_gguf
+from inferno_models.gguf_summary import TensorExtent, scan_gguf
 from inferno_models.names import EMBED, FINAL_NORM, LM_HEAD, expected_shapes, layer_name
 
-__all__ = ["GGUFFile", "fit_rope_scaling", "rope_divisors", "unpermute_rope"]
+__all__ = [
+    "GGUFFile",
+    "canonical_name",
+    "fit_rope_scaling",
+    "permute_rope",
+    "rope_divisors",
+    "unpermute_rope",
+]
 
 #: GGUF per-layer tensor names (after ``blk.{i}.``) -> canonical suffixes.
 _LAYER_MAP = {
@@ -197,7 +204,12 @@ class GGUFFile:
         summary.check_complete(self.path, self.path.stat().st_size)
         self.metadata: dict[str, Any] = summary.metadata
         self._extents = summary.tensors
+        self._by_name = {t.name: t for t in self._extents}
         self._rope_freqs: _TensorInfo | None = None
+        try:
+            self._mapped = np.memmap(self.path, dtype=np.uint8, mode="r")
+        except (OSError, ValueError) as exc:
+            raise ModelFormatError(self.path, f"cannot map tensor data: {exc}") from None
         self._tensors = self._index_tensors()
 
     # -- metadata ------------------------------------------------------------------------------
@@ -219,6 +231,13 @@ class GGUFFile:
             ModelFormatError: a required key is missing or a value is invalid.
         """
         arch = self.architecture
+        if self.metadata.get("general.type") == "adapter":
+            raise UnsupportedModelError(
+                self.path,
+                f"this GGUF is an adapter (adapter.type {self.metadata.get('adapter.type')!r}), "
+                "not a model: a LoRA adapter is merged into its base model (load_lora and "
+                "apply_lora, or inferno serve --lora)",
+            )
         if arch not in ("llama", "qwen2", "qwen3"):
             raise UnsupportedModelError(self.path, f"unsupported architecture {arch!r}")
         # Qwen2 always has Q/K/V biases; llama.cpp's llama and qwen3 files may carry optional
@@ -345,23 +364,43 @@ class GGUFFile:
     # -- tensors -------------------------------------------------------------------------------
 
     def _index_tensors(self) -> dict[str, _TensorInfo]:
-        try:
-            mapped = np.memmap(self.path, dtype=np.uint8, mode="r")
-        except (OSError, ValueError) as exc:
-            raise ModelFormatError(self.path, f"cannot map tensor data: {exc}") from None
         infos: dict[str, _TensorInfo] = {}
         for t in self._extents:
-            name = _canonical_name(t.name)
+            name = canonical_name(t.name)
             if name is None and t.name != ROPE_FREQS:
                 continue
             if t.nbytes < 0:
                 raise UnsupportedModelError(self.path, f"tensor {t.name} has unknown type {t.kind}")
-            info = _TensorInfo(t.name, t.kind, t.shape, mapped[t.start : t.start + t.nbytes])
+            info = self._info(t)
             if name is None:
                 self._rope_freqs = info
             else:
                 infos[name] = info
         return infos
+
+    @property
+    def file_tensors(self) -> tuple[TensorExtent, ...]:
+        """Every tensor of the file under its GGUF name (``blk.0.attn_q.weight``), in file
+        order; shapes are row-major (numpy's order, the reverse of GGUF's ``ne``)."""
+        return self._extents
+
+    def read_tensor(self, gguf_name: str) -> torch.Tensor:
+        """The tensor called ``gguf_name`` in the file, dequantized to float32 in the file's
+        own layout (a Llama file's Q/K rows stay permuted; `iter_weights` restores them).
+
+        Raises:
+            ModelFormatError: the file has no such tensor, or it cannot be decoded.
+            UnsupportedModelError: its type is one this package cannot decode.
+        """
+        t = self._by_name.get(gguf_name)
+        if t is None:
+            raise ModelFormatError(self.path, f"no tensor {gguf_name}")
+        if t.nbytes < 0:
+            raise UnsupportedModelError(self.path, f"tensor {t.name} has unknown type {t.kind}")
+        return self._decode(self._info(t))
+
+    def _info(self, t: TensorExtent) -> _TensorInfo:
+        return _TensorInfo(t.name, t.kind, t.shape, self._mapped[t.start : t.start + t.nbytes])
 
     def _tensor_rows(self, name: str) -> int:
         if name not in self._tensors:
@@ -430,7 +469,9 @@ class GGUFFile:
         )
 
 
-def _canonical_name(gguf_name: str) -> str | None:
+def canonical_name(gguf_name: str) -> str | None:
+    """The canonical name of a GGUF model tensor (``blk.3.attn_q.weight`` ->
+    ``model.layers.3.self_attn.q_proj.weight``), or None for a name no model weight has."""
     if gguf_name in _GLOBAL_MAP:
         return _GLOBAL_MAP[gguf_name]
     parts = gguf_name.split(".", 2)

@@ -1,7 +1,8 @@
-"""LoRA adapters in PEFT's format, merged into a loaded model's weights.
+"""LoRA adapters in PEFT's format and llama.cpp's GGUF, merged into a loaded model's weights.
 
 An adapter is a directory with ``adapter_config.json`` and ``adapter_model.safetensors`` (what
-``peft``'s ``save_pretrained`` writes). Each adapted linear ``W`` (``[out, in]``) gets
+``peft``'s ``save_pretrained`` writes), or a GGUF file as llama.cpp's ``convert_lora_to_gguf.py``
+writes it (`inferno_models.lora_gguf`). Each adapted linear ``W`` (``[out, in]``) gets
 ``W + s * B @ A``, with ``A`` ``[r, in]``, ``B`` ``[out, r]`` and ``s = alpha / r`` (``alpha /
 sqrt(r)`` with rsLoRA; ``rank_pattern`` and ``alpha_pattern`` override both per module). After
 the merge the model is an ordinary one: every engine path (the C kernels, int8 weights, CUDA
@@ -26,7 +27,9 @@ from typing import Any
 import structlog
 import torch
 
+from inferno_models.config import ModelConfig
 from inferno_models.errors import ModelFormatError, ModelNotFoundError, UnsupportedModelError
+from inferno_models.gguf_loader import unpermute_rope
 from inferno_models.names import expected_shapes
 from inferno_models.protocols import LoadedModel
 from inferno_models.safetensors_loader import read_safetensors
@@ -50,7 +53,16 @@ _KEY = re.compile(
 class LoraAdapter:
     """A LoRA adapter read from disk, not yet merged.
 
-    ``pairs`` maps the canonical name of each adapted weight to its ``(A, B, scale)``.
+    ``pairs`` maps the canonical name of each adapted weight to its ``(A, B, scale)``, with
+    ``A`` ``[r, in]`` and ``B`` ``[out, r]``. ``path`` is a PEFT adapter's directory or a GGUF
+    adapter's file. ``rank`` is the largest ``r`` (a GGUF adapter's pairs each have their own),
+    and a GGUF adapter's ``alpha`` is 0 when it has none (each scale is then 1, as in llama.cpp).
+
+    ``architecture`` is the model family a GGUF adapter was made for (None for PEFT's format,
+    which does not say). With ``rope_permuted`` (a Llama GGUF adapter) the rows of the Q and
+    K projections' ``B`` are in llama.cpp's rotary order: its converter permutes them as it
+    permutes the base weights. The head counts that undo this are the base model's, not in
+    the adapter file, so `apply_lora` restores the Hugging Face order as it merges.
     """
 
     path: Path
@@ -58,22 +70,32 @@ class LoraAdapter:
     alpha: float
     base_model: str | None
     pairs: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = field(repr=False)
+    architecture: str | None = None
+    rope_permuted: bool = False
 
     @property
     def name(self) -> str:
-        """The adapter's directory name."""
-        return self.path.name
+        """The adapter's directory name, or its GGUF file's name without ``.gguf``."""
+        return self.path.name.removesuffix(".gguf")
 
 
 def load_lora(path: str | Path) -> LoraAdapter:
-    """Read the PEFT LoRA adapter at ``path`` (its directory, or its safetensors file).
+    """Read the LoRA adapter at ``path``: a PEFT adapter (its directory, or its safetensors
+    file) or a GGUF adapter file (named ``*.gguf``, or any file that starts as GGUF does).
 
     Raises:
         ModelNotFoundError: nothing is there.
         ModelFormatError: the config or the weights are malformed or inconsistent.
-        UnsupportedModelError: a well-formed adapter this module cannot merge.
+        UnsupportedModelError: a well-formed adapter this module cannot merge, or a GGUF file
+            that is not a LoRA adapter (a model, a control vector).
     """
     path = Path(path).expanduser()
+    if path.is_file():
+        # Imported here: lora_gguf builds the LoraAdapter defined above.
+        from inferno_models.lora_gguf import is_gguf, read_gguf_lora
+
+        if is_gguf(path):
+            return read_gguf_lora(path)
     directory = path.parent if path.is_file() else path
     weights = path if path.is_file() else path / ADAPTER_WEIGHTS
     config_path = directory / ADAPTER_CONFIG
@@ -153,8 +175,15 @@ def apply_lora(model: LoadedModel, adapter: LoraAdapter, *, in_place: bool = Fal
     of every adapted weight (and the time to first touch it: most of a merge's time).
 
     Raises:
-        ModelFormatError: the adapter names a weight the model lacks, or its shapes do not fit.
+        ModelFormatError: the adapter names a weight the model lacks, its shapes do not fit,
+            or it was made for another architecture.
     """
+    arch = model.config.architecture
+    if adapter.architecture is not None and adapter.architecture != arch:
+        raise ModelFormatError(
+            adapter.path,
+            f"the adapter is for a {adapter.architecture} model, {model.name} is a {arch} model",
+        )
     shapes = expected_shapes(model.config)
     weights = dict(model.weights)
     for name, (a, b, scale) in adapter.pairs.items():
@@ -169,6 +198,8 @@ def apply_lora(model: LoadedModel, adapter: LoraAdapter, *, in_place: bool = Fal
                 f"{name}: B @ A would be [{b.shape[0]}, {a.shape[1]}], the weight of "
                 f"{model.name} is [{out}, {inner}] (an adapter of another base model?)",
             )
+        if adapter.rope_permuted:
+            b = _hf_rows(name, b, model.config)
         base = weights[name]
         a32, b32 = a.to(base.device, torch.float32), b.to(base.device, torch.float32)
         if in_place and base.dtype == torch.float32:
@@ -185,6 +216,16 @@ def apply_lora(model: LoadedModel, adapter: LoraAdapter, *, in_place: bool = Fal
         rank=adapter.rank,
     )
     return dataclasses.replace(model, weights=weights)
+
+
+def _hf_rows(name: str, b: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """``B`` of the weight ``name`` with Q/K rows back in the Hugging Face order (what
+    `inferno_models.gguf_loader` does to the base weights)."""
+    if name.endswith("self_attn.q_proj.weight"):
+        return unpermute_rope(b, config.num_attention_heads)
+    if name.endswith("self_attn.k_proj.weight"):
+        return unpermute_rope(b, config.num_key_value_heads)
+    return b
 
 
 def _read_config(path: Path) -> dict[str, Any]:

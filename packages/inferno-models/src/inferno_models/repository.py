@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 
 from inferno_models.config import ModelConfig
-from inferno_models.errors import ModelError, ModelNotFoundError
+from inferno_models.errors import ModelError, ModelNotFoundError, UnsupportedModelError
 from inferno_models.generation import GenerationDefaults
 from inferno_models.gguf_summary import scan_gguf
 from inferno_models.loader import LlamaLoader, default_model_path, gguf_generation_defaults
@@ -87,7 +87,8 @@ def describe(path: Path, name: str | None = None) -> ModelEntry:
     """Summarize the model at ``path`` without loading its weights.
 
     Raises:
-        ModelFormatError: the file or directory is not a readable model.
+        ModelFormatError: the file or directory is not a readable model (a GGUF adapter is
+            an `UnsupportedModelError`).
     """
     if path.is_dir():
         config = ModelConfig.from_hf_file(path / "config.json")
@@ -106,6 +107,9 @@ def describe(path: Path, name: str | None = None) -> ModelEntry:
             ).to_dict(),
         )
     summary = scan_gguf(path)
+    if summary.metadata.get("general.type") == "adapter":
+        # A LoRA adapter beside the models is merged into one (load_lora), never served alone.
+        raise UnsupportedModelError(path, "this GGUF is an adapter, not a model")
     arch = str(summary.metadata.get("general.architecture", "unknown"))
     context = summary.metadata.get(f"{arch}.context_length")
     return ModelEntry(

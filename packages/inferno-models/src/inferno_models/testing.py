@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 
 from inferno_models.config import ModelConfig, RopeScaling
+from inferno_models.lora import LoraAdapter
 from inferno_models.names import EMBED, FINAL_NORM, LM_HEAD, expected_shapes
 from inferno_models.tokenizer import Tokenizer, byte_to_unicode
 
@@ -21,6 +23,7 @@ __all__ = [
     "tiny_config",
     "tiny_gguf_metadata",
     "tiny_tokenizer",
+    "write_gguf_lora",
     "write_peft_adapter",
     "write_tiny_gguf",
     "write_tiny_hf_dir",
@@ -312,3 +315,93 @@ def write_peft_adapter(directory: str | Path, hf_model: Any, *, seed: int = 3, *
         warnings.filterwarnings("ignore", message="Could not find a config file")
         model.save_pretrained(str(directory))
     return model
+
+
+def write_gguf_lora(
+    path: str | Path,
+    config: ModelConfig,
+    adapter_or_pairs: LoraAdapter | Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    *,
+    alpha: float | None = None,
+    quantization: str = "F32",
+    architecture: str | None = None,
+    adapter_type: str = "lora",
+    extra_tensors: dict[str, np.ndarray[Any, Any]] | None = None,
+    metadata: dict[str, int | float | str | list[int]] | None = None,
+) -> Path:
+    """Write a LoRA adapter of a ``config`` model as llama.cpp's ``convert_lora_to_gguf.py``
+    does: ``general.type = "adapter"``, ``adapter.type``, ``adapter.lora.alpha`` and each
+    weight's ``<gguf name>.lora_a`` (``A``, ``[r, in]``) and ``.lora_b`` (``B``, ``[out, r]``),
+    with Llama's Q/K ``B`` rows permuted as the converter permutes them.
+
+    ``adapter_or_pairs`` is a PEFT `LoraAdapter` (from `load_lora`; its alpha is written
+    unless ``alpha`` is given) or canonical weight names mapped to ``(A, B)``; with pairs and
+    no ``alpha`` no alpha key is written (llama.cpp then scales by 1). The matrices are stored
+    as ``quantization`` (F32, F16, BF16, Q8_0; Q8_0 falls back to F16 for rows that are not
+    whole blocks, as the converter's does). ``architecture`` overrides
+    ``general.architecture``; ``extra_tensors`` (written as they are) and ``metadata`` (ints
+    as int32, floats as float32, strings, lists of ints as uint32 arrays) build odd files.
+
+    Raises:
+        ValueError: the adapter's scales are not ``alpha / r`` (rsLoRA or ``alpha_pattern``),
+            which a GGUF adapter's single alpha cannot express.
+    """
+    import math
+
+    import gguf
+    from gguf.quants import quantize
+
+    from inferno_models.gguf_loader import permute_rope
+
+    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    if isinstance(adapter_or_pairs, Mapping):
+        pairs = dict(adapter_or_pairs)
+    else:
+        alpha = adapter_or_pairs.alpha if alpha is None else alpha
+        for name, (a, b, scale) in adapter_or_pairs.pairs.items():
+            if not math.isclose(scale, alpha / a.shape[0], rel_tol=1e-6):
+                raise ValueError(f"{name}: scale {scale} is not alpha / r = {alpha}/{a.shape[0]}")
+            pairs[name] = (a, b)
+    path = Path(path)
+    writer = gguf.GGUFWriter(str(path), architecture or config.architecture)
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, adapter_type)
+    if alpha is not None:
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+    for key, value in (metadata or {}).items():
+        if isinstance(value, list):
+            array_type, uint32 = gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.UINT32
+            writer.add_key_value(key, value, array_type, sub_type=uint32)
+        elif isinstance(value, str):
+            writer.add_string(key, value)
+        elif isinstance(value, int):
+            writer.add_int32(key, value)
+        else:
+            writer.add_float32(key, value)
+    qtype = getattr(gguf.GGMLQuantizationType, quantization)
+    for name, (a, b) in pairs.items():
+        b = b.detach().to(torch.float32)
+        if config.architecture == "llama" and name.endswith("q_proj.weight"):
+            b = permute_rope(b, config.num_attention_heads)
+        elif config.architecture == "llama" and name.endswith("k_proj.weight"):
+            b = permute_rope(b, config.num_key_value_heads)
+        for part, tensor in (("lora_a", a.detach().to(torch.float32)), ("lora_b", b)):
+            array = tensor.contiguous().numpy()
+            gguf_name = f"{_gguf_name(name)}.{part}"
+            if quantization == "F32":
+                writer.add_tensor(gguf_name, array)
+                continue
+            kind = qtype
+            try:
+                data = quantize(array, kind)
+            except gguf.QuantError:  # rows that are not whole blocks
+                kind = gguf.GGMLQuantizationType.F16
+                data = quantize(array, kind)
+            writer.add_tensor(gguf_name, data, raw_dtype=kind)
+    for name, array in (extra_tensors or {}).items():
+        writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
