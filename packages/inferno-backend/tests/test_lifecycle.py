@@ -158,6 +158,47 @@ async def test_a_lora_adapter_is_served_beside_its_base(
     assert "d" not in orch.served
 
 
+async def test_a_gguf_lora_adapter_is_merged_by_the_repository_source(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    """``inferno serve --lora adapter.gguf``: the real model source reads a llama.cpp GGUF
+    adapter and merges it into the model it loads, at start-up and on admin load."""
+    import torch
+    from inferno_backend.composition import RepositoryModelSource
+    from inferno_models import LlamaLoader, LoadedModel, apply_lora, load_lora
+    from inferno_models.repository import ModelRepository
+    from inferno_models.testing import random_weights, tiny_config, write_gguf_lora, write_tiny_gguf
+
+    config = tiny_config()
+    model = write_tiny_gguf(tmp_path / "tiny.gguf", config, random_weights(config, seed=2))
+    gen = torch.Generator().manual_seed(1)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    pairs = {q: (torch.randn(4, 64, generator=gen), torch.randn(64, 4, generator=gen))}
+    adapter = write_gguf_lora(tmp_path / "tiny-lora.gguf", config, pairs, alpha=8.0)
+    source = RepositoryModelSource(
+        ModelRepository(tmp_path / "models", include_default=False),
+        LlamaLoader(),
+        dtype="float32",
+        device="cpu",
+    )
+    serve = ServeConfig(
+        warmup=False, admin_key="adm", model=str(model), lora=str(adapter), served_model_name="a"
+    )
+    client, orch = await make_client(serve, source=source)
+    second = {"model": str(model), "served_model_name": "b", "lora": str(adapter)}
+    resp = await client.post(
+        "/v1/admin/models/load", json=second, headers={"Authorization": "Bearer adm"}
+    )
+    assert resp.status == 200, await resp.text()
+    cards = {m["id"]: m for m in (await (await client.get("/v1/models")).json())["data"]}
+    assert (cards["a"]["parent"], cards["a"]["lora"]) == ("tiny", str(adapter))
+    expected = apply_lora(LlamaLoader().load(model), load_lora(adapter))
+    for name in ("a", "b"):
+        served = orch.served[name].model
+        assert isinstance(served, LoadedModel)
+        torch.testing.assert_close(served.weights[q], expected.weights[q], rtol=0, atol=0)
+
+
 async def test_leaked_memory_is_reported() -> None:
     orch = fake_orchestrator(leak=True, kv_bytes=4096)
     await orch.start()

@@ -37,7 +37,8 @@ class ServeConfig(BaseModel):
     lora: str | None = Field(
         default=None,
         min_length=1,
-        description="Path of a LoRA adapter (PEFT's format) merged into the model at load.",
+        description="Path of a LoRA adapter merged into the model at load: a PEFT directory "
+        "(adapter_config.json, adapter_model.safetensors) or a llama.cpp GGUF adapter file.",
     )
     host: str = Field(default="127.0.0.1", min_length=1, description="Address to listen on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port; 0 picks a free one.")

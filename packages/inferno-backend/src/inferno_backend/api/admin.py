@@ -34,7 +34,8 @@ class LoadModelRequest(BaseModel):
     lora: str | None = Field(
         default=None,
         min_length=1,
-        description="Path of a LoRA adapter (PEFT's format) to merge into the model.",
+        description="Path of a LoRA adapter to merge into the model: a PEFT directory or a "
+        "llama.cpp GGUF adapter file.",
     )
 
 

@@ -53,8 +53,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--lora",
         metavar="PATH",
-        help="merge this LoRA adapter (a PEFT directory: adapter_config.json and "
-        "adapter_model.safetensors) into the model when it loads",
+        help="merge this LoRA adapter into the model when it loads: a PEFT directory "
+        "(adapter_config.json and adapter_model.safetensors) or a llama.cpp GGUF adapter file",
     )
     p.add_argument("--config", help="TOML configuration file")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
