@@ -27,7 +27,7 @@ from inferno_inference.config import EngineConfig
 from inferno_inference.factory import build_llm_engine
 from inferno_memory import HostMemoryResource
 from inferno_models import ModelConfig
-from inferno_models.testing import random_weights
+from inferno_models.testing import random_weights, transformers_model
 
 SHAPES: dict[str, dict[str, Any]] = {
     "qwen3-0.6b": {
@@ -67,17 +67,7 @@ def hf_family_model(
     config: ModelConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype
 ) -> Any:
     """transformers' class for ``config``'s family (Qwen3ForCausalLM, ...) over ``weights``."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    fields = config.to_hf_dict()
-    hf: Any = AutoModelForCausalLM.from_config(
-        AutoConfig.for_model(fields.pop("model_type"), **fields)
-    )
-    hf.eval()
-    missing, unexpected = hf.load_state_dict(weights, strict=False)
-    if unexpected or set(missing) - {"lm_head.weight"}:
-        raise RuntimeError(f"weights do not fit {type(hf).__name__}: {missing} {unexpected}")
-    hf.tie_weights()
+    hf = transformers_model(config, weights)
     hf.generation_config.pad_token_id = 0
     return hf.to(dtype=dtype)
 

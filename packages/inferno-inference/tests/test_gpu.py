@@ -49,14 +49,15 @@ def test_cuda_graph_decode_matches_eager_decode_bf16(max_context: int, kernels: 
 
 
 @pytest.mark.parametrize("kernels", ["triton", "torch"])
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "smollm3"])
 def test_cuda_fp32_matches_cpu_fp32(kernels: str, arch: str) -> None:
-    # Qwen3: the head norms before the fused rotation, on heads wider than hidden / heads.
-    config = (
-        tiny_config(architecture="qwen3", head_dim=32, llama3_rope=False)
-        if arch == "qwen3"
-        else tiny_config()
-    )
+    # Qwen3: the head norms before the fused rotation, on heads wider than hidden / heads;
+    # SmolLM3: an unrotated layer through the same fused kernel (position 0's angles).
+    config = {
+        "llama": tiny_config(),
+        "qwen3": tiny_config(architecture="qwen3", head_dim=32, llama3_rope=False),
+        "smollm3": tiny_config(architecture="smollm3", num_hidden_layers=4),
+    }[arch]
     weights = random_weights(config, seed=4)
     cpu = tiny_llm_engine(config=config, weights=weights, kernel_backend="torch")
     gpu = tiny_llm_engine(

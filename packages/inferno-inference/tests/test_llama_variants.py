@@ -1,6 +1,7 @@
 """Llama's variants match transformers: logits, and greedy tokens on every CPU path of the
 engine. Attention biases (Qwen2: on Q, K and V; Llama with ``attention_bias``: on the output
-too), and Qwen3's per-head query/key norms with heads wider than ``hidden / heads``."""
+too), Qwen3's per-head query/key norms with heads wider than ``hidden / heads``, and SmolLM3's
+layers without rotary embeddings."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from inferno_inference.tiny import (
     tiny_llm_engine,
 )
 from inferno_models.config import ModelConfig
-from inferno_models.testing import random_weights, tiny_config
+from inferno_models.testing import random_weights, tiny_config, transformers_model
 
 NEW_TOKENS = 32
 
@@ -33,30 +34,28 @@ def _qwen3() -> ModelConfig:
     return tiny_config(architecture="qwen3", head_dim=32, llama3_rope=False)
 
 
-CONFIGS = {"qwen2": _qwen2, "llama-attention-bias": _llama_with_bias, "qwen3": _qwen3}
+def _smollm3() -> ModelConfig:
+    return tiny_config(architecture="smollm3", num_hidden_layers=4)
+
+
+CONFIGS = {
+    "qwen2": _qwen2,
+    "llama-attention-bias": _llama_with_bias,
+    "qwen3": _qwen3,
+    "smollm3": _smollm3,
+}
 
 
 def _hf_model(config: ModelConfig, weights: dict[str, torch.Tensor]) -> Any:
-    if config.architecture == "qwen2":
-        from transformers import Qwen2Config as Config
-        from transformers import Qwen2ForCausalLM as Model
-    elif config.architecture == "qwen3":
-        from transformers import Qwen3Config as Config
-        from transformers import Qwen3ForCausalLM as Model
-    else:
-        from transformers import LlamaConfig as Config
-        from transformers import LlamaForCausalLM as Model
-    hf: Any = Model(Config(**config.to_hf_dict()))
-    hf.eval()
-    missing, unexpected = hf.load_state_dict(weights, strict=False)
-    assert not unexpected
-    assert set(missing) <= {"lm_head.weight"}
-    # The biases and norms are real parameters of the reference, so a model that skipped
-    # them would fail.
+    hf = transformers_model(config, weights)
+    # The biases, norms and unrotated layers are real in the reference, so a model that
+    # skipped them would fail.
     layer = hf.model.layers[0].self_attn
     assert (layer.q_proj.bias is not None) == config.qkv_bias
     assert (layer.o_proj.bias is not None) == config.o_bias
     assert hasattr(layer, "q_norm") == config.qk_norm
+    rotated = [getattr(layer.self_attn, "use_rope", True) for layer in hf.model.layers]
+    assert [i for i, r in enumerate(rotated) if not r] == list(config.nope_layers)
     return hf
 
 
@@ -116,6 +115,7 @@ def test_greedy_tokens_match_transformers(
     monkeypatch.setattr(NativeDecoder, "run", counting_run)
     engine = tiny_llm_engine(config=config, weights=weights, max_num_batched_tokens=48, **options)
     assert greedy_tokens(engine, prompts, NEW_TOKENS) == expected
-    # The C step (biases and head norms in C) took the steps whenever it was asked for.
+    # The C step (biases, head norms and unrotated layers in C) took the steps whenever it
+    # was asked for.
     assert (native_steps > 0) == bool(options["cpu_native_decode"])
     assert engine.stats().kv_blocks_used == 0

@@ -392,8 +392,14 @@ def _qwen3_config() -> ModelConfig:
 
 MIXED_CONFIGS = pytest.mark.parametrize(
     "config",
-    [_odd_config(), _wide_head_config(), _qwen3_config()],
-    ids=["odd", "wide-heads", "qwen3"],
+    [
+        _odd_config(),
+        _wide_head_config(),
+        _qwen3_config(),
+        # Layer 3 of 4 unrotated, in C as in torch.
+        tiny_config(architecture="smollm3", hidden_size=72, num_hidden_layers=4, vocab_size=321),
+    ],
+    ids=["odd", "wide-heads", "qwen3", "smollm3"],
 )
 
 

@@ -19,7 +19,7 @@ from inferno_models import (
     UnsupportedModelError,
 )
 from inferno_models.config import ModelConfig
-from inferno_models.gguf_loader import permute_rope
+from inferno_models.gguf_loader import ROPE_PERMUTED, permute_rope
 from inferno_models.lora import LoraAdapter, apply_lora, load_lora
 from inferno_models.testing import (
     random_weights,
@@ -33,6 +33,7 @@ CONFIGS = {
     "llama": tiny_config(),
     "qwen2": tiny_config(architecture="qwen2", llama3_rope=False),
     "qwen3": tiny_config(architecture="qwen3", llama3_rope=False, head_dim=32),
+    "smollm3": tiny_config(architecture="smollm3", num_hidden_layers=4),
 }
 Q = "model.layers.0.self_attn.q_proj.weight"
 K = "model.layers.1.self_attn.k_proj.weight"
@@ -92,9 +93,9 @@ def test_a_converted_adapter_merges_as_the_peft_one(
 def test_llama_q_and_k_rows_are_stored_permuted_and_restored(
     base: LoadedModel, tmp_path: Path
 ) -> None:
-    """The file holds a Llama adapter's Q/K ``lora_b`` in llama.cpp's rotary order (what
-    ``gguf``'s own reader sees), its ``lora_a`` and every other matrix as they are; Qwen
-    adapters are not permuted."""
+    """The file holds a Llama (or SmolLM3) adapter's Q/K ``lora_b`` in llama.cpp's rotary
+    order (what ``gguf``'s own reader sees), its ``lora_a`` and every other matrix as they
+    are; Qwen adapters are not permuted."""
     from gguf import GGUFReader
 
     config = base.config
@@ -103,7 +104,7 @@ def test_llama_q_and_k_rows_are_stored_permuted_and_restored(
     stored = {t.name: torch.from_numpy(np.array(t.data)) for t in GGUFReader(path).tensors}
     a, b, _ = peft.pairs[Q]
     _, k_b, _ = peft.pairs[K]
-    llama = config.architecture == "llama"
+    llama = config.architecture in ROPE_PERMUTED
     q_rows = permute_rope(b, config.num_attention_heads) if llama else b
     k_rows = permute_rope(k_b, config.num_key_value_heads) if llama else k_b
     torch.testing.assert_close(stored["blk.0.attn_q.weight.lora_b"], q_rows, rtol=0, atol=0)

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from inferno_models import LlamaLoader, ModelConfig, ModelFormatError, convert_gguf_to_hf
 from inferno_models.names import expected_shapes
-from inferno_models.testing import random_weights, tiny_config, write_tiny_gguf
+from inferno_models.testing import (
+    random_weights,
+    tiny_config,
+    transformers_model,
+    write_tiny_gguf,
+)
 
 
 @pytest.fixture
@@ -19,16 +23,6 @@ def qwen3() -> ModelConfig:
     return tiny_config(
         architecture="qwen3", head_dim=32, llama3_rope=False, tie_word_embeddings=True
     )
-
-
-def _hf_qwen3(config: ModelConfig, weights: dict[str, torch.Tensor]) -> Any:
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    hf: Any = Qwen3ForCausalLM(Qwen3Config(**config.to_hf_dict()))
-    missing, unexpected = hf.load_state_dict(weights, strict=False)
-    assert not unexpected
-    assert set(missing) <= {"lm_head.weight"}
-    return hf.eval()
 
 
 def test_the_config_round_trips_through_transformers(qwen3: ModelConfig, tmp_path: Path) -> None:
@@ -47,7 +41,7 @@ def test_the_config_round_trips_through_transformers(qwen3: ModelConfig, tmp_pat
 def test_parameter_count_matches_transformers(qwen3: ModelConfig) -> None:
     weights = random_weights(qwen3)
     assert qwen3.num_parameters() == sum(t.numel() for t in weights.values())
-    assert sum(t.numel() for t in _hf_qwen3(qwen3, weights).parameters()) == sum(
+    assert sum(t.numel() for t in transformers_model(qwen3, weights).parameters()) == sum(
         t.numel() for t in weights.values()
     )
 
@@ -66,7 +60,7 @@ def test_a_transformers_checkpoint_loads_with_its_norms(qwen3: ModelConfig, tmp_
     from inferno_models.testing import tiny_tokenizer
 
     weights = random_weights(qwen3, seed=4)
-    _hf_qwen3(qwen3, weights).save_pretrained(tmp_path / "ckpt")
+    transformers_model(qwen3, weights).save_pretrained(tmp_path / "ckpt")
     tiny_tokenizer().save(tmp_path / "ckpt")
     ours = LlamaLoader().load(tmp_path / "ckpt")
     assert ours.config.architecture == "qwen3"
@@ -108,7 +102,7 @@ def test_conversion_writes_a_qwen3_directory(qwen3: ModelConfig, tmp_path: Path)
     hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     assert type(hf).__name__ == "Qwen3ForCausalLM"
     ids = torch.tensor([[5, 9, 40, 77, 3]])
-    want = _hf_qwen3(ours.config, ours.weights)(ids).logits
+    want = transformers_model(ours.config, ours.weights)(ids).logits
     torch.testing.assert_close(hf(ids).logits, want)
 
 

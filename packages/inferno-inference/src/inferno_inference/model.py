@@ -1,6 +1,6 @@
 """The Llama forward pass over a flattened batch of tokens and a paged KV cache (Qwen2 too: it
-is Llama with biases on Q, K and V, which the projections add; and Qwen3, which RMS-normalizes
-every query and key head before the rotation).
+is Llama with biases on Q, K and V, which the projections add; Qwen3, which RMS-normalizes
+every query and key head before the rotation; and SmolLM3, whose NoPE layers do not rotate).
 
 One step runs the tokens of every scheduled sequence at once: decode tokens first (one per
 sequence, attended together in a single batched call), then the prefill chunks (each attended
@@ -109,7 +109,8 @@ class LayerWeights:
 
     ``q_norm`` and ``k_norm`` (``[head_dim]``) are Qwen3's per-head norms, ``None`` for models
     without them; ``qk_norm`` is the two laid out per head of the fused Q/K output
-    (``[heads + kv_heads, head_dim]``), which one multiply applies.
+    (``[heads + kv_heads, head_dim]``), which one multiply applies. ``rotary`` is false for a
+    layer that leaves queries and keys unrotated (SmolLM3's NoPE layers).
     """
 
     input_norm: torch.Tensor
@@ -121,6 +122,7 @@ class LayerWeights:
     q_norm: torch.Tensor | None = None
     k_norm: torch.Tensor | None = None
     qk_norm: torch.Tensor | None = None
+    rotary: bool = True
 
 
 class LlamaModel:
@@ -192,6 +194,7 @@ class LlamaModel:
                 ),
                 down=proj(layer_name(i, "mlp.down_proj.weight")),
                 **qk_norms(i),
+                rotary=i not in config.nope_layers,
             )
             for i in range(config.num_hidden_layers)
         ]
@@ -286,9 +289,9 @@ class LlamaModel:
             qkv = layer.qkv(h)
             self._norm_qk(layer, qkv)
             # Rotate queries and keys in one call: they are adjacent heads of the fused output.
-            qk = apply_rope(
-                qkv[:, : self._q + self._kv].view(n_tok, heads + kv_heads, hd), cos, sin
-            )
+            qk = qkv[:, : self._q + self._kv].view(n_tok, heads + kv_heads, hd)
+            if layer.rotary:
+                qk = apply_rope(qk, cos, sin)
             q, k = qk[:, :heads], qk[:, heads:]
             v = qkv[:, self._q + self._kv :].view(n_tok, kv_heads, hd)
             k_cache.index_copy_(0, meta.slot_mapping, k)
@@ -318,13 +321,15 @@ class LlamaModel:
         eps = cfg.rms_norm_eps
         x = self.embed[input_ids]
         delta: torch.Tensor | None = None
+        # A NoPE layer rotates by position 0's angles, which are zero: its heads stay as they are.
+        unrotated = torch.zeros_like(meta.positions) if cfg.nope_layers else meta.positions
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
             h = ops.add_rms_norm(x, delta, layer.input_norm, eps)
             qkv = layer.qkv(h)
             self._norm_qk(layer, qkv)
             qk = ops.rope_kv_write(
                 qkv,
-                meta.positions,
+                meta.positions if layer.rotary else unrotated,
                 self.cos,
                 self.sin,
                 meta.slot_mapping,

@@ -2,9 +2,9 @@
 
 One `ModelConfig` describes Llama 2, Llama 3 (with its "llama3" rope scaling), SmolLM, Qwen2 and
 Qwen2.5 (Llama with biases on Q, K and V), Qwen3 (Llama with an RMSNorm on each query and key
-head) and other models of the same shape. It is built from
-a Hugging Face ``config.json`` or from GGUF metadata, and written back as ``config.json`` by the
-converter.
+head), SmolLM3 (Llama whose every fourth layer has no rotary embedding, "NoPE") and other
+models of the same shape. It is built from a Hugging Face ``config.json`` or from GGUF metadata,
+and written back as ``config.json`` by the converter.
 """
 
 from __future__ import annotations
@@ -43,11 +43,12 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    architecture: Literal["llama", "qwen2", "qwen3"] = Field(
+    architecture: Literal["llama", "qwen2", "qwen3", "smollm3"] = Field(
         default="llama",
         description=(
-            "Model family: Llama, Qwen2 (Llama with biases on Q, K and V) or Qwen3 (Llama with "
-            "RMSNorm on every query and key head)."
+            "Model family: Llama, Qwen2 (Llama with biases on Q, K and V), Qwen3 (Llama with "
+            "RMSNorm on every query and key head) or SmolLM3 (Llama with layers that skip the "
+            "rotary embedding)."
         ),
     )
     vocab_size: int = Field(gt=0, description="Rows of the embedding matrix.")
@@ -68,6 +69,11 @@ class ModelConfig(BaseModel):
         default=False,
         description="Each query and key head is RMS-normalized (one weight per head width) "
         "before the rotary embedding.",
+    )
+    nope_layers: tuple[int, ...] = Field(
+        default=(),
+        description="Layers (by index) whose queries and keys are not rotated (SmolLM3's NoPE "
+        "layers): their attention sees no positions.",
     )
     bos_token_id: int | None = Field(default=None, ge=0, description="Beginning-of-sequence id.")
     eos_token_ids: tuple[int, ...] = Field(default=(), description="Ids that end a generation.")
@@ -94,6 +100,12 @@ class ModelConfig(BaseModel):
             )
         if self.qk_norm != (self.architecture == "qwen3"):
             raise ValueError("query/key norms (qk_norm) are Qwen3's, and every Qwen3 has them")
+        if self.nope_layers and self.architecture != "smollm3":
+            raise ValueError("layers without rotary embeddings (nope_layers) are SmolLM3's")
+        if any(not 0 <= i < self.num_hidden_layers for i in self.nope_layers):
+            raise ValueError(f"nope_layers {list(self.nope_layers)} name a layer that is not there")
+        if list(self.nope_layers) != sorted(set(self.nope_layers)):
+            raise ValueError("nope_layers must be increasing layer indices")
         return self
 
     @property
@@ -125,15 +137,18 @@ class ModelConfig(BaseModel):
         model_type = data.get("model_type", "llama")
         qwen2 = model_type == "qwen2" or "Qwen2ForCausalLM" in archs
         qwen3 = model_type == "qwen3" or "Qwen3ForCausalLM" in archs
+        smollm3 = model_type == "smollm3" or "SmolLM3ForCausalLM" in archs
         llama = model_type in ("llama", "mistral") or "LlamaForCausalLM" in archs
-        if not (qwen2 or qwen3 or llama):
+        if not (qwen2 or qwen3 or smollm3 or llama):
             raise UnsupportedModelError(source, f"unsupported architecture {model_type!r} {archs}")
         if data.get("mlp_bias"):
             raise UnsupportedModelError(source, "MLP biases (mlp_bias) are not supported")
         # Within its window, sliding-window attention is full attention: such a model gets
         # the window as its context rather than wrong attention past it.
         window = data.get("sliding_window")
-        windowed = model_type == "mistral" or ((qwen2 or qwen3) and data.get("use_sliding_window"))
+        windowed = model_type == "mistral" or (
+            (qwen2 or qwen3 or smollm3) and data.get("use_sliding_window")
+        )
         context = data.get("max_position_embeddings", 2048)
         if windowed and isinstance(window, int) and 0 < window < context:
             context = window
@@ -150,6 +165,17 @@ class ModelConfig(BaseModel):
                 fields.setdefault("type", fields.get("rope_type"))
                 if fields["type"] != "default":
                     scaling = RopeScaling(**fields)
+            nope: tuple[int, ...] = ()
+            if smollm3:
+                # 1 marks a layer that rotates; without the list, every fourth layer does not.
+                uses = data.get("no_rope_layers")
+                layers = int(data["num_hidden_layers"])
+                if uses is None:
+                    interval = int(data.get("no_rope_layer_interval", 4))
+                    uses = [int((i + 1) % interval != 0) for i in range(layers)]
+                if len(uses) != layers:
+                    raise ValueError(f"no_rope_layers has {len(uses)} entries for {layers} layers")
+                nope = tuple(i for i, rotates in enumerate(uses) if not rotates)
             rope_theta = data.get("rope_theta")
             if rope_theta is None:
                 rope_theta = (data.get("rope_parameters") or {}).get("rope_theta", 10000.0)
@@ -168,10 +194,13 @@ class ModelConfig(BaseModel):
                 tie_word_embeddings=bool(data.get("tie_word_embeddings", False)),
                 bos_token_id=data.get("bos_token_id"),
                 eos_token_ids=eos_ids,
-                architecture="qwen2" if qwen2 else "qwen3" if qwen3 else "llama",
+                architecture=(
+                    "qwen2" if qwen2 else "qwen3" if qwen3 else "smollm3" if smollm3 else "llama"
+                ),
                 qkv_bias=qwen2 or attention_bias,
                 o_bias=not qwen2 and attention_bias,
                 qk_norm=qwen3,
+                nope_layers=nope,
             )
         except KeyError as exc:
             raise ModelFormatError(source, f"missing field {exc.args[0]!r}") from None
@@ -205,6 +234,7 @@ class ModelConfig(BaseModel):
             "llama": "LlamaForCausalLM",
             "qwen2": "Qwen2ForCausalLM",
             "qwen3": "Qwen3ForCausalLM",
+            "smollm3": "SmolLM3ForCausalLM",
         }
         family: dict[str, Any] = {"architectures": [names[arch]], "model_type": arch}
         if arch != "llama":
@@ -212,6 +242,11 @@ class ModelConfig(BaseModel):
         if arch != "qwen2":
             family["attention_bias"] = self.o_bias
             family["mlp_bias"] = False
+        if arch == "smollm3":
+            nope = set(self.nope_layers)
+            family["no_rope_layers"] = [int(i not in nope) for i in range(self.num_hidden_layers)]
+            # Its config class defaults to a padding id of its own vocabulary (128004).
+            family["pad_token_id"] = None
         return {
             **family,
             "vocab_size": self.vocab_size,

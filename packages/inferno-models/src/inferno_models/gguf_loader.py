@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +24,8 @@ from inferno_models.gguf_summary import TensorExtent, scan_gguf
 from inferno_models.names import EMBED, FINAL_NORM, LM_HEAD, expected_shapes, layer_name
 
 __all__ = [
+    "ARCHITECTURES",
+    "ROPE_PERMUTED",
     "GGUFFile",
     "canonical_name",
     "fit_rope_scaling",
@@ -31,6 +33,20 @@ __all__ = [
     "rope_divisors",
     "unpermute_rope",
 ]
+
+#: The ``general.architecture`` values this loader reads.
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "smollm3")
+#: Architectures whose Q/K rows (and biases) llama.cpp's converter permutes for its rotary
+#: layout; it rotates the others ("NEOX") in the Hugging Face layout, unpermuted.
+ROPE_PERMUTED = frozenset({"llama", "smollm3"})
+#: llama.cpp gives SmolLM3 no key for its NoPE layers: every fourth layer, fixed in its code.
+_SMOLLM3_NOPE_INTERVAL = 4
+_ARCHITECTURE_NAMES: dict[str, Literal["llama", "qwen2", "qwen3", "smollm3"]] = {
+    "llama": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "smollm3": "smollm3",
+}
 
 #: GGUF per-layer tensor names (after ``blk.{i}.``) -> canonical suffixes.
 _LAYER_MAP = {
@@ -238,10 +254,9 @@ class GGUFFile:
                 "not a model: a LoRA adapter is merged into its base model (load_lora and "
                 "apply_lora, or inferno serve --lora)",
             )
-        if arch not in ("llama", "qwen2", "qwen3"):
+        if arch not in ARCHITECTURES:
             raise UnsupportedModelError(self.path, f"unsupported architecture {arch!r}")
-        # Qwen2 always has Q/K/V biases; llama.cpp's llama and qwen3 files may carry optional
-        # ones.
+        # Qwen2 always has Q/K/V biases; llama.cpp's other files may carry optional ones.
         qkv_bias = arch == "qwen2" or layer_name(0, "self_attn.q_proj.bias") in self._tensors
         o_bias = layer_name(0, "self_attn.o_proj.bias") in self._tensors
 
@@ -282,14 +297,15 @@ class GGUFFile:
                 tie_word_embeddings=LM_HEAD not in self._tensors,
                 bos_token_id=self.metadata.get("tokenizer.ggml.bos_token_id"),
                 eos_token_ids=eos_ids,
-                architecture="qwen2"
-                if arch == "qwen2"
-                else "qwen3"
-                if arch == "qwen3"
-                else "llama",
+                architecture=_ARCHITECTURE_NAMES[arch],
                 qkv_bias=qkv_bias,
                 o_bias=o_bias,
                 qk_norm=arch == "qwen3",
+                nope_layers=tuple(
+                    i
+                    for i in range(int(req("block_count")))
+                    if arch == "smollm3" and (i + 1) % _SMOLLM3_NOPE_INTERVAL == 0
+                ),
             )
         except (ValueError, TypeError) as exc:
             raise ModelFormatError(self.path, f"invalid model metadata: {exc}") from None
@@ -436,9 +452,7 @@ class GGUFFile:
                     f"tensor {info.name} has shape {list(info.shape)}, expected {list(shape)}",
                 )
             tensor = self._decode(info)
-            # llama.cpp rotates Qwen2 and Qwen3 in the Hugging Face layout ("NEOX"), so only
-            # Llama's rows (and biases) were permuted.
-            permuted = config.architecture == "llama"
+            permuted = config.architecture in ROPE_PERMUTED
             if permuted and name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
                 tensor = unpermute_rope(tensor, config.num_attention_heads)
             elif permuted and name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from inferno_models.errors import ModelFormatError, UnsupportedModelError
-from inferno_models.gguf_loader import GGUFFile, canonical_name
+from inferno_models.gguf_loader import ARCHITECTURES, ROPE_PERMUTED, GGUFFile, canonical_name
 from inferno_models.gguf_summary import TensorExtent
 from inferno_models.lora import _TARGETS, LoraAdapter
 from inferno_models.names import EMBED, LM_HEAD
@@ -34,7 +34,7 @@ from inferno_models.names import EMBED, LM_HEAD
 __all__ = ["is_gguf", "read_gguf_lora"]
 
 #: The architectures whose adapters can be merged (those `GGUFFile` loads).
-_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+_ARCHITECTURES = ARCHITECTURES
 _PARTS = ("lora_a", "lora_b")
 _HF_PREFIX = "https://huggingface.co/"
 
@@ -87,7 +87,7 @@ def read_gguf_lora(path: Path) -> LoraAdapter:
         pairs=dict(sorted(pairs.items())),
         architecture=file.architecture,
         # llama.cpp's converter permutes a Llama adapter's Q/K lora_b rows with the weights.
-        rope_permuted=file.architecture == "llama",
+        rope_permuted=file.architecture in ROPE_PERMUTED,
     )
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "tiny_config",
     "tiny_gguf_metadata",
     "tiny_tokenizer",
+    "transformers_model",
     "write_gguf_lora",
     "write_peft_adapter",
     "write_tiny_gguf",
@@ -53,7 +54,7 @@ def tiny_config(
     max_position_embeddings: int = 512,
     tie_word_embeddings: bool = False,
     llama3_rope: bool = True,
-    architecture: Literal["llama", "qwen2", "qwen3"] = "llama",
+    architecture: Literal["llama", "qwen2", "qwen3", "smollm3"] = "llama",
     head_dim: int | None = None,
 ) -> ModelConfig:
     """A small Llama config with GQA and (by default) llama3 rope scaling; with
@@ -83,6 +84,10 @@ def tiny_config(
         architecture=architecture,
         qkv_bias=architecture == "qwen2",
         qk_norm=architecture == "qwen3",
+        # SmolLM3's every fourth layer, as its GGUF files imply.
+        nope_layers=tuple(
+            i for i in range(num_hidden_layers) if architecture == "smollm3" and (i + 1) % 4 == 0
+        ),
     )
 
 
@@ -186,7 +191,7 @@ def write_tiny_gguf(
     import gguf
     from gguf.quants import quantize
 
-    from inferno_models.gguf_loader import ROPE_FREQS, permute_rope, rope_divisors
+    from inferno_models.gguf_loader import ROPE_FREQS, ROPE_PERMUTED, permute_rope, rope_divisors
 
     path = Path(path)
     arch = config.architecture
@@ -241,9 +246,9 @@ def write_tiny_gguf(
     for name, tensor in weights.items():
         t = tensor.detach().to(torch.float32)
         # llama.cpp's converter permutes Llama's Q/K rows (and biases), not Qwen2's or Qwen3's.
-        if arch == "llama" and name.endswith(("q_proj.weight", "q_proj.bias")):
+        if arch in ROPE_PERMUTED and name.endswith(("q_proj.weight", "q_proj.bias")):
             t = permute_rope(t, config.num_attention_heads)
-        elif arch == "llama" and name.endswith(("k_proj.weight", "k_proj.bias")):
+        elif arch in ROPE_PERMUTED and name.endswith(("k_proj.weight", "k_proj.bias")):
             t = permute_rope(t, config.num_key_value_heads)
         array = t.numpy()
         if array.ndim == 1 or quantization == "F32":
@@ -255,6 +260,23 @@ def write_tiny_gguf(
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def transformers_model(config: ModelConfig, weights: dict[str, torch.Tensor] | None = None) -> Any:
+    """transformers' own class for ``config``'s family (LlamaForCausalLM, Qwen3ForCausalLM,
+    SmolLM3ForCausalLM...), in eval mode, with ``weights`` (canonical names) when given: the
+    numerical reference of the tests. Raises `AssertionError` when the weights do not fit."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    auto: Any = AutoModelForCausalLM  # its methods are untyped
+    hf: Any = auto.from_config(AutoConfig.for_model(**config.to_hf_dict()))
+    hf.eval()
+    if weights is not None:
+        missing, unexpected = hf.load_state_dict(weights, strict=False)
+        assert not unexpected, unexpected
+        assert set(missing) <= {"lm_head.weight"}, missing
+        hf.tie_weights()
+    return hf
 
 
 def write_tiny_hf_dir(
@@ -351,7 +373,7 @@ def write_gguf_lora(
     import gguf
     from gguf.quants import quantize
 
-    from inferno_models.gguf_loader import permute_rope
+    from inferno_models.gguf_loader import ROPE_PERMUTED, permute_rope
 
     pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     if isinstance(adapter_or_pairs, Mapping):
@@ -381,9 +403,9 @@ def write_gguf_lora(
     qtype = getattr(gguf.GGMLQuantizationType, quantization)
     for name, (a, b) in pairs.items():
         b = b.detach().to(torch.float32)
-        if config.architecture == "llama" and name.endswith("q_proj.weight"):
+        if config.architecture in ROPE_PERMUTED and name.endswith("q_proj.weight"):
             b = permute_rope(b, config.num_attention_heads)
-        elif config.architecture == "llama" and name.endswith("k_proj.weight"):
+        elif config.architecture in ROPE_PERMUTED and name.endswith("k_proj.weight"):
             b = permute_rope(b, config.num_key_value_heads)
         for part, tensor in (("lora_a", a.detach().to(torch.float32)), ("lora_b", b)):
             array = tensor.contiguous().numpy()

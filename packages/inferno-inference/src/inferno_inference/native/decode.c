@@ -30,7 +30,7 @@
 #include <immintrin.h>
 #endif
 
-#define INFERNO_DECODE_ABI 6
+#define INFERNO_DECODE_ABI 7
 
 enum { DT_F32 = 0, DT_BF16 = 1 };
 /* Projection weight types: fp32 and bf16 as the model; int8 codes with one fp32 scale per row. */
@@ -53,6 +53,7 @@ typedef struct {
     const float* o_bias;    /* [hidden] fp32, or NULL */
     const float* q_norm;    /* [head_dim] fp32, or NULL: RMSNorm of each query head (Qwen3) */
     const float* k_norm;    /* [head_dim] fp32, with q_norm: of each key head */
+    int64_t no_rope;        /* nonzero: queries and keys are not rotated (SmolLM3's NoPE) */
 } layer_t;
 
 typedef struct {
@@ -1269,7 +1270,8 @@ static void decode_job(const step_t* st, int tid, int nth, barrier_t* barrier) {
             }
             const float* c = mdl->cos + st->positions[m] * hd;
             const float* s = mdl->sin + st->positions[m] * hd;
-            for (int64_t h = 0; h < nh + nkv; h++) rope(row + h * hd, c, s, hd);
+            if (!L->no_rope)
+                for (int64_t h = 0; h < nh + nkv; h++) rope(row + h * hd, c, s, hd);
             size_t slot = (size_t)(st->slot_mapping[m] * kv_w) * esz;
             store_row((char*)L->k_cache + slot, dt, row + nh * hd, kv_w);
             store_row((char*)L->v_cache + slot, dt, row + nh * hd + kv_w, kv_w);

@@ -25,7 +25,7 @@ __all__ = ["NATIVE_DTYPES", "NativeDecoder", "NativeMatmul", "native_unsupported
 
 #: Model dtypes the C decode path runs (fp16 has no fast CPU dot product to use).
 NATIVE_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
-_ABI = 6
+_ABI = 7
 _W_INT8 = 2  # decode.c's weight type for int8 codes with per-row scales
 _p = ctypes.c_void_p
 _i64 = ctypes.c_int64
@@ -49,6 +49,7 @@ class _Layer(ctypes.Structure):
         ("o_bias", _p),
         ("q_norm", _p),
         ("k_norm", _p),
+        ("no_rope", _i64),
     ]
 
 
@@ -253,6 +254,7 @@ class NativeDecoder:
                 )
                 self._biases += [q_norm, k_norm]
                 dst.q_norm, dst.k_norm = _ptr(q_norm), _ptr(k_norm)
+            dst.no_rope = int(not layer.rotary)
         self._struct = _Model(
             hidden=cfg.hidden_size,
             inter=cfg.intermediate_size,

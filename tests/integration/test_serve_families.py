@@ -1,6 +1,6 @@
-"""A real ``inferno serve`` on a Qwen2 and a Qwen3 GGUF (tiny random ones, with sampling keys):
-the same tokens as the engine run in-process, and the file's sampling settings as the
-defaults."""
+"""A real ``inferno serve`` on a Qwen2, a Qwen3 and a SmolLM3 GGUF (tiny random ones, with
+sampling keys): the same tokens as the engine run in-process, and the file's sampling settings
+as the defaults."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SAMPLING = {"general.sampling.temp": 0.6, "general.sampling.top_k": 12}
 
 
-@pytest.fixture(scope="module", params=["qwen2", "qwen3"])
+@pytest.fixture(scope="module", params=["qwen2", "qwen3", "smollm3"])
 def model_path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     arch = request.param
     config = tiny_config(
@@ -30,6 +30,7 @@ def model_path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         llama3_rope=False,
         tie_word_embeddings=True,
         head_dim=32 if arch == "qwen3" else None,
+        num_hidden_layers=4 if arch == "smollm3" else 2,
     )
     path = tmp_path_factory.mktemp(arch) / f"tiny-{arch}.gguf"
     weights = random_weights(config, seed=9 if arch == "qwen2" else 3)
