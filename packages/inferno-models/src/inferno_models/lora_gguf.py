@@ -33,8 +33,6 @@ from inferno_models.names import EMBED, LM_HEAD
 
 __all__ = ["is_gguf", "read_gguf_lora"]
 
-#: The architectures whose adapters can be merged (those `GGUFFile` loads).
-_ARCHITECTURES = ARCHITECTURES
 _PARTS = ("lora_a", "lora_b")
 _HF_PREFIX = "https://huggingface.co/"
 
@@ -113,11 +111,11 @@ def _check_kind(file: GGUFFile) -> None:
             "an activated LoRA (adapter.alora.invocation_tokens) acts only after its "
             "invocation tokens, which a merge into the weights cannot do",
         )
-    if arch not in _ARCHITECTURES:
+    if arch not in ARCHITECTURES:
         raise UnsupportedModelError(
             file.path,
             f"the adapter is for architecture {arch!r}; adapters of "
-            f"{', '.join(_ARCHITECTURES)} models can be merged",
+            f"{', '.join(ARCHITECTURES)} models can be merged",
         )
 
 
