@@ -164,6 +164,62 @@ def test_the_flag_and_the_config_field() -> None:
         load_config(env={"INFERNO_REASONING_PARSER": "deepseek"})
 
 
+def test_default_template_variables_come_from_flags_env_and_files() -> None:
+    from inferno_backend.cli import build_parser
+    from inferno_backend.commands.serve import _FLAG_FIELDS
+
+    flag = '{"enable_thinking": false}'
+    args = build_parser().parse_args(["serve", "--default-chat-template-kwargs", flag])
+    overrides = {name: getattr(args, name, None) for name in _FLAG_FIELDS}
+    config = load_config(env={}, overrides=overrides)
+    assert config.default_chat_template_kwargs == {"enable_thinking": False}
+    env = {"INFERNO_DEFAULT_CHAT_TEMPLATE_KWARGS": '{"reasoning_effort": "low"}'}
+    assert load_config(env=env).default_chat_template_kwargs == {"reasoning_effort": "low"}
+    with pytest.raises(ValueError, match="not a JSON object"):
+        load_config(env={"INFERNO_DEFAULT_CHAT_TEMPLATE_KWARGS": "{enable_thinking"})
+    with pytest.raises(ValueError, match="messages: set by the daemon"):
+        load_config(env={"INFERNO_DEFAULT_CHAT_TEMPLATE_KWARGS": '{"messages": []}'})
+
+
+async def test_default_template_variables_yield_to_the_requests(make_client: MakeClient) -> None:
+    config = ServeConfig(warmup=False, default_chat_template_kwargs={"enable_thinking": False})
+    client, orch = await make_client(config, **_options("Hello!"))
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200
+    closed = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    assert _prompt(orch).endswith(closed)
+    counted = await (await client.post("/tokenize", json=CHAT)).json()
+    assert counted["count"] == len(orch.engines[0].requests[-1].prompt_token_ids)
+    payload = {**CHAT, "chat_template_kwargs": {"enable_thinking": True}}
+    assert (await client.post("/v1/chat/completions", json=payload)).status == 200
+    assert _prompt(orch).endswith("<|im_start|>assistant\n")
+    api = _ollama(client)
+    try:
+        await api.chat(model="default", messages=CHAT["messages"], think=True)
+        assert _prompt(orch).endswith("<|im_start|>assistant\n")  # think: true asks for it
+    finally:
+        await api.close()
+
+
+async def test_a_thinking_budget_reaches_the_engine(make_client: MakeClient) -> None:
+    client, orch = await make_client(**_options())
+    payload = {**CHAT, "thinking_token_budget": 64}
+    body = await (await client.post("/v1/chat/completions", json=payload)).json()
+    assert body["choices"][0]["message"]["reasoning_content"] == REASONING
+    sampling = orch.engines[0].requests[-1].sampling
+    assert (sampling.reasoning_end, sampling.reasoning_start) == ("</think>", "<think>")
+    assert sampling.reasoning_budget == 64
+    # Without thinking (the prompt closed the block) there is nothing to cut.
+    closed = {**payload, "chat_template_kwargs": {"enable_thinking": False}}
+    assert (await client.post("/v1/chat/completions", json=closed)).status == 200
+    assert orch.engines[0].requests[-1].sampling.reasoning_budget is None
+    responses = {"model": "default", "input": "Hi", "thinking_token_budget": 8}
+    assert (await client.post("/v1/responses", json=responses)).status == 200
+    assert orch.engines[0].requests[-1].sampling.reasoning_budget == 8
+    bad = await client.post("/v1/chat/completions", json={**CHAT, "thinking_token_budget": -1})
+    assert bad.status == 400
+    assert (await bad.json())["error"]["param"] == "thinking_token_budget"
+
+
 # -- chat completions -----------------------------------------------------------------------------
 
 
@@ -327,12 +383,12 @@ async def test_json_output_follows_the_reasoning(make_client: MakeClient) -> Non
     # The engine holds the output to JSON only once the model closes its think block (if it
     # opens one: the prompt leaves that to the model).
     sampling = orch.engines[0].requests[-1].sampling
-    assert (sampling.constraint_after, sampling.constraint_after_opener) == ("</think>", "<think>")
+    assert (sampling.reasoning_end, sampling.reasoning_start) == ("</think>", "<think>")
     # A prompt that closed an empty block asks for the answer alone: JSON from the start.
     payload["chat_template_kwargs"] = {"enable_thinking": False}
     await client.post("/v1/chat/completions", json=payload)
     assert _prompt(orch).endswith("<think>\n\n</think>\n\n")
-    assert orch.engines[0].requests[-1].sampling.constraint_after is None
+    assert orch.engines[0].requests[-1].sampling.reasoning_end is None
 
 
 async def test_choices_follow_a_block_the_template_opened(make_client: MakeClient) -> None:
@@ -342,7 +398,7 @@ async def test_choices_follow_a_block_the_template_opened(make_client: MakeClien
     message = body["choices"][0]["message"]
     assert (message["reasoning_content"], message["content"]) == ("Paris?", "Paris")
     sampling = orch.engines[0].requests[-1].sampling
-    assert (sampling.constraint_after, sampling.constraint_after_opener) == ("</think>", None)
+    assert (sampling.reasoning_end, sampling.reasoning_start) == ("</think>", None)
 
 
 async def test_without_the_parser_constraints_hold_from_the_first_token(
@@ -353,7 +409,7 @@ async def test_without_the_parser_constraints_hold_from_the_first_token(
     )
     payload = {**CHAT, "response_format": {"type": "json_object"}}
     assert (await client.post("/v1/chat/completions", json=payload)).status == 200
-    assert orch.engines[0].requests[-1].sampling.constraint_after is None
+    assert orch.engines[0].requests[-1].sampling.reasoning_end is None
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -556,9 +612,9 @@ async def test_ollama_format_applies_after_the_thinking(make_client: MakeClient)
         assert (resp.message.thinking, resp.message.content) == ("JSON it is.", '{"a": 1}')
         sampling = orch.engines[0].requests[-1].sampling
         assert sampling.response_format == "json_object"
-        assert sampling.constraint_after == "</think>"
+        assert sampling.reasoning_end == "</think>"
         await api.chat(model="default", messages=messages, think=False, format="json")
-        assert orch.engines[0].requests[-1].sampling.constraint_after is None
+        assert orch.engines[0].requests[-1].sampling.reasoning_end is None
     finally:
         await api.close()
 

@@ -6,18 +6,25 @@ field and where the value came from (``port (from INFERNO_PORT): ...``).
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from inferno_models.chat import RESERVED_NAMES
 from inferno_models.generation import GenerationDefaults
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
 
-__all__ = ["ENV_PREFIX", "ConfigError", "ServeConfig", "load_config"]
+__all__ = ["ENV_PREFIX", "TEMPLATE_RESERVED", "ConfigError", "ServeConfig", "load_config"]
 
 ENV_PREFIX = "INFERNO_"
+
+
+#: Chat template variables the daemon sets itself, which no configured or requested
+#: variable may replace.
+TEMPLATE_RESERVED = RESERVED_NAMES | {"tools"}
 
 
 class ConfigError(ValueError):
@@ -109,6 +116,12 @@ class ServeConfig(BaseModel):
         "API. 'auto': for models whose chat template writes </think>; 'think': always; "
         "'none': never (the tags stay in the answer).",
     )
+    default_chat_template_kwargs: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description="Chat template variables every request gets unless it sets them itself "
+        '(chat_template_kwargs), e.g. {"enable_thinking": false} to serve a Qwen3 without '
+        "thinking: a table, or a JSON object.",
+    )
     warmup: bool = Field(default=True, description="Run one forward pass before turning ready.")
     api_keys: tuple[str, ...] = Field(
         default=(), description="Accepted Bearer keys; empty means no authentication."
@@ -156,6 +169,24 @@ class ServeConfig(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Lowest level logged."
     )
+
+    @field_validator("default_chat_template_kwargs", mode="before")
+    @classmethod
+    def _parse_template_kwargs(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a JSON object: {exc}") from None
+
+    @field_validator("default_chat_template_kwargs")
+    @classmethod
+    def _check_template_kwargs(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        clash = sorted(TEMPLATE_RESERVED.intersection(value))
+        if clash:
+            raise ValueError(f"{', '.join(clash)}: set by the daemon, not a template variable")
+        return value
 
     @field_validator("sampling_defaults", mode="before")
     @classmethod

@@ -145,7 +145,7 @@ class ChoiceConstraint:
             self.prefix = self.grammar.advance(self.prefix, token_id)
 
     def advance_bytes(self, data: bytes) -> None:
-        """Move past ``data`` (part of a token, see `inferno_inference.deferred`). A choice is
+        """Move past ``data`` (part of a token, see `inferno_inference.reasoning`). A choice is
         spelled by whole tokens, so text that starts one inside another token ends the output
         instead (whitespace is passed over)."""
         if data.strip() and self.prefix is not None:

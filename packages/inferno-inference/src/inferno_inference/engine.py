@@ -22,7 +22,6 @@ from inferno_inference.choice import (
     NoSpellableChoiceError,
     spell,
 )
-from inferno_inference.deferred import DeferredConstraint, opener_mask
 from inferno_inference.errors import InvalidRequestError
 from inferno_inference.json_mode import (
     JsonConstraint,
@@ -30,6 +29,7 @@ from inferno_inference.json_mode import (
     JsonVocabulary,
     compile_schema,
 )
+from inferno_inference.reasoning import ReasoningGate, opener_mask
 from inferno_inference.runner import ModelRunner
 from inferno_inference.sampler import Sampler
 from inferno_inference.scheduler import Scheduler
@@ -168,10 +168,16 @@ class LLMEngine:
                 "JSON mode needs the model's tokenizer, and this engine has none",
                 param="response_format",
             )
-        if sp.constraint_after is not None and self._token_bytes is None:
+        if sp.reasoning_end is not None and self._token_bytes is None:
             raise InvalidRequestError(
-                "constraint_after needs the model's tokenizer, and this engine has none",
-                param="constraint_after",
+                "reasoning_end needs the model's tokenizer, and this engine has none",
+                param="reasoning_end",
+            )
+        end, budget = sp.reasoning_end, sp.reasoning_budget
+        if end is not None and budget is not None and not self._closing_tokens(end):
+            raise InvalidRequestError(
+                f"no tokens spell {end!r}: a reasoning budget cannot end the block",
+                param="reasoning_budget",
             )
         if sp.choices:
             if self._token_bytes is None and self._encode is None:
@@ -278,30 +284,51 @@ class LLMEngine:
     def _constraint(
         self, grammar: JsonGrammar | ChoiceGrammar | None, sp: SamplingParams
     ) -> Constraint | None:
-        """A fresh position in ``grammar`` for one output (None: the output is free), deferred
-        past ``sp.constraint_after`` when it is set."""
-        if grammar is None:
-            return None
-        inner: JsonConstraint | ChoiceConstraint = (
-            ChoiceConstraint(grammar)
-            if isinstance(grammar, ChoiceGrammar)
-            else JsonConstraint(grammar)
-        )
-        if sp.constraint_after is None:
+        """A fresh position in ``grammar`` for one output (None: the output is free), behind
+        a `ReasoningGate` when ``sp.reasoning_end`` is set and there is a constraint or a
+        budget for it to keep."""
+        inner: JsonConstraint | ChoiceConstraint | None = None
+        if isinstance(grammar, ChoiceGrammar):
+            inner = ChoiceConstraint(grammar)
+        elif grammar is not None:
+            inner = JsonConstraint(grammar)
+        if sp.reasoning_end is None or (inner is None and sp.reasoning_budget is None):
             return inner
-        assert self._token_bytes is not None  # validate() refuses constraint_after without it
-        if self._vocab_bytes is None:
-            self._vocab_bytes = list(self._token_bytes())
-        vocab = self._vocab_bytes
+        vocab = self._vocabulary()
         opener = None
-        if sp.constraint_after_opener is not None:
-            opener = self._openers.get(sp.constraint_after_opener)
+        if sp.reasoning_start is not None:
+            opener = self._openers.get(sp.reasoning_start)
             if opener is None:
-                opener = opener_mask(vocab, sp.constraint_after_opener.encode())
-                self._openers[sp.constraint_after_opener] = opener
+                opener = opener_mask(vocab, sp.reasoning_start.encode())
+                self._openers[sp.reasoning_start] = opener
                 if len(self._openers) > _GRAMMARS_KEPT:
                     self._openers.pop(next(iter(self._openers)))
-        return DeferredConstraint(inner, self._vocab_bytes, sp.constraint_after.encode(), opener)
+        forced = self._closing_tokens(sp.reasoning_end) if sp.reasoning_budget is not None else []
+        return ReasoningGate(
+            inner,
+            vocab,
+            sp.reasoning_end.encode(),
+            opener,
+            budget=sp.reasoning_budget,
+            forced=forced,
+        )
+
+    def _vocabulary(self) -> list[bytes]:
+        """The tokens' bytes, computed once (validate() refuses reasoning_end without them)."""
+        assert self._token_bytes is not None
+        if self._vocab_bytes is None:
+            self._vocab_bytes = list(self._token_bytes())
+        return self._vocab_bytes
+
+    def _closing_tokens(self, text: str) -> list[int]:
+        """The tokens a reasoning budget forces to write ``text``: the tokenizer's (when they
+        spell it exactly), else the fewest that do; empty when none can."""
+        vocab = self._vocabulary()
+        if self._encode is not None:
+            ids = list(self._encode(text))
+            if ids and b"".join(vocab[i] for i in ids if 0 <= i < len(vocab)) == text.encode():
+                return ids
+        return spell(text, vocab) or []
 
     def _choice_grammar(self, choices: tuple[str, ...]) -> ChoiceGrammar:
         """The grammar of a list of choices, kept for the lists used last."""

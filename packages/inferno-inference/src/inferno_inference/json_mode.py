@@ -1400,7 +1400,7 @@ class JsonConstraint:
             self.state = self.grammar.advance(self.state, token_id)
 
     def advance_bytes(self, data: bytes) -> None:
-        """Move past ``data`` (part of a token, see `inferno_inference.deferred`); bytes the
+        """Move past ``data`` (part of a token, see `inferno_inference.reasoning`); bytes the
         grammar refuses end the output, as a refused token would."""
         if self.state is not None:
             self.state = self.grammar.program.advance(self.state, data)

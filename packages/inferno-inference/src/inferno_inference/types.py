@@ -90,19 +90,26 @@ class SamplingParams(BaseModel):
         "the root value (as tool calls a model may choose not to make).",
     )
 
-    constraint_after: str | None = Field(
+    reasoning_end: str | None = Field(
         default=None,
         max_length=64,
-        description="With JSON output or choices: the constraint starts once the output has "
-        "spelled this text (a reasoning block's closing tag, such as '</think>'); until then "
-        "any token may come, and the rest of the output is held to the constraint.",
+        description="The output starts with a reasoning block that ends with this text (such "
+        "as '</think>'): JSON output or choices hold only after it (until then any token may "
+        "come), and reasoning_budget counts the block's tokens.",
     )
-    constraint_after_opener: str | None = Field(
+    reasoning_start: str | None = Field(
         default=None,
         max_length=64,
-        description="With constraint_after: the wait holds only when the output's first "
+        description="With reasoning_end: the block is there only when the output's first "
         "token begins (after whitespace) with this text (such as '<think>'); otherwise the "
-        "constraint applies from the first token. None: the output starts inside the block.",
+        "output is all answer, constrained from its first token. None: the output starts "
+        "inside the block.",
+    )
+    reasoning_budget: int | None = Field(
+        default=None,
+        ge=0,
+        description="With reasoning_end: once the block holds this many tokens, the tokens "
+        "of reasoning_end are forced, so the answer follows. None: no limit.",
     )
 
     @model_validator(mode="after")
@@ -122,13 +129,12 @@ class SamplingParams(BaseModel):
                 raise ValueError(f"choices cannot be combined with {self.response_format}")
             if self.ignore_eos:
                 raise ValueError("ignore_eos cannot be combined with choices")
-        constrained = self.response_format != "text" or bool(self.choices)
-        if self.constraint_after is not None and not constrained:
-            raise ValueError("constraint_after needs JSON output or choices")
-        if self.constraint_after == "" or self.constraint_after_opener == "":
-            raise ValueError("constraint_after and its opener must not be empty")
-        if self.constraint_after_opener is not None and self.constraint_after is None:
-            raise ValueError("constraint_after_opener needs constraint_after")
+        if self.reasoning_end == "" or self.reasoning_start == "":
+            raise ValueError("reasoning_end and reasoning_start must not be empty")
+        if self.reasoning_end is None and (
+            self.reasoning_start is not None or self.reasoning_budget is not None
+        ):
+            raise ValueError("reasoning_start and reasoning_budget need reasoning_end")
         for token_id, bias in self.logit_bias:
             if not -100 <= bias <= 100 or bias != bias:
                 raise ValueError(f"logit_bias of token {token_id} must be in [-100, 100]")

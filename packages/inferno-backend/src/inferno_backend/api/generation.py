@@ -57,7 +57,8 @@ def build_sampling(
     OpenAI's defaults. ``top_p=0`` (allowed by OpenAI, not by the engine) means "only the
     likeliest token", i.e. greedy sampling. ``think`` (None: the model's reasoning is not
     split) says where the output starts relative to a think block: JSON output, tool calls
-    and choices then hold from the block's end, so a reasoning model thinks first.
+    and choices then hold from the block's end, so a reasoning model thinks first, and
+    ``thinking_token_budget`` cuts the block.
     """
     d = defaults or GenerationDefaults()
     temperature = _first(body.temperature, d.temperature, 1.0)
@@ -66,7 +67,8 @@ def build_sampling(
         temperature, top_p = 0.0, 1.0
     response_format, json_schema = body.output_format  # encodes the schema once
     constrained = response_format != "text" or body.guided_choice is not None
-    after = think is not None and think != "closed" and constrained
+    budget = body.thinking_token_budget
+    after = think is not None and think != "closed" and (constrained or budget is not None)
     try:
         return SamplingParams(
             max_tokens=max_tokens,
@@ -89,8 +91,9 @@ def build_sampling(
             json_schema=json_schema,
             json_optional=body.optional_output,
             choices=tuple(body.guided_choice or ()),
-            constraint_after=THINK_END if after else None,
-            constraint_after_opener=THINK_START if after and think == "none" else None,
+            reasoning_end=THINK_END if after else None,
+            reasoning_start=THINK_START if after and think == "none" else None,
+            reasoning_budget=budget if after else None,
         )
     except ValidationError as exc:
         raise from_validation_error(exc) from None

@@ -54,6 +54,7 @@ from inferno_backend.api.openai_routes import (
     render_chat,
     report_failure,
     start_chat,
+    template_defaults,
     thinks,
 )
 from inferno_backend.api.reasoning import (
@@ -107,7 +108,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
             chat_body.token_limit,
             "messages",
             continue_final=chat_body.continue_final_message,
-            variables=chat_body.template_variables(),
+            variables=template_defaults(request) | chat_body.template_variables(),
         )
         start = prompt.start if _splits(body, thinking) else None
         gen = start_chat(
@@ -137,7 +138,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
                 chat_body.messages,
                 None,
                 add_generation_prompt=True,
-                variables=chat_body.template_variables(),
+                variables=template_defaults(request) | chat_body.template_variables(),
             )
             ids = context + await encode(served, text, special=False)
         start = think_start(text) if _splits(body, thinking) else None

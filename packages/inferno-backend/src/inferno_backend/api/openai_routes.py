@@ -64,6 +64,7 @@ __all__ = [
     "report_failure",
     "routes",
     "start_generation",
+    "template_defaults",
     "thinks",
 ]
 
@@ -197,6 +198,12 @@ async def chat_prompt(
     return ChatPrompt(ids, prompt_budget(served, len(ids), token_limit, param), start)
 
 
+def template_defaults(request: web.Request) -> dict[str, Any]:
+    """The daemon's chat template variables (``default_chat_template_kwargs``), which a
+    request's own replace."""
+    return dict(request.app[CONFIG].default_chat_template_kwargs)
+
+
 def thinks(request: web.Request, served: ServedModel) -> bool:
     """Whether the daemon splits ``served``'s reasoning from its answers (``reasoning_parser``
     and the model's chat template)."""
@@ -306,7 +313,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             body.token_limit,
             "messages",
             continue_final=body.continue_final_message,
-            variables=body.template_variables(),
+            variables=template_defaults(request) | body.template_variables(),
         )
         start = prompt.start if thinking else None
         top = body.top_logprobs or 0

@@ -39,6 +39,7 @@ from inferno_backend.api.openai_routes import (
     parse_body,
     report_failure,
     start_generation,
+    template_defaults,
     thinks,
 )
 from inferno_backend.api.reasoning import (
@@ -241,7 +242,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
             plan,
             body.token_limit,
             "input",
-            variables=body.template_variables(),
+            variables=template_defaults(request) | body.template_variables(),
         )
         start = prompt.start if thinking else None
         top = body.top_logprobs or 0

@@ -13,7 +13,6 @@ from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from inferno_inference import MAX_CHOICES, MAX_LOGIT_BIAS
-from inferno_models.chat import RESERVED_NAMES
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -26,6 +25,7 @@ from pydantic import (
 )
 
 from inferno_backend.api.tools import ToolPlan, plan_tools
+from inferno_backend.config import TEMPLATE_RESERVED
 
 __all__ = [
     "ChatCompletionRequest",
@@ -179,6 +179,14 @@ class SamplingFields(BaseModel):
         min_length=1,
         max_length=MAX_CHOICES,
         description="The answer is exactly one of these strings (an extension, as vLLM's).",
+    )
+    thinking_token_budget: int | None = Field(
+        default=None,
+        ge=0,
+        description="A reasoning model's thinking is cut at this many tokens: '</think>' is "
+        "then written for it and the answer follows (an extension, as vLLM's). Applies where "
+        "the reasoning is split (chat and responses); the answer's tokens still count "
+        "against max_tokens.",
     )
     logit_bias: dict[str, float] | None = Field(
         default=None,
@@ -471,7 +479,7 @@ class ToolFields(BaseModel):
 
 
 #: Variables the daemon gives every chat template itself: a request may not replace them.
-RESERVED_TEMPLATE_NAMES = RESERVED_NAMES | {"tools"}
+RESERVED_TEMPLATE_NAMES = TEMPLATE_RESERVED
 _RESERVED_ENUM: list[JsonValue] = [*sorted(RESERVED_TEMPLATE_NAMES)]
 
 

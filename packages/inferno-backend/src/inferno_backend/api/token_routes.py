@@ -10,7 +10,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from inferno_backend.api.errors import BadRequestError
-from inferno_backend.api.openai_routes import admitted, encode, parse_body, render_chat
+from inferno_backend.api.openai_routes import (
+    admitted,
+    encode,
+    parse_body,
+    render_chat,
+    template_defaults,
+)
 from inferno_backend.api.schemas import DetokenizeRequest, TokenizeRequest
 
 __all__ = ["routes"]
@@ -30,7 +36,8 @@ async def tokenize(request: web.Request) -> web.Response:
                 body.tool_plan,
                 body.add_generation_prompt,
                 continue_final=body.continue_final_message,
-                variables=body.chat_template_kwargs,
+                # The count a chat request would use: the daemon's variables too.
+                variables=template_defaults(request) | (body.chat_template_kwargs or {}),
             )
             special = bool(body.add_special_tokens)
         else:

@@ -93,6 +93,12 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         help="split <think>...</think> reasoning from the answer (default auto: when the "
         "model's chat template writes </think>)",
     )
+    p.add_argument(
+        "--default-chat-template-kwargs",
+        metavar="JSON",
+        help="chat template variables for every request that leaves them out, e.g. "
+        "'{\"enable_thinking\": false}'",
+    )
     p.add_argument("--no-warmup", action="store_const", const=False, dest="warmup")
     p.add_argument(
         "--no-native-decode",
@@ -113,7 +119,7 @@ MODEL_FLAG_FIELDS = (
     "model", "served_model_name", "lora", "device", "dtype", "weight_quantization", "max_num_seqs",
     "max_model_len", "kv_cache_bytes", "log_format", "log_level", "warmup", "native_decode",
     "kernel_backend", "sampling_defaults", "model_sampling_defaults", "speculative_tokens",
-    "reasoning_parser",
+    "reasoning_parser", "default_chat_template_kwargs",
 )  # fmt: skip
 _FLAG_FIELDS = (
     *MODEL_FLAG_FIELDS, "host", "port", "api_keys", "admin_key", "discovery", "discovery_ttl",
