@@ -224,6 +224,23 @@ def test_the_engine_answers_after_the_budget_even_when_the_model_would_not() -> 
             assert isinstance(json.loads(answer), dict)
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_budget_alone_cuts_the_thinking_of_a_free_answer(temperature: float) -> None:
+    # Nothing else adjusts the logits (no bias, no JSON): the budget's mask still applies.
+    sampling = SamplingParams(
+        max_tokens=12,
+        temperature=temperature,
+        seed=2,
+        ignore_eos=True,
+        reasoning_end="</think>",
+        reasoning_budget=4,
+    )
+    ((ids, data, finish),) = _run(sampling, (9, 8, 7))
+    assert finish == "length"
+    assert ids[4] == ID[b"</think>"]
+    assert data.find(CLOSE) <= len(data) - len(CLOSE)
+
+
 def test_reasoning_fields_are_validated() -> None:
     with pytest.raises(ValueError, match="need reasoning_end"):
         SamplingParams(response_format="json_object", reasoning_start="<think>")
