@@ -216,7 +216,7 @@ def test_the_engine_answers_after_the_budget_even_when_the_model_would_not() -> 
         logit_bias=_bias(b"<", b"</", b"</think>", b"</think>\n\nParis", value=-100.0),
     )
     for ids, data, finish in _run(sampling, (5, 6, 7)):
-        head, close, answer = data.partition(CLOSE)
+        _head, close, answer = data.partition(CLOSE)
         assert close, data
         assert ids[5] == ID[b"</think>"]  # the fewest tokens that spell the close
         assert ID[b"</think>"] not in ids[:5]
