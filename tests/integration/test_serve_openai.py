@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -199,6 +200,33 @@ def test_guided_choice_answers_with_one_of_the_choices(client: openai.OpenAI) ->
         extra_body={"guided_choice": ["yes", "no"]},
     )
     assert {c.message.content for c in sampled.choices} <= {"yes", "no"}
+
+
+def test_guided_regex_answers_with_a_whole_match(client: openai.OpenAI) -> None:
+    pattern = r"\(\d{3}\) \d{3}-\d{4}"
+    sampled = client.chat.completions.create(
+        model="default",
+        messages=[{"role": "user", "content": "Give me a phone number."}],
+        temperature=1.0,
+        n=3,
+        seed=5,
+        max_tokens=24,
+        extra_body={"guided_regex": pattern},
+    )
+    for choice in sampled.choices:
+        assert re.fullmatch(pattern, choice.message.content or ""), choice.message.content
+        assert choice.finish_reason == "stop"  # nothing could follow the last digit
+    answer = r"The capital of France is (Paris|Rome|Berlin)\."
+    stream = client.chat.completions.create(
+        model="default",
+        messages=MESSAGES,
+        temperature=0,
+        max_tokens=24,
+        stream=True,
+        extra_body={"structured_outputs": {"regex": answer}},
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "The capital of France is Paris.", text
 
 
 def test_echo_with_logprobs_scores_a_prompt_like_an_evaluation_harness(

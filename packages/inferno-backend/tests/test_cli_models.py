@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -171,6 +172,16 @@ def test_generate_in_choice_mode(models_dir: Path, capsys: pytest.CaptureFixture
         answers.add(capsys.readouterr().out.strip())
     assert answers <= {"red", "green"}
     assert answers
+
+
+def test_generate_in_regex_mode(models_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = str(models_dir / "tiny.gguf")
+    argv = ["generate", "--model", model, "--prompt", "the", "--temperature", "1", "--seed"]
+    for seed in range(3):
+        assert main([*argv, str(seed), "--regex", "(red|green)-[0-9]{2}"]) == 0
+        assert re.fullmatch("(red|green)-[0-9]{2}", capsys.readouterr().out.strip())
+    assert main([*argv, "0", "--regex", "(?=x)"]) == 1
+    assert "look-around" in capsys.readouterr().err
 
 
 def test_a_qwen2_gguf_is_listed_inspected_and_generates(

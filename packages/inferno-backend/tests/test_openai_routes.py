@@ -492,18 +492,19 @@ async def test_structured_outputs_is_vllms_spelling_of_the_constraints(
     client, orch = await make_client()
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     for spec, expected in (
-        ({"choice": ["yes", "no"]}, ("text", None, ("yes", "no"))),
-        ({"json_object": True}, ("json_object", None, ())),
-        ({"json": schema}, ("json_schema", schema, ())),
-        ({"json": json.dumps(schema)}, ("json_schema", schema, ())),
+        ({"choice": ["yes", "no"]}, ("text", None, ("yes", "no"), None)),
+        ({"regex": "[a-z]+"}, ("text", None, (), "[a-z]+")),
+        ({"json_object": True}, ("json_object", None, (), None)),
+        ({"json": schema}, ("json_schema", schema, (), None)),
+        ({"json": json.dumps(schema)}, ("json_schema", schema, (), None)),
     ):
         resp = await client.post("/v1/chat/completions", json={**CHAT, "structured_outputs": spec})
         assert resp.status == 200, await resp.text()
         sp = orch.engines[0].requests[-1].sampling
         got_schema = json.loads(sp.json_schema) if sp.json_schema else None
-        assert (sp.response_format, got_schema, sp.choices) == expected
+        assert (sp.response_format, got_schema, sp.choices, sp.regex) == expected
     for spec, problem in (
-        ({"regex": "a+"}, "regex not supported"),
+        ({"grammar": "root ::= x"}, "grammar not supported"),
         ({}, "give one of"),
         ({"choice": ["a"], "json_object": True}, "give one of"),
         ({"json": "{"}, "not valid JSON"),
@@ -514,3 +515,32 @@ async def test_structured_outputs_is_vllms_spelling_of_the_constraints(
         assert problem in (await resp.json())["error"]["message"]
     both = {**CHAT, "structured_outputs": {"choice": ["a"]}, "guided_choice": ["b"]}
     assert (await client.post("/v1/chat/completions", json=both)).status == 400
+    both = {**CHAT, "structured_outputs": {"regex": "a"}, "guided_regex": "b"}
+    assert (await client.post("/v1/chat/completions", json=both)).status == 400
+
+
+async def test_guided_regex_reaches_the_engine_and_bad_patterns_are_400(
+    make_client: MakeClient,
+) -> None:
+    client, orch = await make_client()
+    pattern = r"\(\d{3}\) \d{3}-\d{4}"
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "guided_regex": pattern})
+    assert resp.status == 200, await resp.text()
+    assert orch.engines[0].requests[-1].sampling.regex == pattern
+    completion = {"model": "default", "prompt": "x", "guided_regex": "[0-9]+"}
+    assert (await client.post("/v1/completions", json=completion)).status == 200
+    assert orch.engines[0].requests[-1].sampling.regex == "[0-9]+"
+    for extra, param, problem in (
+        ({"guided_regex": "(?=a)b"}, "regex", "look-around"),
+        ({"guided_regex": "(a"}, "regex", "unexpected end"),
+        ({"guided_regex": "a", "guided_choice": ["a"]}, None, "cannot be combined"),
+        ({"guided_regex": "a", "response_format": {"type": "json_object"}}, None, "combined"),
+        ({"guided_regex": "a", "ignore_eos": True}, None, "ignore_eos"),
+        ({"guided_regex": ""}, "guided_regex", "at least 1"),
+    ):
+        resp = await client.post("/v1/chat/completions", json={**CHAT, **extra})
+        assert resp.status == 400, extra
+        error = (await resp.json())["error"]
+        assert problem in error["message"], error
+        if param is not None:
+            assert error["param"] == param, error

@@ -156,3 +156,37 @@ def test_viable_knows_every_length_a_match_can_take() -> None:
     assert not twos_and_fives.viable(twos_and_fives.initial, 5, 4)  # lengths 3 and 6 only
     assert twos_and_fives.viable(twos_and_fives.initial, 6, 4)
     assert twos_and_fives.viable(twos_and_fives.initial, 10**6, 6)  # beyond the exact range
+
+
+@pytest.mark.parametrize(
+    ("pattern", "longest"),
+    [
+        ("^a{5,280}$", 280),
+        ("^(ab|c){0,150}d$", 301),
+        ("^(a|bc)?x{300}$", 302),
+        ("^(()){2,}$", 0),
+        ("^(a|b)+c$", None),  # no limit
+        ("(()){2,}", None),  # a search: anything may follow
+        ("^x(a*)*$", None),
+    ],
+)
+def test_the_longest_match_is_known_beyond_the_exact_range(
+    pattern: str, longest: int | None
+) -> None:
+    # Past 256 characters of room `viable` reads the longest match from each state.
+    regex = Regex(pattern)
+    if longest is None:
+        assert regex.viable(regex.initial, 10**6, 10**6 - 1)
+        return
+    assert regex.viable(regex.initial, 10**6, longest)
+    assert not regex.viable(regex.initial, 10**6, longest + 1)
+
+
+def test_a_pattern_of_many_optional_parts_is_refused_not_compiled_for_minutes() -> None:
+    # Each "?" may be skipped, so every state reaches all later ones without a character:
+    # the automaton would be quadratic in the pattern, and so would each step of a match.
+    for pattern in ("(a?b?c?d?e?f?g?h?i?){1000}", "(((a|b)?){50}){50}x"):
+        with pytest.raises(RegexError, match="too many optional parts"):
+            Regex(pattern)
+    assert Regex(".{0,1000}").matches("x" * 1000)  # a bounded repeat stays small
+    assert Regex("^(a|b|c|d){1000}x{1000}$").matches("ab" * 500 + "x" * 1000)

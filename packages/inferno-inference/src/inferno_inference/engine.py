@@ -29,7 +29,9 @@ from inferno_inference.json_mode import (
     JsonVocabulary,
     compile_schema,
 )
+from inferno_inference.json_regex import whole_match
 from inferno_inference.reasoning import ReasoningGate, opener_mask
+from inferno_inference.regex_mode import RegexConstraint, RegexGrammar
 from inferno_inference.runner import ModelRunner
 from inferno_inference.sampler import Sampler
 from inferno_inference.scheduler import Scheduler
@@ -58,6 +60,7 @@ _EMBEDDING_SAMPLING = SamplingParams(max_tokens=1)
 #: JSON grammars kept for reuse, one per schema. Each caches up to 256 masks of one byte per
 #: vocabulary entry (12 MiB for a 50K vocabulary), so this bounds them at about 100 MiB.
 _GRAMMARS_KEPT = 8
+_Grammar = JsonGrammar | ChoiceGrammar | RegexGrammar
 
 
 class Detokenizer(Protocol):
@@ -139,6 +142,7 @@ class LLMEngine:
         # By (schema, optional).
         self._grammars: OrderedDict[tuple[str | None, bool], JsonGrammar] = OrderedDict()
         self._choice_grammars: OrderedDict[tuple[str, ...], ChoiceGrammar] = OrderedDict()
+        self._regex_grammars: OrderedDict[str, RegexGrammar] = OrderedDict()
         # For deferred constraints: the vocabulary's bytes, and each opener's token mask.
         self._vocab_bytes: list[bytes] | None = None
         self._openers: dict[str, torch.Tensor] = {}
@@ -167,6 +171,11 @@ class LLMEngine:
             raise InvalidRequestError(
                 "JSON mode needs the model's tokenizer, and this engine has none",
                 param="response_format",
+            )
+        if sp.regex is not None and self._token_bytes is None:
+            raise InvalidRequestError(
+                "regex mode needs the model's tokenizer, and this engine has none",
+                param="regex",
             )
         if sp.reasoning_end is not None and self._token_bytes is None:
             raise InvalidRequestError(
@@ -205,11 +214,13 @@ class LLMEngine:
             self._add_embedding(request)
             return
         sp = request.sampling
-        grammar: JsonGrammar | ChoiceGrammar | None = None
+        grammar: _Grammar | None = None
         if sp.response_format != "text":
             grammar = self._grammar(sp.json_schema, optional=sp.json_optional)
         elif sp.choices:
             grammar = self._choice_grammar(sp.choices)
+        elif sp.regex is not None:
+            grammar = self._regex_grammar(sp.regex)
         now = time.monotonic()
         seqs: list[Sequence] = []
         for i in range(sp.n):
@@ -269,27 +280,43 @@ class LLMEngine:
         if grammar is not None:
             self._grammars.move_to_end(key)
             return grammar
-        if self._json_vocabulary is None:
-            assert self._token_bytes is not None  # validate() refuses JSON mode without it
-            # About half a second for a 50K vocabulary, once per engine.
-            self._json_vocabulary = JsonVocabulary(self._token_bytes())
         grammar = JsonGrammar(
-            self._json_vocabulary, self.eos_token_ids, compile_schema(schema), optional=optional
+            self._json_vocab(), self.eos_token_ids, compile_schema(schema), optional=optional
         )
         self._grammars[key] = grammar
         if len(self._grammars) > _GRAMMARS_KEPT:
             self._grammars.popitem(last=False)
         return grammar
 
-    def _constraint(
-        self, grammar: JsonGrammar | ChoiceGrammar | None, sp: SamplingParams
-    ) -> Constraint | None:
+    def _json_vocab(self) -> JsonVocabulary:
+        """The vocabulary prepared for JSON and regex masks, built on first use."""
+        if self._json_vocabulary is None:
+            assert self._token_bytes is not None  # validate() refuses both modes without it
+            # About half a second for a 50K vocabulary, once per engine.
+            self._json_vocabulary = JsonVocabulary(self._token_bytes())
+        return self._json_vocabulary
+
+    def _regex_grammar(self, pattern: str) -> RegexGrammar:
+        """The grammar of a pattern, kept for the patterns used last."""
+        grammar = self._regex_grammars.get(pattern)
+        if grammar is not None:
+            self._regex_grammars.move_to_end(pattern)
+            return grammar
+        grammar = RegexGrammar(self._json_vocab(), self.eos_token_ids, whole_match(pattern))
+        self._regex_grammars[pattern] = grammar
+        if len(self._regex_grammars) > _GRAMMARS_KEPT:
+            self._regex_grammars.popitem(last=False)
+        return grammar
+
+    def _constraint(self, grammar: _Grammar | None, sp: SamplingParams) -> Constraint | None:
         """A fresh position in ``grammar`` for one output (None: the output is free), behind
         a `ReasoningGate` when ``sp.reasoning_end`` is set and there is a constraint or a
         budget for it to keep."""
-        inner: JsonConstraint | ChoiceConstraint | None = None
+        inner: JsonConstraint | ChoiceConstraint | RegexConstraint | None = None
         if isinstance(grammar, ChoiceGrammar):
             inner = ChoiceConstraint(grammar)
+        elif isinstance(grammar, RegexGrammar):
+            inner = RegexConstraint(grammar)
         elif grammar is not None:
             inner = JsonConstraint(grammar)
         if sp.reasoning_end is None or (inner is None and sp.reasoning_budget is None):

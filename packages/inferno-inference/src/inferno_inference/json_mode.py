@@ -39,11 +39,11 @@ import json
 import math
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import structlog
@@ -149,6 +149,7 @@ MAX_WHITESPACE = 64
 # The whitespace field of a state: 0 for none yet, _SPACED after a single space, _CR after a
 # carriage return (a newline must follow), 1 + indentation after a newline.
 _SPACED, _CR = -1, -2
+_S = TypeVar("_S")
 #: Most tokens a mask checks one by one, beside those it passes wholesale, before a walk of
 #: the sorted vocabulary (which skips whole ranges of tokens that fail alike) is cheaper.
 _ONE_BY_ONE = 8192
@@ -1207,6 +1208,34 @@ class JsonVocabulary:
         mask[self._plain_ids[torch.from_numpy(every.astype(bool))]] = True
         return mask
 
+    def walk(self, step: Callable[[_S, int], _S | None], start: _S) -> list[int]:
+        """Ids of the tokens whose bytes ``step`` takes one by one from ``start`` (None: a
+        byte it refuses), in one pass over the sorted vocabulary: tokens that share a prefix
+        share its steps, and every token past a refused prefix is skipped at once."""
+        ordered, order = self.sorted, self.order
+        allowed: list[int] = []
+        states: list[_S] = [start]  # states[d]: after the first d bytes of ``previous``
+        previous = b""
+        k, n = 0, len(ordered)
+        while k < n:
+            data = ordered[k]
+            depth = min(_common_prefix(previous, data), len(states) - 1)
+            del states[depth + 1 :]
+            while depth < len(data):
+                nxt = step(states[depth], data[depth])
+                if nxt is None:
+                    break
+                states.append(nxt)
+                depth += 1
+            previous = data
+            if depth == len(data):
+                allowed.append(order[k])
+                k += 1
+                continue
+            # Every token that starts with data[: depth + 1] fails at the same byte.
+            k = self.first_after(data[: depth + 1], k + 1)
+        return allowed
+
     def first_after(self, prefix: bytes, lo: int) -> int:
         """Index of the first sorted token that does not start with ``prefix``."""
         end = bytearray(prefix)
@@ -1306,7 +1335,7 @@ class JsonGrammar:
             advance, vocab_bytes = self.program.advance, self.vocab.bytes
             mask[[i for i in rest if advance(state, vocab_bytes[i])]] = True
         else:
-            mask[self._walk(state)] = True
+            mask[self.vocab.walk(self.program.step, state)] = True
             if state[0] == _MAYBE:
                 mask[self._eos] = True  # an empty answer is plain text too
         if not bool(mask.any()):
@@ -1350,32 +1379,6 @@ class JsonGrammar:
         if len(rest) > _ONE_BY_ONE:
             return None
         return passing, rest.tolist()
-
-    def _walk(self, start: JsonState) -> list[int]:
-        """Ids of the tokens valid from ``start``, in one pass over the sorted vocabulary."""
-        step, ordered, order = self.program.step, self.vocab.sorted, self.vocab.order
-        allowed: list[int] = []
-        states: list[JsonState] = [start]  # states[d]: after the first d bytes of ``previous``
-        previous = b""
-        k, n = 0, len(ordered)
-        while k < n:
-            data = ordered[k]
-            depth = min(_common_prefix(previous, data), len(states) - 1)
-            del states[depth + 1 :]
-            while depth < len(data):
-                nxt = step(states[depth], data[depth])
-                if nxt is None:
-                    break
-                states.append(nxt)
-                depth += 1
-            previous = data
-            if depth == len(data):
-                allowed.append(order[k])
-                k += 1
-                continue
-            # Every token that starts with data[: depth + 1] fails at the same byte.
-            k = self.vocab.first_after(data[: depth + 1], k + 1)
-        return allowed
 
 
 class JsonConstraint:

@@ -29,8 +29,8 @@ __all__ = ["InnerConstraint", "ReasoningGate", "opener_mask"]
 
 
 class InnerConstraint(Protocol):
-    """What `ReasoningGate` applies to the answer: `inferno_inference.json_mode.JsonConstraint`
-    or `inferno_inference.choice.ChoiceConstraint`."""
+    """What `ReasoningGate` applies to the answer: a JSON, choice or regex constraint
+    (`inferno_inference.json_mode`, `inferno_inference.choice`, `inferno_inference.regex_mode`)."""
 
     def allowed(self) -> torch.Tensor | None:
         """The tokens that may come next (None: any)."""

@@ -146,7 +146,7 @@ def _argmax(x: torch.Tensor) -> torch.Tensor:
 
 
 def _unadjusted(p: SamplingParams) -> bool:
-    """No penalty, bias, JSON or choice mask, no reasoning budget to force: the logits are
+    """No penalty, bias, JSON, choice or regex mask, no reasoning budget to force: the logits are
     sampled as the model gave them."""
     return (
         p.repetition_penalty == 1.0
@@ -155,6 +155,7 @@ def _unadjusted(p: SamplingParams) -> bool:
         and not p.logit_bias
         and p.response_format == "text"
         and not p.choices
+        and p.regex is None
         and p.reasoning_budget is None
     )
 

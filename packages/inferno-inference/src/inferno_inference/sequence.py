@@ -11,6 +11,7 @@ import torch
 from inferno_inference.choice import ChoiceConstraint
 from inferno_inference.json_mode import JsonConstraint
 from inferno_inference.reasoning import ReasoningGate
+from inferno_inference.regex_mode import RegexConstraint
 from inferno_inference.speculative import NgramIndex
 from inferno_inference.stops import StopMatcher
 from inferno_inference.types import FinishReason, Pooling, SamplingParams, TokenLogprob
@@ -18,7 +19,7 @@ from inferno_inference.types import FinishReason, Pooling, SamplingParams, Token
 __all__ = ["Constraint", "Sequence", "SequenceStatus"]
 
 #: What limits one choice's next tokens: JSON, a list of choices, or either after a closing text.
-Constraint: TypeAlias = JsonConstraint | ChoiceConstraint | ReasoningGate
+Constraint: TypeAlias = JsonConstraint | ChoiceConstraint | RegexConstraint | ReasoningGate
 
 
 class SequenceStatus(enum.Enum):

@@ -32,6 +32,8 @@ Pooling = Literal["mean", "last"]
 MAX_LOGIT_BIAS = 1024
 #: Most strings one request's choice mode may choose among.
 MAX_CHOICES = 256
+#: Longest pattern of one request's regex mode, in characters.
+MAX_REGEX = 4096
 
 
 class SamplingParams(BaseModel):
@@ -83,6 +85,13 @@ class SamplingParams(BaseModel):
         description="Choice mode: the output is exactly one of these strings, spelled by "
         "whichever tokens the model finds likeliest; it ends there. Empty: off.",
     )
+    regex: str | None = Field(
+        default=None,
+        max_length=MAX_REGEX,
+        description="Regex mode: the output is one whole match of this regular expression "
+        "(characters, classes, groups, alternation and quantifiers; no look-around or "
+        "back-references); it ends once no longer match is possible. None: off.",
+    )
     json_optional: bool = Field(
         default=False,
         description="With JSON output: a choice may be plain text instead, which nothing "
@@ -129,6 +138,11 @@ class SamplingParams(BaseModel):
                 raise ValueError(f"choices cannot be combined with {self.response_format}")
             if self.ignore_eos:
                 raise ValueError("ignore_eos cannot be combined with choices")
+        if self.regex is not None:
+            if self.response_format != "text" or self.choices:
+                raise ValueError("regex cannot be combined with JSON output or choices")
+            if self.ignore_eos:
+                raise ValueError("ignore_eos cannot be combined with regex")
         if self.reasoning_end == "" or self.reasoning_start == "":
             raise ValueError("reasoning_end and reasoning_start must not be empty")
         if self.reasoning_end is None and (

@@ -73,6 +73,13 @@ def validate_request(request: GenerationRequest, *, max_model_len: int, vocab_si
             compile_schema(request.sampling.json_schema)
         except SchemaError as exc:
             raise InvalidRequestError(str(exc), param="response_format") from None
+    if request.sampling.regex is not None:
+        from inferno_inference.json_regex import RegexError, whole_match
+
+        try:
+            whole_match(request.sampling.regex)
+        except RegexError as exc:
+            raise InvalidRequestError(str(exc), param="regex") from None
     bad = next((t for t, _ in request.sampling.logit_bias if not 0 <= t < vocab_size), None)
     if bad is not None:
         raise InvalidRequestError(

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
-from inferno_inference import MAX_CHOICES, MAX_LOGIT_BIAS
+from inferno_inference import MAX_CHOICES, MAX_LOGIT_BIAS, MAX_REGEX
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -180,6 +180,14 @@ class SamplingFields(BaseModel):
         max_length=MAX_CHOICES,
         description="The answer is exactly one of these strings (an extension, as vLLM's).",
     )
+    guided_regex: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_REGEX,
+        description="The answer is one whole match of this regular expression (an extension, "
+        "as vLLM's): characters, classes, groups, alternation and quantifiers; no look-around "
+        "or back-references.",
+    )
     thinking_token_budget: int | None = Field(
         default=None,
         ge=0,
@@ -200,8 +208,9 @@ class SamplingFields(BaseModel):
 
     structured_outputs: dict[str, Any] | None = Field(
         default=None,
-        description='vLLM\'s form of the output constraints: {"choice": [...]}, {"json": '
-        'schema}, or {"json_object": true} (as guided_choice and response_format).',
+        description='vLLM\'s form of the output constraints: {"choice": [...]}, {"regex": '
+        'pattern}, {"json": schema}, or {"json_object": true} (as guided_choice, '
+        "guided_regex and response_format).",
     )
 
     _integral_numbers = field_validator(
@@ -218,23 +227,27 @@ class SamplingFields(BaseModel):
         if not isinstance(spec, dict):
             raise ValueError("structured_outputs: must be an object")
         given = sorted(k for k, v in spec.items() if v is not None and v is not False)
-        unsupported = [k for k in given if k not in ("choice", "json", "json_object")]
+        unsupported = [k for k in given if k not in ("choice", "regex", "json", "json_object")]
         if unsupported:
             raise ValueError(
-                f"structured_outputs: {', '.join(unsupported)} not supported (choice, json "
-                "and json_object are)"
+                f"structured_outputs: {', '.join(unsupported)} not supported (choice, regex, "
+                "json and json_object are)"
             )
         if len(given) != 1:
-            raise ValueError("structured_outputs: give one of choice, json and json_object")
-        if data.get("response_format") is not None or data.get("guided_choice") is not None:
+            raise ValueError("structured_outputs: give one of choice, regex, json and json_object")
+        if any(
+            data.get(k) is not None for k in ("response_format", "guided_choice", "guided_regex")
+        ):
             raise ValueError(
                 "structured_outputs: give the constraint there or in response_format / "
-                "guided_choice, not both"
+                "guided_choice / guided_regex, not both"
             )
         data = {k: v for k, v in data.items() if k != "structured_outputs"}
         (kind,) = given
         if kind == "choice":
             data["guided_choice"] = spec["choice"]
+        elif kind == "regex":
+            data["guided_regex"] = spec["regex"]
         elif kind == "json_object":
             data["response_format"] = {"type": "json_object"}
         else:
@@ -276,6 +289,11 @@ class SamplingFields(BaseModel):
                 raise ValueError("guided_choice: cannot be combined with JSON output")
             if self.ignore_eos:
                 raise ValueError("guided_choice: cannot be combined with ignore_eos")
+        if self.guided_regex is not None:
+            if json_output or self.guided_choice is not None:
+                raise ValueError("guided_regex: cannot be combined with JSON output or choices")
+            if self.ignore_eos:
+                raise ValueError("guided_regex: cannot be combined with ignore_eos")
         return self
 
     @property
@@ -557,6 +575,8 @@ class ChatCompletionRequest(SamplingFields, ToolFields, TemplateFields):
                 raise ValueError("ignore_eos: cannot be combined with tool calls")
             if self.guided_choice is not None:
                 raise ValueError("guided_choice: cannot be combined with tool calls")
+            if self.guided_regex is not None:
+                raise ValueError("guided_regex: cannot be combined with tool calls")
         return self
 
     @property

@@ -34,6 +34,11 @@ def register(subparsers: Any) -> None:
         metavar="TEXT",
         help="answer with exactly one of these strings (repeat it for each)",
     )
+    output.add_argument(
+        "--regex",
+        metavar="PATTERN",
+        help="answer with one whole match of this regular expression",
+    )
     p.add_argument(
         "--speculative-tokens",
         type=int,
@@ -77,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
             response_format="json_schema" if schema else "json_object" if args.json else "text",
             json_schema=schema,
             choices=tuple(args.choice or ()),
+            regex=args.regex,
         )
         context = min(model.config.max_position_embeddings, len(prompt_ids) + args.max_tokens)
         block_size = EngineConfig.model_fields["block_size"].default
