@@ -119,7 +119,7 @@ def test_a_lead_byte_is_allowed_only_when_a_character_it_starts_can_follow() -> 
     assert leads & _first(".") == {b"\xe0", b"\xf0"}
 
 
-def test_loops_pass_tokens_wholesale_and_check_the_rest() -> None:
+def test_a_loop_takes_every_token_of_its_characters() -> None:
     # [^x]* keeps its state for every character but "x": quotes and newlines pass too.
     g = _grammar(r"[^x]*x")
     allowed = _allowed(g.allowed(g.initial))
@@ -163,6 +163,32 @@ def test_following_any_allowed_tokens_always_spells_a_match(pattern: str, picks:
         assert c.state is not None
         return
     assert re.fullmatch(pattern, text.decode()), (pattern, text)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    pattern=st.sampled_from(
+        [r"[^\n.]{2,30}\.", r"(ab|a)*(c|é)+", r"\d{1,3}(,\d{3})*", r'"[a-z ]{0,5}"', "caf.?"]
+    ),
+    picks=st.lists(st.integers(min_value=0, max_value=10_000), min_size=12, max_size=12),
+)
+def test_masks_equal_those_of_a_byte_by_byte_walk(pattern: str, picks: list[int]) -> None:
+    # The vectorized run of whole-character tokens, plus the pieces of characters, against
+    # the plain walk of the sorted vocabulary that steps every token byte by byte.
+    g = _grammar(pattern)
+    state = g.initial
+    for pick in picks:
+        walked = torch.zeros(len(VOCAB), dtype=torch.bool)
+        walked[VOCABULARY.walk(g.step, state)] = True
+        walked[EOS] = g.accepts(state)
+        mask = g.allowed(state)
+        assert torch.equal(mask, walked) or not walked.any(), (pattern, state)
+        options = [t for t in mask.nonzero().flatten().tolist() if t != EOS]
+        if not options:
+            break
+        after = g.advance(state, options[pick % len(options)])
+        assert after is not None
+        state = after
 
 
 def test_patterns_it_cannot_enforce_are_refused() -> None:

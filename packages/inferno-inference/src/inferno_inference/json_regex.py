@@ -18,7 +18,6 @@ enforces to patterns.
 from __future__ import annotations
 
 import bisect
-import itertools
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -588,26 +587,33 @@ class Regex:
                     return True
         return False
 
+    def transitions(self, state: frozenset[int]) -> list[tuple[int, frozenset[int]]]:
+        """The code points split where the next state changes: ``(first code point, state
+        after it)`` for each interval, in order, the last one running to U+10FFFF (an empty
+        state: no match after those)."""
+        edges = [edge for s in state for edge in self._edges[s]]
+        cuts = {0, _MAX + 1}
+        for ranges, _ in edges:
+            for lo, hi in ranges:
+                cuts.update((lo, hi + 1))
+        out = []
+        for lo in sorted(cuts)[:-1]:
+            after: set[int] = set()
+            for ranges, target in edges:
+                if _contains(ranges, lo):  # every code point up to the next cut meets these
+                    after |= self._closure[target]
+            out.append((lo, frozenset(after)))
+        return out
+
     def stable_ranges(self, state: frozenset[int]) -> Ranges:
         """The code points after which the state is ``state`` again (what a loop such as
         ``[a-z]*`` takes), as ranges."""
         hit = self._stable.get(state)
         if hit is not None:
             return hit
-        edges = [edge for s in state for edge in self._edges[s]]
-        cuts = {0, _MAX + 1}
-        for ranges, _ in edges:
-            for lo, hi in ranges:
-                cuts.update((lo, hi + 1))
-        points = sorted(cuts)
-        pairs = []
-        for lo, end in itertools.pairwise(points):
-            after: set[int] = set()
-            for ranges, target in edges:
-                if _contains(ranges, lo):  # every code point in [lo, end) meets the same edges
-                    after |= self._closure[target]
-            if after == state:
-                pairs.append((lo, end - 1))
+        steps = self.transitions(state)
+        ends = [lo - 1 for lo, _ in steps[1:]] + [_MAX]
+        pairs = [(lo, end) for (lo, after), end in zip(steps, ends, strict=True) if after == state]
         stable = _ranges(pairs)
         self._stable[state] = stable
         return stable

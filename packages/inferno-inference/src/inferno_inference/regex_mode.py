@@ -6,19 +6,22 @@ parses (characters, classes, groups, alternation, quantifiers), matched against 
 output as vLLM's ``guided_regex`` is: ``^`` and ``$`` add nothing.
 
 A state is the set of live NFA states and the bytes of a character not yet complete (a token
-may end inside a multi-byte character, as byte-fallback tokens do). Masks come from one walk
-of the sorted vocabulary per state, or, inside a loop such as ``[a-z ]*``, from the tokens whose
-characters all keep the state as it is plus the few others checked one by one; they are cached
-per state, and the grammar is kept per pattern, so requests that share a pattern share masks.
-An end of sequence is allowed once the output matches; once no longer match is possible the
-output ends there.
+may end inside a multi-byte character, as byte-fallback tokens do). A mask is computed for all
+tokens at once: the tokens that are whole characters, sorted longest first, are run through
+the automaton one character position at a time, each group of tokens in the same state moved
+by a vectorized lookup in that state's table of code-point intervals; the few tokens that end
+or begin inside a character are stepped byte by byte. Masks are cached per state and the
+grammar is kept per pattern, so requests that share a pattern share masks. An end of sequence
+is allowed once the output matches; once no longer match is possible the output ends there.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
+import numpy as np
 import structlog
 import torch
 
@@ -31,9 +34,6 @@ log = structlog.get_logger(__name__)
 
 #: Live NFA states, and the leading bytes of an unfinished character.
 RegexState = tuple[frozenset[int], bytes]
-
-#: Most tokens a mask checks one by one beside those that pass wholesale (else: one walk).
-_ONE_BY_ONE = 8192
 
 
 def _utf8_length(lead: int) -> int:
@@ -65,6 +65,42 @@ def _code_point_span(prefix: bytes, length: int) -> tuple[int, int]:
     return low, min((value << missing) | ((1 << missing) - 1), 0x10FFFF)
 
 
+class _TokenChars:
+    """A vocabulary's tokens as code points, for running many tokens through an automaton
+    at once: ``columns[k]`` holds the k-th character of every token longer than k (tokens
+    sorted longest first, so those are the first ``len(columns[k])``)."""
+
+    def __init__(self, token_bytes: Sequence[bytes]) -> None:
+        whole: list[tuple[int, list[int]]] = []
+        #: Tokens that are not whole characters (a piece of one, or invalid UTF-8).
+        self.partial: list[int] = []
+        for i, data in enumerate(token_bytes):
+            if not data:
+                continue
+            try:
+                whole.append((i, [ord(c) for c in data.decode("utf-8")]))
+            except UnicodeDecodeError:
+                self.partial.append(i)
+        whole.sort(key=lambda item: -len(item[1]))
+        self.ids = torch.tensor([i for i, _ in whole], dtype=torch.long)
+        longest = len(whole[0][1]) if whole else 0
+        self.columns: list[np.ndarray] = []
+        for k in range(longest):
+            column = [cps[k] for _, cps in whole if len(cps) > k]  # a prefix of ``whole``
+            self.columns.append(np.array(column, dtype=np.int64))
+
+
+_TOKEN_CHARS: weakref.WeakKeyDictionary[JsonVocabulary, _TokenChars] = weakref.WeakKeyDictionary()
+
+
+def _token_chars(vocabulary: JsonVocabulary) -> _TokenChars:
+    """The vocabulary's `_TokenChars`, built once per vocabulary."""
+    chars = _TOKEN_CHARS.get(vocabulary)
+    if chars is None:
+        chars = _TOKEN_CHARS[vocabulary] = _TokenChars(vocabulary.bytes)
+    return chars
+
+
 class RegexGrammar:
     """One pattern over one vocabulary; masks are cached per state.
 
@@ -85,6 +121,10 @@ class RegexGrammar:
         self._eos = sorted(set(eos_token_ids))
         self._cache: OrderedDict[RegexState | None, torch.Tensor] = OrderedDict()
         self._cache_size = cache_size
+        # Live NFA state sets met while computing masks, numbered, with their tables.
+        self._numbers: dict[frozenset[int], int] = {}
+        self._sets: list[frozenset[int]] = []
+        self._tables: list[tuple[np.ndarray, np.ndarray] | None] = []
 
     @property
     def vocab_size(self) -> int:
@@ -151,14 +191,14 @@ class RegexGrammar:
         if state is None:
             mask[self._eos] = True
             return mask
-        wholesale = self._wholesale(state)
-        if wholesale is not None:
-            passing, rest = wholesale
-            mask |= passing
-            data = self.vocab.bytes
-            mask[[i for i in rest if self.advance_bytes(state, data[i]) is not None]] = True
-        else:
+        if state[1]:  # inside a character: few tokens continue it, one walk finds them
             mask[self.vocab.walk(self.step, state)] = True
+        else:
+            chars = _token_chars(self.vocab)
+            mask[chars.ids[torch.from_numpy(self._run_whole(state[0], chars))]] = True
+            data = self.vocab.bytes
+            pieces = [i for i in chars.partial if self.advance_bytes(state, data[i]) is not None]
+            mask[pieces] = True
         if self.accepts(state):
             mask[self._eos] = True
         if not bool(mask.any()):
@@ -169,21 +209,45 @@ class RegexGrammar:
                 mask[:] = True
         return mask
 
-    def _wholesale(self, state: RegexState) -> tuple[torch.Tensor, list[int]] | None:
-        """Between characters inside a loop: the tokens whose characters all leave the
-        state as it is (a mask), and the rest to check one by one when they are few; None
-        where one walk of the vocabulary is better."""
-        nfa, pending = state
-        if pending:
-            return None
-        stable = self.regex.stable_ranges(nfa)
-        if not stable:
-            return None
-        passing = self.vocab.within(stable)
-        rest = (self.vocab.nonempty & ~passing).nonzero().flatten()
-        if len(rest) > _ONE_BY_ONE:
-            return None
-        return passing, rest.tolist()
+    def _number(self, nfa: frozenset[int]) -> int:
+        """The number of a state set (-1: dead, no match can follow)."""
+        number = self._numbers.get(nfa)
+        if number is None:
+            if not self.regex.alive(nfa):
+                return -1
+            number = self._numbers[nfa] = len(self._sets)
+            self._sets.append(nfa)
+            self._tables.append(None)
+        return number
+
+    def _table(self, number: int) -> tuple[np.ndarray, np.ndarray]:
+        """A state's code-point intervals (their first code points) and the number of the
+        state after each."""
+        table = self._tables[number]
+        if table is None:
+            steps = self.regex.transitions(self._sets[number])
+            lows = np.array([lo for lo, _ in steps], dtype=np.int64)
+            after = np.array([self._number(nxt) for _, nxt in steps], dtype=np.int64)
+            table = self._tables[number] = (lows, after)
+        return table
+
+    def _run_whole(self, nfa: frozenset[int], chars: _TokenChars) -> np.ndarray:
+        """Which whole-character tokens (in ``chars.ids`` order) may follow ``nfa``."""
+        count, start = len(chars.ids), self._number(nfa)
+        current = np.full(count, start, dtype=np.int64)
+        alive = np.full(count, start >= 0, dtype=bool)
+        for column in chars.columns:
+            n = len(column)
+            here, live = current[:n], alive[:n]  # views: the tokens this long or longer
+            if not live.any():
+                break
+            for number in np.unique(here[live]).tolist():
+                chosen = live & (here == number)
+                lows, after = self._table(number)
+                nxt = after[np.searchsorted(lows, column[chosen], side="right") - 1]
+                here[chosen] = nxt
+                live[chosen] = nxt >= 0
+        return alive
 
 
 class RegexConstraint:
