@@ -3,7 +3,9 @@ requests in text mode, in the same run.
 
 The default model's chat, greedy and sampled (temperature 0.8, seed = request index), up to
 ``--new-tokens`` tokens, each pattern's requests one at a time and then all at once. For each
-pattern: output tokens/s in text and regex mode, the share of answers that fully match the
+pattern and mode: output tokens/s (prefill included, so short answers read low), the decode
+time per token after the first (the mean over requests of their first-to-last output time over
+their tokens after the first), the share of answers that fully match the
 pattern (Python's ``re.fullmatch``), and the grammar states met with the time spent computing
 their masks (counted by wrapping ``RegexGrammar._compute``). Prints a table and writes JSON.
 
@@ -83,14 +85,17 @@ class _MaskClock:
 
 async def _run(
     engine: AsyncEngine, prompts: list[list[int]], sampling: list[SamplingParams], together: bool
-) -> tuple[list[str], int, float]:
-    async def one(i: int) -> tuple[str, int]:
-        text, tokens = "", 0
+) -> tuple[list[str], int, float, float]:
+    async def one(i: int) -> tuple[str, int, float]:
+        text, tokens, first, last = "", 0, 0.0, 0.0
         request = GenerationRequest(f"r{time.monotonic_ns()}-{i}", tuple(prompts[i]), sampling[i])
         async for out in engine.generate(request):
+            last = time.perf_counter()
+            if not tokens:
+                first = last
             text += out.text
             tokens += len(out.token_ids)
-        return text, tokens
+        return text, tokens, (last - first) / max(tokens - 1, 1)
 
     t0 = time.perf_counter()
     if together:
@@ -98,7 +103,8 @@ async def _run(
     else:
         results = [await one(i) for i in range(len(prompts))]
     seconds = time.perf_counter() - t0
-    return [t for t, _ in results], sum(n for _, n in results), seconds
+    per_token = sum(r[2] for r in results) / len(results)
+    return [r[0] for r in results], sum(r[1] for r in results), seconds, per_token
 
 
 def main() -> None:
@@ -139,8 +145,12 @@ def main() -> None:
                             for i, t in enumerate(temps)
                         ]
                         with _MaskClock() as clock:
-                            texts, tokens, seconds = await _run(engine, prompts, sampling, together)
+                            texts, tokens, seconds, per_token = await _run(
+                                engine, prompts, sampling, together
+                            )
                         row[f"{mode}_tok_s"] = tokens / seconds
+                        row[f"{mode}_ms_per_token"] = per_token * 1000
+                        row[f"{mode}_tokens"] = tokens
                         row[f"{mode}_matches"] = sum(bool(re.fullmatch(pattern, t)) for t in texts)
                         if mode == "regex":
                             row["states"] = clock.states
@@ -153,16 +163,18 @@ def main() -> None:
 
     asyncio.run(bench())
     print(
-        "| pattern | conc. | text tok/s | regex tok/s | ratio | full matches (text / regex) "
-        "| states | mask time |"
+        "| pattern | conc. | tok/s text / regex | decode ms/token text / regex | tokens "
+        "text / regex | full matches text / regex | states | mask time |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        n = r["answers"]
         print(
-            f"| {r['pattern']} | {r['concurrency']} | {r['text_tok_s']:.1f} | "
-            f"{r['regex_tok_s']:.1f} | {r['regex_tok_s'] / r['text_tok_s']:.2f}x | "
-            f"{r['text_matches']}/{r['answers']} / {r['regex_matches']}/{r['answers']} | "
-            f"{r['states']} | {r['mask_seconds']:.2f} s |"
+            f"| {r['pattern']} | {r['concurrency']} | {r['text_tok_s']:.1f} / "
+            f"{r['regex_tok_s']:.1f} | {r['text_ms_per_token']:.1f} / "
+            f"{r['regex_ms_per_token']:.1f} | {r['text_tokens']} / {r['regex_tokens']} | "
+            f"{r['text_matches']}/{n} / {r['regex_matches']}/{n} | {r['states']} | "
+            f"{r['mask_seconds']:.2f} s |"
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

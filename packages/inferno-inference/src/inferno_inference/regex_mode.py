@@ -71,23 +71,28 @@ class _TokenChars:
     sorted longest first, so those are the first ``len(columns[k])``)."""
 
     def __init__(self, token_bytes: Sequence[bytes]) -> None:
-        whole: list[tuple[int, list[int]]] = []
+        ids: list[int] = []
+        texts: list[str] = []
         #: Tokens that are not whole characters (a piece of one, or invalid UTF-8).
         self.partial: list[int] = []
         for i, data in enumerate(token_bytes):
             if not data:
                 continue
             try:
-                whole.append((i, [ord(c) for c in data.decode("utf-8")]))
+                texts.append(data.decode("utf-8"))
+                ids.append(i)
             except UnicodeDecodeError:
                 self.partial.append(i)
-        whole.sort(key=lambda item: -len(item[1]))
-        self.ids = torch.tensor([i for i, _ in whole], dtype=torch.long)
-        longest = len(whole[0][1]) if whole else 0
+        lengths = np.array([len(t) for t in texts], dtype=np.int64)
+        order = np.argsort(-lengths, kind="stable")
+        self.ids = torch.from_numpy(np.array(ids, dtype=np.int64)[order])
+        flat = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        starts = (np.cumsum(lengths) - lengths)[order]
+        lengths = lengths[order]
         self.columns: list[np.ndarray] = []
-        for k in range(longest):
-            column = [cps[k] for _, cps in whole if len(cps) > k]  # a prefix of ``whole``
-            self.columns.append(np.array(column, dtype=np.int64))
+        for k in range(int(lengths[0]) if len(lengths) else 0):
+            n = int(np.searchsorted(-lengths, -k, side="left"))  # tokens longer than k
+            self.columns.append(flat[starts[:n] + k])
 
 
 _TOKEN_CHARS: weakref.WeakKeyDictionary[JsonVocabulary, _TokenChars] = weakref.WeakKeyDictionary()
