@@ -230,6 +230,7 @@ async def test_chat_splits_reasoning_from_content(make_client: MakeClient) -> No
     assert message == {
         "role": "assistant",
         "content": "Hello there!",
+        "reasoning": REASONING,  # vLLM's newer name, beside the one most clients read
         "reasoning_content": REASONING,
     }
     usage = body["usage"]
@@ -246,6 +247,7 @@ async def test_chat_streams_reasoning_then_content(make_client: MakeClient, n: i
     for index in range(n):
         deltas = [c["delta"] for e in events[:-1] for c in e["choices"] if c["index"] == index]
         reasoning = [d["reasoning_content"] for d in deltas if "reasoning_content" in d]
+        assert reasoning == [d["reasoning"] for d in deltas if "reasoning" in d]
         content = [d["content"] for d in deltas if d.get("content")]
         assert "".join(reasoning) == REASONING
         assert "".join(content) == "Hello there!"
@@ -368,6 +370,16 @@ async def test_earlier_reasoning_reaches_the_template(make_client: MakeClient) -
     bad = [{"role": "user", "content": "Hi", "reasoning_content": "no"}]
     resp = await client.post("/v1/chat/completions", json={**CHAT, "messages": bad})
     assert resp.status == 400
+    # vLLM's newer name reaches the template the same way; two different texts are a 400.
+    newer = [{**m, "reasoning": m.pop("reasoning_content")} if "reasoning_content" in m else m
+             for m in (dict(m) for m in messages)]  # fmt: skip
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "messages": newer})
+    assert resp.status == 200
+    assert "<think>\nBe polite.\n</think>\n\nHello!" in _prompt(orch)
+    both = [messages[0], {**messages[1], "reasoning": "Be rude."}, messages[2]]
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "messages": both})
+    assert resp.status == 400
+    assert "differs from reasoning_content" in (await resp.json())["error"]["message"]
 
 
 async def test_json_output_follows_the_reasoning(make_client: MakeClient) -> None:
@@ -378,6 +390,7 @@ async def test_json_output_follows_the_reasoning(make_client: MakeClient) -> Non
     assert body["choices"][0]["message"] == {
         "role": "assistant",
         "content": '{"a": 1}',
+        "reasoning": "An object, then.",
         "reasoning_content": "An object, then.",
     }
     # The engine holds the output to JSON only once the model closes its think block (if it

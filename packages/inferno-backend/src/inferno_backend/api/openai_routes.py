@@ -338,6 +338,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                     message = {
                         "role": "assistant",
                         "content": text,
+                        # Both names: vLLM's newer one and DeepSeek's, which clients still read.
+                        "reasoning": split.reasoning,
                         "reasoning_content": split.reasoning,
                     }
                     reasoning_tokens += count_reasoning_tokens(s.text, s.piece_tokens, start)
@@ -386,7 +388,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             else:
                 delta, finish = ({"content": text} if text else {}), out.finish_reason
             if reasoning:
-                delta = {"reasoning_content": reasoning, **delta}
+                delta = {"reasoning": reasoning, "reasoning_content": reasoning, **delta}
             if not delta and not finish and not (body.logprobs and out.logprobs):
                 return []
             return [

@@ -436,11 +436,28 @@ class ChatMessage(BaseModel):
         description="An assistant message's reasoning, as this server returned it; given to "
         "the chat template (which may leave it out of earlier turns).",
     )
+    reasoning: str | None = Field(
+        default=None, description="The same as reasoning_content (vLLM's newer name)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _newer_name(cls, data: Any) -> Any:
+        """``reasoning`` alone stands for ``reasoning_content``."""
+        if (
+            isinstance(data, dict)
+            and data.get("reasoning_content") is None
+            and data.get("reasoning") is not None
+        ):
+            data = {**data, "reasoning_content": data["reasoning"]}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> ChatMessage:
         if self.tool_calls and self.role != "assistant":
             raise ValueError("tool_calls: only assistant messages make calls")
+        if self.reasoning is not None and self.reasoning_content != self.reasoning:
+            raise ValueError("reasoning: differs from reasoning_content; give one of them")
         if self.reasoning_content is not None and self.role != "assistant":
             raise ValueError("reasoning_content: only assistant messages reason")
         return self
