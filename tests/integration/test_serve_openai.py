@@ -229,6 +229,39 @@ def test_guided_regex_answers_with_a_whole_match(client: openai.OpenAI) -> None:
     assert text == "The capital of France is Paris.", text
 
 
+#: A small GBNF grammar: one JSON object with a name and an age.
+PERSON_GBNF = r"""
+root ::= "{" ws "\"name\":" ws name "," ws "\"age\":" ws age ws "}"
+name ::= "\"" [A-Z] [a-z]{1,15} "\""
+age  ::= [1-9] [0-9]?
+ws   ::= " "?
+"""
+
+
+def test_a_gbnf_grammar_shapes_the_answer(client: openai.OpenAI) -> None:
+    resp = client.chat.completions.create(
+        model="default",
+        messages=[{"role": "user", "content": "Describe a person as JSON with name and age."}],
+        temperature=0.8,
+        n=3,
+        seed=1,
+        max_tokens=40,
+        extra_body={"grammar": PERSON_GBNF},
+    )
+    for choice in resp.choices:
+        person = json.loads(choice.message.content or "")
+        assert set(person) == {"name", "age"}
+        assert re.fullmatch("[A-Z][a-z]+", person["name"])
+        assert 1 <= person["age"] <= 99
+        assert choice.finish_reason == "stop"
+    refused = client.with_options(max_retries=0).chat.completions
+    with pytest.raises(openai.BadRequestError) as info:
+        refused.create(
+            model="default", messages=MESSAGES, extra_body={"grammar": 'root ::= root "x"'}
+        )
+    assert info.value.body["param"] == "grammar"  # type: ignore[index]
+
+
 def test_echo_with_logprobs_scores_a_prompt_like_an_evaluation_harness(
     client: openai.OpenAI,
 ) -> None:

@@ -184,6 +184,21 @@ def test_generate_in_regex_mode(models_dir: Path, capsys: pytest.CaptureFixture[
     assert "look-around" in capsys.readouterr().err
 
 
+def test_generate_in_grammar_mode(
+    models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = str(models_dir / "tiny.gguf")
+    grammar = 'root ::= colour "!"\ncolour ::= "red" | "green"'
+    path = tmp_path / "colour.gbnf"
+    path.write_text(grammar)
+    argv = ["generate", "--model", model, "--prompt", "the", "--temperature", "1", "--seed"]
+    for seed, source in enumerate((grammar, str(path))):
+        assert main([*argv, str(seed), "--grammar", source]) == 0
+        assert capsys.readouterr().out.strip() in ("red!", "green!")
+    assert main([*argv, "0", "--grammar", str(tmp_path / "missing.gbnf")]) == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
 def test_a_qwen2_gguf_is_listed_inspected_and_generates(
     models_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

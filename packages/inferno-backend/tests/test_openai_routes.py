@@ -494,6 +494,7 @@ async def test_structured_outputs_is_vllms_spelling_of_the_constraints(
     for spec, expected in (
         ({"choice": ["yes", "no"]}, ("text", None, ("yes", "no"), None)),
         ({"regex": "[a-z]+"}, ("text", None, (), "[a-z]+")),
+        ({"grammar": 'root ::= "a"'}, ("text", None, (), 'root ::= "a"')),
         ({"json_object": True}, ("json_object", None, (), None)),
         ({"json": schema}, ("json_schema", schema, (), None)),
         ({"json": json.dumps(schema)}, ("json_schema", schema, (), None)),
@@ -502,9 +503,9 @@ async def test_structured_outputs_is_vllms_spelling_of_the_constraints(
         assert resp.status == 200, await resp.text()
         sp = orch.engines[0].requests[-1].sampling
         got_schema = json.loads(sp.json_schema) if sp.json_schema else None
-        assert (sp.response_format, got_schema, sp.choices, sp.regex) == expected
+        assert (sp.response_format, got_schema, sp.choices, sp.regex or sp.grammar) == expected
     for spec, problem in (
-        ({"grammar": "root ::= x"}, "grammar not supported"),
+        ({"lark": "start: x"}, "lark not supported"),
         ({}, "give one of"),
         ({"choice": ["a"], "json_object": True}, "give one of"),
         ({"json": "{"}, "not valid JSON"),
@@ -517,6 +518,32 @@ async def test_structured_outputs_is_vllms_spelling_of_the_constraints(
     assert (await client.post("/v1/chat/completions", json=both)).status == 400
     both = {**CHAT, "structured_outputs": {"regex": "a"}, "guided_regex": "b"}
     assert (await client.post("/v1/chat/completions", json=both)).status == 400
+
+
+async def test_a_gbnf_grammar_reaches_the_engine_and_bad_grammars_are_400(
+    make_client: MakeClient,
+) -> None:
+    client, orch = await make_client()
+    grammar = 'root ::= answer "."\nanswer ::= "yes" | "no"'
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "grammar": grammar})
+    assert resp.status == 200, await resp.text()
+    assert orch.engines[0].requests[-1].sampling.grammar == grammar
+    completion = {"model": "default", "prompt": "x", "grammar": grammar}
+    assert (await client.post("/v1/completions", json=completion)).status == 200
+    assert orch.engines[0].requests[-1].sampling.grammar == grammar
+    for extra, param, problem in (
+        ({"grammar": 'root ::= root "a" | "b"'}, "grammar", "left recursion"),
+        ({"grammar": "root ::= missing"}, "grammar", "never defined"),
+        ({"grammar": 'root ::= "a', "stream": True}, "grammar", "unterminated string"),
+        ({"grammar": grammar, "guided_regex": "a"}, None, "cannot be combined"),
+        ({"grammar": grammar, "ignore_eos": True}, None, "ignore_eos"),
+    ):
+        resp = await client.post("/v1/chat/completions", json={**CHAT, **extra})
+        assert resp.status == 400, extra
+        error = (await resp.json())["error"]
+        assert problem in error["message"], error
+        if param is not None:
+            assert error["param"] == param, error
 
 
 async def test_guided_regex_reaches_the_engine_and_bad_patterns_are_400(

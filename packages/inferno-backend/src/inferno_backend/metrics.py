@@ -138,7 +138,7 @@ class Metrics:
         self.structured_requests = Counter(
             "inferno:structured_requests",
             "Requests whose output is constrained, by kind: json_object, json_schema, tools, "
-            "choice, regex.",
+            "choice, regex, grammar.",
             ["model", "kind"], registry=reg,
         )  # fmt: skip
         self.embedding_requests = Counter(

@@ -19,6 +19,7 @@ from inferno_inference.errors import (
 from inferno_inference.protocols import InferenceEngine
 from inferno_inference.types import (
     MAX_CHOICES,
+    MAX_GRAMMAR,
     MAX_LOGIT_BIAS,
     MAX_REGEX,
     EmbeddingOutput,
@@ -58,6 +59,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "MAX_CHOICES",
+    "MAX_GRAMMAR",
     "MAX_LOGIT_BIAS",
     "MAX_REGEX",
     "AsyncEngine",

@@ -23,6 +23,7 @@ from inferno_inference.choice import (
     spell,
 )
 from inferno_inference.errors import InvalidRequestError
+from inferno_inference.gbnf import compile_grammar
 from inferno_inference.json_mode import (
     JsonConstraint,
     JsonGrammar,
@@ -142,7 +143,8 @@ class LLMEngine:
         # By (schema, optional).
         self._grammars: OrderedDict[tuple[str | None, bool], JsonGrammar] = OrderedDict()
         self._choice_grammars: OrderedDict[tuple[str, ...], ChoiceGrammar] = OrderedDict()
-        self._regex_grammars: OrderedDict[str, RegexGrammar] = OrderedDict()
+        # By ("regex", pattern) or ("grammar", GBNF text).
+        self._regex_grammars: OrderedDict[tuple[str, str], RegexGrammar] = OrderedDict()
         # For deferred constraints: the vocabulary's bytes, and each opener's token mask.
         self._vocab_bytes: list[bytes] | None = None
         self._openers: dict[str, torch.Tensor] = {}
@@ -172,11 +174,12 @@ class LLMEngine:
                 "JSON mode needs the model's tokenizer, and this engine has none",
                 param="response_format",
             )
-        if sp.regex is not None and self._token_bytes is None:
-            raise InvalidRequestError(
-                "regex mode needs the model's tokenizer, and this engine has none",
-                param="regex",
-            )
+        for name, value in (("regex", sp.regex), ("grammar", sp.grammar)):
+            if value is not None and self._token_bytes is None:
+                raise InvalidRequestError(
+                    f"{name} mode needs the model's tokenizer, and this engine has none",
+                    param=name,
+                )
         if sp.reasoning_end is not None and self._token_bytes is None:
             raise InvalidRequestError(
                 "reasoning_end needs the model's tokenizer, and this engine has none",
@@ -220,7 +223,9 @@ class LLMEngine:
         elif sp.choices:
             grammar = self._choice_grammar(sp.choices)
         elif sp.regex is not None:
-            grammar = self._regex_grammar(sp.regex)
+            grammar = self._regex_grammar("regex", sp.regex)
+        elif sp.grammar is not None:
+            grammar = self._regex_grammar("grammar", sp.grammar)
         now = time.monotonic()
         seqs: list[Sequence] = []
         for i in range(sp.n):
@@ -296,14 +301,16 @@ class LLMEngine:
             self._json_vocabulary = JsonVocabulary(self._token_bytes())
         return self._json_vocabulary
 
-    def _regex_grammar(self, pattern: str) -> RegexGrammar:
-        """The grammar of a pattern, kept for the patterns used last."""
-        grammar = self._regex_grammars.get(pattern)
+    def _regex_grammar(self, kind: str, text: str) -> RegexGrammar:
+        """The masks of a pattern or a GBNF grammar, kept for those used last."""
+        key = (kind, text)
+        grammar = self._regex_grammars.get(key)
         if grammar is not None:
-            self._regex_grammars.move_to_end(pattern)
+            self._regex_grammars.move_to_end(key)
             return grammar
-        grammar = RegexGrammar(self._json_vocab(), self.eos_token_ids, whole_match(pattern))
-        self._regex_grammars[pattern] = grammar
+        automaton = whole_match(text) if kind == "regex" else compile_grammar(text)
+        grammar = RegexGrammar(self._json_vocab(), self.eos_token_ids, automaton)
+        self._regex_grammars[key] = grammar
         if len(self._regex_grammars) > _GRAMMARS_KEPT:
             self._regex_grammars.popitem(last=False)
         return grammar

@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -63,6 +64,16 @@ def _negate(ranges: Ranges) -> Ranges:
     if start <= _MAX:
         out.append((start, _MAX))
     return tuple(out)
+
+
+def interval_starts(range_sets: Iterable[Ranges]) -> list[int]:
+    """The first code points of the intervals that split 0..U+10FFFF where membership in any
+    of ``range_sets`` changes (every code point of an interval is in the same sets)."""
+    cuts = {0, _MAX + 1}
+    for ranges in range_sets:
+        for lo, hi in ranges:
+            cuts.update((lo, hi + 1))
+    return sorted(cuts)[:-1]
 
 
 def _contains(ranges: Ranges, cp: int) -> bool:
@@ -592,12 +603,8 @@ class Regex:
         after it)`` for each interval, in order, the last one running to U+10FFFF (an empty
         state: no match after those)."""
         edges = [edge for s in state for edge in self._edges[s]]
-        cuts = {0, _MAX + 1}
-        for ranges, _ in edges:
-            for lo, hi in ranges:
-                cuts.update((lo, hi + 1))
         out = []
-        for lo in sorted(cuts)[:-1]:
+        for lo in interval_starts(ranges for ranges, _ in edges):
             after: set[int] = set()
             for ranges, target in edges:
                 if _contains(ranges, lo):  # every code point up to the next cut meets these

@@ -20,20 +20,36 @@ from __future__ import annotations
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import structlog
 import torch
 
 from inferno_inference.json_mode import JsonVocabulary
-from inferno_inference.json_regex import Regex
 
-__all__ = ["RegexConstraint", "RegexGrammar", "RegexState"]
+__all__ = ["Automaton", "RegexConstraint", "RegexGrammar", "RegexState"]
 
 log = structlog.get_logger(__name__)
 
-#: Live NFA states, and the leading bytes of an unfinished character.
-RegexState = tuple[frozenset[int], bytes]
+#: The automaton's state (live NFA states, or a grammar's parse stacks), and the leading
+#: bytes of an unfinished character.
+RegexState = tuple[frozenset[Any], bytes]
+
+
+class Automaton(Protocol):
+    """What the masks run: `inferno_inference.json_regex.Regex` (a whole-output pattern) or
+    `inferno_inference.gbnf.Grammar`. States are frozensets; the empty one is dead."""
+
+    pattern: str
+    initial: frozenset[Any]
+
+    def step(self, state: frozenset[Any], cp: int) -> frozenset[Any]: ...
+    def transitions(self, state: frozenset[Any]) -> list[tuple[int, frozenset[Any]]]: ...
+    def can_step(self, state: frozenset[Any], low: int, high: int) -> bool: ...
+    def alive(self, state: frozenset[Any]) -> bool: ...
+    def accepts(self, state: frozenset[Any]) -> bool: ...
+    def final(self, state: frozenset[Any]) -> bool: ...
 
 
 #: Most code points that may come next for which a walk of the sorted vocabulary (which skips
@@ -122,7 +138,7 @@ class RegexGrammar:
         self,
         vocabulary: JsonVocabulary,
         eos_token_ids: Iterable[int],
-        regex: Regex,
+        regex: Automaton,
         *,
         cache_size: int = 256,
     ) -> None:
@@ -133,8 +149,8 @@ class RegexGrammar:
         self._cache: OrderedDict[RegexState | None, torch.Tensor] = OrderedDict()
         self._cache_size = cache_size
         # Live NFA state sets met while computing masks, numbered, with their tables.
-        self._numbers: dict[frozenset[int], int] = {}
-        self._sets: list[frozenset[int]] = []
+        self._numbers: dict[frozenset[Any], int] = {}
+        self._sets: list[frozenset[Any]] = []
         self._tables: list[tuple[np.ndarray, np.ndarray] | None] = []
 
     @property
@@ -222,7 +238,7 @@ class RegexGrammar:
                 mask[:] = True
         return mask
 
-    def _narrow(self, nfa: frozenset[int]) -> bool:
+    def _narrow(self, nfa: frozenset[Any]) -> bool:
         """Whether at most `_NARROW` code points may come next."""
         number = self._number(nfa)
         if number < 0:
@@ -231,7 +247,7 @@ class RegexGrammar:
         highs = np.append(lows[1:], _MAX_CODE_POINT + 1)
         return int(((highs - lows) * (after >= 0)).sum()) <= _NARROW
 
-    def _number(self, nfa: frozenset[int]) -> int:
+    def _number(self, nfa: frozenset[Any]) -> int:
         """The number of a state set (-1: dead, no match can follow)."""
         number = self._numbers.get(nfa)
         if number is None:
@@ -253,7 +269,7 @@ class RegexGrammar:
             table = self._tables[number] = (lows, after)
         return table
 
-    def _run_whole(self, nfa: frozenset[int], chars: _TokenChars) -> np.ndarray:
+    def _run_whole(self, nfa: frozenset[Any], chars: _TokenChars) -> np.ndarray:
         """Which whole-character tokens (in ``chars.ids`` order) may follow ``nfa``."""
         count, start = len(chars.ids), self._number(nfa)
         current = np.full(count, start, dtype=np.int64)
@@ -263,12 +279,13 @@ class RegexGrammar:
             here, live = current[:n], alive[:n]  # views: the tokens this long or longer
             if not live.any():
                 break
+            moved = here.copy()  # apart from ``here``: a token moves once per character
             for number in np.unique(here[live]).tolist():
                 chosen = live & (here == number)
                 lows, after = self._table(number)
-                nxt = after[np.searchsorted(lows, column[chosen], side="right") - 1]
-                here[chosen] = nxt
-                live[chosen] = nxt >= 0
+                moved[chosen] = after[np.searchsorted(lows, column[chosen], side="right") - 1]
+            live &= moved >= 0
+            here[:] = moved
         return alive
 
 

@@ -146,8 +146,8 @@ def _argmax(x: torch.Tensor) -> torch.Tensor:
 
 
 def _unadjusted(p: SamplingParams) -> bool:
-    """No penalty, bias, JSON, choice or regex mask, no reasoning budget to force: the logits are
-    sampled as the model gave them."""
+    """No penalty, bias, JSON, choice, regex or grammar mask, no reasoning budget to force:
+    the logits are sampled as the model gave them."""
     return (
         p.repetition_penalty == 1.0
         and not p.presence_penalty
@@ -156,6 +156,7 @@ def _unadjusted(p: SamplingParams) -> bool:
         and p.response_format == "text"
         and not p.choices
         and p.regex is None
+        and p.grammar is None
         and p.reasoning_budget is None
     )
 

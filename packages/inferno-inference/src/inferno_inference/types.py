@@ -34,6 +34,8 @@ MAX_LOGIT_BIAS = 1024
 MAX_CHOICES = 256
 #: Longest pattern of one request's regex mode, in characters.
 MAX_REGEX = 4096
+#: Longest grammar of one request's grammar mode, in characters.
+MAX_GRAMMAR = 65536
 
 
 class SamplingParams(BaseModel):
@@ -92,6 +94,13 @@ class SamplingParams(BaseModel):
         "(characters, classes, groups, alternation and quantifiers; no look-around or "
         "back-references); it ends once no longer match is possible. None: off.",
     )
+    grammar: str | None = Field(
+        default=None,
+        max_length=MAX_GRAMMAR,
+        description="Grammar mode: the output is one whole derivation of the rule root of "
+        "this GBNF grammar (llama.cpp's notation; see inferno_inference.gbnf); it ends once "
+        "nothing may follow. None: off.",
+    )
     json_optional: bool = Field(
         default=False,
         description="With JSON output: a choice may be plain text instead, which nothing "
@@ -138,11 +147,15 @@ class SamplingParams(BaseModel):
                 raise ValueError(f"choices cannot be combined with {self.response_format}")
             if self.ignore_eos:
                 raise ValueError("ignore_eos cannot be combined with choices")
-        if self.regex is not None:
+        for name, value in (("regex", self.regex), ("grammar", self.grammar)):
+            if value is None:
+                continue
             if self.response_format != "text" or self.choices:
-                raise ValueError("regex cannot be combined with JSON output or choices")
+                raise ValueError(f"{name} cannot be combined with JSON output or choices")
             if self.ignore_eos:
-                raise ValueError("ignore_eos cannot be combined with regex")
+                raise ValueError(f"ignore_eos cannot be combined with {name}")
+        if self.regex is not None and self.grammar is not None:
+            raise ValueError("give regex or grammar, not both")
         if self.reasoning_end == "" or self.reasoning_start == "":
             raise ValueError("reasoning_end and reasoning_start must not be empty")
         if self.reasoning_end is None and (

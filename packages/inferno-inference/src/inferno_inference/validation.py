@@ -80,6 +80,13 @@ def validate_request(request: GenerationRequest, *, max_model_len: int, vocab_si
             whole_match(request.sampling.regex)
         except RegexError as exc:
             raise InvalidRequestError(str(exc), param="regex") from None
+    if request.sampling.grammar is not None:
+        from inferno_inference.gbnf import GrammarError, compile_grammar
+
+        try:
+            compile_grammar(request.sampling.grammar)
+        except GrammarError as exc:
+            raise InvalidRequestError(str(exc), param="grammar") from None
     bad = next((t for t, _ in request.sampling.logit_bias if not 0 <= t < vocab_size), None)
     if bad is not None:
         raise InvalidRequestError(

@@ -66,8 +66,8 @@ def build_sampling(
     if top_p == 0:
         temperature, top_p = 0.0, 1.0
     response_format, json_schema = body.output_format  # encodes the schema once
-    constrained = (
-        response_format != "text" or body.guided_choice is not None or body.guided_regex is not None
+    constrained = response_format != "text" or any(
+        value is not None for value in (body.guided_choice, body.guided_regex, body.grammar)
     )
     budget = body.thinking_token_budget
     after = think is not None and think != "closed" and (constrained or budget is not None)
@@ -94,6 +94,7 @@ def build_sampling(
             json_optional=body.optional_output,
             choices=tuple(body.guided_choice or ()),
             regex=body.guided_regex,
+            grammar=body.grammar,
             reasoning_end=THINK_END if after else None,
             reasoning_start=THINK_START if after and think == "none" else None,
             reasoning_budget=budget if after else None,
@@ -217,6 +218,8 @@ class Generation:
                 kind = "choice"
             elif self.sampling.regex is not None:
                 kind = "regex"
+            elif self.sampling.grammar is not None:
+                kind = "grammar"
             if kind != "text":
                 self.metrics.structured_requests.labels(model, kind).inc()
             engine_queue = [u.queue_time_s for u in self._usages if u.queue_time_s is not None]

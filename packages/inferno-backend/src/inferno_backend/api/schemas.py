@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
-from inferno_inference import MAX_CHOICES, MAX_LOGIT_BIAS, MAX_REGEX
+from inferno_inference import MAX_CHOICES, MAX_GRAMMAR, MAX_LOGIT_BIAS, MAX_REGEX
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -139,6 +139,10 @@ class ResponseFormat(BaseModel):
         return self
 
 
+#: The fields ``structured_outputs`` stands for, which a request may not also give.
+_CONSTRAINT_FIELDS = ("response_format", "guided_choice", "guided_regex", "grammar")
+
+
 class SamplingFields(BaseModel):
     """Fields shared by chat and text completions."""
 
@@ -188,6 +192,14 @@ class SamplingFields(BaseModel):
         "as vLLM's): characters, classes, groups, alternation and quantifiers; no look-around "
         "or back-references.",
     )
+    grammar: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_GRAMMAR,
+        description="The answer is one whole derivation of the rule root of this GBNF grammar "
+        "(llama.cpp's notation and field name): literals, character classes, rule "
+        "references, groups and the quantifiers * + ? {m,n}.",
+    )
     thinking_token_budget: int | None = Field(
         default=None,
         ge=0,
@@ -209,8 +221,8 @@ class SamplingFields(BaseModel):
     structured_outputs: dict[str, Any] | None = Field(
         default=None,
         description='vLLM\'s form of the output constraints: {"choice": [...]}, {"regex": '
-        'pattern}, {"json": schema}, or {"json_object": true} (as guided_choice, '
-        "guided_regex and response_format).",
+        'pattern}, {"grammar": GBNF}, {"json": schema}, or {"json_object": true} (as '
+        "guided_choice, guided_regex, grammar and response_format).",
     )
 
     _integral_numbers = field_validator(
@@ -227,20 +239,19 @@ class SamplingFields(BaseModel):
         if not isinstance(spec, dict):
             raise ValueError("structured_outputs: must be an object")
         given = sorted(k for k, v in spec.items() if v is not None and v is not False)
-        unsupported = [k for k in given if k not in ("choice", "regex", "json", "json_object")]
+        kinds = ("choice", "regex", "grammar", "json", "json_object")
+        unsupported = [k for k in given if k not in kinds]
         if unsupported:
             raise ValueError(
-                f"structured_outputs: {', '.join(unsupported)} not supported (choice, regex, "
-                "json and json_object are)"
+                f"structured_outputs: {', '.join(unsupported)} not supported "
+                f"({', '.join(kinds)} are)"
             )
         if len(given) != 1:
-            raise ValueError("structured_outputs: give one of choice, regex, json and json_object")
-        if any(
-            data.get(k) is not None for k in ("response_format", "guided_choice", "guided_regex")
-        ):
+            raise ValueError(f"structured_outputs: give one of {', '.join(kinds)}")
+        if any(data.get(k) is not None for k in _CONSTRAINT_FIELDS):
             raise ValueError(
                 "structured_outputs: give the constraint there or in response_format / "
-                "guided_choice / guided_regex, not both"
+                "guided_choice / guided_regex / grammar, not both"
             )
         data = {k: v for k, v in data.items() if k != "structured_outputs"}
         (kind,) = given
@@ -248,6 +259,8 @@ class SamplingFields(BaseModel):
             data["guided_choice"] = spec["choice"]
         elif kind == "regex":
             data["guided_regex"] = spec["regex"]
+        elif kind == "grammar":
+            data["grammar"] = spec["grammar"]
         elif kind == "json_object":
             data["response_format"] = {"type": "json_object"}
         else:
@@ -289,11 +302,15 @@ class SamplingFields(BaseModel):
                 raise ValueError("guided_choice: cannot be combined with JSON output")
             if self.ignore_eos:
                 raise ValueError("guided_choice: cannot be combined with ignore_eos")
-        if self.guided_regex is not None:
+        for name, value in (("guided_regex", self.guided_regex), ("grammar", self.grammar)):
+            if value is None:
+                continue
             if json_output or self.guided_choice is not None:
-                raise ValueError("guided_regex: cannot be combined with JSON output or choices")
+                raise ValueError(f"{name}: cannot be combined with JSON output or choices")
             if self.ignore_eos:
-                raise ValueError("guided_regex: cannot be combined with ignore_eos")
+                raise ValueError(f"{name}: cannot be combined with ignore_eos")
+        if self.guided_regex is not None and self.grammar is not None:
+            raise ValueError("grammar: cannot be combined with guided_regex")
         return self
 
     @property
@@ -592,8 +609,8 @@ class ChatCompletionRequest(SamplingFields, ToolFields, TemplateFields):
                 raise ValueError("ignore_eos: cannot be combined with tool calls")
             if self.guided_choice is not None:
                 raise ValueError("guided_choice: cannot be combined with tool calls")
-            if self.guided_regex is not None:
-                raise ValueError("guided_regex: cannot be combined with tool calls")
+            if self.guided_regex is not None or self.grammar is not None:
+                raise ValueError("guided_regex / grammar: cannot be combined with tool calls")
         return self
 
     @property

@@ -39,6 +39,11 @@ def register(subparsers: Any) -> None:
         metavar="PATTERN",
         help="answer with one whole match of this regular expression",
     )
+    output.add_argument(
+        "--grammar",
+        metavar="GBNF",
+        help="answer with one derivation of this GBNF grammar's root (a file, or the text)",
+    )
     p.add_argument(
         "--speculative-tokens",
         type=int,
@@ -83,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
             json_schema=schema,
             choices=tuple(args.choice or ()),
             regex=args.regex,
+            grammar=_grammar_text(args.grammar) if args.grammar else None,
         )
         context = min(model.config.max_position_embeddings, len(prompt_ids) + args.max_tokens)
         block_size = EngineConfig.model_fields["block_size"].default
@@ -127,6 +133,16 @@ def _schema_text(value: str) -> str:
         return Path(value).read_text(encoding="utf-8")
     except OSError as exc:
         raise ValueError(f"--json-schema: cannot read {value}: {exc.strerror}") from None
+
+
+def _grammar_text(value: str) -> str:
+    """The grammar's text: ``value`` itself when it defines rules, else the file it names."""
+    if "::=" in value:
+        return value
+    try:
+        return Path(value).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"--grammar: cannot read {value}: {exc.strerror}") from None
 
 
 def _fail(message: str) -> int:
