@@ -5,11 +5,13 @@ when ``--llama-cpp-python PYTHON`` names an interpreter with ``llama-cpp-python[
 JSON mode compiles a JSON grammar), one server at a time. Each gets the same chat requests
 asking for JSON (sampled at temperature 0.8 with fixed seeds), in plain text mode, in JSON
 object mode, in JSON Schema mode (`SCHEMA`) and in JSON Schema mode with checks on values
-(`CHECKED`: lengths, a range, a pattern and a date format), at concurrency 1 and 8. Reported
-per server and mode: output tokens/s, mean time per output token, how many answers ended on
-their own (not cut by ``max_tokens``), how many ``json.loads`` reads as an object, and how many
-are instances of the mode's schema (`SCHEMA`, or `CHECKED`, formats checked). Prints a table
-and writes ``benchmarks/results/json_mode.json``.
+(`CHECKED`: lengths, a range, a pattern and a date format), and with `SCHEMA` written as a GBNF
+grammar (`SCHEMA_GBNF`, in the ``grammar`` field both servers take; the parentheses let its
+root span lines in llama.cpp's parser), at concurrency 1 and 8. Reported per server and mode:
+output tokens/s, mean time per output token, how many answers ended on their own (not cut by
+``max_tokens``), how many ``json.loads`` reads as an object, and how many are instances of the
+mode's schema (`SCHEMA`, or `CHECKED`, formats checked). Prints a table and writes
+``benchmarks/results/json_mode.json``.
 
     uv run python benchmarks/json_mode_bench.py [--inferno bfloat16+int8] \
         [--llama-cpp-python /opt/peers/bin/python] [--modes text,json_checks]
@@ -79,6 +81,17 @@ CHECKED = {
     "required": ["name", "kind", "features", "rating", "code", "since"],
     "additionalProperties": False,
 }
+#: `SCHEMA` as a GBNF grammar (the ``grammar`` field of llama.cpp's server and of inferno's):
+#: the keys in order, strings without unicode escapes, up to 4 features, a small integer.
+SCHEMA_GBNF = r"""
+root     ::= ("{" ws "\"name\":" ws string "," ws "\"kind\":" ws kind "," ws
+              "\"features\":" ws features "," ws "\"rating\":" ws integer ws "}")
+kind     ::= "\"animal\"" | "\"place\"" | "\"thing\"" | "\"food\"" | "\"group\"" | "\"event\""
+features ::= "[" ws (string ("," ws string){0,3})? ws "]"
+string   ::= "\"" ([^"\\\x00-\x1F] | "\\" ["\\/bfnrt])* "\""
+integer  ::= "-"? ("0" | [1-9] [0-9]{0,9})
+ws       ::= [ \n]{0,4}
+"""
 #: The schema each mode's answers are checked against.
 MODE_SCHEMAS = {"json_checks": CHECKED}
 MODES: dict[str, dict[str, Any]] = {
@@ -96,6 +109,7 @@ MODES: dict[str, dict[str, Any]] = {
             "json_schema": {"name": "description", "schema": CHECKED},
         }
     },
+    "gbnf": {"extra_body": {"grammar": SCHEMA_GBNF}},
 }
 #: llama-cpp-python's server reads a schema from response_format {"type": "json_object",
 #: "schema": ...} and runs "json_schema" without any grammar, so it gets its own spelling.
