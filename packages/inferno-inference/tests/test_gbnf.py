@@ -148,6 +148,12 @@ def test_repetition_keeps_stacks_short() -> None:
         ('root ::= "a"*+', "a quantifier on a quantifier"),
         ('root ::= "a" )', "an unopened ')'"),
         ("root = x", "expected '::='"),
+        (
+            "root ::= r0\n"
+            + "".join(f'r{i} ::= r{i + 1} "x"\n' for i in range(300))
+            + 'r300 ::= "y"',
+            "more than 256 deep",
+        ),
     ],
 )
 def test_grammars_it_cannot_enforce_are_refused(gbnf: str, problem: str) -> None:

@@ -293,6 +293,39 @@ class _Parser:
         return low, high
 
 
+def _derivable(alternatives: list[list[tuple[Symbol, ...]]], *, terminals: bool) -> list[bool]:
+    """Per rule, whether some alternative holds only rules that are themselves derivable and
+    (with ``terminals``) character classes; without, an alternative with a class never
+    counts (the rules that derive the empty string). A worklist: each alternative counts the
+    rules it still waits for, so the work is linear in the grammar."""
+    count = len(alternatives)
+    done = [False] * count
+    waiting: list[list[int]] = []  # per alternative: [rule, rules still to come]
+    users: list[list[int]] = [[] for _ in range(count)]  # rule -> alternatives that use it
+    ready: list[int] = []
+    for n, options in enumerate(alternatives):
+        for option in options:
+            if not terminals and any(not isinstance(s, int) for s in option):
+                continue
+            rules = [s for s in option if isinstance(s, int)]
+            index = len(waiting)
+            waiting.append([n, len(rules)])
+            for r in rules:
+                users[r].append(index)
+            if not rules:
+                ready.append(n)
+    while ready:
+        n = ready.pop()
+        if done[n]:
+            continue
+        done[n] = True
+        for index in users[n]:
+            waiting[index][1] -= 1
+            if waiting[index][1] == 0:
+                ready.append(waiting[index][0])
+    return done
+
+
 def _check(rules: _Rules) -> None:
     """Refuse undefined rules, rules that never end, and left recursion."""
     names = {number: name for name, number in rules.names.items()}
@@ -307,16 +340,8 @@ def _check(rules: _Rules) -> None:
         return repr(names[n]) if n in names else "a group or repetition"
 
     # Rules that can end (derive some finite string), and those that can derive nothing.
-    ends, nullable = [False] * count, [False] * count
-    changed = True
-    while changed:
-        changed = False
-        for n, options in enumerate(rules.alternatives):
-            for option in options:
-                if not ends[n] and all(not isinstance(s, int) or ends[s] for s in option):
-                    ends[n] = changed = True
-                if not nullable[n] and all(isinstance(s, int) and nullable[s] for s in option):
-                    nullable[n] = changed = True
+    ends = _derivable(rules.alternatives, terminals=True)
+    nullable = _derivable(rules.alternatives, terminals=False)
     stuck = [n for n in range(count) if not ends[n]]
     if stuck:
         raise GrammarError(f"grammar: rule {label(stuck[0])} can never end")
@@ -372,6 +397,11 @@ class Grammar:
         self._memo: dict[tuple[GrammarState, int], GrammarState] = {}
         root = rules.names["root"]
         self.initial: GrammarState = self._settle([((a, 0),) for a in self._rule_alts[root]])
+        if not self.initial:
+            raise GrammarError(
+                f"grammar: every derivation nests rules more than {MAX_DEPTH} deep before its "
+                "first character"
+            )
 
     def _settle(self, stacks: list[Stack]) -> GrammarState:
         """Every stack that ``stacks`` lead to once each top is at a character class (or
