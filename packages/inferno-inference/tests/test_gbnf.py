@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from inferno_inference import InvalidRequestError, SamplingParams
-from inferno_inference.gbnf import MAX_DEPTH, Grammar, GrammarError, compile_grammar
+from inferno_inference.gbnf import MAX_DEPTH, MAX_STACKS, Grammar, GrammarError, compile_grammar
 from inferno_inference.json_mode import JsonVocabulary
 from inferno_inference.regex_mode import RegexConstraint, RegexGrammar
 from inferno_inference.tiny import choice_bytes, tiny_llm_engine
@@ -127,6 +127,20 @@ def test_repetition_keeps_stacks_short() -> None:
         state = grammar.step(state, ord(ch))
         assert max(len(stack) for stack in state) <= 3  # root, the repetition, the group
     assert grammar.final(grammar.step(state, ord(".")))
+
+
+def test_an_ambiguous_grammar_keeps_some_parses_and_stays_sound() -> None:
+    # Each "(" may close with ")" or "]": the parses double per character. Past MAX_STACKS
+    # some are dropped, so a state stays bounded, and what it still allows is a derivation.
+    grammar = Grammar('root ::= s\ns ::= "(" s ")" | "(" s "]" | "x"')
+    state = grammar.initial
+    for _ in range(14):
+        state = grammar.step(state, ord("("))
+    assert 0 < len(state) <= MAX_STACKS
+    assert grammar.matches("(" * 14 + "x" + ")" * 14)
+    for ch in "x" + ")" * 14:
+        state = grammar.step(state, ord(ch))
+    assert grammar.final(state)
 
 
 @pytest.mark.parametrize(

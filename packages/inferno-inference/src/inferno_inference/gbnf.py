@@ -27,6 +27,8 @@ import bisect
 from dataclasses import dataclass
 from functools import lru_cache
 
+import structlog
+
 from inferno_inference.json_regex import (
     MAX_REPEAT,
     Ranges,
@@ -38,10 +40,12 @@ from inferno_inference.json_regex import (
 
 __all__ = ["Grammar", "GrammarError", "compile_grammar"]
 
+log = structlog.get_logger(__name__)
+
 _MAX = 0x10FFFF
 #: Most frames one stack may hold (nesting deeper than this cannot be written).
 MAX_DEPTH = 256
-#: Most stacks one state may hold (an ambiguous grammar multiplies them).
+#: Most stacks one state keeps (an ambiguous grammar multiplies them; the rest are dropped).
 MAX_STACKS = 4096
 #: Most symbols a compiled grammar may hold (counted repetitions copy their operand).
 MAX_SYMBOLS = 100_000
@@ -305,8 +309,8 @@ def _derivable(alternatives: list[list[tuple[Symbol, ...]]], *, terminals: bool)
     ready: list[int] = []
     for n, options in enumerate(alternatives):
         for option in options:
-            if not terminals and any(not isinstance(s, int) for s in option):
-                continue
+            if any(not isinstance(s, int) and (not terminals or not s) for s in option):
+                continue  # a class (or, always, an empty one, which nothing matches)
             rules = [s for s in option if isinstance(s, int)]
             index = len(waiting)
             waiting.append([n, len(rules)])
@@ -432,9 +436,10 @@ class Grammar:
                 continue  # nested deeper than any output may be
             todo.extend((*rest, (a, 0)) for a in self._rule_alts[symbol])
         if len(out) > MAX_STACKS:
-            raise GrammarError(
-                f"grammar: a state holds more than {MAX_STACKS} parses (an ambiguous grammar)"
-            )
+            # An ambiguous grammar: keep some parses (the output stays a derivation of what
+            # they allow) rather than fail the request, or the batch it steps in.
+            log.warning("gbnf_parses_dropped", parses=len(out), kept=MAX_STACKS)
+            return frozenset(sorted(out)[:MAX_STACKS])
         return frozenset(out)
 
     def _top(self, stack: Stack) -> Ranges:
