@@ -18,7 +18,10 @@ calling itself) keeps stacks short; only nesting (brackets in brackets) deepens 
 
 Refused with `GrammarError`: syntax errors, undefined or doubly defined rules, rules that can
 never end (``a ::= "x" a``), and left recursion (``a ::= a "x" | "y"``), which a top-down
-automaton cannot run; rewrite it as repetition (``a ::= "y" "x"*``).
+automaton cannot run; rewrite it as repetition (``a ::= "y" "x"*``). An ambiguous grammar
+whose parses of one prefix outnumber `MAX_STACKS` keeps that many of them (sorted, so the same
+ones each time): the output is still a derivation, though some that a full parse allows may no
+longer be reachable.
 """
 
 from __future__ import annotations
