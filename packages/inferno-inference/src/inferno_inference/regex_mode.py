@@ -56,6 +56,9 @@ class Automaton(Protocol):
 #: every token that fails at its first byte at once) beats running all tokens at once.
 _NARROW = 16
 _MAX_CODE_POINT = 0x10FFFF
+#: Most automaton states a grammar keeps numbered with their tables (a grammar with nesting
+#: meets new states without end; they are numbered afresh past this many).
+_STATES_KEPT = 1 << 16
 
 
 def _utf8_length(lead: int) -> int:
@@ -271,6 +274,10 @@ class RegexGrammar:
 
     def _run_whole(self, nfa: frozenset[Any], chars: _TokenChars) -> np.ndarray:
         """Which whole-character tokens (in ``chars.ids`` order) may follow ``nfa``."""
+        if len(self._sets) > _STATES_KEPT:  # numbers live within one run: start afresh
+            self._numbers.clear()
+            self._sets.clear()
+            self._tables.clear()
         count, start = len(chars.ids), self._number(nfa)
         current = np.full(count, start, dtype=np.int64)
         alive = np.full(count, start >= 0, dtype=bool)
