@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from inferno_inference import sampler as sampler_module
 from inferno_inference.sampler import Sampler
 from inferno_inference.sequence import Sequence
 from inferno_inference.types import SamplingParams
@@ -73,6 +74,42 @@ def test_top_k_and_top_p_restrict_the_support() -> None:
     assert set(top_p.tolist()) == {0, 1}  # 0.5 < 0.7 needs the second token, not the third
     min_p = torch.tensor(Sampler(seed=0)(logits, [_seq(min_p=0.5) for _ in range(3000)]).token_ids)
     assert set(min_p.tolist()) == {0, 1}  # 0.15 < 0.5 * 0.5
+
+
+def _reference_filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Top-k then top-p by a full sort of one row: what the tiered filter must equal."""
+    values, order = logits.sort(descending=True)
+    if top_k > 0:
+        values[top_k:] = float("-inf")
+    probs = torch.softmax(values, dim=-1)
+    if top_p < 1:
+        values[probs.cumsum(-1) - probs >= top_p] = float("-inf")
+    return torch.empty_like(logits).scatter_(0, order, values)
+
+
+@pytest.mark.parametrize("scale", [8.0, 1.0, 0.05])  # nuclei of a few, hundreds, most tokens
+def test_top_k_top_p_tiers_equal_a_full_sort(scale: float) -> None:
+    vocab = 20_000
+    logits = torch.randn(6, vocab, generator=torch.Generator().manual_seed(3)) * scale
+    settings = [(0, 0.9), (0, 0.99), (40, 0.95), (300, 1.0), (5000, 0.999), (0, 0.5)]
+    top_k = torch.tensor([k for k, _ in settings])
+    top_p = torch.tensor([p for _, p in settings])
+    got = sampler_module._top_k_top_p(logits, top_k, top_p)
+    for row, (k, p) in enumerate(settings):
+        want = _reference_filter(logits[row].clone(), k, p)
+        assert torch.equal(got[row].isinf(), want.isinf()), (scale, k, p)
+        kept = ~want.isinf()
+        assert torch.equal(got[row][kept], want[kept])
+
+
+def test_a_draw_at_the_very_top_picks_the_last_token_with_mass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    logits = torch.tensor([[0.0, 0.0, float("-inf"), float("-inf")]])
+    monkeypatch.setattr(
+        sampler_module.torch, "rand", lambda *a, **k: torch.tensor(1.0, dtype=torch.float64)
+    )
+    assert Sampler(seed=0)(logits, [_seq(temperature=1.0)]).token_ids == [1]
 
 
 def test_repetition_penalty_demotes_seen_tokens() -> None:

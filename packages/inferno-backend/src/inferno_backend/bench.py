@@ -152,11 +152,15 @@ async def run_bench(
     prompt_words: int = 24,
     api_key: str | None = None,
     warmup: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
 ) -> BenchResult:
     """Send ``requests`` streaming completions, at most ``concurrency`` at a time.
 
-    Every request asks for exactly ``max_tokens`` tokens (``ignore_eos``) at temperature 0 so
-    runs compare the same work. ``warmup`` requests run first and are not counted.
+    Every request asks for exactly ``max_tokens`` tokens (``ignore_eos``) so runs compare the
+    same work; greedy by default, sampled at ``temperature`` / ``top_p`` when asked (a server
+    that samples slowly is slow for most real traffic). ``warmup`` requests run first and are
+    not counted.
     """
     url = base_url.rstrip("/") + "/v1/completions"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -166,7 +170,8 @@ async def run_bench(
             "model": model,
             "prompt": _prompt(i, prompt_words),
             "max_tokens": max_tokens,
-            "temperature": 0.0,
+            "temperature": temperature,
+            "top_p": top_p,
             "ignore_eos": True,
             "stream": True,
             "stream_options": {"include_usage": True},

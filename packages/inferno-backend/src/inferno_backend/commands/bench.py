@@ -25,6 +25,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model", default="default", help="model name to request")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per request")
     p.add_argument("--prompt-words", type=int, default=24, help="words per prompt")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass when sampling")
     p.add_argument("--api-key", help="Bearer key")
     p.add_argument("--json", type=Path, help="also write the result as JSON here")
     p.set_defaults(func=run_serve_bench)
@@ -35,6 +37,9 @@ def run_serve_bench(args: argparse.Namespace) -> int:
     if args.concurrency < 1 or args.requests < 1:
         sys.stderr.write("inferno bench serve: --concurrency and --requests must be >= 1\n")
         return 2
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+        sys.stderr.write("inferno bench serve: --temperature must be >= 0, --top-p in (0, 1]\n")
+        return 2
     result = asyncio.run(
         run_bench(
             args.url,
@@ -44,6 +49,8 @@ def run_serve_bench(args: argparse.Namespace) -> int:
             max_tokens=args.max_tokens,
             prompt_words=args.prompt_words,
             api_key=args.api_key,
+            temperature=args.temperature,
+            top_p=args.top_p,
         )
     )
     sys.stdout.write(format_table(result) + "\n")
