@@ -14,7 +14,7 @@ from typing import Any
 import jsonschema_rs
 import pytest
 import torch
-from inferno_inference import InvalidRequestError, SamplingParams
+from inferno_inference import InvalidRequestError, SamplingParams, json_mode
 from inferno_inference.json_mode import (
     JsonConstraint,
     JsonGrammar,
@@ -838,3 +838,64 @@ def test_integer_formats_are_ranges() -> None:
         ("0", "101", "1", False),
     ):
         assert _accepts(program, f'{{"a": {a}, "b": {b}, "c": {c}}}') is ok, (a, b, c)
+
+
+RUN_VOCAB = [
+    *VOCAB[:-1],
+    *(w.encode() for w in ("john", "doe", ".doe", "@ex", "ample", ".com", "https", "://")),
+    *(w.encode() for w in ("the quick", " brown", " fox", "abcdefghijklmnop", "ABC-12")),
+    "é".encode(),
+    "€uro".encode(),
+    "日本".encode(),
+    b'ab"',
+    b'x", "',
+    b"\\n",
+    b"a\\u0041",
+    b"\xe2\x82",
+    VOCAB[-1],
+]
+
+
+@pytest.mark.parametrize(
+    "string",
+    [
+        {"format": "email"},
+        {"format": "uri"},
+        {"pattern": "^([a-z]+ ){2,5}[a-z]+$", "maxLength": 30},
+        {"pattern": "^[A-Za-z ]+$", "minLength": 5, "maxLength": 12},
+        {"pattern": "^[^0-9]{3,}x$", "maxLength": 20},
+        {"pattern": "[a-z]{4}", "minLength": 6},
+    ],
+    ids=["email", "uri", "words", "letters", "negated", "unanchored"],
+)
+def test_masks_of_patterns_run_in_one_pass_equal_checking_every_token(
+    string: dict[str, Any],
+) -> None:
+    """Masks inside patterned strings run every plain token through the pattern together;
+    along random generations, each must be the brute-force one."""
+    schema = {
+        "type": "object",
+        "properties": {"v": {"type": "string", **string}},
+        "required": ["v"],
+    }
+    program = _program(schema)
+    vocab = RUN_VOCAB
+    grammar = JsonGrammar(JsonVocabulary(vocab), [len(vocab) - 1], program)
+    rng = random.Random(str(string))
+    checked = 0
+    for _ in range(6):
+        state = program.advance(program.initial, b'{"v": "')
+        assert state is not None
+        for _ in range(24):
+            if state[0] != json_mode._BOUNDED_STRING:
+                break  # the string is closed
+            mask = grammar.allowed(state)
+            assert torch.equal(mask, _brute_force_mask(program, state, vocab))
+            checked += 1
+            allowed = [t for t in mask.nonzero().flatten().tolist() if t != len(vocab) - 1]
+            if not allowed:
+                break
+            nxt = program.advance(state, vocab[rng.choice(allowed)])
+            assert nxt is not None
+            state = nxt
+    assert checked >= 30

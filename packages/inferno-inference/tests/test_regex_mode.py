@@ -262,16 +262,16 @@ def test_regex_requests_are_validated() -> None:
 def test_masks_stay_right_when_the_numbered_states_are_dropped(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import inferno_inference.regex_mode as regex_mode
+    import inferno_inference.token_runs as token_runs
 
-    monkeypatch.setattr(regex_mode, "_STATES_KEPT", 2)  # renumbered at almost every mask
+    monkeypatch.setattr(token_runs, "STATES_KEPT", 2)  # renumbered at almost every mask
     g = _grammar(r"[a-z ]{0,40}\.")
     state = g.initial
     for token in (b"ab", b" ", b"12", b"yes"):
         expected = torch.zeros(len(VOCAB), dtype=torch.bool)
         expected[VOCABULARY.walk(g.step, state)] = True
         assert torch.equal(g.allowed(state), expected)
-        assert len(g._sets) <= 40
+        assert len(g._tables) <= 40
         if token == b"12":
             assert not bool(g.allowed(state)[ID[token]])
             continue

@@ -45,11 +45,11 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any, TypeVar
 
-import numpy as np
 import structlog
 import torch
 
 from inferno_inference.json_regex import FORMATS, Regex, RegexError
+from inferno_inference.token_runs import StateTables, token_chars
 
 __all__ = [
     "JSON_OBJECT",
@@ -150,9 +150,6 @@ MAX_WHITESPACE = 64
 # carriage return (a newline must follow), 1 + indentation after a newline.
 _SPACED, _CR = -1, -2
 _S = TypeVar("_S")
-#: Most tokens a mask checks one by one, beside those it passes wholesale, before a walk of
-#: the sorted vocabulary (which skips whole ranges of tokens that fail alike) is cheaper.
-_ONE_BY_ONE = 8192
 #: Most digits before and after a number's point, and in its exponent: every number then
 #: parses as a finite double (a valid "1e999" reads as infinity, which no schema accepts),
 #: at the price of numbers past 1e100 or below 1e-99 in exponent form.
@@ -581,7 +578,7 @@ class JsonProgram:
         pattern = self.nodes[node_id].pattern
         if pattern is not None and matched is not None:
             matched = pattern.step(matched, cp)
-            if not matched:
+            if not pattern.alive(matched):
                 return None
             node = self.nodes[node_id]
             if node.max_length is not None or node.min_length > count:
@@ -1178,7 +1175,6 @@ class JsonVocabulary:
         self.order = sorted((i for i, t in enumerate(self.bytes) if t), key=self.bytes.__getitem__)
         self.sorted = [self.bytes[i] for i in self.order]
         self.plain = torch.tensor([_is_plain(t) for t in self.bytes], dtype=torch.bool)
-        self.nonempty = torch.tensor([bool(t) for t in self.bytes], dtype=torch.bool)
         self.special = [i for i, t in enumerate(self.bytes) if t and not _is_plain(t)]
         #: Characters in each plain token (0 for the others), for strings of bounded length.
         self.chars = torch.tensor(
@@ -1186,27 +1182,6 @@ class JsonVocabulary:
         )
         #: Bytes in the longest token: no token adds more characters than this.
         self.longest = max((len(t) for t in self.bytes), default=0)
-        # The plain tokens' code points end to end, and where each token's begin: whether a
-        # token's characters all lie in a set of ranges is then one vectorized pass.
-        plain_ids = [i for i, t in enumerate(self.bytes) if _is_plain(t)]
-        texts = [self.bytes[i].decode() for i in plain_ids]
-        self._plain_ids = torch.tensor(plain_ids, dtype=torch.long)
-        self._code_points = np.array([ord(c) for text in texts for c in text], dtype=np.int64)
-        self._starts = np.cumsum([0] + [len(text) for text in texts[:-1]], dtype=np.int64)
-
-    def within(self, ranges: tuple[tuple[int, int], ...]) -> torch.Tensor:
-        """A bool ``[vocab]`` mask of the plain tokens whose characters all lie in
-        ``ranges`` (sorted, disjoint, inclusive code-point ranges)."""
-        mask = torch.zeros(self.size, dtype=torch.bool)
-        if not ranges or not len(self._code_points):
-            return mask
-        lows = np.array([lo for lo, _ in ranges], dtype=np.int64)
-        highs = np.array([hi for _, hi in ranges], dtype=np.int64)
-        at = np.searchsorted(lows, self._code_points, side="right") - 1
-        inside = (at >= 0) & (self._code_points <= highs[np.maximum(at, 0)])
-        every = np.minimum.reduceat(inside, self._starts)
-        mask[self._plain_ids[torch.from_numpy(every.astype(bool))]] = True
-        return mask
 
     def walk(self, step: Callable[[_S, int], _S | None], start: _S) -> list[int]:
         """Ids of the tokens whose bytes ``step`` takes one by one from ``start`` (None: a
@@ -1271,6 +1246,8 @@ class JsonGrammar:
         self._eos = sorted(set(eos_token_ids))
         self._cache: OrderedDict[JsonState, torch.Tensor] = OrderedDict()
         self._cache_size = cache_size
+        #: Per string node with a pattern, its automaton's numbered states.
+        self._pattern_tables: dict[int, StateTables] = {}
 
     @property
     def vocab_size(self) -> int:
@@ -1310,13 +1287,17 @@ class JsonGrammar:
         """``state``, or for a string of bounded length, what its mask depends on: no token
         adds more than `JsonVocabulary.longest` characters, so the characters still allowed
         and still needed matter only up to that many (and every count below the limit by
-        more shares one mask)."""
+        more shares one mask); with a pattern, up to that many more than the pattern's
+        `Regex.horizon`, since whether the match can still be completed after a token
+        depends on the room left after it."""
         mode, stack, detail, ws = state
         if mode != _BOUNDED_STRING:
             return state
         node_id, count, where, bits, matched = detail
         node = self.program.nodes[node_id]
         cap = self.vocab.longest + 1
+        if node.pattern is not None and matched is not None:
+            cap += node.pattern.horizon
         room = cap if node.max_length is None else min(node.max_length - count, cap)
         needed = min(max(node.min_length - count, 0), cap)
         return (mode, stack, (node_id, room, needed, where, bits, matched, "bounded"), ws)
@@ -1349,10 +1330,10 @@ class JsonGrammar:
         the few to step through one by one; None where one walk of the vocabulary is better.
 
         A free string takes every plain token (whole characters, no quote or backslash), within
-        its length limit. Inside a pattern, the plain tokens made of characters that leave its
-        state as it is pass (within the length bounds, which must leave the match possible
-        after each of those characters), and the rest are checked one by one, when they are
-        few (inside ``[A-Za-z ]+``, say)."""
+        its length limit. Inside a pattern, the plain tokens are run through the pattern's
+        automaton together (`inferno_inference.token_runs`), each character within the length
+        bounds and leaving a match possible, and the few others (quotes, escapes, pieces of
+        characters) are stepped one by one; where few characters may come next, a walk."""
         vocab = self.vocab
         if state[0] == _STRING:
             return (vocab.plain, vocab.special) if state[2] < 2 else None
@@ -1367,18 +1348,38 @@ class JsonGrammar:
             if node.max_length is None:
                 return vocab.plain, vocab.special
             return vocab.plain & (vocab.chars <= node.max_length - count), vocab.special
-        stable = pattern.stable_ranges(matched)
-        if not stable:
+        tables = self._pattern_tables.get(node_id)
+        if tables is None:
+            tables = self._pattern_tables[node_id] = StateTables(pattern)
+        if tables.narrow(matched):
+            return None  # few characters may come next: the walk skips the rest at once
+        chars = token_chars(vocab)
+        runs = tables.run(matched, chars, self._length_check(node, count))
+        passing = torch.zeros(vocab.size, dtype=torch.bool)
+        ids = chars.ids[torch.from_numpy(runs)]
+        passing[ids[vocab.plain[ids]]] = True  # a quote or backslash means something else
+        return passing, vocab.special
+
+    def _length_check(
+        self, node: _Node, count: int
+    ) -> Callable[[frozenset[int], int], bool] | None:
+        """What a bounded string with ``count`` characters asks of its pattern's state after
+        k more (as `JsonProgram._char` does one character at a time); None: only life."""
+        pattern = node.pattern
+        assert pattern is not None
+        if node.max_length is None and node.min_length <= count:
             return None
-        room, needed = _room(node, count)
-        fits = [True]
-        for k in range(1, vocab.longest + 1):
-            fits.append(fits[-1] and k <= room and pattern.viable(matched, room - k, needed - k))
-        passing = vocab.within(stable) & torch.tensor(fits)[vocab.chars]
-        rest = (vocab.nonempty & ~passing).nonzero().flatten()
-        if len(rest) > _ONE_BY_ONE:
-            return None
-        return passing, rest.tolist()
+        high = math.inf if node.max_length is None else node.max_length
+
+        def keep(state: frozenset[int], k: int) -> bool:
+            total = count + k
+            if total > high:
+                return False
+            if node.max_length is None and node.min_length <= total:
+                return True
+            return pattern.viable(state, high - total, max(node.min_length - total, 0))
+
+        return keep
 
 
 class JsonConstraint:

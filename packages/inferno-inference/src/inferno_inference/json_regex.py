@@ -419,9 +419,12 @@ class Regex:
             self._closure.append(closure)
         self.initial: frozenset[int] = self._closure[start]
         self._memo: dict[tuple[frozenset[int], int], frozenset[int]] = {}
-        self._stable: dict[frozenset[int], Ranges] = {}
         self._length_bits: list[int] | None = None
         self._shortest, self._longest = self._distances(nfa)
+        finite = [d for d in (*self._shortest, *self._longest) if d < math.inf]
+        #: Room or need beyond this many characters `viable` no longer tells apart: past
+        #: `EXACT_ROOM` it compares only with the states' fewest and most characters to go.
+        self.horizon = int(max(EXACT_ROOM, *finite))
 
     @staticmethod
     def _close(nfa: _Nfa, state: int) -> frozenset[int]:
@@ -611,19 +614,6 @@ class Regex:
                     after |= self._closure[target]
             out.append((lo, frozenset(after)))
         return out
-
-    def stable_ranges(self, state: frozenset[int]) -> Ranges:
-        """The code points after which the state is ``state`` again (what a loop such as
-        ``[a-z]*`` takes), as ranges."""
-        hit = self._stable.get(state)
-        if hit is not None:
-            return hit
-        steps = self.transitions(state)
-        ends = [lo - 1 for lo, _ in steps[1:]] + [_MAX]
-        pairs = [(lo, end) for (lo, after), end in zip(steps, ends, strict=True) if after == state]
-        stable = _ranges(pairs)
-        self._stable[state] = stable
-        return stable
 
     def alive(self, state: frozenset[int]) -> bool:
         """Whether some continuation (perhaps none) completes a match."""
