@@ -76,3 +76,55 @@ def test_kv_cache_lives_in_the_cuda_resource(kind: str) -> None:
     assert resource.stats().current_bytes == engine.runner.kv_cache.nbytes > 0
     engine.runner.kv_cache.release()
     assert resource.stats().current_bytes == 0
+
+
+def test_the_sampler_on_cuda_draws_what_it_draws_on_the_cpu() -> None:
+    """Filters, penalties, masks and logprobs run where the logits are; the draws come from
+    the same host generators, so a seeded row's tokens do not depend on the device."""
+    from inferno_inference.sampler import Sampler
+    from inferno_inference.sequence import Sequence
+    from inferno_inference.types import SamplingParams
+
+    # Well-separated logits: the devices' rounding cannot reorder tokens.
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 4000, generator=gen) * 4
+    settings = [
+        {"temperature": 0.8},
+        {"temperature": 1.0, "top_p": 0.9},
+        {"temperature": 0.7, "top_k": 40, "top_p": 0.95, "logprobs": 3},
+        {"temperature": 0.6, "min_p": 0.05, "repetition_penalty": 1.3},
+        {"temperature": 0, "frequency_penalty": 0.5, "logit_bias": [[5, 100]]},
+        {"temperature": 1.0, "top_p": 0.999},  # a wide nucleus: the later tiers
+    ]
+
+    def run(device: str) -> tuple[list[list[int]], list[list[float]]]:
+        tokens: list[list[int]] = [[] for _ in settings]
+        scores: list[list[float]] = [[] for _ in settings]
+        seqs = [
+            Sequence(
+                i,
+                f"r{i}",
+                0,
+                [1, 2, 3, 9],
+                4,
+                SamplingParams.model_validate({"seed": 10 + i, **sp}),
+                0.0,
+                generator=torch.Generator().manual_seed(10 + i),
+            )
+            for i, sp in enumerate(settings)
+        ]
+        sampler = Sampler(seed=1)
+        for _ in range(5):
+            out = sampler(logits.to(device), seqs)
+            for i, (token, record) in enumerate(zip(out.token_ids, out.logprobs, strict=True)):
+                tokens[i].append(token)
+                if record is not None:
+                    scores[i].append(record.logprob)
+        return tokens, scores
+
+    cpu_tokens, cpu_scores = run("cpu")
+    cuda_tokens, cuda_scores = run("cuda")
+    assert cuda_tokens == cpu_tokens
+    assert cuda_tokens[4] == [5] * 5  # the bias wins the greedy row
+    for a, b in zip(cpu_scores, cuda_scores, strict=True):
+        assert b == pytest.approx(a, abs=1e-4)

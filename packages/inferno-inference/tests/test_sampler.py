@@ -92,7 +92,7 @@ def test_top_k_top_p_tiers_equal_a_full_sort(scale: float) -> None:
     vocab = 20_000
     logits = torch.randn(6, vocab, generator=torch.Generator().manual_seed(3)) * scale
     settings = [(0, 0.9), (0, 0.99), (40, 0.95), (300, 1.0), (5000, 0.999), (0, 0.5)]
-    top_k = torch.tensor([k for k, _ in settings])
+    top_k = [k for k, _ in settings]
     top_p = torch.tensor([p for _, p in settings])
     got = sampler_module._top_k_top_p(logits, top_k, top_p)
     for row, (k, p) in enumerate(settings):
