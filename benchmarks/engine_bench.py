@@ -84,9 +84,15 @@ def hf_model(
 
 
 def hf_generate_time(
-    hf: Any, batch: list[list[int]], new_tokens: int, device: torch.device | None = None
+    hf: Any,
+    batch: list[list[int]],
+    new_tokens: int,
+    device: torch.device | None = None,
+    *,
+    sampled: bool = False,
 ) -> float:
-    """Seconds transformers ``generate`` takes for the left-padded ``batch`` (on ``device``)."""
+    """Seconds transformers ``generate`` takes for the left-padded ``batch`` (on ``device``),
+    greedy or `SAMPLED`."""
     width = max(len(p) for p in batch)
     ids = torch.tensor([[0] * (width - len(p)) + p for p in batch], device=device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
@@ -97,9 +103,9 @@ def hf_generate_time(
             attention_mask=mask,
             max_new_tokens=new_tokens,
             min_new_tokens=new_tokens,
-            do_sample=False,
+            do_sample=sampled,
             top_k=None,
-            top_p=None,
+            **(SAMPLED if sampled else {"top_p": None}),
         )
     if out.is_cuda:
         torch.cuda.synchronize()
@@ -146,16 +152,30 @@ def engine_decode_rate(engine: Any, prompt: list[int], new_tokens: int, rid: str
     return (produced - 1) / (end - first)
 
 
+#: What the sampled rows of the benchmarks ask for: a common chat setting.
+SAMPLED = {"temperature": 0.8, "top_p": 0.95}
+
+
 async def engine_concurrent(
-    engine: AsyncEngine, prompts: list[list[int]], new_tokens: int, tag: str
+    engine: AsyncEngine,
+    prompts: list[list[int]],
+    new_tokens: int,
+    tag: str,
+    *,
+    sampled: bool = False,
 ) -> dict[str, float]:
+    """All ``prompts`` at once through ``engine``, greedy (or `SAMPLED`, request i seeded i):
+    output tokens/s and TTFT percentiles."""
     sp = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+    if sampled:
+        sp = sp.model_copy(update=SAMPLED)
     t0 = time.perf_counter()
 
     async def one(i: int, p: list[int]) -> tuple[float, int]:
         ttft = 0.0
         n = 0
-        async for out in engine.generate(GenerationRequest(f"{tag}-{i}", tuple(p), sp)):
+        request_sp = sp.model_copy(update={"seed": i}) if sampled else sp
+        async for out in engine.generate(GenerationRequest(f"{tag}-{i}", tuple(p), request_sp)):
             if n == 0 and out.token_ids:
                 ttft = time.perf_counter() - t0
             n += len(out.token_ids)

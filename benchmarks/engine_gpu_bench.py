@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from engine_bench import (
     QUESTIONS,
+    SAMPLED,
     engine_concurrent,
     engine_decode_rate,
     hf_decode_rate,
@@ -146,6 +147,10 @@ def run_model(
     async_engine = AsyncEngine(engine)
     asyncio.run(engine_concurrent(async_engine, prompts[:4], 4, f"warm-cc-{name}"))
     cc = asyncio.run(engine_concurrent(async_engine, prompts, args.new_tokens, f"cc-{name}"))
+    # The same at a chat sampling setting: the filters and draws on the device.
+    cc_sampled = asyncio.run(
+        engine_concurrent(async_engine, prompts, args.new_tokens, f"ccs-{name}", sampled=True)
+    )
     asyncio.run(async_engine.shutdown())
     del engine, async_engine
     if device.type == "cuda":
@@ -153,10 +158,11 @@ def run_model(
     hf = hf_model(config, weights, torch.bfloat16, device)
     hf_generate_time(hf, [prompts[0]], 4, device=device)
     theirs = [hf_decode_rate(hf, prompts[0], args.decode_tokens, device) for _ in range(args.reps)]
-    hf_cc = (
+    hf_cc, hf_cc_sampled = (
         len(prompts)
         * args.new_tokens
-        / hf_generate_time(hf, prompts, args.new_tokens, device=device)
+        / hf_generate_time(hf, prompts, args.new_tokens, device=device, sampled=sampled)
+        for sampled in (False, True)
     )
     del hf
     if device.type == "cuda":
@@ -176,6 +182,11 @@ def run_model(
             "new_tokens": args.new_tokens,
             "inferno": cc,
             "transformers_tok_s": hf_cc,
+        },
+        "concurrent_sampled": {
+            "sampling": SAMPLED,
+            "inferno": cc_sampled,
+            "transformers_tok_s": hf_cc_sampled,
         },
     }
 
@@ -247,6 +258,10 @@ def main() -> None:
         label = f"{cc['requests']} concurrent: output tok/s"
         print(f"  {label:42} {ours_cc:10.1f} {hf_cc:13.1f} {ours_cc / hf_cc:6.2f}")
         print(f"  {'TTFT p50 / p99 s':42} {ttft:>10}")
+        ccs = r["concurrent_sampled"]
+        ours_s, hf_s = ccs["inferno"]["tokens_per_s"], ccs["transformers_tok_s"]
+        label = f"{cc['requests']} concurrent, sampled: output tok/s"
+        print(f"  {label:42} {ours_s:10.1f} {hf_s:13.1f} {ours_s / hf_s:6.2f}")
     result = {
         "machine": {
             "platform": platform.platform(),
