@@ -1,6 +1,6 @@
-"""A real ``inferno serve`` on a Qwen2, a Qwen3 and a SmolLM3 GGUF (tiny random ones, with
-sampling keys): the same tokens as the engine run in-process, and the file's sampling settings
-as the defaults."""
+"""A real ``inferno serve`` on a Qwen2, a Qwen3, a SmolLM3 and a Phi-3 GGUF (tiny random ones,
+with sampling keys): the same tokens as the engine run in-process, which are those of
+transformers' own class for the family, and the file's sampling settings as the defaults."""
 
 from __future__ import annotations
 
@@ -10,9 +10,15 @@ from pathlib import Path
 
 import openai
 import pytest
+from inferno_inference.tiny import greedy_tokens, reference_greedy_tokens, tiny_llm_engine
 from inferno_inference.types import SamplingParams
 from inferno_models import LlamaLoader
-from inferno_models.testing import random_weights, tiny_config, write_tiny_gguf
+from inferno_models.testing import (
+    random_weights,
+    tiny_config,
+    transformers_model,
+    write_tiny_gguf,
+)
 
 from .local_engine import local_text
 from .serve_daemon import ServeProcess
@@ -22,7 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SAMPLING = {"general.sampling.temp": 0.6, "general.sampling.top_k": 12}
 
 
-@pytest.fixture(scope="module", params=["qwen2", "qwen3", "smollm3"])
+@pytest.fixture(scope="module", params=["qwen2", "qwen3", "smollm3", "phi3"])
 def model_path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     arch = request.param
     config = tiny_config(
@@ -63,6 +69,15 @@ def test_greedy_completion_equals_the_engine_in_process(
     assert out.usage.completion_tokens == 12
     assert text
     assert out.choices[0].text == text
+
+
+def test_the_engine_makes_the_tokens_of_transformers_own_class(model_path: Path) -> None:
+    loaded = LlamaLoader().load(model_path)
+    prompts = [loaded.tokenizer.encode(t) for t in ("the theater", "an other one, then")]
+    hf = transformers_model(loaded.config, loaded.weights)
+    assert type(hf).__name__.lower().startswith(loaded.config.architecture)
+    engine = tiny_llm_engine(config=loaded.config, weights=loaded.weights)
+    assert greedy_tokens(engine, prompts, 12) == reference_greedy_tokens(hf, prompts, 12)
 
 
 def test_the_files_sampling_keys_are_the_defaults(server: ServeProcess) -> None:

@@ -53,3 +53,18 @@ def test_index_naming_a_missing_shard(hf_dir: Path) -> None:
     (hf_dir / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(ModelFormatError, match="missing shard"):
         LlamaLoader().load(hf_dir)
+
+
+def test_a_config_written_by_transformers_5_keeps_its_rope_scaling(
+    tmp_path: Path, config: ModelConfig
+) -> None:
+    from transformers import LlamaConfig
+
+    # transformers 5 writes rope_scaling (and rope_theta) as rope_parameters.
+    LlamaConfig(**config.to_hf_dict()).save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert "rope_scaling" not in written
+    assert written["rope_parameters"]["rope_type"] == "llama3"
+    again = ModelConfig.from_hf_file(tmp_path / "config.json")
+    assert again.rope_scaling == config.rope_scaling
+    assert again == config

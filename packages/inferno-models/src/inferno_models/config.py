@@ -2,8 +2,9 @@
 
 One `ModelConfig` describes Llama 2, Llama 3 (with its "llama3" rope scaling), SmolLM, Qwen2 and
 Qwen2.5 (Llama with biases on Q, K and V), Qwen3 (Llama with an RMSNorm on each query and key
-head), SmolLM3 (Llama whose every fourth layer has no rotary embedding, "NoPE") and other
-models of the same shape. It is built from a Hugging Face ``config.json`` or from GGUF metadata,
+head), SmolLM3 (Llama whose every fourth layer has no rotary embedding, "NoPE"), Phi-3 (Llama
+whose checkpoints fuse Q, K and V, and the gate and up projections) and other models of the
+same shape. It is built from a Hugging Face ``config.json`` or from GGUF metadata,
 and written back as ``config.json`` by the converter.
 """
 
@@ -17,7 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from inferno_models.errors import ModelFormatError, UnsupportedModelError
 
-__all__ = ["ModelConfig", "RopeScaling"]
+__all__ = ["Architecture", "ModelConfig", "RopeScaling"]
+
+#: The model families a `ModelConfig` describes.
+Architecture = Literal["llama", "qwen2", "qwen3", "smollm3", "phi3"]
 
 
 class RopeScaling(BaseModel):
@@ -43,12 +47,13 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    architecture: Literal["llama", "qwen2", "qwen3", "smollm3"] = Field(
+    architecture: Architecture = Field(
         default="llama",
         description=(
             "Model family: Llama, Qwen2 (Llama with biases on Q, K and V), Qwen3 (Llama with "
-            "RMSNorm on every query and key head) or SmolLM3 (Llama with layers that skip the "
-            "rotary embedding)."
+            "RMSNorm on every query and key head), SmolLM3 (Llama with layers that skip the "
+            "rotary embedding) or Phi-3 (Llama whose files fuse Q, K and V into one tensor, "
+            "and the gate and up projections into another; loaded, they are split)."
         ),
     )
     vocab_size: int = Field(gt=0, description="Rows of the embedding matrix.")
@@ -98,6 +103,11 @@ class ModelConfig(BaseModel):
             raise ValueError(
                 f"{self.architecture}'s attention_bias covers Q, K, V and the output together"
             )
+        if self.architecture == "phi3" and (self.qkv_bias or self.o_bias):
+            raise ValueError("phi3 has no attention biases")
+        if self.architecture == "phi3" and self.rope_scaling is not None:
+            # transformers' Phi3 knows no other scaling than longrope, which is not supported.
+            raise ValueError("phi3 has no llama3 or linear rope scaling (rope_scaling)")
         if self.qk_norm != (self.architecture == "qwen3"):
             raise ValueError("query/key norms (qk_norm) are Qwen3's, and every Qwen3 has them")
         if self.nope_layers and self.architecture != "smollm3":
@@ -138,32 +148,65 @@ class ModelConfig(BaseModel):
         qwen2 = model_type == "qwen2" or "Qwen2ForCausalLM" in archs
         qwen3 = model_type == "qwen3" or "Qwen3ForCausalLM" in archs
         smollm3 = model_type == "smollm3" or "SmolLM3ForCausalLM" in archs
+        phi3 = model_type == "phi3" or "Phi3ForCausalLM" in archs
         llama = model_type in ("llama", "mistral") or "LlamaForCausalLM" in archs
-        if not (qwen2 or qwen3 or smollm3 or llama):
+        if not (qwen2 or qwen3 or smollm3 or phi3 or llama):
             raise UnsupportedModelError(source, f"unsupported architecture {model_type!r} {archs}")
+        matches: dict[Architecture, bool] = {
+            "qwen2": qwen2,
+            "qwen3": qwen3,
+            "smollm3": smollm3,
+            "phi3": phi3,
+            "llama": True,
+        }
+        family = next(name for name, hit in matches.items() if hit)
         if data.get("mlp_bias"):
             raise UnsupportedModelError(source, "MLP biases (mlp_bias) are not supported")
+        # transformers 5 writes the rope settings as rope_parameters, older ones as
+        # rope_scaling (and rope_theta, partial_rotary_factor beside it).
+        raw_scaling = data.get("rope_scaling") or data.get("rope_parameters")
+        if raw_scaling is not None and not isinstance(raw_scaling, dict):
+            raise ModelFormatError(source, f"rope_scaling is not an object: {raw_scaling!r}")
+        rope_type = (raw_scaling or {}).get("rope_type") or (raw_scaling or {}).get("type")
+        if rope_type not in (None, "default", "llama3", "linear"):
+            phi3_long = rope_type in ("longrope", "su") or (phi3 and rope_type == "yarn")
+            what = " (Phi-3's long-context scaling, by long_factor and short_factor)"
+            raise UnsupportedModelError(
+                source,
+                f"rope_scaling of type {rope_type!r}{what if phi3_long else ''} is not "
+                "supported; llama3 and linear are",
+            )
+        rotary = data.get("partial_rotary_factor", (raw_scaling or {}).get("partial_rotary_factor"))
+        if rotary is not None and rotary != 1:
+            raise UnsupportedModelError(
+                source,
+                f"partial_rotary_factor {rotary} (a rotary embedding on part of each head, as "
+                "in Phi-4-mini) is not supported; only 1.0 is",
+            )
         # Within its window, sliding-window attention is full attention: such a model gets
-        # the window as its context rather than wrong attention past it.
+        # the window as its context rather than wrong attention past it. Phi-3 has no switch:
+        # a window in its config is used.
         window = data.get("sliding_window")
-        windowed = model_type == "mistral" or (
-            (qwen2 or qwen3 or smollm3) and data.get("use_sliding_window")
+        windowed = (
+            model_type == "mistral"
+            or phi3
+            or ((qwen2 or qwen3 or smollm3) and data.get("use_sliding_window"))
         )
         context = data.get("max_position_embeddings", 2048)
         if windowed and isinstance(window, int) and 0 < window < context:
             context = window
-        attention_bias = bool(data.get("attention_bias", False))
+        # Phi-3's projections have no biases, whatever the config says.
+        attention_bias = not phi3 and bool(data.get("attention_bias", False))
         try:
             heads = int(data["num_attention_heads"])
             hidden = int(data["hidden_size"])
             eos = data.get("eos_token_id")
             eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
-            raw_scaling = data.get("rope_scaling")
             scaling: RopeScaling | None = None
             if raw_scaling is not None:
                 fields = dict(raw_scaling)
                 fields.setdefault("type", fields.get("rope_type"))
-                if fields["type"] != "default":
+                if fields["type"] not in ("default", None):
                     scaling = RopeScaling(**fields)
             nope: tuple[int, ...] = ()
             if smollm3:
@@ -194,9 +237,7 @@ class ModelConfig(BaseModel):
                 tie_word_embeddings=bool(data.get("tie_word_embeddings", False)),
                 bos_token_id=data.get("bos_token_id"),
                 eos_token_ids=eos_ids,
-                architecture=(
-                    "qwen2" if qwen2 else "qwen3" if qwen3 else "smollm3" if smollm3 else "llama"
-                ),
+                architecture=family,
                 qkv_bias=qwen2 or attention_bias,
                 o_bias=not qwen2 and attention_bias,
                 qk_norm=qwen3,
@@ -235,11 +276,17 @@ class ModelConfig(BaseModel):
             "qwen2": "Qwen2ForCausalLM",
             "qwen3": "Qwen3ForCausalLM",
             "smollm3": "SmolLM3ForCausalLM",
+            "phi3": "Phi3ForCausalLM",
         }
         family: dict[str, Any] = {"architectures": [names[arch]], "model_type": arch}
-        if arch != "llama":
+        if arch == "phi3":
+            # The window, if the model had one, is already the context. Its config class
+            # defaults to a padding id of its own vocabulary (32000).
+            family["sliding_window"] = None
+            family["pad_token_id"] = None
+        elif arch != "llama":
             family["use_sliding_window"] = False
-        if arch != "qwen2":
+        if arch not in ("qwen2", "phi3"):
             family["attention_bias"] = self.o_bias
             family["mlp_bias"] = False
         if arch == "smollm3":

@@ -13,6 +13,7 @@ from inferno_models.errors import ModelError
 from inferno_models.generation import GenerationDefaults
 from inferno_models.gguf_loader import GGUFFile
 from inferno_models.loader import gguf_generation_defaults
+from inferno_models.names import fuse
 from inferno_models.progress import byte_progress
 from inferno_models.tokenizer import Tokenizer
 
@@ -27,7 +28,8 @@ def convert_gguf_to_hf(
     """Write the GGUF model at ``source`` as a Hugging Face directory at ``destination``.
 
     The result loads with ``transformers.AutoModelForCausalLM.from_pretrained`` and
-    ``AutoTokenizer.from_pretrained``; its weights are the GGUF's, dequantized to ``dtype``.
+    ``AutoTokenizer.from_pretrained``; its weights are the GGUF's, dequantized to ``dtype``,
+    in the layout of the family's own checkpoints (a Phi-3's Q, K and V fused again).
 
     Raises:
         ModelFormatError: the source is not a readable Llama GGUF.
@@ -42,10 +44,8 @@ def convert_gguf_to_hf(
     config = gguf.config()
     tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata, source=str(src))
     with byte_progress(f"converting {src.name}", gguf.total_tensor_bytes()) as advance:
-        weights = {
-            name: tensor.contiguous()
-            for name, tensor in gguf.iter_weights(config, dtype=dtype, progress=advance)
-        }
+        weights = fuse(config, dict(gguf.iter_weights(config, dtype=dtype, progress=advance)))
+    weights = {name: tensor.contiguous() for name, tensor in weights.items()}
     dst.mkdir(parents=True, exist_ok=True)
     hf_config = config.to_hf_dict()
     hf_config["torch_dtype"] = str(dtype).removeprefix("torch.")

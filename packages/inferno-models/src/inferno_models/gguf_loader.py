@@ -11,17 +11,24 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from inferno_models.config import ModelConfig, RopeScaling
+from inferno_models.config import Architecture, ModelConfig, RopeScaling
 from inferno_models.dequant import BLOCK_SIZES, dequantize
 from inferno_models.errors import ModelFormatError, UnsupportedModelError
 from inferno_models.gguf_summary import TensorExtent, scan_gguf
-from inferno_models.names import EMBED, FINAL_NORM, LM_HEAD, expected_shapes, layer_name
+from inferno_models.names import (
+    EMBED,
+    FINAL_NORM,
+    LM_HEAD,
+    checkpoint_shapes,
+    layer_name,
+    split_fused,
+)
 
 __all__ = [
     "ARCHITECTURES",
@@ -35,17 +42,18 @@ __all__ = [
 ]
 
 #: The ``general.architecture`` values this loader reads.
-ARCHITECTURES = ("llama", "qwen2", "qwen3", "smollm3")
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "smollm3", "phi3")
 #: Architectures whose Q/K rows (and biases) llama.cpp's converter permutes for its rotary
 #: layout; it rotates the others ("NEOX") in the Hugging Face layout, unpermuted.
 ROPE_PERMUTED = frozenset({"llama", "smollm3"})
 #: llama.cpp gives SmolLM3 no key for its NoPE layers: every fourth layer, fixed in its code.
 _SMOLLM3_NOPE_INTERVAL = 4
-_ARCHITECTURE_NAMES: dict[str, Literal["llama", "qwen2", "qwen3", "smollm3"]] = {
+_ARCHITECTURE_NAMES: dict[str, Architecture] = {
     "llama": "llama",
     "qwen2": "qwen2",
     "qwen3": "qwen3",
     "smollm3": "smollm3",
+    "phi3": "phi3",
 }
 
 #: GGUF per-layer tensor names (after ``blk.{i}.``) -> canonical suffixes.
@@ -66,6 +74,13 @@ _LAYER_MAP = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
+#: Phi-3's fused tensors (`inferno_models.names.FUSED`): llama.cpp's converter keeps them
+#: fused, and its ``ffn_up`` is then the gate and up projections together.
+_PHI3_LAYER_MAP = {
+    **_LAYER_MAP,
+    "attn_qkv.weight": "self_attn.qkv_proj.weight",
+    "ffn_up.weight": "mlp.gate_up_proj.weight",
+}
 _GLOBAL_MAP = {
     "token_embd.weight": EMBED,
     "output_norm.weight": FINAL_NORM,
@@ -74,6 +89,9 @@ _GLOBAL_MAP = {
 #: llama.cpp's converter stores Llama 3.1 rope scaling as this tensor of per-frequency
 #: divisors (``[head_dim // 2]``) instead of scaling keys.
 ROPE_FREQS = "rope_freqs.weight"
+#: The per-frequency factors of Phi-3's long-context rope scaling ("longrope"), which
+#: llama.cpp's converter writes for Phi-3-*-128k, Phi-3.5 and Phi-4-mini.
+_LONG_ROPE_FACTORS = ("rope_factors_long.weight", "rope_factors_short.weight")
 # Relative tolerance when checking divisors read from a file (stored as float32).
 _DIVISOR_RTOL = 1e-4
 
@@ -256,6 +274,13 @@ class GGUFFile:
             )
         if arch not in ARCHITECTURES:
             raise UnsupportedModelError(self.path, f"unsupported architecture {arch!r}")
+        for name in _LONG_ROPE_FACTORS:
+            if name in self._by_name:
+                raise UnsupportedModelError(
+                    self.path,
+                    f"tensor {name} is Phi-3's long-context rope scaling (longrope, of "
+                    "Phi-3-*-128k, Phi-3.5 and Phi-4-mini), which is not supported",
+                )
         # Qwen2 always has Q/K/V biases; llama.cpp's other files may carry optional ones.
         qkv_bias = arch == "qwen2" or layer_name(0, "self_attn.q_proj.bias") in self._tensors
         o_bias = layer_name(0, "self_attn.o_proj.bias") in self._tensors
@@ -272,9 +297,7 @@ class GGUFFile:
         if vocab is None:
             tokens = self.metadata.get("tokenizer.ggml.tokens")
             vocab = len(tokens) if tokens is not None else self._tensor_rows(EMBED)
-        head_dim = self.metadata.get(f"{arch}.attention.key_length") or self.metadata.get(
-            f"{arch}.rope.dimension_count", hidden // heads
-        )
+        head_dim, context = self._head_dim_and_context(arch, hidden, heads)
         theta = float(self.metadata.get(f"{arch}.rope.freq_base", 10000.0))
         eos = self.metadata.get("tokenizer.ggml.eos_token_id")
         extra_eos = self.metadata.get("tokenizer.ggml.eot_token_id")
@@ -289,11 +312,11 @@ class GGUFFile:
                 num_key_value_heads=int(
                     self.metadata.get(f"{arch}.attention.head_count_kv", heads)
                 ),
-                head_dim=int(head_dim),
-                max_position_embeddings=int(self.metadata.get(f"{arch}.context_length", 2048)),
+                head_dim=head_dim,
+                max_position_embeddings=context,
                 rms_norm_eps=float(req("attention.layer_norm_rms_epsilon")),
                 rope_theta=theta,
-                rope_scaling=self._rope_scaling(arch, int(head_dim), theta),
+                rope_scaling=self._rope_scaling(arch, head_dim, theta),
                 tie_word_embeddings=LM_HEAD not in self._tensors,
                 bos_token_id=self.metadata.get("tokenizer.ggml.bos_token_id"),
                 eos_token_ids=eos_ids,
@@ -309,6 +332,38 @@ class GGUFFile:
             )
         except (ValueError, TypeError) as exc:
             raise ModelFormatError(self.path, f"invalid model metadata: {exc}") from None
+
+    def _head_dim_and_context(self, arch: str, hidden: int, heads: int) -> tuple[int, int]:
+        """A head's width and the context, from the ``{arch}.*`` keys.
+
+        Raises:
+            UnsupportedModelError: the rotary embedding covers part of each head.
+            ModelFormatError: a value is not a number.
+        """
+        try:
+            key_length = self.metadata.get(f"{arch}.attention.key_length")
+            rope_dims = self.metadata.get(f"{arch}.rope.dimension_count")
+            # A Phi-3 file gives a head's width only as hidden / heads, as llama.cpp reads it;
+            # its rope.dimension_count is the rotary width, which can be less.
+            fallback = hidden // heads if arch == "phi3" else rope_dims
+            head_dim = int(key_length or fallback or hidden // heads)
+            context = int(self.metadata.get(f"{arch}.context_length", 2048))
+            # As in a config.json: inside its window, sliding-window attention is full
+            # attention (llama.cpp writes a window of 0 for Phi-3 models without one).
+            window = self.metadata.get(f"{arch}.attention.sliding_window", 0)
+            if arch == "phi3" and 0 < int(window) < context:
+                context = int(window)
+            rotary = head_dim if rope_dims is None else int(rope_dims)
+        except (TypeError, ValueError) as exc:
+            raise ModelFormatError(self.path, f"invalid model metadata: {exc}") from None
+        if rotary != head_dim:
+            raise UnsupportedModelError(
+                self.path,
+                f"{arch}.rope.dimension_count {rotary} is not the head width {head_dim}: a "
+                f"rotary embedding on part of each head (partial_rotary_factor "
+                f"{rotary / head_dim:g}, as in Phi-4-mini) is not supported",
+            )
+        return head_dim, context
 
     def _rope_scaling(self, arch: str, head_dim: int, theta: float) -> RopeScaling | None:
         """From the scaling keys, or else from ``rope_freqs.weight``; when a file has both,
@@ -382,7 +437,7 @@ class GGUFFile:
     def _index_tensors(self) -> dict[str, _TensorInfo]:
         infos: dict[str, _TensorInfo] = {}
         for t in self._extents:
-            name = canonical_name(t.name)
+            name = canonical_name(t.name, self.architecture)
             if name is None and t.name != ROPE_FREQS:
                 continue
             if t.nbytes < 0:
@@ -437,12 +492,13 @@ class GGUFFile:
         progress: Callable[[int], None] | None = None,
     ) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield ``(canonical_name, tensor)`` for every weight the model needs, dequantized to
-        ``dtype`` on ``device`` with Q/K rows restored to the Hugging Face layout.
+        ``dtype`` on ``device`` with Q/K rows restored to the Hugging Face layout, and a Phi-3
+        file's fused tensors split into their parts.
 
         Raises:
             ModelFormatError: a tensor is missing, has the wrong shape, or cannot be decoded.
         """
-        for name, shape in expected_shapes(config).items():
+        for name, shape in checkpoint_shapes(config).items():
             info = self._tensors.get(name)
             if info is None:
                 raise ModelFormatError(self.path, f"missing tensor for {name}")
@@ -457,7 +513,7 @@ class GGUFFile:
                 tensor = unpermute_rope(tensor, config.num_attention_heads)
             elif permuted and name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
                 tensor = unpermute_rope(tensor, config.num_key_value_heads)
-            yield name, tensor.to(device=device, dtype=dtype)
+            yield from split_fused(config, name, tensor.to(device=device, dtype=dtype))
             if progress is not None:
                 progress(info.data.nbytes)
 
@@ -483,12 +539,17 @@ class GGUFFile:
         )
 
 
-def canonical_name(gguf_name: str) -> str | None:
-    """The canonical name of a GGUF model tensor (``blk.3.attn_q.weight`` ->
-    ``model.layers.3.self_attn.q_proj.weight``), or None for a name no model weight has."""
+def canonical_name(gguf_name: str, architecture: str = "llama") -> str | None:
+    """The Hugging Face name of a GGUF model tensor of ``architecture`` (``blk.3.attn_q.weight``
+    -> ``model.layers.3.self_attn.q_proj.weight``), or None for a name no model weight has.
+
+    For a Phi-3 file, whose fused tensors keep their fused Hugging Face names
+    (``blk.3.attn_qkv.weight`` -> ``model.layers.3.self_attn.qkv_proj.weight``, ``ffn_up``
+    -> ``mlp.gate_up_proj``), that is its checkpoint's name, not the canonical one."""
     if gguf_name in _GLOBAL_MAP:
         return _GLOBAL_MAP[gguf_name]
+    layer_map = _PHI3_LAYER_MAP if architecture == "phi3" else _LAYER_MAP
     parts = gguf_name.split(".", 2)
-    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _LAYER_MAP:
-        return layer_name(int(parts[1]), _LAYER_MAP[parts[2]])
+    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in layer_map:
+        return layer_name(int(parts[1]), layer_map[parts[2]])
     return None

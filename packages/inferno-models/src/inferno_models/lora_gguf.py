@@ -29,7 +29,7 @@ from inferno_models.errors import ModelFormatError, UnsupportedModelError
 from inferno_models.gguf_loader import ARCHITECTURES, ROPE_PERMUTED, GGUFFile, canonical_name
 from inferno_models.gguf_summary import TensorExtent
 from inferno_models.lora import _TARGETS, LoraAdapter
-from inferno_models.names import EMBED, LM_HEAD
+from inferno_models.names import EMBED, FUSED, LM_HEAD
 
 __all__ = ["is_gguf", "read_gguf_lora"]
 
@@ -61,7 +61,7 @@ def read_gguf_lora(path: Path) -> LoraAdapter:
     alpha = _alpha(file)
     pairs: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
     for base, ab in _group(file).items():
-        name = _target(path, base)
+        name = _target(path, base, file.architecture)
         missing = [part for part in _PARTS if part not in ab]
         if missing:
             raise ModelFormatError(path, f"{base} has no {missing[0]} tensor (a pair needs both)")
@@ -150,9 +150,9 @@ def _group(file: GGUFFile) -> dict[str, dict[str, TensorExtent]]:
     return parts
 
 
-def _target(path: Path, base: str) -> str:
+def _target(path: Path, base: str, architecture: str) -> str:
     """The canonical name of the weight ``base`` adapts, which must be a projection's."""
-    name = canonical_name(base)
+    name = canonical_name(base, architecture)
     only = f"only the attention and MLP projections ({', '.join(_TARGETS)}) can be merged"
     if name == EMBED:
         raise UnsupportedModelError(
@@ -160,6 +160,10 @@ def _target(path: Path, base: str) -> str:
         )
     if name == LM_HEAD:
         raise UnsupportedModelError(path, f"the adapter adapts the output head ({base}); {only}")
+    if name is not None and name.endswith(tuple(f".{fused}" for fused in FUSED)):
+        raise UnsupportedModelError(
+            path, f"the adapter adapts {base}, a Phi-3 fused projection, which is not supported"
+        )
     if name is None or not name.endswith(tuple(f".{t}.weight" for t in _TARGETS)):
         raise UnsupportedModelError(path, f"the adapter adapts {base}; {only}")
     return name

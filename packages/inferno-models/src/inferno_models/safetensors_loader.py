@@ -10,7 +10,7 @@ import torch
 
 from inferno_models.config import ModelConfig
 from inferno_models.errors import ModelFormatError
-from inferno_models.names import expected_shapes
+from inferno_models.names import checkpoint_shapes, split_fused
 
 __all__ = ["iter_safetensors_weights", "read_safetensors", "safetensors_files"]
 
@@ -74,7 +74,8 @@ def iter_safetensors_weights(
     device: str | torch.device = "cpu",
     progress: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield every tensor the model needs, shape-checked, cast to ``dtype`` on ``device``.
+    """Yield every tensor the model needs under its canonical name, shape-checked, cast to
+    ``dtype`` on ``device``; a Phi-3 checkpoint's fused tensors are split into their parts.
 
     Raises:
         ModelFormatError: a tensor is missing, has the wrong shape, or a file is corrupt.
@@ -82,7 +83,7 @@ def iter_safetensors_weights(
     from safetensors import safe_open
 
     files = safetensors_files(directory)
-    wanted = expected_shapes(config)
+    wanted = checkpoint_shapes(config)
     by_file: dict[Path, list[str]] = {}
     for name in wanted:
         if name not in files:
@@ -107,4 +108,4 @@ def iter_safetensors_weights(
                     )
                 if progress is not None:
                     progress(tensor.numel() * tensor.element_size())
-                yield name, tensor.to(device=device, dtype=dtype)
+                yield from split_fused(config, name, tensor.to(device=device, dtype=dtype))

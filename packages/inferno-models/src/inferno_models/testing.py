@@ -6,14 +6,14 @@ import json
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from inferno_models.config import ModelConfig, RopeScaling
+from inferno_models.config import Architecture, ModelConfig, RopeScaling
 from inferno_models.lora import LoraAdapter
-from inferno_models.names import EMBED, FINAL_NORM, LM_HEAD, expected_shapes
+from inferno_models.names import EMBED, FINAL_NORM, LM_HEAD, expected_shapes, fuse
 from inferno_models.tokenizer import Tokenizer, byte_to_unicode
 
 __all__ = [
@@ -53,14 +53,17 @@ def tiny_config(
     num_key_value_heads: int = 2,
     max_position_embeddings: int = 512,
     tie_word_embeddings: bool = False,
-    llama3_rope: bool = True,
-    architecture: Literal["llama", "qwen2", "qwen3", "smollm3"] = "llama",
+    llama3_rope: bool | None = None,
+    architecture: Architecture = "llama",
     head_dim: int | None = None,
 ) -> ModelConfig:
     """A small Llama config with GQA and (by default) llama3 rope scaling; with
     ``architecture="qwen2"`` a Qwen2 one (biases on Q, K and V), with ``"qwen3"`` a Qwen3 one
-    (query and key norms). ``head_dim`` defaults to ``hidden_size // num_attention_heads``;
+    (query and key norms), with ``"phi3"`` a Phi-3 one (no rope scaling by default: Phi-3
+    has no llama3 scaling). ``head_dim`` defaults to ``hidden_size // num_attention_heads``;
     Qwen3's heads are wider than that."""
+    if llama3_rope is None:
+        llama3_rope = architecture != "phi3"
     scaling = (
         RopeScaling(type="llama3", factor=8.0, original_max_position_embeddings=64)
         if llama3_rope
@@ -157,6 +160,9 @@ _GGUF_NAMES = {
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
+    # Phi-3's fused tensors: its ffn_up holds the gate and up projections.
+    "self_attn.qkv_proj.weight": "attn_qkv.weight",
+    "mlp.gate_up_proj.weight": "ffn_up.weight",
 }
 
 
@@ -186,8 +192,12 @@ def write_tiny_gguf(
     layout); 2-D weights are stored as ``quantization`` (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
     Q5_0, Q5_1). Rope scaling is written as scaling keys, or with ``rope_freqs`` as the
     converter writes Llama 3.1's: a ``rope_freqs.weight`` tensor of divisors and no keys.
-    ``extra_tensors`` are written as they are (to build inconsistent files); ``metadata``
-    adds keys (ints as int32, floats as float32, strings), e.g. ``general.sampling.temp``."""
+    A Phi-3 file is written as the converter's ``Phi3MiniModel`` writes one: Q, K and V fused
+    (``attn_qkv``), the gate and up projections too (``ffn_up``), no key length and a sliding
+    window of 0 (none); weights already fused, or a fused group with a part missing, are
+    written as they are. ``extra_tensors`` are written as they are (to build inconsistent
+    files); ``metadata`` adds keys, or replaces the writer's own (ints as int32, floats as
+    float32, strings), e.g. ``general.sampling.temp``."""
     import gguf
     from gguf.quants import quantize
 
@@ -203,8 +213,12 @@ def write_tiny_gguf(
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_rope_dimension_count(config.head_dim)
-    writer.add_key_length(config.head_dim)
-    writer.add_value_length(config.head_dim)
+    if arch != "phi3" or config.head_dim != config.hidden_size // config.num_attention_heads:
+        writer.add_key_length(config.head_dim)
+        writer.add_value_length(config.head_dim)
+    if arch == "phi3":
+        writer.add_rope_scaling_orig_ctx_len(config.max_position_embeddings)
+        writer.add_sliding_window(0)
     writer.add_rope_freq_base(config.rope_theta)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
@@ -231,6 +245,10 @@ def write_tiny_gguf(
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     writer.add_add_bos_token(False)
+    if arch == "phi3":
+        # Phi-3's tokenizer pads with its end-of-text token, and the converter writes that;
+        # transformers' GGUF reader would otherwise keep Phi3Config's own padding id, 32000.
+        writer.add_pad_token_id(2)
     if chat_template is not None:
         writer.add_chat_template(chat_template)
     for key, value in (metadata or {}).items():
@@ -243,7 +261,7 @@ def write_tiny_gguf(
     for name, array in (extra_tensors or {}).items():
         writer.add_tensor(name, array)
     qtype = getattr(gguf.GGMLQuantizationType, quantization)
-    for name, tensor in weights.items():
+    for name, tensor in fuse(config, weights).items():
         t = tensor.detach().to(torch.float32)
         # llama.cpp's converter permutes Llama's Q/K rows (and biases), not Qwen2's or Qwen3's.
         if arch in ROPE_PERMUTED and name.endswith(("q_proj.weight", "q_proj.bias")):
@@ -264,15 +282,16 @@ def write_tiny_gguf(
 
 def transformers_model(config: ModelConfig, weights: dict[str, torch.Tensor] | None = None) -> Any:
     """transformers' own class for ``config``'s family (LlamaForCausalLM, Qwen3ForCausalLM,
-    SmolLM3ForCausalLM...), in eval mode, with ``weights`` (canonical names) when given: the
-    numerical reference of the tests. Raises `AssertionError` when the weights do not fit."""
+    SmolLM3ForCausalLM, Phi3ForCausalLM...), in eval mode, with ``weights`` (canonical names,
+    fused as Phi-3's checkpoints fuse them) when given: the numerical reference of the tests.
+    Raises `AssertionError` when the weights do not fit."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     auto: Any = AutoModelForCausalLM  # its methods are untyped
     hf: Any = auto.from_config(AutoConfig.for_model(**config.to_hf_dict()))
     hf.eval()
     if weights is not None:
-        missing, unexpected = hf.load_state_dict(weights, strict=False)
+        missing, unexpected = hf.load_state_dict(fuse(config, weights), strict=False)
         assert not unexpected, unexpected
         assert set(missing) <= {"lm_head.weight"}, missing
         hf.tie_weights()
@@ -287,12 +306,15 @@ def write_tiny_hf_dir(
     shards: int = 1,
     chat_template: str | None = TINY_CHAT_TEMPLATE,
 ) -> Path:
-    """Write a Hugging Face directory (config, safetensors in ``shards`` files, tokenizer)."""
+    """Write a Hugging Face directory (config, safetensors in ``shards`` files, tokenizer);
+    ``weights`` have canonical names and are stored in the family's checkpoint layout
+    (`inferno_models.names.fuse`)."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(config.to_hf_dict()), encoding="utf-8")
+    weights = fuse(config, weights)
     names = list(weights)
     if shards == 1:
         save_file({n: weights[n].contiguous() for n in names}, str(directory / "model.safetensors"))
