@@ -11,6 +11,7 @@ and written back as ``config.json`` by the converter.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,18 +29,58 @@ class RopeScaling(BaseModel):
     """Rotary-embedding frequency scaling.
 
     ``type="llama3"`` is Llama 3.1's wavelength-dependent scaling; ``"linear"`` divides positions
-    by ``factor``.
+    by ``factor``; ``"longrope"`` is Phi-3's long-context scaling (LongRoPE, ``"su"`` in older
+    configs): each frequency divided by its own factor, ``short_factor`` for the positions
+    below ``original_max_position_embeddings`` and ``long_factor`` past them, and cos/sin
+    multiplied by ``attention_factor``.
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    type: Literal["llama3", "linear"] = Field(description="Scaling scheme.")
-    factor: float = Field(gt=0, description="Context-extension factor.")
+    type: Literal["llama3", "linear", "longrope"] = Field(description="Scaling scheme.")
+    factor: float = Field(
+        gt=0, description="Context-extension factor (longrope: context / original context)."
+    )
     low_freq_factor: float = Field(default=1.0, gt=0, description="llama3: low-frequency bound.")
     high_freq_factor: float = Field(default=4.0, gt=0, description="llama3: high-frequency bound.")
     original_max_position_embeddings: int = Field(
-        default=8192, gt=0, description="llama3: context length the model was trained with."
+        default=8192, gt=0, description="Context length the model was pre-trained with."
     )
+    short_factor: tuple[float, ...] | None = Field(
+        default=None, description="longrope: per-frequency divisors below the original context."
+    )
+    long_factor: tuple[float, ...] | None = Field(
+        default=None, description="longrope: per-frequency divisors past the original context."
+    )
+    attention_factor: float | None = Field(
+        default=None,
+        gt=0,
+        description="longrope: cos/sin multiplier; None: sqrt(1 + ln(factor) / ln(original)).",
+    )
+
+    @model_validator(mode="after")
+    def _check_longrope(self) -> RopeScaling:
+        if self.type == "longrope":
+            if self.short_factor is None or self.long_factor is None:
+                raise ValueError("longrope needs short_factor and long_factor")
+            if len(self.short_factor) != len(self.long_factor):
+                raise ValueError("longrope's short_factor and long_factor differ in length")
+            if min(self.short_factor + self.long_factor) <= 0:
+                raise ValueError("longrope's factors must be positive")
+        elif self.short_factor is not None or self.long_factor is not None:
+            raise ValueError(f"short_factor and long_factor are longrope's, not {self.type}'s")
+        return self
+
+    @property
+    def attention_scale(self) -> float:
+        """What longrope multiplies cos and sin by (1 for the other schemes)."""
+        if self.type != "longrope":
+            return 1.0
+        if self.attention_factor is not None:
+            return self.attention_factor
+        if self.factor <= 1:
+            return 1.0
+        return math.sqrt(1 + math.log(self.factor) / math.log(self.original_max_position_embeddings))
 
 
 class ModelConfig(BaseModel):
@@ -105,9 +146,16 @@ class ModelConfig(BaseModel):
             )
         if self.architecture == "phi3" and (self.qkv_bias or self.o_bias):
             raise ValueError("phi3 has no attention biases")
-        if self.architecture == "phi3" and self.rope_scaling is not None:
-            # transformers' Phi3 knows no other scaling than longrope, which is not supported.
+        scaling = self.rope_scaling
+        if self.architecture == "phi3" and scaling is not None and scaling.type != "longrope":
+            # transformers' Phi3 knows no other scaling than longrope.
             raise ValueError("phi3 has no llama3 or linear rope scaling (rope_scaling)")
+        if scaling is not None and scaling.short_factor is not None:
+            if 2 * len(scaling.short_factor) != self.head_dim:
+                raise ValueError(
+                    f"longrope has {len(scaling.short_factor)} factors for heads of "
+                    f"{self.head_dim} ({self.head_dim // 2} frequencies)"
+                )
         if self.qk_norm != (self.architecture == "qwen3"):
             raise ValueError("query/key norms (qk_norm) are Qwen3's, and every Qwen3 has them")
         if self.nope_layers and self.architecture != "smollm3":
