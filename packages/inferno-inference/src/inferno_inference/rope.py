@@ -1,4 +1,4 @@
-"""Rotary position embeddings, with Llama 3 and linear frequency scaling."""
+"""Rotary position embeddings, with Llama 3, linear and LongRoPE frequency scaling."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from inferno_models.config import ModelConfig
 __all__ = ["apply_rope", "inverse_frequencies", "rope_tables"]
 
 
-def inverse_frequencies(config: ModelConfig) -> torch.Tensor:
-    """Per-pair rotation frequencies (fp32, ``[head_dim // 2]``) after any rope scaling."""
+def inverse_frequencies(config: ModelConfig, *, long: bool = False) -> torch.Tensor:
+    """Per-pair rotation frequencies (fp32, ``[head_dim // 2]``) after any rope scaling
+    (longrope: its short factors, or with ``long`` its long ones)."""
     dim = config.head_dim
     inv = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
     scaling = config.rope_scaling
@@ -19,6 +20,10 @@ def inverse_frequencies(config: ModelConfig) -> torch.Tensor:
         return inv
     if scaling.type == "linear":
         return inv / scaling.factor
+    if scaling.type == "longrope":
+        factors = scaling.long_factor if long else scaling.short_factor
+        assert factors is not None
+        return inv / torch.tensor(factors, dtype=torch.float32)
     # llama3: keep high frequencies, divide low ones by `factor`, interpolate in between.
     old_len = scaling.original_max_position_embeddings
     low_wavelen = old_len / scaling.low_freq_factor
@@ -40,13 +45,31 @@ def rope_tables(
 
     The first half of the ``sin`` table is negated so that `apply_rope` can rotate with a
     plain roll instead of negating half of every vector.
+
+    With longrope, the positions below the original context rotate by the short factors and
+    those past it by the long ones, whatever else shares a step. transformers chooses per
+    forward call instead (long for every position once the call reaches past the original
+    context): the same for every sequence that stays within it, and for decoding past it; a
+    prompt longer than the original context is where the two differ, its first positions
+    rotated by the short factors here. A rule by position keeps a request's tokens
+    independent of how its prompt is chunked and of what else is in the batch.
     """
     inv = inverse_frequencies(config)
-    freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv)
+    positions = torch.arange(max_len, dtype=torch.float32)
+    freqs = torch.outer(positions, inv)
+    scaling = config.rope_scaling
+    scale = 1.0
+    if scaling is not None and scaling.type == "longrope":
+        start = scaling.original_max_position_embeddings
+        if max_len > start:
+            freqs[start:] = torch.outer(positions[start:], inverse_frequencies(config, long=True))
+        scale = scaling.attention_scale
     emb = torch.cat((freqs, freqs), dim=-1)
-    sin = emb.sin()
+    cos, sin = emb.cos(), emb.sin()
+    if scale != 1.0:
+        cos, sin = cos * scale, sin * scale
     sin[:, : inv.shape[0]] *= -1
-    return emb.cos().to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype)
+    return cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
