@@ -1,11 +1,13 @@
 """Phi-3 (Llama whose checkpoints fuse Q, K and V into ``qkv_proj`` and the gate and up
 projections into ``gate_up_proj``): config.json, safetensors, GGUF and conversion, against
-transformers' own Phi3. Loaded, a Phi-3 has the Llama layout, so the reference for what the
+transformers' own Phi3, with and without the long-context rope scaling (longrope) of
+Phi-3-*-128k and Phi-3.5. Loaded, a Phi-3 has the Llama layout, so the reference for what the
 engine computes is transformers' Llama on the split weights."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from inferno_models import (
     LlamaLoader,
     ModelConfig,
     ModelFormatError,
+    RopeScaling,
     UnsupportedModelError,
     apply_lora,
     convert_gguf_to_hf,
@@ -110,40 +113,333 @@ def test_a_sliding_window_becomes_the_context(phi3: ModelConfig, tmp_path: Path)
     assert GGUFFile(plain).config().max_position_embeddings == 512
 
 
+@pytest.fixture
+def longrope() -> ModelConfig:
+    # Phi-3-mini-128k's shape in small: an original context of 32 in a context of 128.
+    return tiny_config(architecture="phi3", longrope=True)
+
+
+def _scaling(config: ModelConfig) -> RopeScaling:
+    assert config.rope_scaling is not None
+    return config.rope_scaling
+
+
+def _with_attention_factor(config: ModelConfig, value: float) -> ModelConfig:
+    scaling = _scaling(config).model_copy(update={"attention_factor": value})
+    return config.model_copy(update={"rope_scaling": scaling})
+
+
+def test_the_tiny_longrope_config(longrope: ModelConfig) -> None:
+    scaling = _scaling(longrope)
+    assert (scaling.type, scaling.original_max_position_embeddings) == ("longrope", 32)
+    assert (longrope.max_position_embeddings, scaling.factor) == (128, 4.0)
+    assert scaling.attention_factor is None
+    assert scaling.attention_scale == pytest.approx(math.sqrt(1 + math.log(4) / math.log(32)))
+    short, long = np.array(scaling.short_factor), np.array(scaling.long_factor)
+    assert short.shape == long.shape == (8,)
+    assert ((short >= 1) & (short <= 1.5)).all()
+    assert ((long >= 1) & (long <= 4)).all()
+    # float32 values, as GGUF files store them, and the same every time.
+    assert np.array_equal(short.astype(np.float32), short)
+    assert np.array_equal(long.astype(np.float32), long)
+    assert tiny_config(architecture="phi3", longrope=True) == longrope
+    with pytest.raises(ValueError, match="llama3_rope or longrope"):
+        tiny_config(architecture="phi3", longrope=True, llama3_rope=True)
+
+
+@pytest.mark.parametrize("attention_factor", [None, 1.25])
+@pytest.mark.parametrize("architecture", ["phi3", "llama"])
+def test_longrope_round_trips_through_transformers(
+    longrope: ModelConfig, tmp_path: Path, architecture: str, attention_factor: float | None
+) -> None:
+    from transformers import AutoConfig
+
+    config = longrope.model_copy(update={"architecture": architecture})
+    if attention_factor is not None:
+        config = _with_attention_factor(config, attention_factor)
+    hf = AutoConfig.for_model(**config.to_hf_dict())
+    assert type(hf).__name__ == {"phi3": "Phi3Config", "llama": "LlamaConfig"}[architecture]
+    assert ModelConfig.from_hf_dict(hf.to_dict()) == config
+    hf.save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    # transformers 5 writes it as rope_parameters.
+    assert written["rope_parameters"]["rope_type"] == "longrope"
+    assert ModelConfig.from_hf_file(tmp_path / "config.json") == config
+    # What transformers computes from it is what the config says.
+    assert hf.rope_parameters["original_max_position_embeddings"] == 32
+    assert _hf_attention_scaling(hf) == pytest.approx(_scaling(config).attention_scale, rel=1e-12)
+
+
+def _hf_attention_scaling(hf_config: Any) -> float:
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    _, scaling = ROPE_INIT_FUNCTIONS["longrope"](hf_config, "cpu")
+    return float(scaling)
+
+
 @pytest.mark.parametrize("kind", ["longrope", "su"])
-def test_long_rope_is_refused(phi3: ModelConfig, tmp_path: Path, kind: str) -> None:
-    # Phi-3-mini-128k's scaling, as its config.json spells it.
-    half = phi3.head_dim // 2
-    scaling = {"type": kind, "long_factor": [1.5] * half, "short_factor": [1.0] * half}
+def test_longrope_as_phi3_config_json_spells_it(
+    longrope: ModelConfig, tmp_path: Path, kind: str
+) -> None:
+    # Phi-3-mini-128k's config.json: the original context beside rope_scaling, no factor.
+    scaling = _scaling(longrope)
+    fields = {
+        **longrope.to_hf_dict(),
+        "original_max_position_embeddings": 32,
+        "rope_scaling": {
+            "type": kind,
+            "long_factor": list(scaling.long_factor or ()),
+            "short_factor": list(scaling.short_factor or ()),
+        },
+    }
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({**phi3.to_hf_dict(), "rope_scaling": scaling}))
+    path.write_text(json.dumps(fields))
+    assert ModelConfig.from_hf_file(path) == longrope
+
+
+def test_su_saved_by_transformers_reads_as_longrope(longrope: ModelConfig, tmp_path: Path) -> None:
+    from transformers import Phi3Config
+
+    rope = _scaling(longrope)
+    scaling = {
+        "type": "su",
+        # transformers 5 takes su's original context from inside rope_scaling only.
+        "original_max_position_embeddings": 32,
+        "long_factor": list(rope.long_factor or ()),
+        "short_factor": list(rope.short_factor or ()),
+    }
+    Phi3Config(**{**longrope.to_hf_dict(), "rope_scaling": scaling}).save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())["rope_parameters"]
+    assert (written["type"], written["rope_type"], "factor" in written) == ("su", "longrope", False)
+    assert ModelConfig.from_hf_file(tmp_path / "config.json") == longrope
+
+
+def test_longrope_reads_the_original_context_where_transformers_does(
+    longrope: ModelConfig,
+) -> None:
+    from transformers import LlamaConfig, Phi3Config
+
+    # Inside rope_scaling 16, beside it 32: transformers' Phi3 reads the one beside it, its
+    # Llama the one inside.
+    rope = _scaling(longrope)
+    scaling = {
+        "rope_type": "longrope",
+        "original_max_position_embeddings": 16,
+        "long_factor": list(rope.long_factor or ()),
+        "short_factor": list(rope.short_factor or ()),
+    }
+    fields = {
+        **longrope.to_hf_dict(),
+        "rope_scaling": scaling,
+        "original_max_position_embeddings": 32,
+    }
+    for family, hf_class in (("phi3", Phi3Config), ("llama", LlamaConfig)):
+        data = {**fields, "model_type": family, "architectures": []}
+        ours = _scaling(ModelConfig.from_hf_dict(data))
+        theirs = hf_class.from_dict(data).rope_parameters
+        assert ours.original_max_position_embeddings == theirs["original_max_position_embeddings"]
+        # The factor, the context over the original one, gives the attention factor.
+        assert ours.factor == 128 / ours.original_max_position_embeddings
+        assert ours.attention_scale == pytest.approx(
+            _hf_attention_scaling(hf_class.from_dict(data)), rel=1e-12
+        )
+
+
+def test_longrope_needs_the_original_context(longrope: ModelConfig, tmp_path: Path) -> None:
+    fields = longrope.to_hf_dict()
+    del fields["original_max_position_embeddings"]
+    del fields["rope_scaling"]["original_max_position_embeddings"]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(fields))
     with pytest.raises(
-        UnsupportedModelError, match=rf"config\.json: rope_scaling of type '{kind}' \(Phi-3's"
+        ModelFormatError,
+        match=r"config\.json: longrope rope_scaling needs original_max_position_embeddings",
     ):
+        ModelConfig.from_hf_file(path)
+    del fields["rope_scaling"]["short_factor"]
+    fields["original_max_position_embeddings"] = 32
+    path.write_text(json.dumps(fields))
+    with pytest.raises(
+        ModelFormatError, match=r"(?s)config\.json: .*longrope needs short_factor and long_factor"
+    ):
+        ModelConfig.from_hf_file(path)
+    # One factor per frequency: a head of 16 has 8.
+    fields["rope_scaling"] = {
+        "type": "longrope",
+        "short_factor": [1.0] * 7,
+        "long_factor": [2.0] * 7,
+    }
+    path.write_text(json.dumps(fields))
+    with pytest.raises(ModelFormatError, match=r"longrope has 7 factors for heads of 16"):
         ModelConfig.from_hf_file(path)
 
 
-def test_long_rope_saved_by_transformers_is_refused(phi3: ModelConfig, tmp_path: Path) -> None:
+def test_other_long_context_scalings_are_still_refused(longrope: ModelConfig) -> None:
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
+    for family in ("phi3", "llama"):
+        data = {**longrope.to_hf_dict(), "model_type": family, "rope_scaling": yarn}
+        with pytest.raises(
+            UnsupportedModelError, match=r"rope_scaling of type 'yarn' is not supported"
+        ):
+            ModelConfig.from_hf_dict(data)
+
+
+def test_longrope_takes_its_factor_before_the_window(longrope: ModelConfig, tmp_path: Path) -> None:
+    # A window shorter than the context becomes the context, but the factor stays the
+    # config.json's context over the original one, as transformers computes it.
+    windowed = ModelConfig.from_hf_dict({**longrope.to_hf_dict(), "sliding_window": 64})
+    assert windowed.max_position_embeddings == 64
+    assert windowed.rope_scaling == longrope.rope_scaling
     from transformers import Phi3Config
 
-    half = phi3.head_dim // 2
-    scaling = {"rope_type": "longrope", "long_factor": [2.0] * half, "short_factor": [1.0] * half}
-    fields = {**phi3.to_hf_dict(), "rope_scaling": scaling, "original_max_position_embeddings": 64}
-    Phi3Config(**fields).save_pretrained(tmp_path)
-    # transformers 5 writes it as rope_parameters.
-    assert "rope_parameters" in json.loads((tmp_path / "config.json").read_text())
-    with pytest.raises(UnsupportedModelError, match=r"config\.json: rope_scaling .*'longrope'"):
-        ModelConfig.from_hf_file(tmp_path / "config.json")
+    assert ModelConfig.from_hf_dict(Phi3Config(**windowed.to_hf_dict()).to_dict()) == windowed
+    # In GGUF the same: the converter writes the full context and the window.
+    path = write_tiny_gguf(tmp_path / "w.gguf", windowed, random_weights(windowed))
+    gguf = GGUFFile(path)
+    assert (gguf.get("phi3.context_length"), gguf.get("phi3.attention.sliding_window")) == (128, 64)
+    read = gguf.config()
+    assert read == windowed.model_copy(update={"rms_norm_eps": read.rms_norm_eps})
 
 
-def test_a_long_rope_gguf_is_refused(phi3: ModelConfig, tmp_path: Path) -> None:
-    factors = np.ones(phi3.head_dim // 2, dtype=np.float32)
+@pytest.mark.parametrize("attention_factor", [None, 1.25])
+def test_longrope_rotary_embedding_in_transformers(
+    longrope: ModelConfig, attention_factor: float | None
+) -> None:
+    from transformers import Phi3Config
+    from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
+
+    config = longrope
+    if attention_factor is not None:
+        config = _with_attention_factor(config, attention_factor)
+    scaling = _scaling(config)
+    rotary = Phi3RotaryEmbedding(config=Phi3Config(**config.to_hf_dict()))
+    d, theta = config.head_dim, config.rope_theta
+    base = theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d)
+    short = 1.0 / (torch.tensor(scaling.short_factor, dtype=torch.float32) * base)
+    long = 1.0 / (torch.tensor(scaling.long_factor, dtype=torch.float32) * base)
+    assert torch.equal(rotary.inv_freq, short)
+    assert rotary.attention_scaling == pytest.approx(scaling.attention_scale, rel=1e-12)
+    if attention_factor is not None:
+        assert rotary.attention_scaling == attention_factor
+    # Past the original context it rotates by the long factors.
+    x = torch.zeros(1, 40, d)
+    rotary(x, torch.arange(40)[None])
+    assert torch.equal(rotary.inv_freq, long)
+    rotary(x, torch.arange(32)[None])
+    assert torch.equal(rotary.inv_freq, short)
+
+
+def test_a_longrope_checkpoint_loads(longrope: ModelConfig, tmp_path: Path) -> None:
+    weights = random_weights(longrope, seed=12)
+    reference = transformers_model(longrope, weights)
+    assert type(reference).__name__ == "Phi3ForCausalLM"
+    assert reference.model.rotary_emb.rope_type == "longrope"
+    reference.save_pretrained(tmp_path / "ckpt")
+    tiny_tokenizer().save(tmp_path / "ckpt")
+    ours = LlamaLoader().load(tmp_path / "ckpt")
+    assert ours.config == longrope
+    assert set(ours.weights) == set(weights)
+    directory = write_tiny_hf_dir(tmp_path / "hf", longrope, weights)
+    assert LlamaLoader().load(directory).config == longrope
+
+
+def test_a_longrope_gguf_loads_as_llama_cpp_writes_it(
+    longrope: ModelConfig, tmp_path: Path
+) -> None:
+    weights = random_weights(longrope, seed=14)
+    path = write_tiny_gguf(tmp_path / "p.gguf", longrope, weights)
+    gguf = GGUFFile(path)
+    names = {t.name for t in gguf.file_tensors}
+    assert {"rope_factors_long.weight", "rope_factors_short.weight"} <= names
+    scaling = _scaling(longrope)
+    assert torch.equal(
+        gguf.read_tensor("rope_factors_long.weight"), torch.tensor(scaling.long_factor)
+    )
+    # The converter writes the attention factor even when it is the default: read back, it
+    # is the default again.
+    assert gguf.get("phi3.rope.scaling.attn_factor") == pytest.approx(scaling.attention_scale)
+    assert gguf.get("phi3.rope.scaling.original_context_length") == 32
+    ours = LlamaLoader().load(path)
+    assert ours.config == longrope.model_copy(update={"rms_norm_eps": ours.config.rms_norm_eps})
+    # The factors are the config's, not weights.
+    assert set(ours.weights) == set(weights)
+    for name, tensor in weights.items():
+        assert torch.equal(ours.weights[name], tensor), name
+    # An attention factor of its own is kept (as float32 holds it).
+    own = _with_attention_factor(longrope, 1.25)
+    read = GGUFFile(write_tiny_gguf(tmp_path / "a.gguf", own, weights)).config()
+    assert _scaling(read).attention_factor == 1.25
+
+
+def test_a_longrope_gguf_that_is_not_whole_names_the_file(
+    phi3: ModelConfig, longrope: ModelConfig, tmp_path: Path
+) -> None:
+    weights = random_weights(longrope)
+    key = "phi3.rope.scaling.original_context_length"
+    path = write_tiny_gguf(tmp_path / "o.gguf", longrope, weights, drop_metadata=(key,))
+    with pytest.raises(ModelFormatError, match=rf"o\.gguf: missing metadata '{key}'"):
+        LlamaLoader().load(path)
+    # Factor tensors in a file without longrope: of the wrong shape, or only one of them.
+    factors = np.ones(7, dtype=np.float32)
     extra = {"rope_factors_long.weight": 2 * factors, "rope_factors_short.weight": factors}
-    path = write_tiny_gguf(tmp_path / "p.gguf", phi3, random_weights(phi3), extra_tensors=extra)
+    plain = random_weights(phi3)
+    path = write_tiny_gguf(tmp_path / "s.gguf", phi3, plain, extra_tensors=extra)
     with pytest.raises(
-        UnsupportedModelError, match=r"p\.gguf: tensor rope_factors_long\.weight .*longrope"
+        ModelFormatError,
+        match=r"s\.gguf: tensor rope_factors_long\.weight has shape \[7\], expected \[8\]",
     ):
         LlamaLoader().load(path)
+    one = {"rope_factors_long.weight": np.full(8, 2.0, dtype=np.float32)}
+    path = write_tiny_gguf(tmp_path / "one.gguf", phi3, plain, extra_tensors=one)
+    with pytest.raises(
+        ModelFormatError,
+        match=r"one\.gguf: tensor rope_factors_long\.weight has no rope_factors_short\.weight",
+    ):
+        LlamaLoader().load(path)
+    zero = {
+        "rope_factors_long.weight": np.full(8, 2.0, dtype=np.float32),
+        "rope_factors_short.weight": np.zeros(8, dtype=np.float32),
+    }
+    path = write_tiny_gguf(tmp_path / "z.gguf", phi3, plain, extra_tensors=zero)
+    with pytest.raises(
+        ModelFormatError, match=r"z\.gguf: tensor rope_factors_short\.weight holds a non-positive"
+    ):
+        LlamaLoader().load(path)
+    # llama.cpp writes these for Phi-3; another family's file with them is refused.
+    llama = tiny_config(llama3_rope=False)
+    factors = np.ones(8, dtype=np.float32)
+    extra = {"rope_factors_long.weight": 2 * factors, "rope_factors_short.weight": factors}
+    path = write_tiny_gguf(tmp_path / "l.gguf", llama, random_weights(llama), extra_tensors=extra)
+    with pytest.raises(UnsupportedModelError, match=r"l\.gguf: tensors rope_factors_long"):
+        LlamaLoader().load(path)
+
+
+def test_conversion_keeps_longrope(longrope: ModelConfig, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    weights = random_weights(longrope, seed=16)
+    src = write_tiny_gguf(tmp_path / "p.gguf", longrope, weights)
+    out = convert_gguf_to_hf(src, tmp_path / "hf")
+    written = json.loads((out / "config.json").read_text())
+    assert written["original_max_position_embeddings"] == 32
+    assert written["rope_scaling"]["rope_type"] == "longrope"
+    ours = LlamaLoader().load(src)
+    hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    assert type(hf).__name__ == "Phi3ForCausalLM"
+    rotary, scaling = hf.model.rotary_emb, _scaling(ours.config)
+    d, theta = ours.config.head_dim, ours.config.rope_theta
+    base = theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d)
+    short = 1.0 / (torch.tensor(scaling.short_factor, dtype=torch.float32) * base)
+    assert torch.equal(rotary.inv_freq, short)
+    assert rotary.attention_scaling == pytest.approx(scaling.attention_scale, rel=1e-12)
+    # Past the original context (the long factors) as well as inside it.
+    long_ids = torch.arange(5, 45)[None] % 300
+    for ids in (IDS, long_ids):
+        torch.testing.assert_close(
+            _logits(hf, ids), _logits(transformers_model(longrope, ours.weights), ids)
+        )
+    again = LlamaLoader().load(out)
+    assert again.config == ours.config
 
 
 def test_partial_rotary_factor_is_refused(phi3: ModelConfig, tmp_path: Path) -> None:

@@ -21,6 +21,9 @@ from inferno_models.errors import ModelFormatError, UnsupportedModelError
 
 __all__ = ["Architecture", "ModelConfig", "RopeScaling"]
 
+#: The context of a config.json that gives none.
+_DEFAULT_CONTEXT = 2048
+
 #: The model families a `ModelConfig` describes.
 Architecture = Literal["llama", "qwen2", "qwen3", "smollm3", "phi3"]
 
@@ -80,7 +83,9 @@ class RopeScaling(BaseModel):
             return self.attention_factor
         if self.factor <= 1:
             return 1.0
-        return math.sqrt(1 + math.log(self.factor) / math.log(self.original_max_position_embeddings))
+        return math.sqrt(
+            1 + math.log(self.factor) / math.log(self.original_max_position_embeddings)
+        )
 
 
 class ModelConfig(BaseModel):
@@ -150,12 +155,12 @@ class ModelConfig(BaseModel):
         if self.architecture == "phi3" and scaling is not None and scaling.type != "longrope":
             # transformers' Phi3 knows no other scaling than longrope.
             raise ValueError("phi3 has no llama3 or linear rope scaling (rope_scaling)")
-        if scaling is not None and scaling.short_factor is not None:
-            if 2 * len(scaling.short_factor) != self.head_dim:
-                raise ValueError(
-                    f"longrope has {len(scaling.short_factor)} factors for heads of "
-                    f"{self.head_dim} ({self.head_dim // 2} frequencies)"
-                )
+        factors = None if scaling is None else scaling.short_factor
+        if factors is not None and 2 * len(factors) != self.head_dim:
+            raise ValueError(
+                f"longrope has {len(factors)} factors for heads of {self.head_dim} "
+                f"({self.head_dim // 2} frequencies)"
+            )
         if self.qk_norm != (self.architecture == "qwen3"):
             raise ValueError("query/key norms (qk_norm) are Qwen3's, and every Qwen3 has them")
         if self.nope_layers and self.architecture != "smollm3":
@@ -216,13 +221,11 @@ class ModelConfig(BaseModel):
         if raw_scaling is not None and not isinstance(raw_scaling, dict):
             raise ModelFormatError(source, f"rope_scaling is not an object: {raw_scaling!r}")
         rope_type = (raw_scaling or {}).get("rope_type") or (raw_scaling or {}).get("type")
-        if rope_type not in (None, "default", "llama3", "linear"):
-            phi3_long = rope_type in ("longrope", "su") or (phi3 and rope_type == "yarn")
-            what = " (Phi-3's long-context scaling, by long_factor and short_factor)"
+        if rope_type not in (None, "default", "llama3", "linear", "longrope", "su"):
             raise UnsupportedModelError(
                 source,
-                f"rope_scaling of type {rope_type!r}{what if phi3_long else ''} is not "
-                "supported; llama3 and linear are",
+                f"rope_scaling of type {rope_type!r} is not supported; llama3, linear and "
+                "longrope (su) are",
             )
         rotary = data.get("partial_rotary_factor", (raw_scaling or {}).get("partial_rotary_factor"))
         if rotary is not None and rotary != 1:
@@ -240,7 +243,7 @@ class ModelConfig(BaseModel):
             or phi3
             or ((qwen2 or qwen3 or smollm3) and data.get("use_sliding_window"))
         )
-        context = data.get("max_position_embeddings", 2048)
+        context = data.get("max_position_embeddings", _DEFAULT_CONTEXT)
         if windowed and isinstance(window, int) and 0 < window < context:
             context = window
         # Phi-3's projections have no biases, whatever the config says.
@@ -251,11 +254,10 @@ class ModelConfig(BaseModel):
             eos = data.get("eos_token_id")
             eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
             scaling: RopeScaling | None = None
-            if raw_scaling is not None:
-                fields = dict(raw_scaling)
-                fields.setdefault("type", fields.get("rope_type"))
-                if fields["type"] not in ("default", None):
-                    scaling = RopeScaling(**fields)
+            if raw_scaling is not None and rope_type in ("longrope", "su"):
+                scaling = _longrope(raw_scaling, data, phi3=phi3, source=source)
+            elif raw_scaling is not None and rope_type not in ("default", None):
+                scaling = RopeScaling(**{**raw_scaling, "type": rope_type})
             nope: tuple[int, ...] = ()
             if smollm3:
                 # 1 marks a layer that rotates; without the list, every fourth layer does not.
@@ -314,10 +316,7 @@ class ModelConfig(BaseModel):
         eos = list(self.eos_token_ids) if len(self.eos_token_ids) != 1 else self.eos_token_ids[0]
         if not self.eos_token_ids:
             eos = None
-        scaling = None
-        if self.rope_scaling is not None:
-            scaling = self.rope_scaling.model_dump()
-            scaling["rope_type"] = scaling["type"]
+        scaling = None if self.rope_scaling is None else _hf_rope_scaling(self.rope_scaling)
         arch = self.architecture
         names = {
             "llama": "LlamaForCausalLM",
@@ -337,6 +336,11 @@ class ModelConfig(BaseModel):
         if arch not in ("qwen2", "phi3"):
             family["attention_bias"] = self.o_bias
             family["mlp_bias"] = False
+        if self.rope_scaling is not None and self.rope_scaling.type == "longrope":
+            # Where Phi-3's configs keep it, and the only place transformers' Phi3 reads it
+            # (its Llama reads the copy inside rope_scaling).
+            original = self.rope_scaling.original_max_position_embeddings
+            family["original_max_position_embeddings"] = original
         if arch == "smollm3":
             nope = set(self.nope_layers)
             family["no_rope_layers"] = [int(i not in nope) for i in range(self.num_hidden_layers)]
@@ -361,3 +365,64 @@ class ModelConfig(BaseModel):
             "hidden_act": "silu",
             "torch_dtype": "float32",
         }
+
+
+def _longrope(raw: dict[str, Any], data: dict[str, Any], *, phi3: bool, source: str) -> RopeScaling:
+    """The longrope (or "su") scaling of ``raw``, the rope_scaling of the config ``data``.
+
+    Phi-3's configs give ``original_max_position_embeddings`` beside the rest, and
+    transformers' Phi3 reads it only there; its Llama reads it only inside rope_scaling. Each
+    family's own place comes first, the other is the fallback. Without a ``factor`` of its
+    own, the factor is the context over the original one, the context as the config writes
+    it (before a sliding window caps it), as transformers computes it.
+
+    Raises:
+        ModelFormatError: neither place gives the original context.
+    """
+    inner = raw.get("original_max_position_embeddings")
+    outer = data.get("original_max_position_embeddings")
+    first, second = (outer, inner) if phi3 else (inner, outer)
+    original = first if first is not None else second
+    if original is None:
+        raise ModelFormatError(
+            source,
+            "longrope rope_scaling needs original_max_position_embeddings (the context the "
+            "model was pre-trained with), beside it or inside it",
+        )
+    if isinstance(original, bool) or not isinstance(original, int) or original <= 0:
+        raise ModelFormatError(
+            source, f"original_max_position_embeddings {original!r} is not a positive integer"
+        )
+    factor = raw.get("factor")
+    if factor is None:
+        factor = data.get("max_position_embeddings", _DEFAULT_CONTEXT) / original
+    return RopeScaling(
+        **{
+            **raw,
+            "type": "longrope",
+            "factor": factor,
+            "original_max_position_embeddings": original,
+        }
+    )
+
+
+def _hf_rope_scaling(scaling: RopeScaling) -> dict[str, Any]:
+    """``scaling`` as a config.json's rope_scaling, with the keys transformers' validation of
+    its type knows (it warns about others)."""
+    # longrope's factor is written too: without one transformers derives it from the
+    # context, which a sliding window may have shortened here.
+    out: dict[str, Any] = {
+        "type": scaling.type,
+        "rope_type": scaling.type,
+        "factor": scaling.factor,
+        "original_max_position_embeddings": scaling.original_max_position_embeddings,
+    }
+    if scaling.type == "longrope":
+        out["short_factor"] = list(scaling.short_factor or ())
+        out["long_factor"] = list(scaling.long_factor or ())
+        if scaling.attention_factor is not None:
+            out["attention_factor"] = scaling.attention_factor
+    elif scaling.type == "llama3":
+        out["low_freq_factor"] = scaling.low_freq_factor
+        out["high_freq_factor"] = scaling.high_freq_factor
+    return out

@@ -2,12 +2,12 @@
 
 The header is read by `inferno_models.gguf_summary` (checked against the ``gguf`` package's
 reader in the tests), tensor data is memory-mapped, and dequantization is
-`inferno_models.dequant`. Every failure surfaces as `ModelFormatError` naming the file.
+`inferno_models.dequant`, and rope scaling stored as tensors `inferno_models.gguf_rope`.
+Every failure surfaces as `ModelFormatError` naming the file.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,15 @@ import torch
 from inferno_models.config import Architecture, ModelConfig, RopeScaling
 from inferno_models.dequant import BLOCK_SIZES, dequantize
 from inferno_models.errors import ModelFormatError, UnsupportedModelError
+from inferno_models.gguf_rope import (
+    DIVISOR_RTOL,
+    ROPE_FACTORS_LONG,
+    ROPE_FACTORS_SHORT,
+    ROPE_FREQS,
+    fit_rope_scaling,
+    longrope_scaling,
+    rope_divisors,
+)
 from inferno_models.gguf_summary import TensorExtent, scan_gguf
 from inferno_models.names import (
     EMBED,
@@ -32,6 +41,7 @@ from inferno_models.names import (
 
 __all__ = [
     "ARCHITECTURES",
+    "ROPE_FREQS",
     "ROPE_PERMUTED",
     "GGUFFile",
     "canonical_name",
@@ -86,14 +96,8 @@ _GLOBAL_MAP = {
     "output_norm.weight": FINAL_NORM,
     "output.weight": LM_HEAD,
 }
-#: llama.cpp's converter stores Llama 3.1 rope scaling as this tensor of per-frequency
-#: divisors (``[head_dim // 2]``) instead of scaling keys.
-ROPE_FREQS = "rope_freqs.weight"
-#: The per-frequency factors of Phi-3's long-context rope scaling ("longrope"), which
-#: llama.cpp's converter writes for Phi-3-*-128k, Phi-3.5 and Phi-4-mini.
-_LONG_ROPE_FACTORS = ("rope_factors_long.weight", "rope_factors_short.weight")
-# Relative tolerance when checking divisors read from a file (stored as float32).
-_DIVISOR_RTOL = 1e-4
+#: Tensors that are rope scaling, not weights: read into the config, never loaded.
+_ROPE_TENSORS = frozenset({ROPE_FREQS, ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT})
 
 _PLAIN_DTYPES: dict[str, Any] = {"F32": np.float32, "F16": np.float16, "F64": np.float64}
 
@@ -124,103 +128,6 @@ def permute_rope(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
     )
 
 
-def _base_inverse_frequencies(head_dim: int, theta: float) -> npt.NDArray[np.float64]:
-    return 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-
-
-def rope_divisors(scaling: RopeScaling | None, head_dim: int, theta: float) -> npt.NDArray[Any]:
-    """What each rotary frequency is divided by under ``scaling`` (``[head_dim // 2]``,
-    float64): the values llama.cpp's converter writes as ``rope_freqs.weight``."""
-    inv = _base_inverse_frequencies(head_dim, theta)
-    if scaling is None:
-        return np.ones_like(inv)
-    if scaling.type == "linear":
-        return np.full_like(inv, scaling.factor)
-    old, low, high = scaling.original_max_position_embeddings, *_band(scaling)
-    wavelen = 2 * math.pi / inv
-    smooth = (old / wavelen - scaling.low_freq_factor) / (
-        scaling.high_freq_factor - scaling.low_freq_factor
-    )
-    medium = 1.0 / ((1 - smooth) / scaling.factor + smooth)
-    return np.where(wavelen < high, 1.0, np.where(wavelen > low, scaling.factor, medium))
-
-
-def _band(scaling: RopeScaling) -> tuple[float, float]:
-    """The wavelengths above which frequencies are fully scaled, and below which untouched."""
-    old = scaling.original_max_position_embeddings
-    return old / scaling.low_freq_factor, old / scaling.high_freq_factor
-
-
-def fit_rope_scaling(
-    divisors: npt.NDArray[Any], head_dim: int, theta: float, *, original_context: int | None
-) -> RopeScaling | None:
-    """The `RopeScaling` whose `rope_divisors` are ``divisors``, or None when they are all 1.
-
-    All equal: linear scaling. Otherwise llama3: ``factor`` is the largest divisor, and the
-    divisors between 1 and ``factor`` fix the band. Only the band's wavelengths matter, so
-    ``low_freq_factor`` is taken as 1 (Llama 3.1's value) and the others follow; with fewer
-    than two divisors inside the band, ``high_freq_factor`` is Llama 3.1's 4 too, and with
-    none, ``original_context`` (else 8192) is kept when it fits the band. The caller checks
-    the result against ``divisors``.
-
-    Raises:
-        ValueError: the divisors do not have the llama3 shape.
-    """
-    div = np.asarray(divisors, dtype=np.float64)
-    if not np.all(np.isfinite(div)) or div.min() <= 0:
-        raise ValueError("divisors must be finite and positive")
-    if np.allclose(div, 1.0, rtol=_DIVISOR_RTOL, atol=0):
-        return None
-    factor = float(div.max())
-    if np.allclose(div, factor, rtol=_DIVISOR_RTOL, atol=0):
-        return RopeScaling(type="linear", factor=factor)
-    if factor <= 1:
-        raise ValueError("llama3 divisors are at least 1")
-    inv = _base_inverse_frequencies(head_dim, theta)
-    x = inv / (2 * math.pi)  # 1 / wavelength
-    tol = _DIVISOR_RTOL * factor
-    medium = (div > 1 + tol) & (div < factor - tol)
-    # Inside the band 1/divisor = (1 - s)/factor + s, with s linear in 1/wavelength.
-    s = (1 / div - 1 / factor) / (1 - 1 / factor)
-    low_factor, high_factor = 1.0, 4.0
-    if medium.sum() >= 2:
-        slope, intercept = np.polyfit(x[medium], s[medium], 1)
-        if intercept >= 0 or slope <= 0:
-            raise ValueError("the divisors inside the band do not grow with the wavelength")
-        high_factor = 1 - 1 / intercept
-        old = slope * (high_factor - 1)
-    elif medium.sum() == 1:
-        (i,) = np.flatnonzero(medium)
-        old = (s[i] * (high_factor - low_factor) + low_factor) / x[i]
-    else:
-        # Any context in the gap between the unscaled and the fully scaled wavelengths works.
-        unscaled = 2 * math.pi / inv[div <= 1 + tol]
-        scaled = 2 * math.pi / inv[div >= factor - tol]
-        lowest = high_factor * unscaled.max() if unscaled.size else 1.0
-        highest = low_factor * scaled.min()
-        old = float(min(max(original_context or 8192, math.floor(lowest) + 1), highest))
-    # The divisors went through float32: values that float32 noise moved off a round
-    # number are put back on it.
-    factor, high_factor, old = _snap(factor), _snap(high_factor), _snap(old)
-    # original_max_position_embeddings is an int: rescale the three together (which keeps
-    # the band) so that it is one.
-    rounded = max(1, round(old))
-    k = rounded / old
-    return RopeScaling(
-        type="llama3",
-        factor=factor,
-        low_freq_factor=_snap(low_factor * k),
-        high_freq_factor=_snap(high_factor * k),
-        original_max_position_embeddings=rounded,
-    )
-
-
-def _snap(value: float) -> float:
-    """``value`` rounded to 3 decimals when that moves it by at most float32 noise."""
-    rounded = round(float(value), 3)
-    return rounded if abs(rounded - value) <= 1e-6 * abs(value) else float(value)
-
-
 @dataclass(frozen=True, slots=True)
 class _TensorInfo:
     name: str
@@ -239,7 +146,8 @@ class GGUFFile:
         self.metadata: dict[str, Any] = summary.metadata
         self._extents = summary.tensors
         self._by_name = {t.name: t for t in self._extents}
-        self._rope_freqs: _TensorInfo | None = None
+        # Tensors of rope scaling, by GGUF name: not weights, the config is made of them.
+        self._rope_tensors: dict[str, _TensorInfo] = {}
         try:
             self._mapped = np.memmap(self.path, dtype=np.uint8, mode="r")
         except (OSError, ValueError) as exc:
@@ -274,13 +182,6 @@ class GGUFFile:
             )
         if arch not in ARCHITECTURES:
             raise UnsupportedModelError(self.path, f"unsupported architecture {arch!r}")
-        for name in _LONG_ROPE_FACTORS:
-            if name in self._by_name:
-                raise UnsupportedModelError(
-                    self.path,
-                    f"tensor {name} is Phi-3's long-context rope scaling (longrope, of "
-                    "Phi-3-*-128k, Phi-3.5 and Phi-4-mini), which is not supported",
-                )
         # Qwen2 always has Q/K/V biases; llama.cpp's other files may carry optional ones.
         qkv_bias = arch == "qwen2" or layer_name(0, "self_attn.q_proj.bias") in self._tensors
         o_bias = layer_name(0, "self_attn.o_proj.bias") in self._tensors
@@ -366,10 +267,14 @@ class GGUFFile:
         return head_dim, context
 
     def _rope_scaling(self, arch: str, head_dim: int, theta: float) -> RopeScaling | None:
-        """From the scaling keys, or else from ``rope_freqs.weight``; when a file has both,
-        they must agree."""
+        """Phi-3's longrope from its factor tensors; else from the scaling keys, or else from
+        ``rope_freqs.weight`` (when a file has both, they must agree)."""
+        longrope = self._longrope(arch, head_dim)
+        if longrope is not None:
+            return longrope
         scaling = self._rope_scaling_keys(arch)
-        divisors = self._rope_divisors(head_dim)
+        info = self._rope_tensors.get(ROPE_FREQS)
+        divisors = None if info is None else self._rope_vector(info, head_dim)
         if divisors is None:
             return scaling
         if scaling is None:
@@ -389,7 +294,7 @@ class GGUFFile:
         else:
             source = "the rope scaling keys"
         expected = rope_divisors(scaling, head_dim, theta)
-        if not np.allclose(expected, divisors, rtol=_DIVISOR_RTOL, atol=0):
+        if not np.allclose(expected, divisors, rtol=DIVISOR_RTOL, atol=0):
             worst = int(np.argmax(np.abs(expected - divisors) / divisors))
             raise ModelFormatError(
                 self.path,
@@ -398,10 +303,52 @@ class GGUFFile:
             )
         return scaling
 
-    def _rope_divisors(self, head_dim: int) -> npt.NDArray[np.float64] | None:
-        info = self._rope_freqs
-        if info is None:
+    def _longrope(self, arch: str, head_dim: int) -> RopeScaling | None:
+        """The longrope scaling of a Phi-3 file with ``rope_factors_long`` and
+        ``rope_factors_short`` tensors, or None for a file without them.
+
+        Raises:
+            UnsupportedModelError: a file of another architecture has them.
+            ModelFormatError: one of the two is missing, a tensor has the wrong shape or a
+                non-positive factor, or the file also scales its rope another way.
+        """
+        long = self._rope_tensors.get(ROPE_FACTORS_LONG)
+        short = self._rope_tensors.get(ROPE_FACTORS_SHORT)
+        if long is None and short is None:
             return None
+        if arch != "phi3":
+            raise UnsupportedModelError(
+                self.path,
+                f"tensors {ROPE_FACTORS_LONG} and {ROPE_FACTORS_SHORT} (longrope) are read "
+                f"for phi3 files, not {arch}",
+            )
+        if long is None or short is None:
+            there, missing = (
+                (ROPE_FACTORS_SHORT, ROPE_FACTORS_LONG)
+                if long is None
+                else (ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT)
+            )
+            raise ModelFormatError(self.path, f"tensor {there} has no {missing} beside it")
+        if ROPE_FREQS in self._rope_tensors:
+            raise ModelFormatError(
+                self.path, f"the file has both longrope factor tensors and {ROPE_FREQS}"
+            )
+        kind = self.metadata.get(f"{arch}.rope.scaling.type")
+        if kind not in (None, "none", "longrope"):
+            raise ModelFormatError(
+                self.path,
+                f"the file has longrope factor tensors and {arch}.rope.scaling.type {kind!r}",
+            )
+        return longrope_scaling(
+            self._rope_vector(long, head_dim),
+            self._rope_vector(short, head_dim),
+            self.metadata,
+            arch,
+            source=str(self.path),
+        )
+
+    def _rope_vector(self, info: _TensorInfo, head_dim: int) -> npt.NDArray[np.float64]:
+        """A rope tensor of one positive value per frequency (divisors, factors)."""
         if info.shape != (head_dim // 2,):
             raise ModelFormatError(
                 self.path,
@@ -409,13 +356,21 @@ class GGUFFile:
             )
         values = self._decode(info).double().numpy()
         if not np.all(np.isfinite(values)) or values.min() <= 0:
-            raise ModelFormatError(self.path, f"tensor {info.name} holds a non-positive divisor")
+            raise ModelFormatError(
+                self.path, f"tensor {info.name} holds a non-positive or non-finite value"
+            )
         return values
 
     def _rope_scaling_keys(self, arch: str) -> RopeScaling | None:
         kind = self.metadata.get(f"{arch}.rope.scaling.type")
         if kind in (None, "none"):
             return None
+        if kind == "longrope":
+            raise ModelFormatError(
+                self.path,
+                f"{arch}.rope.scaling.type is longrope, but the file has no {ROPE_FACTORS_LONG} "
+                f"and {ROPE_FACTORS_SHORT} tensors",
+            )
         if kind not in ("linear", "llama3"):
             raise UnsupportedModelError(self.path, f"unsupported rope scaling {kind!r}")
         fields: dict[str, Any] = {
@@ -438,13 +393,13 @@ class GGUFFile:
         infos: dict[str, _TensorInfo] = {}
         for t in self._extents:
             name = canonical_name(t.name, self.architecture)
-            if name is None and t.name != ROPE_FREQS:
+            if name is None and t.name not in _ROPE_TENSORS:
                 continue
             if t.nbytes < 0:
                 raise UnsupportedModelError(self.path, f"tensor {t.name} has unknown type {t.kind}")
             info = self._info(t)
             if name is None:
-                self._rope_freqs = info
+                self._rope_tensors[t.name] = info
             else:
                 infos[name] = info
         return infos

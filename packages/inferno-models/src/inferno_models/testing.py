@@ -19,6 +19,7 @@ from inferno_models.tokenizer import Tokenizer, byte_to_unicode
 __all__ = [
     "LORA_TARGETS",
     "TINY_CHAT_TEMPLATE",
+    "TINY_LONGROPE_ORIGINAL",
     "random_weights",
     "tiny_config",
     "tiny_gguf_metadata",
@@ -39,6 +40,9 @@ TINY_CHAT_TEMPLATE = (
     "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+#: The original context of `tiny_config`'s longrope scaling.
+TINY_LONGROPE_ORIGINAL = 32
+
 _SPECIALS = ("<unk>", "<|im_start|>", "<|im_end|>")
 _MERGES = ("t h", "th e", "i n", "a n", "e r", "o n", "Ġ t", "Ġ the", "r e", "a t")
 
@@ -51,9 +55,10 @@ def tiny_config(
     num_hidden_layers: int = 2,
     num_attention_heads: int = 4,
     num_key_value_heads: int = 2,
-    max_position_embeddings: int = 512,
+    max_position_embeddings: int | None = None,
     tie_word_embeddings: bool = False,
     llama3_rope: bool | None = None,
+    longrope: bool = False,
     architecture: Architecture = "llama",
     head_dim: int | None = None,
 ) -> ModelConfig:
@@ -61,14 +66,38 @@ def tiny_config(
     ``architecture="qwen2"`` a Qwen2 one (biases on Q, K and V), with ``"qwen3"`` a Qwen3 one
     (query and key norms), with ``"phi3"`` a Phi-3 one (no rope scaling by default: Phi-3
     has no llama3 scaling). ``head_dim`` defaults to ``hidden_size // num_attention_heads``;
-    Qwen3's heads are wider than that."""
+    Qwen3's heads are wider than that.
+
+    ``longrope=True`` gives it Phi-3-*-128k's scaling instead, in small: an original context
+    of `TINY_LONGROPE_ORIGINAL` (32) positions in a context of 128 (unless
+    ``max_position_embeddings`` says otherwise), random but fixed factors, the short ones in
+    [1, 1.5] and the long ones in [1, 4], each a float32 value (as GGUF stores them). The
+    context defaults to 512 otherwise.
+
+    Raises:
+        ValueError: both ``llama3_rope`` and ``longrope`` are asked for.
+    """
+    if llama3_rope and longrope:
+        raise ValueError("a config has one rope scaling: llama3_rope or longrope, not both")
     if llama3_rope is None:
-        llama3_rope = architecture != "phi3"
-    scaling = (
-        RopeScaling(type="llama3", factor=8.0, original_max_position_embeddings=64)
-        if llama3_rope
-        else None
-    )
+        llama3_rope = architecture != "phi3" and not longrope
+    if max_position_embeddings is None:
+        max_position_embeddings = 4 * TINY_LONGROPE_ORIGINAL if longrope else 512
+    head_dim = head_dim or hidden_size // num_attention_heads
+    scaling = None
+    if llama3_rope:
+        scaling = RopeScaling(type="llama3", factor=8.0, original_max_position_embeddings=64)
+    elif longrope:
+        gen = torch.Generator().manual_seed(head_dim)
+        short = 1 + 0.5 * torch.rand(head_dim // 2, generator=gen)
+        long = 1 + 3 * torch.rand(head_dim // 2, generator=gen)
+        scaling = RopeScaling(
+            type="longrope",
+            factor=max_position_embeddings / TINY_LONGROPE_ORIGINAL,
+            original_max_position_embeddings=TINY_LONGROPE_ORIGINAL,
+            short_factor=tuple(short.tolist()),
+            long_factor=tuple(long.tolist()),
+        )
     return ModelConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -76,7 +105,7 @@ def tiny_config(
         num_hidden_layers=num_hidden_layers,
         num_attention_heads=num_attention_heads,
         num_key_value_heads=num_key_value_heads,
-        head_dim=head_dim or hidden_size // num_attention_heads,
+        head_dim=head_dim,
         max_position_embeddings=max_position_embeddings,
         rms_norm_eps=1e-5,
         rope_theta=500000.0,
@@ -187,6 +216,7 @@ def write_tiny_gguf(
     rope_freqs: bool = False,
     extra_tensors: dict[str, np.ndarray[Any, Any]] | None = None,
     metadata: dict[str, int | float | str] | None = None,
+    drop_metadata: tuple[str, ...] = (),
 ) -> Path:
     """Write a Llama GGUF as llama.cpp's converter does (Q/K rows permuted for its rotary
     layout); 2-D weights are stored as ``quantization`` (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
@@ -195,19 +225,43 @@ def write_tiny_gguf(
     A Phi-3 file is written as the converter's ``Phi3MiniModel`` writes one: Q, K and V fused
     (``attn_qkv``), the gate and up projections too (``ffn_up``), no key length and a sliding
     window of 0 (none); weights already fused, or a fused group with a part missing, are
-    written as they are. ``extra_tensors`` are written as they are (to build inconsistent
-    files); ``metadata`` adds keys, or replaces the writer's own (ints as int32, floats as
-    float32, strings), e.g. ``general.sampling.temp``."""
+    written as they are. A Phi-3 with longrope scaling gets what the converter writes for
+    Phi-3-*-128k: ``rope_factors_long``/``rope_factors_short`` tensors, the original context
+    and the attention factor (``rope.scaling.attn_factor``, written even when it is the
+    default), and the full context (``factor`` times the original one) with a sliding window
+    where the config's context is shorter. ``extra_tensors`` are written as they are (to
+    build inconsistent files); ``metadata`` adds keys, or replaces the writer's own (ints as
+    int32, floats as float32, strings), e.g. ``general.sampling.temp``; ``drop_metadata``
+    leaves keys of the writer's own out.
+
+    Raises:
+        ValueError: a longrope config of another family than Phi-3, or one asked for with
+            ``rope_freqs`` (llama.cpp writes neither); a ``drop_metadata`` key the writer
+            does not write.
+    """
     import gguf
     from gguf.quants import quantize
 
     from inferno_models.gguf_loader import ROPE_FREQS, ROPE_PERMUTED, permute_rope, rope_divisors
+    from inferno_models.gguf_rope import ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT
 
     path = Path(path)
     arch = config.architecture
+    rs = config.rope_scaling
+    longrope = rs is not None and rs.type == "longrope"
+    if longrope and arch != "phi3":
+        raise ValueError(f"llama.cpp writes longrope factor tensors for phi3, not {arch}")
+    if longrope and rope_freqs:
+        raise ValueError("longrope has no rope_freqs tensor: its divisors depend on the position")
+    context, window = config.max_position_embeddings, 0
+    if rs is not None and longrope:
+        full = rs.factor * rs.original_max_position_embeddings
+        if full.is_integer() and full > context:
+            # The converter writes the config.json's context; the shorter one was its window.
+            context, window = int(full), context
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_block_count(config.num_hidden_layers)
-    writer.add_context_length(config.max_position_embeddings)
+    writer.add_context_length(context)
     writer.add_embedding_length(config.hidden_size)
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(config.num_attention_heads)
@@ -217,16 +271,24 @@ def write_tiny_gguf(
         writer.add_key_length(config.head_dim)
         writer.add_value_length(config.head_dim)
     if arch == "phi3":
-        writer.add_rope_scaling_orig_ctx_len(config.max_position_embeddings)
-        writer.add_sliding_window(0)
+        # Phi-3-*-4k's config.json gives its context as the original one too.
+        original = rs.original_max_position_embeddings if rs is not None else context
+        writer.add_rope_scaling_orig_ctx_len(original)
+        writer.add_sliding_window(window)
     writer.add_rope_freq_base(config.rope_theta)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
-    if config.rope_scaling is not None and rope_freqs:
-        divisors = rope_divisors(config.rope_scaling, config.head_dim, config.rope_theta)
+    if rs is not None and longrope:
+        writer.add_rope_scaling_attn_factors(rs.attention_scale)
+        for name, factors in (
+            (ROPE_FACTORS_LONG, rs.long_factor),
+            (ROPE_FACTORS_SHORT, rs.short_factor),
+        ):
+            writer.add_tensor(name, np.asarray(factors, dtype=np.float32))
+    elif rs is not None and rope_freqs:
+        divisors = rope_divisors(rs, config.head_dim, config.rope_theta)
         writer.add_tensor(ROPE_FREQS, divisors.astype(np.float32))
-    elif config.rope_scaling is not None:
-        rs = config.rope_scaling
+    elif rs is not None:
         writer.add_string(f"{arch}.rope.scaling.type", rs.type)
         writer.add_float32(f"{arch}.rope.scaling.factor", rs.factor)
         writer.add_uint32(
@@ -258,6 +320,10 @@ def write_tiny_gguf(
             writer.add_int32(key, value)
         else:
             writer.add_float32(key, value)
+    for key in drop_metadata:
+        if key not in writer.kv_data[0]:
+            raise ValueError(f"the writer writes no {key!r} to leave out")
+        del writer.kv_data[0][key]
     for name, array in (extra_tensors or {}).items():
         writer.add_tensor(name, array)
     qtype = getattr(gguf.GGMLQuantizationType, quantization)
