@@ -78,13 +78,12 @@ class Sampler:
                 draws[j] = torch.rand(
                     (), dtype=torch.float64, generator=gen if gen is not None else self._generator
                 )
-            draws = draws.to(device)
-            picks = torch.searchsorted(cdf, (draws * cdf[:, -1])[:, None], right=True).squeeze(1)
-            vocab = probs.shape[1]
-            # A draw that rounds up to the total picks the last token with mass, not past it
-            # (a token without mass is never the first whose sum exceeds a draw below it).
-            last = vocab - 1 - (probs > 0).flip(-1).to(torch.int8).argmax(dim=-1)
-            picks = torch.where(picks >= vocab, last, picks)
+            total = cdf[:, -1]
+            # Kept below the total, a draw that rounds up to it still picks the last token
+            # with mass, not past it (and a token without mass is never the first whose sum
+            # exceeds a draw).
+            below = torch.minimum(draws.to(device) * total, torch.nextafter(total, 0 * total))
+            picks = torch.searchsorted(cdf, below[:, None], right=True).squeeze(1)
             tokens[idx] = picks.to(tokens.dtype)
         token_list = tokens.tolist()
         records: list[TokenLogprob | None] = [None] * rows
