@@ -333,6 +333,26 @@ async def test_chat_template_kwargs_reach_the_template(make_client: MakeClient) 
     assert count == len(orch.engines[0].requests[0].prompt_token_ids)
 
 
+async def test_responses_take_chat_template_kwargs(make_client: MakeClient) -> None:
+    client, orch = await make_client(**_options("Hello!"))
+    payload = {
+        "model": "default",
+        "input": "Hi",
+        "chat_template_kwargs": {"enable_thinking": False},
+    }
+    body = await (await client.post("/v1/responses", json=payload)).json()
+    assert _prompt(orch).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert [item["type"] for item in body["output"]] == ["message"]
+    assert body["output"][0]["content"][0]["text"] == "Hello!"
+    efforts = {**payload, "reasoning": {"effort": "low"}}
+    assert (await client.post("/v1/responses", json=efforts)).status == 200
+    assert _prompt(orch).startswith("<|im_start|>system\neffort=low<|im_end|>\n")
+    reserved = {**payload, "chat_template_kwargs": {"messages": []}}
+    resp = await client.post("/v1/responses", json=reserved)
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == "chat_template_kwargs"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "problem"),
     [

@@ -1000,7 +1000,7 @@ class ResponseTextConfig(BaseModel):
     format: ResponseTextFormat | None = None
 
 
-class ResponsesRequest(SamplingFields):
+class ResponsesRequest(SamplingFields, TemplateFields):
     """``POST /v1/responses``: one answer to an input (text or function calls), stateless."""
 
     input: str | Annotated[list[ResponseInputItem], Field(min_length=1)] = Field(
@@ -1114,9 +1114,10 @@ class ResponsesRequest(SamplingFields):
         return "message.output_text.logprobs" in (self.include or ())
 
     def template_variables(self) -> dict[str, Any]:
-        """The extra variables of the chat template (as `ChatCompletionRequest`'s)."""
+        """The extra variables of the chat template (as `ChatCompletionRequest`'s: the
+        reasoning effort, and ``chat_template_kwargs``, which win)."""
         effort = self.reasoning.effort if self.reasoning is not None else None
-        return template_variables(None, effort)
+        return template_variables(self.chat_template_kwargs, effort)
 
     def prompt_messages(self, turn: Sequence[ChatMessage]) -> list[ChatMessage]:
         """``turn`` (the conversation so far, then this input) after the instructions, which
