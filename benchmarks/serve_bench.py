@@ -9,7 +9,8 @@ OpenAI-compatible server (``--peer-url``). Prints tables and a summary, writes
 ``benchmarks/results/serve.json`` (``--out`` elsewhere).
 
     uv run python benchmarks/serve_bench.py [--inferno float32 --inferno bfloat16+int8] \
-        [--llama-cpp-python /opt/peers/bin/python] [--llama-server /path/to/llama-server]
+        [--llama-cpp-python /opt/peers/bin/python] [--llama-server /path/to/llama-server] \
+        [--temperature 0.8 --top-p 0.95]   # greedy unless asked
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ async def _measure(url: str, model: str, args: argparse.Namespace) -> list[dict[
     for concurrency, requests in ((1, args.requests_c1), (16, args.requests_c16)):
         result = await run_bench(
             url, concurrency=concurrency, requests=requests, model=model,
-            max_tokens=args.max_tokens, warmup=2,
+            max_tokens=args.max_tokens, warmup=2, temperature=args.temperature,
+            top_p=args.top_p,
         )  # fmt: skip
         print(format_table(result, f" {model} @ concurrency {concurrency} "))
         out.append(result.to_dict())
@@ -152,6 +154,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="peers' CPU threads")
     parser.add_argument("--peer-model", default="default", help="model name the peer expects")
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass when sampling")
     parser.add_argument("--requests-c1", type=int, default=8)
     parser.add_argument("--requests-c16", type=int, default=48)
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
@@ -170,6 +174,7 @@ def main() -> int:
         "inferno_variants": args.inferno,
         "machine": f"{platform.machine()} {platform.processor() or ''} CPU".strip(),
         "max_tokens": args.max_tokens,
+        "sampling": {"temperature": args.temperature, "top_p": args.top_p},
         "peer_url": args.peer_url,
         "runs": runs,
     }
