@@ -102,10 +102,6 @@ class StateTables:
     def __len__(self) -> int:
         return len(self._sets)
 
-    def state(self, number: int) -> frozenset[Any]:
-        """The state numbered ``number``."""
-        return self._sets[number]
-
     def number(self, state: frozenset[Any]) -> int:
         """The number of ``state`` (-1: dead, no match can follow)."""
         number = self._numbers.get(state)
