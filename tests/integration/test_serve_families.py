@@ -28,17 +28,21 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SAMPLING = {"general.sampling.temp": 0.6, "general.sampling.top_k": 12}
 
 
-@pytest.fixture(scope="module", params=["qwen2", "qwen3", "smollm3", "phi3"])
+# "phi3-longrope": Phi-3-*-128k's scaling in small (its factors as GGUF tensors); these tests'
+# prompts and answers stay within its original 32 positions, where transformers' generate and
+# the engine rotate alike (past them, see inferno-inference's test_longrope.py).
+@pytest.fixture(scope="module", params=["qwen2", "qwen3", "smollm3", "phi3", "phi3-longrope"])
 def model_path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    arch = request.param
+    arch, _, variant = request.param.partition("-")
     config = tiny_config(
         architecture=arch,
         llama3_rope=False,
+        longrope=variant == "longrope",
         tie_word_embeddings=True,
         head_dim=32 if arch == "qwen3" else None,
         num_hidden_layers=4 if arch == "smollm3" else 2,
     )
-    path = tmp_path_factory.mktemp(arch) / f"tiny-{arch}.gguf"
+    path = tmp_path_factory.mktemp(arch) / f"tiny-{request.param}.gguf"
     weights = random_weights(config, seed=9 if arch == "qwen2" else 3)
     return write_tiny_gguf(path, config, weights, metadata=SAMPLING)
 
@@ -74,6 +78,9 @@ def test_greedy_completion_equals_the_engine_in_process(
 def test_the_engine_makes_the_tokens_of_transformers_own_class(model_path: Path) -> None:
     loaded = LlamaLoader().load(model_path)
     prompts = [loaded.tokenizer.encode(t) for t in ("the theater", "an other one, then")]
+    scaling = loaded.config.rope_scaling
+    expected = "longrope" if "longrope" in model_path.name else None
+    assert (scaling.type if scaling is not None else None) == expected
     hf = transformers_model(loaded.config, loaded.weights)
     assert type(hf).__name__.lower().startswith(loaded.config.architecture)
     engine = tiny_llm_engine(config=loaded.config, weights=loaded.weights)
