@@ -132,6 +132,29 @@ def test_presence_and_frequency_penalties_use_output_tokens() -> None:
     assert Sampler()(logits, [seq]).token_ids == [0]
 
 
+def test_penalty_tallies_follow_the_tokens_as_they_are_appended() -> None:
+    """The sampler keeps each sequence's seen tokens and output counts between steps; after
+    every appended token they must give what a fresh count of the whole context gives."""
+    vocab = 64
+    logits = torch.randn(1, vocab, generator=torch.Generator().manual_seed(1)) * 2
+    penalties = {"repetition_penalty": 1.4, "frequency_penalty": 0.3, "presence_penalty": 0.2}
+    kept = _seq(temperature=0, tokens=(3, 5, 5), **penalties)
+    kept.prompt_len = 2
+    rng = torch.Generator().manual_seed(2)
+    for step in range(12):
+        adjusted = Sampler._apply_penalties(logits, [kept])
+        fresh = _seq(temperature=0, tokens=tuple(kept.token_ids), **penalties)
+        fresh.prompt_len = kept.prompt_len
+        assert torch.equal(adjusted, Sampler._apply_penalties(logits, [fresh])), step
+        assert kept.tally is not None
+        assert kept.tally.upto == len(kept.token_ids)
+        # Some steps add several tokens at once (kept drafts), some repeat earlier ones.
+        kept.token_ids.extend(torch.randint(0, 12, (1 + step % 3,), generator=rng).tolist())
+    seen = kept.tally.seen
+    assert seen is not None
+    assert seen.nonzero().flatten().tolist() == sorted(set(kept.token_ids[: kept.tally.upto]))
+
+
 def test_logprobs_report_the_model_distribution() -> None:
     logits = _logits(2)
     out = Sampler()(logits, [_seq(temperature=0, logprobs=3), _seq(temperature=0)])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from inferno_inference.sequence import Sequence
+from inferno_inference.sequence import Sequence, TokenTally
 from inferno_inference.types import SamplingParams, TokenLogprob
 
 __all__ = ["SampleResult", "Sampler"]
@@ -111,19 +111,16 @@ class Sampler:
         for i in rows:
             sp = seqs[i].sampling
             row = logits[i]
-            if sp.repetition_penalty != 1.0:
-                # Every token seen so far (prompt and output): shrink its logit toward zero.
-                seen = torch.tensor(sorted(set(seqs[i].token_ids)), dtype=torch.long)
-                seen = seen.to(device)
-                vals = row[seen]
-                row[seen] = torch.where(
-                    vals > 0, vals / sp.repetition_penalty, vals * sp.repetition_penalty
-                )
-            if sp.presence_penalty or sp.frequency_penalty:
-                out = seqs[i].output_ids
-                if out:
-                    ids = torch.tensor(out, dtype=torch.long).to(device)
-                    counts = torch.bincount(ids, minlength=vocab).to(row.dtype)
+            if sp.repetition_penalty != 1.0 or sp.presence_penalty or sp.frequency_penalty:
+                tally = _tally(seqs[i], vocab, device)
+                if tally.seen is not None:
+                    # Every token seen so far (prompt and output): its logit shrinks toward 0.
+                    shrunk = torch.where(
+                        row > 0, row / sp.repetition_penalty, row * sp.repetition_penalty
+                    )
+                    row.copy_(torch.where(tally.seen, shrunk, row))
+                if tally.counts is not None:
+                    counts = tally.counts
                     row -= sp.frequency_penalty * counts + sp.presence_penalty * (counts > 0)
             if sp.logit_bias:
                 bias_ids, biases = zip(*sp.logit_bias, strict=True)
@@ -208,6 +205,29 @@ def _sorted_top_p(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(logits).scatter_(
         1, order, sorted_logits.masked_fill(drop, float("-inf"))
     )
+
+
+def _tally(seq: Sequence, vocab: int, device: torch.device) -> TokenTally:
+    """``seq``'s `TokenTally`, brought up to its latest token: only the tokens appended since
+    the last call are added."""
+    sp = seq.sampling
+    tally = seq.tally
+    if tally is None or tally.vocab != vocab:
+        tally = seq.tally = TokenTally(vocab)
+        if sp.repetition_penalty != 1.0:
+            tally.seen = torch.zeros(vocab, dtype=torch.bool, device=device)
+        if sp.presence_penalty or sp.frequency_penalty:
+            tally.counts = torch.zeros(vocab, dtype=torch.float32, device=device)
+    ids = seq.token_ids
+    if tally.upto < len(ids):
+        if tally.seen is not None:
+            tally.seen[torch.tensor(ids[tally.upto :], dtype=torch.long).to(device)] = True
+        start = max(tally.upto, seq.prompt_len)
+        if tally.counts is not None and start < len(ids):
+            out = torch.tensor(ids[start:], dtype=torch.long).to(device)
+            tally.counts.index_add_(0, out, torch.ones(len(out), device=device))
+        tally.upto = len(ids)
+    return tally
 
 
 def _argmax(x: torch.Tensor) -> torch.Tensor:
