@@ -41,7 +41,15 @@ SETTINGS: dict[str, dict[str, float | int]] = {
     "t 1.0, top_p 0.95": {"temperature": 1.0, "top_p": 0.95},
     "t 0.7, top_k 40, top_p 0.95": {"temperature": 0.7, "top_k": 40, "top_p": 0.95},
     "t 0.6, min_p 0.05": {"temperature": 0.6, "min_p": 0.05},
+    "t 0.8, top_p 0.95, repetition_penalty 1.1, 4K context": {
+        "temperature": 0.8,
+        "top_p": 0.95,
+        "repetition_penalty": 1.1,
+    },
 }
+#: Tokens before the sampled position where a setting has a penalty (what it looks back on);
+#: each call then appends one sampled token per row, as decoding does.
+PENALTY_CONTEXT = 4096
 
 
 def model_logits(new_tokens: int) -> torch.Tensor:
@@ -72,36 +80,63 @@ def hf_sampler(setting: dict[str, float | int]) -> Callable[[torch.Tensor], torc
     """transformers' warpers for ``setting``, then one multinomial draw per row."""
     from transformers import (
         MinPLogitsWarper,
+        RepetitionPenaltyLogitsProcessor,
         TemperatureLogitsWarper,
         TopKLogitsWarper,
         TopPLogitsWarper,
     )
 
-    warpers: list[Any] = [TemperatureLogitsWarper(float(setting["temperature"]))]
+    warpers: list[Any] = []
+    if setting.get("repetition_penalty"):
+        warpers.append(RepetitionPenaltyLogitsProcessor(float(setting["repetition_penalty"])))
+    warpers.append(TemperatureLogitsWarper(float(setting["temperature"])))
     if setting.get("top_k"):
         warpers.append(TopKLogitsWarper(int(setting["top_k"])))
     if setting.get("top_p"):
         warpers.append(TopPLogitsWarper(float(setting["top_p"])))
     if setting.get("min_p"):
         warpers.append(MinPLogitsWarper(float(setting["min_p"])))
-    ids = torch.zeros(1, 1, dtype=torch.long)
+    context = PENALTY_CONTEXT if setting.get("repetition_penalty") else 1
+    history: list[torch.Tensor] = []
 
     def sample(logits: torch.Tensor) -> torch.Tensor:
+        if not history or history[0].shape[0] != logits.shape[0]:
+            history[:] = [_context(logits.shape[0], context, logits.shape[1])]
+        ids = history[0]
         for warper in warpers:
             logits = warper(ids, logits)
-        return torch.multinomial(torch.softmax(logits, dim=-1), 1)
+        picks = torch.multinomial(torch.softmax(logits, dim=-1), 1)
+        history[0] = torch.cat([ids, picks], dim=1)
+        return picks
 
     return sample
+
+
+def _context(rows: int, length: int, vocab: int) -> torch.Tensor:
+    """``[rows, length]`` token ids, the same for both samplers."""
+    return torch.randint(0, vocab, (rows, length), generator=torch.Generator().manual_seed(0))
 
 
 def inferno_sampler(
     setting: dict[str, float | int], batch: int
 ) -> Callable[[torch.Tensor], object]:
-    """inferno's `Sampler` over ``batch`` unseeded sequences with ``setting``."""
+    """inferno's `Sampler` over ``batch`` unseeded sequences with ``setting``, each token it
+    samples appended to its sequence."""
     sampler = Sampler(seed=0)
     sp = SamplingParams.model_validate(setting)
-    seqs = [Sequence(i, f"r{i}", 0, [1, 2, 3], 3, sp, 0.0) for i in range(batch)]
-    return lambda logits: sampler(logits, seqs)
+    context = PENALTY_CONTEXT if setting.get("repetition_penalty") else 3
+    seqs: list[Sequence] = []
+
+    def sample(logits: torch.Tensor) -> object:
+        if not seqs:
+            ids = _context(batch, context, logits.shape[1]).tolist()
+            seqs.extend(Sequence(i, f"r{i}", 0, ids[i], context, sp, 0.0) for i in range(batch))
+        result = sampler(logits, seqs)
+        for seq, token in zip(seqs, result.token_ids, strict=True):
+            seq.token_ids.append(token)
+        return result
+
+    return sample
 
 
 def per_batch_ms(fn: Callable[[torch.Tensor], object], rows: torch.Tensor, batch: int) -> float:
