@@ -1369,15 +1369,14 @@ class JsonGrammar:
         assert pattern is not None
         if node.max_length is None and node.min_length <= count:
             return None
-        high = math.inf if node.max_length is None else node.max_length
 
         def keep(state: frozenset[int], k: int) -> bool:
-            total = count + k
-            if total > high:
+            room, needed = _room(node, count + k)
+            if room < 0:
                 return False
-            if node.max_length is None and node.min_length <= total:
+            if node.max_length is None and not needed:
                 return True
-            return pattern.viable(state, high - total, max(node.min_length - total, 0))
+            return pattern.viable(state, room, needed)
 
         return keep
 
