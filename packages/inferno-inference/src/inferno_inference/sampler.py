@@ -177,18 +177,17 @@ def _top_k_top_p(
     drop = torch.arange(count, device=device)[None, :] >= limit[:, None]
     # Mass against the top-k tokens where top_k caps the row, else against the whole row.
     within = limit <= count
-    norm = torch.where(
-        within,
-        torch.logsumexp(values.masked_fill(drop, float("-inf")), dim=-1),
-        torch.logsumexp(logits, dim=-1),
-    )
+    capped = all(k <= count for k in limits)
+    norm = torch.logsumexp(values.masked_fill(drop, float("-inf")), dim=-1)
+    if not capped:
+        norm = torch.where(within, norm, torch.logsumexp(logits, dim=-1))
     probs = torch.exp(values - norm[:, None]).masked_fill(drop, 0.0)
     mass = probs.cumsum(dim=-1)
     # The first token is always kept; top_p 1 keeps everything, whatever the rounding.
     drop |= (mass - probs >= top_p[:, None]) & (top_p < 1)[:, None]
     out = torch.full_like(logits, float("-inf"))
     out.scatter_(1, order, values.masked_fill(drop, float("-inf")))
-    if all(k <= count for k in limits):
+    if capped:
         return out
     short = (~within & (mass[:, -1] < top_p)).nonzero().squeeze(1)
     if len(short):
