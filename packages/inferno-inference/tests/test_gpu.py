@@ -8,6 +8,7 @@ from inferno_inference.engine import LLMEngine
 from inferno_inference.tiny import greedy_tokens, tiny_llm_engine
 from inferno_inference.torch_memory import TorchCudaMemoryResource
 from inferno_memory import CudaMemoryResource, StatisticsAdaptor
+from inferno_models.config import ModelConfig
 from inferno_models.testing import random_weights, tiny_config
 
 pytestmark = [
@@ -28,6 +29,16 @@ PROMPTS = [[(7 * i + 3 * k) % 250 + 3 for k in range(5 + 9 * i)] for i in range(
 def test_cuda_graph_decode_matches_eager_decode_bf16(max_context: int, kernels: str) -> None:
     # With a 64-token graph context, the longer sequences' later steps run without a graph.
     config = tiny_config()
+    _graphs_match_eager(config, max_context, kernels)
+
+
+@pytest.mark.parametrize("kernels", ["triton", "torch"])
+def test_cuda_graph_decode_under_a_sliding_window(kernels: str) -> None:
+    # Each decode attends to its latest 8 positions: the graphs' slot lists are windows.
+    _graphs_match_eager(tiny_config(sliding_window=8), 64, kernels)
+
+
+def _graphs_match_eager(config: ModelConfig, max_context: int, kernels: str) -> None:
     weights = random_weights(config, seed=2)
     common = {"device": "cuda", "dtype": "bfloat16", "kernel_backend": kernels}
     eager = tiny_llm_engine(config=config, weights=weights, cuda_graphs=False, **common)
@@ -49,12 +60,14 @@ def test_cuda_graph_decode_matches_eager_decode_bf16(max_context: int, kernels: 
 
 
 @pytest.mark.parametrize("kernels", ["triton", "torch"])
-@pytest.mark.parametrize("arch", ["llama", "qwen3", "smollm3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "smollm3", "mistral-window"])
 def test_cuda_fp32_matches_cpu_fp32(kernels: str, arch: str) -> None:
     # Qwen3: the head norms before the fused rotation, on heads wider than hidden / heads;
-    # SmolLM3: an unrotated layer through the same fused kernel (position 0's angles).
+    # SmolLM3: an unrotated layer through the same fused kernel (position 0's angles);
+    # Mistral: an 8-token window, far shorter than the prompts.
     config = {
         "llama": tiny_config(),
+        "mistral-window": tiny_config(sliding_window=8),
         "qwen3": tiny_config(architecture="qwen3", head_dim=32, llama3_rope=False),
         "smollm3": tiny_config(architecture="smollm3", num_hidden_layers=4),
     }[arch]

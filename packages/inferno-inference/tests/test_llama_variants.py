@@ -1,7 +1,9 @@
 """Llama's variants match transformers: logits, and greedy tokens on every CPU path of the
 engine. Attention biases (Qwen2: on Q, K and V; Llama with ``attention_bias``: on the output
-too), Qwen3's per-head query/key norms with heads wider than ``hidden / heads``, and SmolLM3's
-layers without rotary embeddings."""
+too), Qwen3's per-head query/key norms with heads wider than ``hidden / heads``, SmolLM3's
+layers without rotary embeddings, and sliding-window attention (Mistral, Phi-3, Qwen2) with
+a window far shorter than the prompts and generations, so that chunks, decodes and prefix
+hits all attend across its edge."""
 
 from __future__ import annotations
 
@@ -38,11 +40,26 @@ def _smollm3() -> ModelConfig:
     return tiny_config(architecture="smollm3", num_hidden_layers=4)
 
 
+def _mistral() -> ModelConfig:
+    return tiny_config(sliding_window=8)
+
+
+def _phi3_window() -> ModelConfig:
+    return tiny_config(architecture="phi3", sliding_window=13)
+
+
+def _qwen2_window() -> ModelConfig:
+    return _qwen2().model_copy(update={"sliding_window": 24})
+
+
 CONFIGS = {
     "qwen2": _qwen2,
     "llama-attention-bias": _llama_with_bias,
     "qwen3": _qwen3,
     "smollm3": _smollm3,
+    "mistral-window-8": _mistral,
+    "phi3-window-13": _phi3_window,
+    "qwen2-window-24": _qwen2_window,
 }
 
 
@@ -51,11 +68,17 @@ def _hf_model(config: ModelConfig, weights: dict[str, torch.Tensor]) -> Any:
     # The biases, norms and unrotated layers are real in the reference, so a model that
     # skipped them would fail.
     layer = hf.model.layers[0].self_attn
-    assert (layer.q_proj.bias is not None) == config.qkv_bias
+    q_proj = layer.q_proj if hasattr(layer, "q_proj") else layer.qkv_proj  # Phi-3 fuses them
+    assert (q_proj.bias is not None) == config.qkv_bias
     assert (layer.o_proj.bias is not None) == config.o_bias
     assert hasattr(layer, "q_norm") == config.qk_norm
     rotated = [getattr(layer.self_attn, "use_rope", True) for layer in hf.model.layers]
     assert [i for i, r in enumerate(rotated) if not r] == list(config.nope_layers)
+    assert hf.config.sliding_window == config.sliding_window
+    if config.sliding_window is not None:
+        assert set(getattr(hf.config, "layer_types", None) or ["sliding_attention"]) == {
+            "sliding_attention"
+        }
     return hf
 
 
@@ -119,3 +142,31 @@ def test_greedy_tokens_match_transformers(
     # was asked for.
     assert (native_steps > 0) == bool(options["cpu_native_decode"])
     assert engine.stats().kv_blocks_used == 0
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["torch", "native"])
+def test_a_window_holds_through_prefix_hits_and_drafts(native: bool) -> None:
+    # Cached prefixes longer than the window, then chunks that start past it, and drafted
+    # tokens verified against windowed attention: still transformers' tokens.
+    config = _mistral()
+    weights = random_weights(config, seed=6)
+    vocab = config.vocab_size
+    shared = [(k * 11 + 5) % vocab for k in range(30)]
+    prompts = [shared + [(i * 13 + k * 3) % vocab for k in range(4 + 5 * i)] for i in range(3)]
+    # A repeating tail gives the n-gram proposer drafts to make.
+    prompts.append(shared + [7, 8, 9] * 6)
+    expected = reference_greedy_tokens(_hf_model(config, weights), prompts, NEW_TOKENS)
+    engine = tiny_llm_engine(
+        config=config,
+        weights=weights,
+        cpu_native_decode=native,
+        max_num_batched_tokens=16,
+        speculative_tokens=3,
+        prompt_lookup_min=1,
+    )
+    got = [greedy_tokens(engine, [p], NEW_TOKENS)[0] for p in prompts]
+    assert got == expected
+    stats = engine.stats()
+    assert stats.prefix_cache_hits > 0
+    assert stats.draft_tokens_total > 0
+    assert stats.kv_blocks_used == 0

@@ -97,20 +97,33 @@ def test_phi3_has_no_biases_and_no_llama3_scaling(phi3: ModelConfig) -> None:
     assert not ModelConfig.from_hf_dict({**phi3.to_hf_dict(), "attention_bias": True}).o_bias
 
 
-def test_a_sliding_window_becomes_the_context(phi3: ModelConfig, tmp_path: Path) -> None:
+def test_a_sliding_window_is_kept_beside_the_context(phi3: ModelConfig, tmp_path: Path) -> None:
     hf = phi3.to_hf_dict()
     assert hf["sliding_window"] is None
     # Phi-3 has no use_sliding_window switch: a window is used (Phi-3-mini-4k's is 2047).
-    assert ModelConfig.from_hf_dict({**hf, "sliding_window": 64}).max_position_embeddings == 64
-    assert ModelConfig.from_hf_dict({**hf, "sliding_window": 2047}).max_position_embeddings == 512
+    windowed = ModelConfig.from_hf_dict({**hf, "sliding_window": 64})
+    assert (windowed.max_position_embeddings, windowed.sliding_window) == (512, 64)
+    # A window as wide as the context, or wider, changes nothing.
+    for wide in (512, 2047):
+        assert ModelConfig.from_hf_dict({**hf, "sliding_window": wide}).sliding_window is None
+    from transformers import Phi3Config
+
+    assert Phi3Config(**windowed.to_hf_dict()).sliding_window == 64
+    assert ModelConfig.from_hf_dict(windowed.to_hf_dict()) == windowed
     weights = random_weights(phi3)
-    window = {"phi3.attention.sliding_window": 64}
-    windowed = write_tiny_gguf(tmp_path / "w.gguf", phi3, weights, metadata=window)
-    assert GGUFFile(windowed).config().max_position_embeddings == 64
+    path = write_tiny_gguf(tmp_path / "w.gguf", windowed, weights)
+    assert GGUFFile(path).get("phi3.attention.sliding_window") == 64
+    assert GGUFFile(path).config().sliding_window == 64
     # llama.cpp writes a window of 0 for a Phi-3 (Phi-4) without one.
     plain = write_tiny_gguf(tmp_path / "p.gguf", phi3, weights)
     assert GGUFFile(plain).get("phi3.attention.sliding_window") == 0
+    assert GGUFFile(plain).config().sliding_window is None
     assert GGUFFile(plain).config().max_position_embeddings == 512
+    broken = write_tiny_gguf(
+        tmp_path / "b.gguf", phi3, weights, metadata={"phi3.attention.sliding_window": "wide"}
+    )
+    with pytest.raises(ModelFormatError, match="sliding_window"):
+        GGUFFile(broken).config()
 
 
 @pytest.fixture
@@ -284,16 +297,13 @@ def test_other_long_context_scalings_are_still_refused(longrope: ModelConfig) ->
             ModelConfig.from_hf_dict(data)
 
 
-def test_longrope_takes_its_factor_before_the_window(longrope: ModelConfig, tmp_path: Path) -> None:
-    # A window shorter than the context becomes the context, but the factor stays the
-    # config.json's context over the original one, as transformers computes it.
+def test_longrope_keeps_its_window(longrope: ModelConfig, tmp_path: Path) -> None:
     windowed = ModelConfig.from_hf_dict({**longrope.to_hf_dict(), "sliding_window": 64})
-    assert windowed.max_position_embeddings == 64
+    assert (windowed.max_position_embeddings, windowed.sliding_window) == (128, 64)
     assert windowed.rope_scaling == longrope.rope_scaling
     from transformers import Phi3Config
 
     assert ModelConfig.from_hf_dict(Phi3Config(**windowed.to_hf_dict()).to_dict()) == windowed
-    # In GGUF the same: the converter writes the full context and the window.
     path = write_tiny_gguf(tmp_path / "w.gguf", windowed, random_weights(windowed))
     gguf = GGUFFile(path)
     assert (gguf.get("phi3.context_length"), gguf.get("phi3.attention.sliding_window")) == (128, 64)

@@ -63,19 +63,38 @@ def test_mlp_biases_are_refused(qwen2: ModelConfig) -> None:
         ModelConfig.from_hf_dict({**qwen2.to_hf_dict(), "mlp_bias": True})
 
 
-def test_a_sliding_window_becomes_the_context(qwen2: ModelConfig) -> None:
+def test_sliding_windows_as_transformers_applies_them(qwen2: ModelConfig) -> None:
     hf = qwen2.to_hf_dict()
     assert hf["max_position_embeddings"] == 512
-    windowed = {**hf, "use_sliding_window": True, "sliding_window": 64}
-    assert ModelConfig.from_hf_dict(windowed).max_position_embeddings == 64
+    every = {**hf, "use_sliding_window": True, "sliding_window": 64, "max_window_layers": 0}
+    assert ModelConfig.from_hf_dict(every).sliding_window == 64
+    assert ModelConfig.from_hf_dict(every).max_position_embeddings == 512
+    # From layer max_window_layers on (28 by default): with 2 layers, none slides.
+    none = ModelConfig.from_hf_dict({**every, "max_window_layers": 28})
+    assert (none.sliding_window, none.max_position_embeddings) == (None, 512)
+    # Some layers slide and some do not: the window becomes the context instead.
+    mixed = ModelConfig.from_hf_dict({**every, "max_window_layers": 1})
+    assert (mixed.sliding_window, mixed.max_position_embeddings) == (None, 64)
+    listed = {**every, "layer_types": ["full_attention", "sliding_attention"]}
+    assert ModelConfig.from_hf_dict(listed).max_position_embeddings == 64
     # Qwen2 configs name a window they do not use: only use_sliding_window turns it on.
-    unused = {**hf, "use_sliding_window": False, "sliding_window": 64}
+    unused = {**every, "use_sliding_window": False}
     assert ModelConfig.from_hf_dict(unused).max_position_embeddings == 512
+    assert ModelConfig.from_hf_dict(unused).sliding_window is None
+    from transformers import Qwen2Config
+
+    written = ModelConfig.from_hf_dict(every).to_hf_dict()
+    assert Qwen2Config(**written).layer_types == ["sliding_attention"] * 2
+    assert ModelConfig.from_hf_dict(written) == ModelConfig.from_hf_dict(every)
+    # Mistral slides in every layer whenever its config names a window.
     mistral = {**tiny_config().to_hf_dict(), "model_type": "mistral", "sliding_window": 128}
-    assert ModelConfig.from_hf_dict(mistral).max_position_embeddings == 128
-    assert (
-        ModelConfig.from_hf_dict({**mistral, "sliding_window": None}).max_position_embeddings == 512
-    )
+    assert ModelConfig.from_hf_dict(mistral).sliding_window == 128
+    assert ModelConfig.from_hf_dict({**mistral, "sliding_window": None}).sliding_window is None
+    # A Llama's config.json has no window: transformers' Llama ignores one.
+    llama = {**tiny_config().to_hf_dict(), "sliding_window": 128}
+    assert ModelConfig.from_hf_dict(llama).sliding_window is None
+    written = ModelConfig.from_hf_dict(mistral).to_hf_dict()
+    assert (written["model_type"], written["sliding_window"]) == ("mistral", 128)
 
 
 def test_invalid_bias_combinations_are_rejected(qwen2: ModelConfig) -> None:

@@ -363,17 +363,27 @@ class LlamaModel:
         out = torch.empty_like(q)
         if nd:
             out[:nd] = self._decode_attention(q[:nd], k_cache, v_cache, meta, decode_mask)
+        window = self.config.sliding_window
         for seg in meta.prefills:
             qs = q[seg.start : seg.end].transpose(0, 1)
+            n_q = seg.end - seg.start
+            first = seg.context_len - n_q  # the first query's position
+            # The first key any query of the chunk sees: the window's start for its first.
+            lo = 0 if window is None else max(0, first - window + 1)
+            sliding = window is not None and seg.context_len > window
             if seg.slots is None:
                 ks, vs = k[seg.start : seg.end], v[seg.start : seg.end]
-                mask = None
             else:
-                ks = k_cache.index_select(0, seg.slots)
-                vs = v_cache.index_select(0, seg.slots)
-                n_q = seg.end - seg.start
-                qpos = torch.arange(seg.context_len - n_q, seg.context_len, device=self.device)
-                mask = torch.arange(seg.context_len, device=self.device)[None, :] <= qpos[:, None]
+                ks = k_cache.index_select(0, seg.slots[lo:])
+                vs = v_cache.index_select(0, seg.slots[lo:])
+            mask = None
+            if seg.slots is not None or sliding:
+                qpos = torch.arange(first, seg.context_len, device=self.device)[:, None]
+                kpos = torch.arange(lo, seg.context_len, device=self.device)[None, :]
+                mask = kpos <= qpos
+                if sliding:
+                    assert window is not None
+                    mask &= kpos > qpos - window
             o = F.scaled_dot_product_attention(
                 qs,
                 ks.transpose(0, 1),

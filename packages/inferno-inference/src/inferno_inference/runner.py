@@ -58,6 +58,8 @@ class ModelRunner:
         self.native = native
         self.block_size = kv_cache.block_size
         self.device = model.device
+        #: Each token attends to at most this many latest positions (None: all of them).
+        self.window = model.config.sliding_window
         self._block_offsets = torch.arange(self.block_size)
 
     def prepare(self, batch: ScheduledBatch) -> StepInputs:
@@ -155,11 +157,13 @@ class ModelRunner:
         return StepInputs(ids, meta, decodes)
 
     def _decode_slots(self, decodes: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Cache slots ``[n, span]`` each decode attends to (its context, padded to the
-        longest), with the context lengths when they differ."""
+        """Cache slots ``[n, span]`` each decode attends to (its context, or the window's
+        latest positions of it; padded to the longest), with their counts when they differ."""
         bs = self.block_size
         lens = [s.num_computed + 1 for s in decodes]
         span = max(lens)
+        if self.window is not None and span > self.window:
+            return self._window_slots(decodes, lens)
         width = -(-span // bs)
         table = torch.tensor(
             [s.block_table[:width] + [0] * (width - len(s.block_table[:width])) for s in decodes],
@@ -168,6 +172,26 @@ class ModelRunner:
         slots = (table[:, :, None] * bs + self._block_offsets).view(len(decodes), -1)[:, :span]
         lens_t = None if min(lens) == span else torch.tensor(lens, dtype=torch.long)
         return slots, lens_t
+
+    def _window_slots(
+        self, decodes: list[Sequence], lens: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`_decode_slots` under a sliding window: each decode's latest ``window`` positions."""
+        assert self.window is not None
+        bs, window = self.block_size, self.window
+        width = max(-(-n // bs) for n in lens)
+        table = torch.tensor(
+            [s.block_table[:width] + [0] * (width - len(s.block_table[:width])) for s in decodes],
+            dtype=torch.long,
+        )
+        ends = torch.tensor(lens, dtype=torch.long)[:, None]  # one past each last position
+        counts = ends.clamp(max=window)
+        span = int(counts.max())
+        # Padding repeats the last position: masked, but a real slot of the sequence.
+        pos = torch.minimum(ends - counts + torch.arange(span), ends - 1)
+        slots = table.gather(1, pos // bs) * bs + pos % bs
+        counts = counts[:, 0]
+        return slots, None if int(counts.min()) == span else counts
 
     def _slots(self, table: list[int], length: int) -> torch.Tensor:
         bs = self.block_size

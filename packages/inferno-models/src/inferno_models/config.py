@@ -126,6 +126,13 @@ class ModelConfig(BaseModel):
         description="Layers (by index) whose queries and keys are not rotated (SmolLM3's NoPE "
         "layers): their attention sees no positions.",
     )
+    sliding_window: int | None = Field(
+        default=None,
+        gt=0,
+        description="Sliding-window attention in every layer (Mistral 7B v0.1, "
+        "Phi-3-mini-4k): a token attends to the latest this many positions, its own "
+        "included. None: each token attends to all before it.",
+    )
     bos_token_id: int | None = Field(default=None, ge=0, description="Beginning-of-sequence id.")
     eos_token_ids: tuple[int, ...] = Field(default=(), description="Ids that end a generation.")
 
@@ -151,6 +158,9 @@ class ModelConfig(BaseModel):
             )
         if self.architecture == "phi3" and (self.qkv_bias or self.o_bias):
             raise ValueError("phi3 has no attention biases")
+        if self.sliding_window is not None and self.architecture == "llama" and self.o_bias:
+            # A Llama with a window is written as a Mistral, and Mistral has no biases.
+            raise ValueError("a sliding-window llama (mistral) has no attention biases")
         scaling = self.rope_scaling
         if self.architecture == "phi3" and scaling is not None and scaling.type != "longrope":
             # transformers' Phi3 knows no other scaling than longrope.
@@ -234,18 +244,15 @@ class ModelConfig(BaseModel):
                 f"partial_rotary_factor {rotary} (a rotary embedding on part of each head, as "
                 "in Phi-4-mini) is not supported; only 1.0 is",
             )
-        # Within its window, sliding-window attention is full attention: such a model gets
-        # the window as its context rather than wrong attention past it. Phi-3 has no switch:
-        # a window in its config is used.
-        window = data.get("sliding_window")
-        windowed = (
-            model_type == "mistral"
-            or phi3
-            or ((qwen2 or qwen3 or smollm3) and data.get("use_sliding_window"))
-        )
         context = data.get("max_position_embeddings", _DEFAULT_CONTEXT)
-        if windowed and isinstance(window, int) and 0 < window < context:
-            context = window
+        window = _sliding_window(data, model_type, qwen2=qwen2 or qwen3, smollm3=smollm3, phi3=phi3)
+        if isinstance(window, tuple):
+            # Some layers slide and others do not: within the window every layer attends as
+            # a full one does, so such a model gets the window as its context rather than
+            # wrong attention past it.
+            context, window = min(context, window[0]), None
+        if window is not None and window >= context:
+            window = None
         # Phi-3's projections have no biases, whatever the config says.
         attention_bias = not phi3 and bool(data.get("attention_bias", False))
         try:
@@ -292,6 +299,7 @@ class ModelConfig(BaseModel):
                 o_bias=not qwen2 and attention_bias,
                 qk_norm=qwen3,
                 nope_layers=nope,
+                sliding_window=window,
             )
         except KeyError as exc:
             raise ModelFormatError(source, f"missing field {exc.args[0]!r}") from None
@@ -326,13 +334,21 @@ class ModelConfig(BaseModel):
             "phi3": "Phi3ForCausalLM",
         }
         family: dict[str, Any] = {"architectures": [names[arch]], "model_type": arch}
+        window = self.sliding_window
+        if arch == "llama" and window is not None:
+            # transformers' Llama has no window; its Mistral is a Llama with one.
+            family = {"architectures": ["MistralForCausalLM"], "model_type": "mistral"}
+        if arch in ("phi3", "llama"):
+            family["sliding_window"] = window
+        else:
+            family["use_sliding_window"] = window is not None
+            if window is not None:
+                family["sliding_window"] = window
+                family["max_window_layers"] = 0
+                family["layer_types"] = ["sliding_attention"] * self.num_hidden_layers
         if arch == "phi3":
-            # The window, if the model had one, is already the context. Its config class
-            # defaults to a padding id of its own vocabulary (32000).
-            family["sliding_window"] = None
+            # Its config class defaults to a padding id of its own vocabulary (32000).
             family["pad_token_id"] = None
-        elif arch != "llama":
-            family["use_sliding_window"] = False
         if arch not in ("qwen2", "phi3"):
             family["attention_bias"] = self.o_bias
             family["mlp_bias"] = False
@@ -367,6 +383,42 @@ class ModelConfig(BaseModel):
         }
 
 
+def _sliding_window(
+    data: dict[str, Any], model_type: str, *, qwen2: bool, smollm3: bool, phi3: bool
+) -> int | tuple[int] | None:
+    """The sliding window of the config ``data`` as transformers applies it: the window when
+    every layer slides, ``(window,)`` when only some do, ``None`` when none does.
+
+    Mistral and Phi-3 slide in every layer when the config names a window (their config
+    classes have no switch). Qwen2 and Qwen3 need ``use_sliding_window``, and then slide from
+    layer ``max_window_layers`` on; SmolLM3 then slides in its layers without rotary
+    embeddings. An explicit ``layer_types`` list decides for those three.
+    """
+    window = data.get("sliding_window")
+    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+        return None
+    layers = data.get("num_hidden_layers")
+    if model_type == "mistral" or phi3:
+        return window
+    if not ((qwen2 or smollm3) and data.get("use_sliding_window")):
+        return None
+    types = data.get("layer_types")
+    if isinstance(types, list) and types:
+        sliding = [t == "sliding_attention" for t in types]
+    elif smollm3:
+        uses = data.get("no_rope_layers")
+        if not isinstance(uses, list):
+            interval = int(data.get("no_rope_layer_interval", 4))
+            uses = [int((i + 1) % interval != 0) for i in range(int(layers or 0))]
+        sliding = [not rotates for rotates in uses]
+    else:
+        first = int(data.get("max_window_layers", 28))
+        sliding = [i >= first for i in range(int(layers or 0))]
+    if all(sliding):
+        return window
+    return (window,) if any(sliding) else None
+
+
 def _longrope(raw: dict[str, Any], data: dict[str, Any], *, phi3: bool, source: str) -> RopeScaling:
     """The longrope (or "su") scaling of ``raw``, the rope_scaling of the config ``data``.
 
@@ -374,7 +426,7 @@ def _longrope(raw: dict[str, Any], data: dict[str, Any], *, phi3: bool, source: 
     transformers' Phi3 reads it only there; its Llama reads it only inside rope_scaling. Each
     family's own place comes first, the other is the fallback. Without a ``factor`` of its
     own, the factor is the context over the original one, the context as the config writes
-    it (before a sliding window caps it), as transformers computes it.
+    it (before a window on some of the layers caps it), as transformers computes it.
 
     Raises:
         ModelFormatError: neither place gives the original context.
@@ -410,7 +462,7 @@ def _hf_rope_scaling(scaling: RopeScaling) -> dict[str, Any]:
     """``scaling`` as a config.json's rope_scaling, with the keys transformers' validation of
     its type knows (it warns about others)."""
     # longrope's factor is written too: without one transformers derives it from the
-    # context, which a sliding window may have shortened here.
+    # context, which a window on some of the layers may have shortened here.
     out: dict[str, Any] = {
         "type": scaling.type,
         "rope_type": scaling.type,

@@ -199,6 +199,10 @@ class GGUFFile:
             tokens = self.metadata.get("tokenizer.ggml.tokens")
             vocab = len(tokens) if tokens is not None else self._tensor_rows(EMBED)
         head_dim, context = self._head_dim_and_context(arch, hidden, heads)
+        # llama.cpp writes a window for Phi-3 only, 0 for the models without one.
+        window = self.metadata.get(f"{arch}.attention.sliding_window", 0) if arch == "phi3" else 0
+        if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+            raise ModelFormatError(self.path, f"invalid {arch}.attention.sliding_window {window!r}")
         theta = float(self.metadata.get(f"{arch}.rope.freq_base", 10000.0))
         eos = self.metadata.get("tokenizer.ggml.eos_token_id")
         extra_eos = self.metadata.get("tokenizer.ggml.eot_token_id")
@@ -215,6 +219,7 @@ class GGUFFile:
                 ),
                 head_dim=head_dim,
                 max_position_embeddings=context,
+                sliding_window=window if 0 < window < context else None,
                 rms_norm_eps=float(req("attention.layer_norm_rms_epsilon")),
                 rope_theta=theta,
                 rope_scaling=self._rope_scaling(arch, head_dim, theta),
@@ -249,11 +254,6 @@ class GGUFFile:
             fallback = hidden // heads if arch == "phi3" else rope_dims
             head_dim = int(key_length or fallback or hidden // heads)
             context = int(self.metadata.get(f"{arch}.context_length", 2048))
-            # As in a config.json: inside its window, sliding-window attention is full
-            # attention (llama.cpp writes a window of 0 for Phi-3 models without one).
-            window = self.metadata.get(f"{arch}.attention.sliding_window", 0)
-            if arch == "phi3" and 0 < int(window) < context:
-                context = int(window)
             rotary = head_dim if rope_dims is None else int(rope_dims)
         except (TypeError, ValueError) as exc:
             raise ModelFormatError(self.path, f"invalid model metadata: {exc}") from None

@@ -155,11 +155,10 @@ def longrope_scaling(
     """Phi-3's longrope scaling from its factor tensors and the ``{arch}.*`` ``metadata``.
 
     The original context is ``rope.scaling.original_context_length`` (required), ``factor`` is
-    ``context_length`` over it (the context as written, before a sliding window caps it), and
-    the attention factor is ``rope.scaling.attn_factor``. llama.cpp's converter writes that
-    key even when it is the default ``sqrt(1 + ln(factor) / ln(original))``; a value that is
-    the default as float32 holds it is taken as the default (None), as the model's
-    config.json had it.
+    ``context_length`` over it, and the attention factor is ``rope.scaling.attn_factor``.
+    llama.cpp's converter writes that key even when it is the default
+    ``sqrt(1 + ln(factor) / ln(original))``; a value that is the default as float32 holds it
+    is taken as the default (None), as the model's config.json had it.
 
     Raises:
         ModelFormatError: the original context is missing or not a positive integer, or the

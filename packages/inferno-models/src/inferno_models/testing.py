@@ -61,12 +61,13 @@ def tiny_config(
     longrope: bool = False,
     architecture: Architecture = "llama",
     head_dim: int | None = None,
+    sliding_window: int | None = None,
 ) -> ModelConfig:
     """A small Llama config with GQA and (by default) llama3 rope scaling; with
     ``architecture="qwen2"`` a Qwen2 one (biases on Q, K and V), with ``"qwen3"`` a Qwen3 one
     (query and key norms), with ``"phi3"`` a Phi-3 one (no rope scaling by default: Phi-3
     has no llama3 scaling). ``head_dim`` defaults to ``hidden_size // num_attention_heads``;
-    Qwen3's heads are wider than that.
+    Qwen3's heads are wider than that. ``sliding_window`` gives every layer that window.
 
     ``longrope=True`` gives it Phi-3-*-128k's scaling instead, in small: an original context
     of `TINY_LONGROPE_ORIGINAL` (32) positions in a context of 128 (unless
@@ -114,6 +115,7 @@ def tiny_config(
         bos_token_id=1,
         eos_token_ids=(2,),
         architecture=architecture,
+        sliding_window=sliding_window,
         qkv_bias=architecture == "qwen2",
         qk_norm=architecture == "qwen3",
         # SmolLM3's every fourth layer, as its GGUF files imply.
@@ -223,21 +225,20 @@ def write_tiny_gguf(
     Q5_0, Q5_1). Rope scaling is written as scaling keys, or with ``rope_freqs`` as the
     converter writes Llama 3.1's: a ``rope_freqs.weight`` tensor of divisors and no keys.
     A Phi-3 file is written as the converter's ``Phi3MiniModel`` writes one: Q, K and V fused
-    (``attn_qkv``), the gate and up projections too (``ffn_up``), no key length and a sliding
-    window of 0 (none); weights already fused, or a fused group with a part missing, are
-    written as they are. A Phi-3 with longrope scaling gets what the converter writes for
+    (``attn_qkv``), the gate and up projections too (``ffn_up``), no key length and its
+    sliding window (0 for none); weights already fused, or a fused group with a part missing,
+    are written as they are. A Phi-3 with longrope scaling gets what the converter writes for
     Phi-3-*-128k: ``rope_factors_long``/``rope_factors_short`` tensors, the original context
     and the attention factor (``rope.scaling.attn_factor``, written even when it is the
-    default), and the full context (``factor`` times the original one) with a sliding window
-    where the config's context is shorter. ``extra_tensors`` are written as they are (to
+    default). ``extra_tensors`` are written as they are (to
     build inconsistent files); ``metadata`` adds keys, or replaces the writer's own (ints as
     int32, floats as float32, strings), e.g. ``general.sampling.temp``; ``drop_metadata``
     leaves keys of the writer's own out.
 
     Raises:
-        ValueError: a longrope config of another family than Phi-3, or one asked for with
-            ``rope_freqs`` (llama.cpp writes neither); a ``drop_metadata`` key the writer
-            does not write.
+        ValueError: a longrope config or a sliding window in another family than Phi-3,
+            or longrope asked for with ``rope_freqs`` (llama.cpp writes none of these); a
+            ``drop_metadata`` key the writer does not write.
     """
     import gguf
     from gguf.quants import quantize
@@ -253,12 +254,9 @@ def write_tiny_gguf(
         raise ValueError(f"llama.cpp writes longrope factor tensors for phi3, not {arch}")
     if longrope and rope_freqs:
         raise ValueError("longrope has no rope_freqs tensor: its divisors depend on the position")
-    context, window = config.max_position_embeddings, 0
-    if rs is not None and longrope:
-        full = rs.factor * rs.original_max_position_embeddings
-        if full.is_integer() and full > context:
-            # The converter writes the config.json's context; the shorter one was its window.
-            context, window = int(full), context
+    context, window = config.max_position_embeddings, config.sliding_window or 0
+    if window and arch != "phi3":
+        raise ValueError(f"llama.cpp writes a sliding window for phi3, not {arch}")
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_context_length(context)

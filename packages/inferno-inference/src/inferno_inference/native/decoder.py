@@ -311,7 +311,7 @@ class NativeDecoder:
         ids = input_ids.to(torch.int64).contiguous()
         positions = meta.positions.to(torch.int64).contiguous()
         slot_mapping = meta.slot_mapping.to(torch.int64).contiguous()
-        ctx, starts, lens = _contexts(meta, slot_mapping)
+        ctx, starts, lens = _contexts(meta, slot_mapping, self.model.config.sliding_window)
         out_rows = meta.logits_indices.to(torch.int64).contiguous()
         n_out = out_rows.numel()
         logits = torch.empty(n_out, self.model.config.vocab_size, dtype=torch.float32)
@@ -335,11 +335,12 @@ class NativeDecoder:
 
 
 def _contexts(
-    meta: AttentionMetadata, slot_mapping: torch.Tensor
+    meta: AttentionMetadata, slot_mapping: torch.Tensor, window: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The cache slots each token of the step attends to, as one flat list with each token's
     start and length in it: a decode row's own list; for a prefill chunk, its sequence's
-    slots (earlier tokens first), of which each token takes the prefix up to itself."""
+    slots (earlier tokens first), of which each token takes the prefix up to itself, or
+    under a sliding ``window`` the last ``window`` slots of that prefix."""
     lists: list[torch.Tensor] = []
     starts: list[torch.Tensor] = []
     lens: list[torch.Tensor] = []
@@ -360,8 +361,14 @@ def _contexts(
         n_q = seg.end - seg.start
         slots = slot_mapping[seg.start : seg.end] if seg.slots is None else seg.slots
         lists.append(slots)
-        starts.append(torch.full((n_q,), offset, dtype=torch.int64))
-        lens.append(torch.arange(seg.context_len - n_q + 1, seg.context_len + 1))
+        ends = torch.arange(seg.context_len - n_q + 1, seg.context_len + 1)
+        if window is None or seg.context_len <= window:
+            starts.append(torch.full((n_q,), offset, dtype=torch.int64))
+            lens.append(ends)
+        else:
+            first = (ends - window).clamp(min=0)
+            starts.append(first + offset)
+            lens.append(ends - first)
         offset += slots.numel()
     if len(lists) == 1:  # the common step, decodes alone: no copies
         return lists[0].to(torch.int64).contiguous(), starts[0], lens[0].contiguous()
