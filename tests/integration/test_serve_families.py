@@ -1,6 +1,7 @@
-"""A real ``inferno serve`` on a Qwen2, a Qwen3, a SmolLM3 and a Phi-3 GGUF (tiny random ones,
-with sampling keys): the same tokens as the engine run in-process, which are those of
-transformers' own class for the family, and the file's sampling settings as the defaults."""
+"""A real ``inferno serve`` on a Qwen2, a Qwen3, a SmolLM3 and Phi-3 GGUFs (LongRoPE, a
+sliding window, Phi-4-mini's partial rotary embedding; tiny random ones, with sampling keys):
+the same tokens as the engine run in-process, which are those of transformers' own class for
+the family, and the file's sampling settings as the defaults."""
 
 from __future__ import annotations
 
@@ -31,7 +32,13 @@ SAMPLING = {"general.sampling.temp": 0.6, "general.sampling.top_k": 12}
 # "phi3-longrope": Phi-3-*-128k's scaling in small (its factors as GGUF tensors); these tests'
 # prompts and answers stay within its original 32 positions, where transformers' generate and
 # the engine rotate alike (past them, see inferno-inference's test_longrope.py).
-@pytest.fixture(scope="module", params=["qwen2", "qwen3", "smollm3", "phi3", "phi3-longrope"])
+# "phi3-window": Phi-3-mini-4k's sliding window in small (8 positions, fewer than the prompt
+# and its answer). "phi3-phi4": Phi-4-mini's file in small: three quarters of each head
+# turned, and GPT-4o's pre-tokenizer.
+FAMILIES = ["qwen2", "qwen3", "smollm3", "phi3", "phi3-longrope", "phi3-window", "phi3-phi4"]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
 def model_path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     arch, _, variant = request.param.partition("-")
     config = tiny_config(
@@ -41,10 +48,15 @@ def model_path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         tie_word_embeddings=True,
         head_dim=32 if arch == "qwen3" else None,
         num_hidden_layers=4 if arch == "smollm3" else 2,
+        sliding_window=8 if variant == "window" else None,
+        partial_rotary_factor=0.75 if variant == "phi4" else 1.0,
     )
     path = tmp_path_factory.mktemp(arch) / f"tiny-{request.param}.gguf"
     weights = random_weights(config, seed=9 if arch == "qwen2" else 3)
-    return write_tiny_gguf(path, config, weights, metadata=SAMPLING)
+    metadata: dict[str, int | float | str] = dict(SAMPLING)
+    if variant == "phi4":
+        metadata["tokenizer.ggml.pre"] = "gpt-4o"
+    return write_tiny_gguf(path, config, weights, metadata=metadata)
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +93,9 @@ def test_the_engine_makes_the_tokens_of_transformers_own_class(model_path: Path)
     scaling = loaded.config.rope_scaling
     expected = "longrope" if "longrope" in model_path.name else None
     assert (scaling.type if scaling is not None else None) == expected
+    variant = model_path.stem.partition("-")[2].partition("-")[2]
+    assert (loaded.config.sliding_window is not None) == (variant == "window")
+    assert (loaded.config.rotary_dim < loaded.config.head_dim) == (variant == "phi4")
     hf = transformers_model(loaded.config, loaded.weights)
     assert type(hf).__name__.lower().startswith(loaded.config.architecture)
     engine = tiny_llm_engine(config=loaded.config, weights=loaded.weights)

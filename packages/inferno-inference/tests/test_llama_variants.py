@@ -1,7 +1,8 @@
 """Llama's variants match transformers: logits, and greedy tokens on every CPU path of the
 engine. Attention biases (Qwen2: on Q, K and V; Llama with ``attention_bias``: on the output
 too), Qwen3's per-head query/key norms with heads wider than ``hidden / heads``, SmolLM3's
-layers without rotary embeddings, and sliding-window attention (Mistral, Phi-3, Qwen2) with
+layers without rotary embeddings, Phi-4-mini's rotary embedding on part of each head, and
+sliding-window attention (Mistral, Phi-3, Qwen2) with
 a window far shorter than the prompts and generations, so that chunks, decodes and prefix
 hits all attend across its edge."""
 
@@ -52,6 +53,16 @@ def _qwen2_window() -> ModelConfig:
     return _qwen2().model_copy(update={"sliding_window": 24})
 
 
+def _phi4_mini() -> ModelConfig:
+    # Phi-4-mini's rotary share: three quarters of each head turned (its LongRoPE over them
+    # is in test_longrope, which decodes past the original context as transformers does).
+    return tiny_config(architecture="phi3", partial_rotary_factor=0.75, tie_word_embeddings=True)
+
+
+def _phi3_half_rotary() -> ModelConfig:
+    return tiny_config(architecture="phi3", partial_rotary_factor=0.5)
+
+
 CONFIGS = {
     "qwen2": _qwen2,
     "llama-attention-bias": _llama_with_bias,
@@ -60,6 +71,8 @@ CONFIGS = {
     "mistral-window-8": _mistral,
     "phi3-window-13": _phi3_window,
     "qwen2-window-24": _qwen2_window,
+    "phi4-mini-rotary-0.75": _phi4_mini,
+    "phi3-rotary-0.5": _phi3_half_rotary,
 }
 
 
@@ -75,6 +88,7 @@ def _hf_model(config: ModelConfig, weights: dict[str, torch.Tensor]) -> Any:
     rotated = [getattr(layer.self_attn, "use_rope", True) for layer in hf.model.layers]
     assert [i for i, r in enumerate(rotated) if not r] == list(config.nope_layers)
     assert hf.config.sliding_window == config.sliding_window
+    assert hf.model.rotary_emb.inv_freq.shape == (config.rotary_dim // 2,)
     if config.sliding_window is not None:
         assert set(getattr(hf.config, "layer_types", None) or ["sliding_attention"]) == {
             "sliding_attention"

@@ -18,9 +18,15 @@ from inferno_models.testing import random_weights, tiny_config
 ORIGINAL = 32
 
 
-def _longrope_config(attention_factor: float | None = None) -> ModelConfig:
-    base = tiny_config(architecture="phi3", max_position_embeddings=128)
-    pairs = base.head_dim // 2
+def _longrope_config(
+    attention_factor: float | None = None, partial_rotary_factor: float = 1.0
+) -> ModelConfig:
+    base = tiny_config(
+        architecture="phi3",
+        max_position_embeddings=128,
+        partial_rotary_factor=partial_rotary_factor,
+    )
+    pairs = base.rotary_dim // 2
     gen = torch.Generator().manual_seed(4)
     short = (1 + 0.5 * torch.rand(pairs, generator=gen)).tolist()
     long = (1 + 3 * torch.rand(pairs, generator=gen)).tolist()
@@ -64,6 +70,7 @@ def _hf_phi3(config: ModelConfig, weights: dict[str, torch.Tensor]) -> Any:
         rms_norm_eps=config.rms_norm_eps,
         rope_parameters=rope,
         tie_word_embeddings=config.tie_word_embeddings,
+        partial_rotary_factor=config.partial_rotary_factor,
         sliding_window=None,
         bos_token_id=1,
         eos_token_id=2,
@@ -138,8 +145,11 @@ def _hf_stepwise(hf: Any, ids: list[int], start: int) -> list[torch.Tensor]:
 PROMPTS = [[(11 * i + 5 * k) % 300 + 3 for k in range(6 + 7 * i)] for i in range(4)]
 
 
+@pytest.mark.parametrize("rotary", [1.0, 0.75], ids=["whole-heads", "phi4-mini-three-quarters"])
 @pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
-def test_decoding_past_the_original_context_equals_transformers_stepwise(native: bool) -> None:
+def test_decoding_past_the_original_context_equals_transformers_stepwise(
+    native: bool, rotary: float
+) -> None:
     """Prompts within the original 32 positions, answers running past them. transformers'
     Phi3, stepping through its cache, rotates the prompt by the short factors and each later
     position by the long ones, as the engine's tables do: every greedy token is its argmax
@@ -148,9 +158,10 @@ def test_decoding_past_the_original_context_equals_transformers_stepwise(native:
     (transformers' ``generate`` differs past the original context: Phi3's
     ``prepare_inputs_for_generation`` drops the cache when a sequence crosses it, so that
     every position is recomputed with the long factors.)"""
-    config = _longrope_config()
+    config = _longrope_config(partial_rotary_factor=rotary)
     weights = random_weights(config, seed=1)
     hf = _hf_phi3(config, weights)
+    assert hf.model.rotary_emb.inv_freq.shape == (config.rotary_dim // 2,)
     engine = tiny_llm_engine(config=config, weights=weights, cpu_native_decode=native)
     ours = greedy_tokens(engine, PROMPTS, 40)
     for prompt, answer in zip(PROMPTS, ours, strict=True):

@@ -283,7 +283,7 @@ def test_longrope_needs_the_original_context(longrope: ModelConfig, tmp_path: Pa
         "long_factor": [2.0] * 7,
     }
     path.write_text(json.dumps(fields))
-    with pytest.raises(ModelFormatError, match=r"longrope has 7 factors for heads of 16"):
+    with pytest.raises(ModelFormatError, match=r"longrope has 7 factors for a rotary width of 16"):
         ModelConfig.from_hf_file(path)
 
 
@@ -452,29 +452,62 @@ def test_conversion_keeps_longrope(longrope: ModelConfig, tmp_path: Path) -> Non
     assert again.config == ours.config
 
 
-def test_partial_rotary_factor_is_refused(phi3: ModelConfig, tmp_path: Path) -> None:
+def test_a_partial_rotary_factor_is_read_from_each_place(phi3: ModelConfig, tmp_path: Path) -> None:
     from transformers import Phi3Config
 
     # Phi-4-mini rotates three quarters of each head; older configs say so beside the rest,
     # transformers 5 inside rope_parameters.
     path = tmp_path / "config.json"
     path.write_text(json.dumps({**phi3.to_hf_dict(), "partial_rotary_factor": 0.75}))
-    with pytest.raises(UnsupportedModelError, match=r"config\.json: partial_rotary_factor 0\.75"):
-        ModelConfig.from_hf_file(path)
-    Phi3Config(**phi3.to_hf_dict(), partial_rotary_factor=0.75).save_pretrained(tmp_path / "v5")
-    with pytest.raises(UnsupportedModelError, match=r"partial_rotary_factor 0\.75"):
-        ModelConfig.from_hf_file(tmp_path / "v5" / "config.json")
-    # llama.cpp's converter writes the rotary width as rope.dimension_count.
-    gguf = write_tiny_gguf(
-        tmp_path / "p.gguf",
-        phi3,
-        random_weights(phi3),
-        metadata={"phi3.rope.dimension_count": 12},
+    old = ModelConfig.from_hf_file(path)
+    assert (old.partial_rotary_factor, old.rotary_dim, old.head_dim) == (0.75, 12, 16)
+    Phi3Config(**{**phi3.to_hf_dict(), "partial_rotary_factor": 0.75}).save_pretrained(
+        tmp_path / "v5"
     )
-    with pytest.raises(
-        UnsupportedModelError,
-        match=r"p\.gguf: phi3\.rope\.dimension_count 12 is not the head width 16: .*0\.75",
-    ):
+    assert ModelConfig.from_hf_file(tmp_path / "v5" / "config.json") == old
+    assert ModelConfig.from_hf_dict(old.to_hf_dict()) == old
+    # llama.cpp's converter writes the rotary width as rope.dimension_count.
+    gguf = write_tiny_gguf(tmp_path / "p.gguf", old, random_weights(old))
+    assert GGUFFile(gguf).get("phi3.rope.dimension_count") == 12
+    read = LlamaLoader().load(gguf).config
+    assert (read.rotary_dim, read.partial_rotary_factor) == (12, 0.75)
+    # LongRoPE's factors are one per turned pair: 6 here, in the config and in the file.
+    longrope = tiny_config(architecture="phi3", longrope=True, partial_rotary_factor=0.75)
+    assert longrope.rope_scaling is not None
+    assert len(longrope.rope_scaling.long_factor or ()) == 6
+    path = write_tiny_gguf(tmp_path / "l.gguf", longrope, random_weights(longrope))
+    assert GGUFFile(path).config().rope_scaling == longrope.rope_scaling
+    with pytest.raises(ValueError, match="rotary width of 16"):
+        ModelConfig.model_validate({**longrope.model_dump(), "partial_rotary_factor": 1.0})
+
+
+def test_bad_partial_rotary_factors_are_refused(phi3: ModelConfig, tmp_path: Path) -> None:
+    llama = tiny_config().to_hf_dict()
+    with pytest.raises(UnsupportedModelError, match=r"partial_rotary_factor 0\.5 .*Phi-3"):
+        ModelConfig.from_hf_dict({**llama, "partial_rotary_factor": 0.5})
+    for bad in (0.3125, 0.05, 1.5, 0, "half"):  # 5 of 16 dimensions, 0 of them, ...
+        with pytest.raises(ModelFormatError, match="partial_rotary_factor"):
+            ModelConfig.from_hf_dict({**phi3.to_hf_dict(), "partial_rotary_factor": bad})
+    weights = random_weights(phi3)
+    for width in (13, 18, 0):
+        gguf = write_tiny_gguf(
+            tmp_path / f"w{width}.gguf",
+            phi3,
+            weights,
+            metadata={"phi3.rope.dimension_count": width},
+        )
+        with pytest.raises(
+            ModelFormatError, match=rf"phi3\.rope\.dimension_count {width} is not an even width"
+        ):
+            LlamaLoader().load(gguf)
+    llama_config = tiny_config()
+    gguf = write_tiny_gguf(
+        tmp_path / "llama.gguf",
+        llama_config,
+        random_weights(llama_config),
+        metadata={"llama.rope.dimension_count": 8},
+    )
+    with pytest.raises(UnsupportedModelError, match=r"dimension_count 8 is not the head width 16"):
         LlamaLoader().load(gguf)
 
 

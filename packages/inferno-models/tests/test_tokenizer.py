@@ -109,3 +109,25 @@ def test_multibyte_character_is_held_back() -> None:
     assert len(ids) == 4  # one byte token each
     detok = IncrementalDetokenizer(TOKENIZER)
     assert [detok.push(i) for i in ids] == ["", "", "", "🎉"]
+
+
+def test_gpt4o_pre_tokenizer_splits_as_o200k() -> None:
+    # Phi-4's GGUF files name GPT-4o's pre-tokenizer: capitals open a word, contractions
+    # close it, a slash stays with the punctuation before it.
+    metadata = {**tiny_gguf_metadata(), "tokenizer.ggml.pre": "gpt-4o"}
+    tokenizer = Tokenizer.from_gguf_metadata(metadata, source="<phi4>")
+    assert tokenizer.backend.pre_tokenizer is not None
+    pieces = tokenizer.backend.pre_tokenizer.pre_tokenize_str("HelloWorld's 2024 DON'T a.//b")
+    assert [p for p, _ in pieces] == [
+        "Hello",
+        "World's",
+        "Ġ",
+        "202",
+        "4",
+        "ĠDON'T",
+        "Ġa",
+        ".//",
+        "b",
+    ]
+    text = "HelloWorld's 2024 DON'T\n\n ok"
+    assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text

@@ -20,7 +20,7 @@ from inferno_models.config import ModelConfig
 from inferno_models.names import EMBED, FINAL_NORM, LM_HEAD, layer_name
 
 from inferno_inference.linear import NativeMatmulFn, NativeWeight, Projection
-from inferno_inference.rope import apply_rope, rope_tables
+from inferno_inference.rope import apply_rope, rope_tables, rotary_layout
 
 __all__ = ["AttentionMetadata", "FusedOps", "LayerWeights", "LlamaModel", "PrefillSegment"]
 
@@ -149,6 +149,9 @@ class LlamaModel:
         self.config = config
         self.dtype = dtype
         self.device = device
+        order = rotary_layout(config)
+        if order is not None:
+            weights = _reorder_heads(config, weights, order)
 
         def get(name: str) -> torch.Tensor:
             return weights[name].to(device=device, dtype=dtype).contiguous()
@@ -424,3 +427,24 @@ class LlamaModel:
             attn_mask=mask,
         )
         return o.reshape(nd, -1, hd)
+
+
+def _reorder_heads(
+    config: ModelConfig, weights: dict[str, torch.Tensor], order: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """``weights`` with every query and key head's dimensions in ``order`` (`rotary_layout`):
+    the rows of the Q and K projections and their biases, and the per-head norms."""
+    out = dict(weights)
+    heads = {"q": config.num_attention_heads, "k": config.num_key_value_heads}
+    for i in range(config.num_hidden_layers):
+        for p, n in heads.items():
+            for part in ("weight", "bias"):
+                name = layer_name(i, f"self_attn.{p}_proj.{part}")
+                if name in out:
+                    w = out[name]
+                    rows = w.reshape(n, config.head_dim, -1)[:, order]
+                    out[name] = rows.reshape(w.shape)
+            norm = layer_name(i, f"self_attn.{p}_norm.weight")
+            if norm in out:
+                out[norm] = out[norm][order]
+    return out

@@ -7,13 +7,13 @@ import math
 import torch
 from inferno_models.config import ModelConfig
 
-__all__ = ["apply_rope", "inverse_frequencies", "rope_tables"]
+__all__ = ["apply_rope", "inverse_frequencies", "rope_tables", "rotary_layout"]
 
 
 def inverse_frequencies(config: ModelConfig, *, long: bool = False) -> torch.Tensor:
-    """Per-pair rotation frequencies (fp32, ``[head_dim // 2]``) after any rope scaling
+    """Per-pair rotation frequencies (fp32, ``[rotary_dim // 2]``) after any rope scaling
     (longrope: its short factors, or with ``long`` its long ones)."""
-    dim = config.head_dim
+    dim = config.rotary_dim
     inv = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
     scaling = config.rope_scaling
     if scaling is None:
@@ -53,6 +53,10 @@ def rope_tables(
     prompt longer than the original context is where the two differ, its first positions
     rotated by the short factors here. A rule by position keeps a request's tokens
     independent of how its prompt is chunked and of what else is in the batch.
+
+    With a partial rotary embedding, the pairs past ``rotary_dim // 2`` turn by nothing (cos
+    1, sin 0, unscaled): the heads' dimensions are laid out by `rotary_layout` so that the
+    turned ones are those pairs' complements.
     """
     inv = inverse_frequencies(config)
     positions = torch.arange(max_len, dtype=torch.float32)
@@ -64,12 +68,33 @@ def rope_tables(
         if max_len > start:
             freqs[start:] = torch.outer(positions[start:], inverse_frequencies(config, long=True))
         scale = scaling.attention_scale
-    emb = torch.cat((freqs, freqs), dim=-1)
-    cos, sin = emb.cos(), emb.sin()
-    if scale != 1.0:
-        cos, sin = cos * scale, sin * scale
-    sin[:, : inv.shape[0]] *= -1
+    half_cos, half_sin = freqs.cos() * scale, freqs.sin() * scale
+    still = config.head_dim // 2 - inv.shape[0]
+    if still:
+        half_cos = torch.cat((half_cos, torch.ones(max_len, still)), dim=-1)
+        half_sin = torch.cat((half_sin, torch.zeros(max_len, still)), dim=-1)
+    cos = torch.cat((half_cos, half_cos), dim=-1)
+    sin = torch.cat((-half_sin, half_sin), dim=-1)
     return cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype)
+
+
+def rotary_layout(config: ModelConfig) -> torch.Tensor | None:
+    """The order this engine keeps each query and key head's dimensions in, as indices into
+    the checkpoint's order; ``None`` when the rotary embedding turns the whole head.
+
+    The checkpoint's head turns its first ``r = rotary_dim`` dimensions, pairing ``i`` with
+    ``i + r/2``, and passes the rest through. Reordered as [first rotary half, first half of
+    the rest, second rotary half, second half of the rest], every pair of the whole-head
+    layout (``i`` with ``i + head_dim/2``) is either a rotary pair or two passed-through
+    dimensions, which `rope_tables` turns by nothing: every kernel rotates as for a whole
+    head. Queries and keys are reordered alike, so their dot products are unchanged.
+    """
+    hd, r = config.head_dim, config.rotary_dim
+    if r == hd:
+        return None
+    rest = (hd - r) // 2
+    dims = torch.arange(hd)
+    return torch.cat((dims[: r // 2], dims[r : r + rest], dims[r // 2 : r], dims[r + rest :]))
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:

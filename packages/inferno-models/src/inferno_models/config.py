@@ -3,8 +3,9 @@
 One `ModelConfig` describes Llama 2, Llama 3 (with its "llama3" rope scaling), SmolLM, Qwen2 and
 Qwen2.5 (Llama with biases on Q, K and V), Qwen3 (Llama with an RMSNorm on each query and key
 head), SmolLM3 (Llama whose every fourth layer has no rotary embedding, "NoPE"), Phi-3 (Llama
-whose checkpoints fuse Q, K and V, and the gate and up projections) and other models of the
-same shape. It is built from a Hugging Face ``config.json`` or from GGUF metadata,
+whose checkpoints fuse Q, K and V, and the gate and up projections; Phi-4-mini is one whose
+rotary embedding turns part of each head), Mistral (Llama with a sliding window) and other
+models of the same shape. It is built from a Hugging Face ``config.json`` or from GGUF metadata,
 and written back as ``config.json`` by the converter.
 """
 
@@ -121,6 +122,13 @@ class ModelConfig(BaseModel):
         description="Each query and key head is RMS-normalized (one weight per head width) "
         "before the rotary embedding.",
     )
+    partial_rotary_factor: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="The share of each query and key head the rotary embedding turns: its "
+        "first `rotary_dim` dimensions, the rest passed through (Phi-4-mini's 0.75).",
+    )
     nope_layers: tuple[int, ...] = Field(
         default=(),
         description="Layers (by index) whose queries and keys are not rotated (SmolLM3's NoPE "
@@ -165,11 +173,19 @@ class ModelConfig(BaseModel):
         if self.architecture == "phi3" and scaling is not None and scaling.type != "longrope":
             # transformers' Phi3 knows no other scaling than longrope.
             raise ValueError("phi3 has no llama3 or linear rope scaling (rope_scaling)")
-        factors = None if scaling is None else scaling.short_factor
-        if factors is not None and 2 * len(factors) != self.head_dim:
+        if self.partial_rotary_factor != 1 and self.architecture != "phi3":
+            # Of the families here, only transformers' Phi3 turns part of a head.
+            raise ValueError("a partial rotary embedding (partial_rotary_factor) is Phi-3's")
+        if self.rotary_dim < 2 or self.rotary_dim % 2:
             raise ValueError(
-                f"longrope has {len(factors)} factors for heads of {self.head_dim} "
-                f"({self.head_dim // 2} frequencies)"
+                f"partial_rotary_factor {self.partial_rotary_factor} turns {self.rotary_dim} of "
+                f"{self.head_dim} dimensions: it must be a positive even number"
+            )
+        factors = None if scaling is None else scaling.short_factor
+        if factors is not None and 2 * len(factors) != self.rotary_dim:
+            raise ValueError(
+                f"longrope has {len(factors)} factors for a rotary width of {self.rotary_dim} "
+                f"({self.rotary_dim // 2} frequencies)"
             )
         if self.qk_norm != (self.architecture == "qwen3"):
             raise ValueError("query/key norms (qk_norm) are Qwen3's, and every Qwen3 has them")
@@ -180,6 +196,14 @@ class ModelConfig(BaseModel):
         if list(self.nope_layers) != sorted(set(self.nope_layers)):
             raise ValueError("nope_layers must be increasing layer indices")
         return self
+
+    @property
+    def rotary_dim(self) -> int:
+        """Dimensions of each query and key head that the rotary embedding turns (the first
+        ones; all of them unless `partial_rotary_factor` is below 1)."""
+        # transformers truncates head_dim * factor; the epsilon keeps a factor read as
+        # rotary / head_dim (from GGUF) from landing just below its integer.
+        return int(self.head_dim * self.partial_rotary_factor + 1e-6)
 
     @property
     def num_queries_per_kv(self) -> int:
@@ -238,11 +262,13 @@ class ModelConfig(BaseModel):
                 "longrope (su) are",
             )
         rotary = data.get("partial_rotary_factor", (raw_scaling or {}).get("partial_rotary_factor"))
-        if rotary is not None and rotary != 1:
+        if rotary is None:
+            rotary = 1.0
+        if not phi3 and rotary != 1:
             raise UnsupportedModelError(
                 source,
-                f"partial_rotary_factor {rotary} (a rotary embedding on part of each head, as "
-                "in Phi-4-mini) is not supported; only 1.0 is",
+                f"partial_rotary_factor {rotary} (a rotary embedding on part of each head) is "
+                "supported for Phi-3-family models (Phi-4-mini) only",
             )
         context = data.get("max_position_embeddings", _DEFAULT_CONTEXT)
         window = _sliding_window(data, model_type, qwen2=qwen2 or qwen3, smollm3=smollm3, phi3=phi3)
@@ -300,6 +326,7 @@ class ModelConfig(BaseModel):
                 qk_norm=qwen3,
                 nope_layers=nope,
                 sliding_window=window,
+                partial_rotary_factor=rotary,
             )
         except KeyError as exc:
             raise ModelFormatError(source, f"missing field {exc.args[0]!r}") from None
@@ -349,6 +376,7 @@ class ModelConfig(BaseModel):
         if arch == "phi3":
             # Its config class defaults to a padding id of its own vocabulary (32000).
             family["pad_token_id"] = None
+            family["partial_rotary_factor"] = self.partial_rotary_factor
         if arch not in ("qwen2", "phi3"):
             family["attention_bias"] = self.o_bias
             family["mlp_bias"] = False

@@ -198,7 +198,7 @@ class GGUFFile:
         if vocab is None:
             tokens = self.metadata.get("tokenizer.ggml.tokens")
             vocab = len(tokens) if tokens is not None else self._tensor_rows(EMBED)
-        head_dim, context = self._head_dim_and_context(arch, hidden, heads)
+        head_dim, context, rotary = self._head_dim_and_context(arch, hidden, heads)
         # llama.cpp writes a window for Phi-3 only, 0 for the models without one.
         window = self.metadata.get(f"{arch}.attention.sliding_window", 0) if arch == "phi3" else 0
         if isinstance(window, bool) or not isinstance(window, int) or window < 0:
@@ -222,7 +222,8 @@ class GGUFFile:
                 sliding_window=window if 0 < window < context else None,
                 rms_norm_eps=float(req("attention.layer_norm_rms_epsilon")),
                 rope_theta=theta,
-                rope_scaling=self._rope_scaling(arch, head_dim, theta),
+                rope_scaling=self._rope_scaling(arch, rotary, theta),
+                partial_rotary_factor=rotary / head_dim,
                 tie_word_embeddings=LM_HEAD not in self._tensors,
                 bos_token_id=self.metadata.get("tokenizer.ggml.bos_token_id"),
                 eos_token_ids=eos_ids,
@@ -239,12 +240,14 @@ class GGUFFile:
         except (ValueError, TypeError) as exc:
             raise ModelFormatError(self.path, f"invalid model metadata: {exc}") from None
 
-    def _head_dim_and_context(self, arch: str, hidden: int, heads: int) -> tuple[int, int]:
-        """A head's width and the context, from the ``{arch}.*`` keys.
+    def _head_dim_and_context(self, arch: str, hidden: int, heads: int) -> tuple[int, int, int]:
+        """A head's width, the context and the rotary width, from the ``{arch}.*`` keys.
 
         Raises:
-            UnsupportedModelError: the rotary embedding covers part of each head.
-            ModelFormatError: a value is not a number.
+            UnsupportedModelError: the rotary embedding covers part of each head of a model
+                other than Phi-3 (Phi-4-mini's turns three quarters).
+            ModelFormatError: a value is not a number, or the rotary width is not an even
+                number up to the head's.
         """
         try:
             key_length = self.metadata.get(f"{arch}.attention.key_length")
@@ -257,24 +260,30 @@ class GGUFFile:
             rotary = head_dim if rope_dims is None else int(rope_dims)
         except (TypeError, ValueError) as exc:
             raise ModelFormatError(self.path, f"invalid model metadata: {exc}") from None
-        if rotary != head_dim:
+        if not 2 <= rotary <= head_dim or rotary % 2:
+            raise ModelFormatError(
+                self.path,
+                f"{arch}.rope.dimension_count {rotary} is not an even width up to the head's "
+                f"({head_dim})",
+            )
+        if rotary != head_dim and arch != "phi3":
             raise UnsupportedModelError(
                 self.path,
                 f"{arch}.rope.dimension_count {rotary} is not the head width {head_dim}: a "
                 f"rotary embedding on part of each head (partial_rotary_factor "
-                f"{rotary / head_dim:g}, as in Phi-4-mini) is not supported",
+                f"{rotary / head_dim:g}) is supported for phi3 files (Phi-4-mini) only",
             )
-        return head_dim, context
+        return head_dim, context, rotary
 
-    def _rope_scaling(self, arch: str, head_dim: int, theta: float) -> RopeScaling | None:
+    def _rope_scaling(self, arch: str, rotary_dim: int, theta: float) -> RopeScaling | None:
         """Phi-3's longrope from its factor tensors; else from the scaling keys, or else from
         ``rope_freqs.weight`` (when a file has both, they must agree)."""
-        longrope = self._longrope(arch, head_dim)
+        longrope = self._longrope(arch, rotary_dim)
         if longrope is not None:
             return longrope
         scaling = self._rope_scaling_keys(arch)
         info = self._rope_tensors.get(ROPE_FREQS)
-        divisors = None if info is None else self._rope_vector(info, head_dim)
+        divisors = None if info is None else self._rope_vector(info, rotary_dim)
         if divisors is None:
             return scaling
         if scaling is None:
@@ -282,7 +291,7 @@ class GGUFFile:
             try:
                 scaling = fit_rope_scaling(
                     divisors,
-                    head_dim,
+                    rotary_dim,
                     theta,
                     original_context=None if context is None else int(context),
                 )
@@ -293,7 +302,7 @@ class GGUFFile:
             source = f"the rope scaling fitted to {ROPE_FREQS}"
         else:
             source = "the rope scaling keys"
-        expected = rope_divisors(scaling, head_dim, theta)
+        expected = rope_divisors(scaling, rotary_dim, theta)
         if not np.allclose(expected, divisors, rtol=DIVISOR_RTOL, atol=0):
             worst = int(np.argmax(np.abs(expected - divisors) / divisors))
             raise ModelFormatError(
@@ -303,7 +312,7 @@ class GGUFFile:
             )
         return scaling
 
-    def _longrope(self, arch: str, head_dim: int) -> RopeScaling | None:
+    def _longrope(self, arch: str, rotary_dim: int) -> RopeScaling | None:
         """The longrope scaling of a Phi-3 file with ``rope_factors_long`` and
         ``rope_factors_short`` tensors, or None for a file without them.
 
@@ -340,19 +349,19 @@ class GGUFFile:
                 f"the file has longrope factor tensors and {arch}.rope.scaling.type {kind!r}",
             )
         return longrope_scaling(
-            self._rope_vector(long, head_dim),
-            self._rope_vector(short, head_dim),
+            self._rope_vector(long, rotary_dim),
+            self._rope_vector(short, rotary_dim),
             self.metadata,
             arch,
             source=str(self.path),
         )
 
-    def _rope_vector(self, info: _TensorInfo, head_dim: int) -> npt.NDArray[np.float64]:
+    def _rope_vector(self, info: _TensorInfo, rotary_dim: int) -> npt.NDArray[np.float64]:
         """A rope tensor of one positive value per frequency (divisors, factors)."""
-        if info.shape != (head_dim // 2,):
+        if info.shape != (rotary_dim // 2,):
             raise ModelFormatError(
                 self.path,
-                f"tensor {info.name} has shape {list(info.shape)}, expected [{head_dim // 2}]",
+                f"tensor {info.name} has shape {list(info.shape)}, expected [{rotary_dim // 2}]",
             )
         values = self._decode(info).double().numpy()
         if not np.all(np.isfinite(values)) or values.min() <= 0:

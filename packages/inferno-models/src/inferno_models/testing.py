@@ -62,12 +62,14 @@ def tiny_config(
     architecture: Architecture = "llama",
     head_dim: int | None = None,
     sliding_window: int | None = None,
+    partial_rotary_factor: float = 1.0,
 ) -> ModelConfig:
     """A small Llama config with GQA and (by default) llama3 rope scaling; with
     ``architecture="qwen2"`` a Qwen2 one (biases on Q, K and V), with ``"qwen3"`` a Qwen3 one
     (query and key norms), with ``"phi3"`` a Phi-3 one (no rope scaling by default: Phi-3
     has no llama3 scaling). ``head_dim`` defaults to ``hidden_size // num_attention_heads``;
-    Qwen3's heads are wider than that. ``sliding_window`` gives every layer that window.
+    Qwen3's heads are wider than that. ``sliding_window`` gives every layer that window;
+    ``partial_rotary_factor`` (Phi-3 only) turns that share of each head.
 
     ``longrope=True`` gives it Phi-3-*-128k's scaling instead, in small: an original context
     of `TINY_LONGROPE_ORIGINAL` (32) positions in a context of 128 (unless
@@ -90,8 +92,9 @@ def tiny_config(
         scaling = RopeScaling(type="llama3", factor=8.0, original_max_position_embeddings=64)
     elif longrope:
         gen = torch.Generator().manual_seed(head_dim)
-        short = 1 + 0.5 * torch.rand(head_dim // 2, generator=gen)
-        long = 1 + 3 * torch.rand(head_dim // 2, generator=gen)
+        frequencies = int(head_dim * partial_rotary_factor + 1e-6) // 2
+        short = 1 + 0.5 * torch.rand(frequencies, generator=gen)
+        long = 1 + 3 * torch.rand(frequencies, generator=gen)
         scaling = RopeScaling(
             type="longrope",
             factor=max_position_embeddings / TINY_LONGROPE_ORIGINAL,
@@ -116,6 +119,7 @@ def tiny_config(
         eos_token_ids=(2,),
         architecture=architecture,
         sliding_window=sliding_window,
+        partial_rotary_factor=partial_rotary_factor,
         qkv_bias=architecture == "qwen2",
         qk_norm=architecture == "qwen3",
         # SmolLM3's every fourth layer, as its GGUF files imply.
@@ -264,7 +268,7 @@ def write_tiny_gguf(
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_rope_dimension_count(config.head_dim)
+    writer.add_rope_dimension_count(config.rotary_dim)
     if arch != "phi3" or config.head_dim != config.hidden_size // config.num_attention_heads:
         writer.add_key_length(config.head_dim)
         writer.add_value_length(config.head_dim)

@@ -29,8 +29,19 @@ _LLAMA3_SPLIT = (
 )
 #: Qwen2's: digits one at a time.
 _QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+#: GPT-4o's (o200k; Phi-4's vocabularies): a word may open with capitals and close with a
+#: contraction, so "HelloWorld's" is "Hello" and "World's".
+_UPPER = r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]"
+_LOWER = r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]"
+_CONTRACTION = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+_GPT4O_SPLIT = (
+    rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER}*{_LOWER}+{_CONTRACTION}"
+    rf"|[^\r\n\p{{L}}\p{{N}}]?{_UPPER}+{_LOWER}*{_CONTRACTION}"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 _SPLITS = dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "smaug-bpe"), _LLAMA3_SPLIT)
 _SPLITS["qwen2"] = _QWEN2_SPLIT
+_SPLITS["gpt-4o"] = _GPT4O_SPLIT
 #: Vocabularies learned on NFC-normalized text (Qwen2's tokenizer.json normalizes to NFC).
 _NFC_PRES = frozenset({"qwen2"})
 
