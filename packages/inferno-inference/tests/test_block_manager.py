@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from inferno_inference.block_manager import BlockManager
+from inferno_inference.block_manager import RELEASED, BlockManager
 from inferno_inference.sequence import Sequence
 from inferno_inference.types import SamplingParams
 
@@ -39,6 +39,30 @@ def test_allocates_blocks_for_tokens_and_frees_them() -> None:
     bm.free(seq)
     assert bm.num_free_blocks == 8
     assert seq.block_table == []
+
+
+def test_a_window_gives_back_the_blocks_behind_it_and_keeps_them_cached() -> None:
+    bm = BlockManager(8, 4, window=6)
+    seq = _seq(list(range(13)))
+    assert _compute(bm, seq) == 13
+    # The next token (position 13) sees positions 8 on: blocks 0 and 1 (0-7) are behind it.
+    assert bm.release_outside_window(seq) == 2
+    assert seq.block_table[:2] == [RELEASED, RELEASED]
+    assert (seq.num_released, bm.num_free_blocks) == (2, 6)
+    assert bm.release_outside_window(seq) == 0  # idempotent
+    # A second sequence with the same prompt still finds the released blocks cached.
+    twin = _seq(list(range(13)))
+    assert bm.allocate(twin, 100) == 1
+    assert bm.prefix_hits == 12
+    bm.free(seq)
+    bm.free(twin)
+    assert bm.num_free_blocks == 8
+    assert (seq.num_released, seq.block_table) == (0, [])
+    # Without a window nothing is given back.
+    full = BlockManager(8, 4)
+    long = _seq(list(range(30)))
+    _compute(full, long)
+    assert full.release_outside_window(long) == 0
 
 
 def test_token_budget_chunks_the_prompt() -> None:

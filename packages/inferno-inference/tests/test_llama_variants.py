@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from inferno_inference.kv_cache import KVCache
 from inferno_inference.native import NativeDecoder
 from inferno_inference.tiny import (
     greedy_tokens,
@@ -184,3 +185,41 @@ def test_a_window_holds_through_prefix_hits_and_drafts(native: bool) -> None:
     assert stats.prefix_cache_hits > 0
     assert stats.draft_tokens_total > 0
     assert stats.kv_blocks_used == 0
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["torch", "native"])
+def test_a_window_gives_back_the_blocks_behind_it(native: bool) -> None:
+    # About 24 blocks of 4 slots: four sequences of 80 positions would need 80 blocks with every
+    # block kept; behind an 8-position window each holds a handful, so none is preempted.
+    config = _mistral()
+    weights = random_weights(config, seed=7)
+    vocab = config.vocab_size
+    prompts = [[(i * 29 + k * 7 + 1) % vocab for k in range(20 + 3 * i)] for i in range(4)]
+    new_tokens = 60
+    expected = reference_greedy_tokens(_hf_model(config, weights), prompts, new_tokens)
+    per_block = KVCache.bytes_per_block(config, 4, torch.float32)
+    engine = tiny_llm_engine(
+        config=config,
+        weights=weights,
+        cpu_native_decode=native,
+        kv_cache_bytes=25 * per_block,
+        max_num_batched_tokens=16,
+    )
+    bm = engine.scheduler.block_manager
+    assert 20 <= bm.num_blocks <= 25
+    held: list[int] = []
+    real_step = engine.step
+
+    def step() -> list[Any]:
+        out = real_step()
+        running = engine.scheduler.running
+        held.append(max((len(s.block_table) - s.num_released for s in running), default=0))
+        return out
+
+    engine.step = step  # type: ignore[method-assign]
+    assert greedy_tokens(engine, prompts, new_tokens) == expected
+    assert engine.scheduler.num_preemptions == 0
+    # The window (8) plus a chunk of up to 16 tokens, rounded out to whole blocks.
+    assert 0 < max(held) <= (8 + 16) // 4 + 2
+    assert bm.num_used_blocks == 0
+    assert bm.num_free_blocks == bm.num_blocks

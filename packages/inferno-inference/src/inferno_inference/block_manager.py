@@ -7,6 +7,11 @@ that layer attends, so a sequence admitted in the same step may already read it 
 requests arriving together share their system prompt). If that step fails, the registration is
 withdrawn (`free` with ``uncache=True``). Freed blocks keep their hash and stay reusable until
 they are handed out again, oldest-freed first (LRU).
+
+Under a sliding window (``window``), a block whose every position has left the window of
+the sequence's next token is given back early (`release_outside_window`): its entry in the
+block table becomes `RELEASED`, and its place in the prefix cache is kept as for any freed
+block. A sequence then holds about ``window / block_size`` blocks however long it grows.
 """
 
 from __future__ import annotations
@@ -15,18 +20,31 @@ from collections import OrderedDict
 
 from inferno_inference.sequence import Sequence
 
-__all__ = ["BlockManager"]
+__all__ = ["RELEASED", "BlockManager"]
+
+#: The block table entry of a block given back under a sliding window.
+RELEASED = -1
 
 
 class BlockManager:
     """The KV block allocator of one engine; not thread-safe (the stepping thread owns it)."""
 
-    def __init__(self, num_blocks: int, block_size: int, *, enable_prefix_caching: bool = True):
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        *,
+        enable_prefix_caching: bool = True,
+        window: int | None = None,
+    ):
+        """``window``: the model's sliding window (positions each token attends to), whose
+        older blocks `release_outside_window` gives back; ``None`` for full attention."""
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be at least 1, got {num_blocks}")
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
+        self.window = window
         self._ref = [0] * num_blocks
         self._hash_of: list[int | None] = [None] * num_blocks
         self._cached: dict[int, int] = {}  # block hash -> block id
@@ -126,6 +144,29 @@ class BlockManager:
             seq.block_table.append(self._take_free())
         return keep
 
+    def release_outside_window(self, seq: Sequence) -> int:
+        """Give back the blocks of ``seq`` that no token it computes from now on attends to
+        (under the sliding window; none without one). Returns how many it gave back.
+
+        The next token to compute sits at position ``num_computed`` and sees the positions
+        from ``num_computed - window + 1`` on; the later ones see no earlier position.
+        """
+        if self.window is None:
+            return 0
+        dead = min(
+            max(0, seq.num_computed - self.window + 1) // self.block_size, len(seq.block_table)
+        )
+        released = 0
+        for b in range(seq.num_released, dead):
+            block = seq.block_table[b]
+            seq.block_table[b] = RELEASED
+            self._ref[block] -= 1
+            if self._ref[block] == 0:
+                self._free[block] = None
+            released += 1
+        seq.num_released = max(seq.num_released, dead)
+        return released
+
     def _take_free(self) -> int:
         block, _ = self._free.popitem(last=False)
         old = self._hash_of[block]
@@ -150,7 +191,7 @@ class BlockManager:
             h = hash((parent, tuple(seq.token_ids[b * bs : (b + 1) * bs])))
             block = seq.block_table[b]
             seq.block_hashes.append(h)
-            if h not in self._cached and self._hash_of[block] is None:
+            if block != RELEASED and h not in self._cached and self._hash_of[block] is None:
                 self._cached[h] = block
                 self._hash_of[block] = h
             parent = h
@@ -163,6 +204,8 @@ class BlockManager:
         """
         # Tail blocks first, so a prefix's head outlives its tail in the LRU order.
         for block in reversed(seq.block_table):
+            if block == RELEASED:
+                continue
             h = self._hash_of[block]
             if uncache and h is not None:
                 self._hash_of[block] = None
@@ -173,4 +216,5 @@ class BlockManager:
                 self._free[block] = None
         seq.block_table.clear()
         seq.block_hashes.clear()
+        seq.num_released = 0
         seq.num_computed = 0

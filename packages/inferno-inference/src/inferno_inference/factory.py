@@ -105,7 +105,10 @@ def build_llm_engine(
         device=device,
     )
     block_manager = BlockManager(
-        num_blocks, ec.block_size, enable_prefix_caching=ec.enable_prefix_caching
+        num_blocks,
+        ec.block_size,
+        enable_prefix_caching=ec.enable_prefix_caching,
+        window=config.sliding_window,
     )
     scheduler = Scheduler(
         block_manager,

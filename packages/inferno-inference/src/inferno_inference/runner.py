@@ -183,7 +183,7 @@ class ModelRunner:
         table = torch.tensor(
             [s.block_table[:width] + [0] * (width - len(s.block_table[:width])) for s in decodes],
             dtype=torch.long,
-        )
+        ).clamp_(min=0)  # released blocks (before each window) are never gathered
         ends = torch.tensor(lens, dtype=torch.long)[:, None]  # one past each last position
         counts = ends.clamp(max=window)
         span = int(counts.max())
@@ -196,7 +196,10 @@ class ModelRunner:
     def _slots(self, table: list[int], length: int) -> torch.Tensor:
         bs = self.block_size
         pos = torch.arange(length)
-        return torch.tensor(table, dtype=torch.long)[pos // bs] * bs + pos % bs
+        # Released blocks (under a sliding window) lie before every query's window: their
+        # slots are listed, as slot 0's, but never attended to.
+        blocks = torch.tensor(table, dtype=torch.long).clamp_(min=0)
+        return blocks[pos // bs] * bs + pos % bs
 
     def execute(self, inputs: StepInputs) -> torch.Tensor:
         """Run the forward pass; returns logits for ``inputs.sampled`` (in that order), and

@@ -90,6 +90,8 @@ class Scheduler:
         chosen: list[Sequence] = []
         counts: list[int] = []
         preempted: list[Sequence] = []
+        for seq in self.running:
+            self.block_manager.release_outside_window(seq)
         queue = sorted(self.running, key=_order)  # the first to serve first
         while queue and budget > 0:
             seq = queue.pop(0)

@@ -72,6 +72,8 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     block_table: list[int] = field(default_factory=list)
     block_hashes: list[int] = field(default_factory=list)
+    #: Leading entries of ``block_table`` given back under a sliding window (`RELEASED`).
+    num_released: int = 0
     num_computed: int = 0
     num_cached_prompt: int = 0
     prefix_looked_up: bool = False
