@@ -164,11 +164,7 @@ class ModelRunner:
         span = max(lens)
         if self.window is not None and span > self.window:
             return self._window_slots(decodes, lens)
-        width = -(-span // bs)
-        table = torch.tensor(
-            [s.block_table[:width] + [0] * (width - len(s.block_table[:width])) for s in decodes],
-            dtype=torch.long,
-        )
+        table = _tables(decodes, -(-span // bs))
         slots = (table[:, :, None] * bs + self._block_offsets).view(len(decodes), -1)[:, :span]
         lens_t = None if min(lens) == span else torch.tensor(lens, dtype=torch.long)
         return slots, lens_t
@@ -179,11 +175,8 @@ class ModelRunner:
         """`_decode_slots` under a sliding window: each decode's latest ``window`` positions."""
         assert self.window is not None
         bs, window = self.block_size, self.window
-        width = max(-(-n // bs) for n in lens)
-        table = torch.tensor(
-            [s.block_table[:width] + [0] * (width - len(s.block_table[:width])) for s in decodes],
-            dtype=torch.long,
-        ).clamp_(min=0)  # released blocks (before each window) are never gathered
+        # Released blocks (before each window) are never gathered.
+        table = _tables(decodes, max(-(-n // bs) for n in lens)).clamp_(min=0)
         ends = torch.tensor(lens, dtype=torch.long)[:, None]  # one past each last position
         counts = ends.clamp(max=window)
         span = int(counts.max())
@@ -295,6 +288,14 @@ class ModelRunner:
                 if tops is not None:
                     top = tuple(zip(tops.indices[k].tolist(), tops.values[k].tolist(), strict=True))
                 seq.prompt_logprobs.append(TokenLogprob(int(targets[k]), float(chosen[k]), top))
+
+
+def _tables(decodes: list[Sequence], width: int) -> torch.Tensor:
+    """The first ``width`` block table entries of each decode, ``[n, width]``, padded with 0."""
+    return torch.tensor(
+        [s.block_table[:width] + [0] * (width - len(s.block_table[:width])) for s in decodes],
+        dtype=torch.long,
+    )
 
 
 def _split_decodes(meta: AttentionMetadata) -> tuple[AttentionMetadata, AttentionMetadata] | None:
