@@ -271,7 +271,12 @@ class ModelConfig(BaseModel):
                 "supported for Phi-3-family models (Phi-4-mini) only",
             )
         context = data.get("max_position_embeddings", _DEFAULT_CONTEXT)
-        window = _sliding_window(data, model_type, qwen2=qwen2 or qwen3, smollm3=smollm3, phi3=phi3)
+        try:
+            window = _sliding_window(
+                data, model_type, qwen2=qwen2 or qwen3, smollm3=smollm3, phi3=phi3
+            )
+        except (ValueError, TypeError) as exc:
+            raise ModelFormatError(source, f"invalid config: {exc}") from None
         if isinstance(window, tuple):
             # Some layers slide and others do not: within the window every layer attends as
             # a full one does, so such a model gets the window as its context rather than
@@ -293,12 +298,8 @@ class ModelConfig(BaseModel):
                 scaling = RopeScaling(**{**raw_scaling, "type": rope_type})
             nope: tuple[int, ...] = ()
             if smollm3:
-                # 1 marks a layer that rotates; without the list, every fourth layer does not.
-                uses = data.get("no_rope_layers")
+                uses = _rotating_layers(data)
                 layers = int(data["num_hidden_layers"])
-                if uses is None:
-                    interval = int(data.get("no_rope_layer_interval", 4))
-                    uses = [int((i + 1) % interval != 0) for i in range(layers)]
                 if len(uses) != layers:
                     raise ValueError(f"no_rope_layers has {len(uses)} entries for {layers} layers")
                 nope = tuple(i for i, rotates in enumerate(uses) if not rotates)
@@ -434,17 +435,25 @@ def _sliding_window(
     if isinstance(types, list) and types:
         sliding = [t == "sliding_attention" for t in types]
     elif smollm3:
-        uses = data.get("no_rope_layers")
-        if not isinstance(uses, list):
-            interval = int(data.get("no_rope_layer_interval", 4))
-            uses = [int((i + 1) % interval != 0) for i in range(int(layers or 0))]
-        sliding = [not rotates for rotates in uses]
+        sliding = [not rotates for rotates in _rotating_layers(data)]
     else:
         first = int(data.get("max_window_layers", 28))
         sliding = [i >= first for i in range(int(layers or 0))]
     if all(sliding):
         return window
     return (window,) if any(sliding) else None
+
+
+def _rotating_layers(data: dict[str, Any]) -> list[int]:
+    """SmolLM3's ``no_rope_layers`` of the config ``data``: 1 marks a layer that rotates;
+    without the list, every fourth layer (``no_rope_layer_interval``) does not."""
+    uses = data.get("no_rope_layers")
+    if uses is None:
+        interval = int(data.get("no_rope_layer_interval", 4))
+        uses = [int((i + 1) % interval != 0) for i in range(int(data.get("num_hidden_layers", 0)))]
+    if not isinstance(uses, list):
+        raise ValueError(f"no_rope_layers is not a list: {uses!r}")
+    return uses
 
 
 def _longrope(raw: dict[str, Any], data: dict[str, Any], *, phi3: bool, source: str) -> RopeScaling:
